@@ -1,0 +1,160 @@
+"""Thin helpers around petsc4py: options scopes, matrices from CSR, KSP with checked convergence.
+
+The solver is chosen by the PETSc options database (``KSP.setFromOptions``), never by code:
+callers pass a ``{"ksp_type": "cg", "pc_type": "gamg"}`` mapping, which is inserted under a
+unique prefix for the lifetime of one solver and removed afterwards.
+"""
+
+from __future__ import annotations
+
+import itertools
+from contextlib import contextmanager
+from typing import Iterator, Mapping
+
+import numpy as np
+import scipy.sparse as sp
+
+_prefix_counter = itertools.count()
+
+
+def petsc():
+    """Import and return ``petsc4py.PETSc`` (initialised once, without command-line arguments)."""
+    import petsc4py
+
+    petsc4py.init([])
+    from petsc4py import PETSc
+
+    return PETSc
+
+
+class SolverDivergedError(RuntimeError):
+    """A PETSc KSP/TS solve did not converge; the message carries PETSc's reason."""
+
+
+def _reason_name(enum_cls, code: int) -> str:
+    for name in dir(enum_cls):
+        if not name.startswith("_") and getattr(enum_cls, name) == code and name.isupper():
+            return name
+    return str(code)
+
+
+def ksp_reason(code: int) -> str:
+    """Human name of a ``KSPConvergedReason`` code, e.g. ``DIVERGED_INDEFINITE_PC``."""
+    return _reason_name(petsc().KSP.ConvergedReason, code)
+
+
+@contextmanager
+def options_scope(options: Mapping[str, str], stem: str = "sciflow") -> Iterator[str]:
+    """Insert ``options`` under a fresh prefix; yield the prefix; delete them on exit."""
+    PETSc = petsc()
+    prefix = f"{stem}{next(_prefix_counter)}_"
+    db = PETSc.Options()
+    for key, value in options.items():
+        db.setValue(prefix + key, value)
+    try:
+        yield prefix
+    finally:
+        for key in options:
+            db.delValue(prefix + key)
+
+
+def mat_from_csr(A: sp.csr_matrix, comm=None):
+    """A sequential PETSc AIJ matrix holding a copy of the CSR matrix ``A`` (float64)."""
+    PETSc = petsc()
+    A = sp.csr_matrix(A, dtype=np.float64)
+    A.sort_indices()
+    M = PETSc.Mat().createAIJ(
+        size=A.shape,
+        csr=(A.indptr.astype(PETSc.IntType), A.indices.astype(PETSc.IntType), A.data),
+        comm=comm or PETSc.COMM_SELF,
+    )
+    M.assemble()
+    return M
+
+
+def mat_to_csr(M) -> sp.csr_matrix:
+    indptr, indices, data = M.getValuesCSR()
+    return sp.csr_matrix((data, indices, indptr), shape=M.getSize())
+
+
+class KSPSolver:
+    """A reusable PETSc KSP configured from an options mapping.
+
+    ``nullspace`` (a vector) makes a singular operator solvable: ``b`` is projected orthogonal to it
+    and the returned ``x`` has no component along it. ``solve(b)`` returns the solution as a new
+    float64 array and raises
+    :class:`SolverDivergedError` (with the KSP reason) if the solve did not converge.
+    """
+
+    def __init__(self, A, options: Mapping[str, str], nullspace: np.ndarray | None = None, dm=None):
+        PETSc = petsc()
+        self._PETSc = PETSc
+        self.options = dict(options)
+        self.ksp = PETSc.KSP().create(comm=PETSc.COMM_SELF)
+        self._scope = options_scope(self.options)
+        prefix = self._scope.__enter__()
+        self.ksp.setOptionsPrefix(prefix)
+        if dm is not None:  # grid information for GAMG / geometric multigrid; operators stay ours
+            self.ksp.setDM(dm)
+            self.ksp.setDMActive(False)
+        self._nullvec = None
+        if nullspace is not None:
+            v = np.asarray(nullspace, dtype=np.float64).ravel()
+            self._nullvec = v / np.linalg.norm(v)
+        self.set_operator(A)
+        self.ksp.setFromOptions()
+
+    def set_operator(self, A) -> None:
+        M = A if isinstance(A, self._PETSc.Mat) else mat_from_csr(A)
+        if self._nullvec is not None:
+            v = M.createVecLeft()
+            v.setArray(self._nullvec)
+            M.setNullSpace(self._PETSc.NullSpace().create(vectors=[v], comm=M.getComm()))
+        self.A = M
+        self.ksp.setOperators(M)
+        self.x, self.b = M.createVecs()
+
+    def update_values(self, A: sp.csr_matrix) -> None:
+        """Replace the operator's values (same sparsity pattern); the preconditioner is rebuilt."""
+        PETSc = self._PETSc
+        self.A.zeroEntries()
+        self.A.setValuesCSR(A.indptr.astype(PETSc.IntType), A.indices.astype(PETSc.IntType), A.data)
+        self.A.assemble()
+        self.ksp.setOperators(self.A)
+
+    def solve(self, b: np.ndarray) -> np.ndarray:
+        b = np.ascontiguousarray(b, dtype=np.float64).ravel()
+        if b.shape[0] != self.b.getSize():
+            raise ValueError(f"right-hand side has {b.shape[0]} entries, the operator has {self.b.getSize()} rows")
+        if not np.all(np.isfinite(b)):
+            raise ValueError("right-hand side contains NaN or inf")
+        if self._nullvec is not None:  # make the system consistent: b orthogonal to the null space
+            b = b - (self._nullvec @ b) * self._nullvec
+        self.b.setArray(b)
+        self.x.set(0.0)
+        self.ksp.solve(self.b, self.x)
+        reason = self.ksp.getConvergedReason()
+        if reason < 0:
+            raise SolverDivergedError(
+                f"PETSc KSP {self.ksp.getType()}/{self.ksp.getPC().getType()} did not converge: "
+                f"{ksp_reason(reason)} after {self.ksp.getIterationNumber()} iterations "
+                f"(residual norm {self.ksp.getResidualNorm():.3e}); options {self.options}"
+            )
+        x = self.x.getArray().copy()
+        if self._nullvec is not None:  # the solution with no null-space component
+            x -= (self._nullvec @ x) * self._nullvec
+        return x
+
+    @property
+    def iterations(self) -> int:
+        return self.ksp.getIterationNumber()
+
+    def close(self) -> None:
+        self.ksp.destroy()
+        self._scope.__exit__(None, None, None)
+
+    def __enter__(self) -> "KSPSolver":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,168 @@
+"""Typed PDE dataset specifications.
+
+One pydantic model per PDE family; :data:`PDESpec` is their union, discriminated by ``family``.
+A spec fully determines a dataset: its canonical JSON (sorted keys) is hashed into
+:func:`spec_hash`, which names the dataset folder and keys every cache. Bad values fail at
+construction with a message naming the field and the allowed range.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+
+#: Version of the on-disk layout and of the generators; part of every spec hash, so a change
+#: in how samples are produced never reuses stale caches.
+GENERATOR_VERSION = 1
+
+PetscOptions = dict[str, str]
+
+
+class _SpecBase(BaseModel):
+    """Fields shared by every family."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_train: int = Field(8, ge=1, le=1_000_000, description="samples in the train split")
+    n_test: int = Field(2, ge=0, le=1_000_000, description="samples in the test split (0: none)")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="root seed; sample i of a split is seeded by (seed, split, i)")
+    petsc_options: PetscOptions = Field(
+        default_factory=dict,
+        description="PETSc options database entries for the solver, without leading '-', "
+        "e.g. {'ksp_type': 'cg', 'pc_type': 'gamg'}; merged over the family defaults",
+    )
+
+    @field_validator("petsc_options", mode="before")
+    @classmethod
+    def _stringify_options(cls, v: object) -> object:
+        if isinstance(v, dict):
+            out = {}
+            for k, val in v.items():
+                key = str(k).lstrip("-")
+                if not key or any(c.isspace() for c in key):
+                    raise ValueError(f"invalid PETSc option name {k!r}")
+                out[key] = "" if val is None else str(val)
+            return out
+        return v
+
+    @property
+    def splits(self) -> dict[str, int]:
+        """Split name -> number of samples (empty splits omitted)."""
+        return {name: n for name, n in (("train", self.n_train), ("test", self.n_test)) if n > 0}
+
+    def default_petsc_options(self) -> PetscOptions:
+        return {}
+
+    def solver_options(self) -> PetscOptions:
+        """Family defaults overridden by :attr:`petsc_options`."""
+        return {**self.default_petsc_options(), **self.petsc_options}
+
+
+def _finite(name: str, v: float) -> float:
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v}")
+    return v
+
+
+class PoissonSpec(_SpecBase):
+    """-lap u = b on the unit square/cube, cell-centred 5-point (2D) / 7-point (3D) stencil.
+
+    One matrix per dataset (fixed grid and obstacle mask); samples are right-hand sides ``b``
+    drawn from a smooth Gaussian random field and their PETSc solutions ``x``.
+    """
+
+    family: Literal["poisson"] = "poisson"
+    n: int = Field(32, ge=3, le=4096, description="cells per dimension")
+    dim: Literal[2, 3] = 2
+    bc: Literal["dirichlet", "neumann"] = "dirichlet"
+    obstacle: Literal["none", "box", "disks"] = Field(
+        "none", description="solid cells excluded from the domain (fluid pressure projection)"
+    )
+
+    @model_validator(mode="after")
+    def _check_size(self) -> "PoissonSpec":
+        if self.n**self.dim > 64_000_000:
+            raise ValueError(f"n={self.n} in {self.dim}D gives {self.n**self.dim} unknowns; the limit is 64e6")
+        return self
+
+    def default_petsc_options(self) -> PetscOptions:
+        return {"ksp_type": "cg", "pc_type": "gamg", "ksp_rtol": "1e-10", "ksp_norm_type": "unpreconditioned"}
+
+
+class DarcySpec(_SpecBase):
+    """-div(a grad u) = f on the unit square, u = 0 on the boundary (the FNO Darcy benchmark).
+
+    ``a`` is piecewise constant: ``a_high`` where a Gaussian random field with covariance
+    ``tau^(2 alpha - 2) (-lap + tau^2)^(-alpha)`` is >= 0, ``a_low`` elsewhere.
+    """
+
+    family: Literal["darcy"] = "darcy"
+    n: int = Field(64, ge=4, le=4096, description="cells per dimension (resolution)")
+    f: float = Field(1.0, description="constant forcing")
+    a_high: float = Field(12.0, gt=0, description="coefficient where the field is >= 0")
+    a_low: float = Field(3.0, gt=0, description="coefficient where the field is < 0")
+    alpha: float = Field(2.0, gt=1.0, le=10.0, description="GRF smoothness exponent")
+    tau: float = Field(3.0, gt=0, le=100.0, description="GRF inverse length scale")
+
+    @field_validator("f", "a_high", "a_low", "alpha", "tau")
+    @classmethod
+    def _finite(cls, v: float, info) -> float:
+        return _finite(info.field_name, v)
+
+    def default_petsc_options(self) -> PetscOptions:
+        return {"ksp_type": "cg", "pc_type": "gamg", "ksp_rtol": "1e-10", "ksp_norm_type": "unpreconditioned"}
+
+
+class HeatSpec(_SpecBase):
+    """u_t = kappa lap u on the unit interval/square, u = 0 on the boundary, implicit PETSc TS.
+
+    Initial conditions from a smooth Gaussian random field; trajectories stored at
+    ``n_times + 1`` equally spaced times in [0, t_final].
+    """
+
+    family: Literal["heat"] = "heat"
+    n: int = Field(64, ge=4, le=4096, description="cells per dimension")
+    dim: Literal[1, 2] = 1
+    kappa: float = Field(0.01, gt=0, le=1e3, description="diffusivity")
+    t_final: float = Field(1.0, gt=0, le=1e6, description="final time")
+    n_times: int = Field(10, ge=1, le=10_000, description="output intervals")
+    steps_per_output: int = Field(4, ge=1, le=10_000, description="TS steps between outputs")
+
+    @field_validator("kappa", "t_final")
+    @classmethod
+    def _finite(cls, v: float, info) -> float:
+        return _finite(info.field_name, v)
+
+    def default_petsc_options(self) -> PetscOptions:
+        return {"ts_type": "cn", "ksp_type": "cg", "pc_type": "gamg", "ksp_rtol": "1e-12"}
+
+
+PDESpec = Annotated[Union[PoissonSpec, DarcySpec, HeatSpec], Field(discriminator="family")]
+FAMILIES: dict[str, type[_SpecBase]] = {"poisson": PoissonSpec, "darcy": DarcySpec, "heat": HeatSpec}
+
+_ADAPTER: TypeAdapter = TypeAdapter(PDESpec)
+
+
+def parse_spec(obj: dict | str | _SpecBase) -> PoissonSpec | DarcySpec | HeatSpec:
+    """Validate a dict / JSON string / spec into a spec model (unknown family: clear error)."""
+    if isinstance(obj, _SpecBase):
+        return obj  # type: ignore[return-value]
+    if isinstance(obj, str):
+        obj = json.loads(obj)
+    if isinstance(obj, dict) and obj.get("family") not in FAMILIES:
+        raise ValueError(f"family: unknown PDE family {obj.get('family')!r}; choose one of {sorted(FAMILIES)}")
+    return _ADAPTER.validate_python(obj)
+
+
+def canonical_json(spec: _SpecBase) -> str:
+    return json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+
+def spec_hash(spec: _SpecBase) -> str:
+    """SHA-256 (hex) of the canonical spec JSON and the generator version."""
+    payload = f"v{GENERATOR_VERSION}:{canonical_json(spec)}"
+    return hashlib.sha256(payload.encode()).hexdigest()

@@ -1,0 +1,360 @@
+"""The dataset store: chunked generation, atomic HDF5 writes, manifests and verified loads.
+
+Layout under the store root (``$SCIFLOW_HOME``, default ``./.sciflow``)::
+
+    datasets/<family>-<spec hash[:16]>/
+        train.h5, test.h5      one file per split; arrays + attrs (spec JSON, axes, digest)
+        manifest.json          spec, shapes, dtypes, SHA-256 per split and overall, versions
+    chunks/<spec hash[:16]>/<split>-<start>-<stop>.h5    cached chunks (inputs of the splits)
+
+Every file is written to a temporary name in the same folder, fsynced, then renamed, so a crash
+never leaves a partial file under a real name. A dataset exists iff its manifest does (the
+manifest is written last). Sample ``i`` of split ``s`` is drawn from ``SeedSequence([seed, s, i])``,
+so the data do not depend on how generation was chunked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import h5py
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from .pdes import family_module
+from .spec import GENERATOR_VERSION, canonical_json, parse_spec, spec_hash
+
+SPLIT_IDS = {"train": 0, "test": 1}
+MANIFEST = "manifest.json"
+DEFAULT_CHUNK_SIZE = 16
+
+
+class DatasetError(RuntimeError):
+    """A dataset is missing, unreadable or fails its digest check."""
+
+
+class DatasetRef(BaseModel):
+    """What tasks pass around instead of arrays: where a dataset is and what it must hash to."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    digest: str
+    family: str
+    spec_hash: str
+
+
+class ChunkRef(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    digest: str
+    split: str
+    start: int
+    stop: int
+
+
+@dataclass
+class Dataset:
+    """One loaded split: ``arrays`` (name -> ndarray), the validated ``spec`` and the file attrs."""
+
+    arrays: dict[str, np.ndarray]
+    spec: object
+    split: str
+    digest: str
+    path: Path
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.arrays[name]
+
+
+def home() -> Path:
+    """The store root: ``$SCIFLOW_HOME`` or ``./.sciflow``."""
+    return Path(os.environ.get("SCIFLOW_HOME", ".sciflow")).resolve()
+
+
+def dataset_dir(spec, root: str | os.PathLike | None = None) -> Path:
+    root = Path(root) if root is not None else home()
+    return root / "datasets" / f"{spec.family}-{spec_hash(spec)[:16]}"
+
+
+def array_digest(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 over the arrays in name order (name, dtype, shape and C-order bytes of each)."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        arr = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+@contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; on success fsync and rename it into place,
+    on any error remove it. The previous ``final`` (if any) survives a failed write."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:12]}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_h5(path: Path, arrays: dict[str, np.ndarray], attrs: dict[str, str]) -> str:
+    """Atomically write ``arrays`` (+ ``attrs``, + the digest) to an HDF5 file; return the digest."""
+    digest = array_digest(arrays)
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as fh:
+            for name, arr in arrays.items():
+                fh.create_dataset(name, data=arr)
+            for key, value in {**attrs, "sha256": digest}.items():
+                fh.attrs[key] = value
+    return digest
+
+
+def read_h5(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"dataset file {path} does not exist")
+    try:
+        with h5py.File(path, "r") as fh:
+            arrays = {name: fh[name][()] for name in fh.keys()}
+            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in fh.attrs.items()}
+    except (OSError, KeyError) as exc:
+        raise DatasetError(f"dataset file {path} is unreadable (truncated or not HDF5): {exc}") from exc
+    return arrays, attrs
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+
+
+def package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for pkg in ("sciflow", "numpy", "scipy", "h5py", "petsc4py", "torch", "prefect", "mlflow"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        from .petsc import petsc
+
+        out["petsc"] = ".".join(map(str, petsc().Sys.getVersion()))
+    except Exception:  # petsc4py missing: reported by its absence
+        pass
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# chunks
+
+
+def plan_chunks(spec, chunk_size: int = DEFAULT_CHUNK_SIZE) -> list[tuple[str, int, int]]:
+    """``(split, start, stop)`` for every chunk of every split."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return [
+        (split, start, min(start + chunk_size, n))
+        for split, n in spec.splits.items()
+        for start in range(0, n, chunk_size)
+    ]
+
+
+def sample_rngs(spec, split: str, start: int, stop: int) -> list[np.random.Generator]:
+    return [np.random.default_rng(np.random.SeedSequence([spec.seed, SPLIT_IDS[split], i])) for i in range(start, stop)]
+
+
+def chunk_path(spec, split: str, start: int, stop: int, root=None) -> Path:
+    root = Path(root) if root is not None else home()
+    return root / "chunks" / spec_hash(spec)[:16] / f"{split}-{start:07d}-{stop:07d}.h5"
+
+
+def generate_chunk(spec, split: str, start: int, stop: int, root=None) -> ChunkRef:
+    """Solve samples ``start:stop`` of ``split`` with PETSc and store them as a chunk file.
+
+    An existing chunk file whose digest verifies is reused (no PETSc work).
+    """
+    spec = parse_spec(spec)
+    if split not in spec.splits or not (0 <= start < stop <= spec.splits[split]):
+        raise ValueError(f"chunk {split}[{start}:{stop}] is outside the spec's splits {spec.splits}")
+    path = chunk_path(spec, split, start, stop, root)
+    if path.exists():
+        try:
+            arrays, attrs = read_h5(path)
+            if array_digest(arrays) == attrs.get("sha256"):
+                return ChunkRef(path=str(path), digest=attrs["sha256"], split=split, start=start, stop=stop)
+        except DatasetError:
+            pass  # unreadable: regenerate below
+    arrays = family_module(spec.family).sample_arrays(spec, sample_rngs(spec, split, start, stop))
+    digest = write_h5(path, arrays, {"spec": canonical_json(spec), "split": split})
+    return ChunkRef(path=str(path), digest=digest, split=split, start=start, stop=stop)
+
+
+# ---------------------------------------------------------------------------------------------
+# datasets
+
+
+def assemble(spec, chunks: list[ChunkRef], root=None) -> DatasetRef:
+    """Concatenate verified chunks into one HDF5 file per split and write the manifest last."""
+    spec = parse_spec(spec)
+    out_dir = dataset_dir(spec, root)
+    module = family_module(spec.family)
+    shared = module.shared_arrays(spec)
+    files = {}
+    for split, n in spec.splits.items():
+        parts = sorted((c for c in chunks if c.split == split), key=lambda c: c.start)
+        covered = [(c.start, c.stop) for c in parts]
+        if not parts or parts[0].start != 0 or parts[-1].stop != n or any(
+            a[1] != b[0] for a, b in zip(covered, covered[1:])
+        ):
+            raise DatasetError(f"chunks for split {split!r} do not cover 0..{n}: {covered}")
+        loaded = []
+        for c in parts:
+            arrays, attrs = read_h5(Path(c.path))
+            if array_digest(arrays) != c.digest:
+                raise DatasetError(f"chunk {c.path} does not match its digest {c.digest[:12]}")
+            loaded.append(arrays)
+        arrays = {name: np.concatenate([a[name] for a in loaded]) for name in loaded[0]}
+        arrays.update(shared)
+        attrs = {
+            "spec": canonical_json(spec),
+            "family": spec.family,
+            "split": split,
+            "axes": json.dumps(module.AXES),
+            "generator_version": str(GENERATOR_VERSION),
+        }
+        digest = write_h5(out_dir / f"{split}.h5", arrays, attrs)
+        files[f"{split}.h5"] = {
+            "sha256": digest,
+            "n_samples": n,
+            "arrays": {k: {"shape": list(v.shape), "dtype": v.dtype.str} for k, v in arrays.items()},
+        }
+    overall = hashlib.sha256("".join(f"{k}:{v['sha256']}" for k, v in sorted(files.items())).encode()).hexdigest()
+    manifest = {
+        "spec": json.loads(canonical_json(spec)),
+        "spec_hash": spec_hash(spec),
+        "family": spec.family,
+        "digest": overall,
+        "files": files,
+        "axes": module.AXES,
+        "versions": package_versions(),
+        "generator_version": GENERATOR_VERSION,
+    }
+    _write_json(out_dir / MANIFEST, manifest)
+    return DatasetRef(path=str(out_dir), digest=overall, family=spec.family, spec_hash=spec_hash(spec))
+
+
+def find(spec, root=None) -> DatasetRef | None:
+    """The stored dataset for ``spec`` if its manifest exists and names every split file."""
+    spec = parse_spec(spec)
+    out_dir = dataset_dir(spec, root)
+    try:
+        manifest = json.loads((out_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if manifest.get("spec_hash") != spec_hash(spec):
+        return None
+    if not all((out_dir / name).exists() for name in manifest.get("files", {})):
+        return None
+    return DatasetRef(path=str(out_dir), digest=manifest["digest"], family=spec.family, spec_hash=spec_hash(spec))
+
+
+def generate(
+    spec,
+    root=None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    progress: bool | Callable[[int, int], None] = True,
+) -> DatasetRef:
+    """Generate (or find) the dataset for ``spec``: PETSc solves per chunk, then assembly.
+
+    Args:
+        spec: a spec model or a dict with ``family``.
+        root: store root (default :func:`home`).
+        chunk_size: samples per chunk (chunks are the unit of caching and of parallel work).
+        progress: True for a console progress bar, or a callback ``(done, total)``.
+
+    Returns:
+        DatasetRef with the dataset folder and its overall SHA-256 digest. A stored dataset
+        (same spec hash) is returned without any PETSc work.
+    """
+    spec = parse_spec(spec)
+    found = find(spec, root)
+    if found is not None:
+        return found
+    plan = plan_chunks(spec, chunk_size)
+    total = sum(stop - start for _, start, stop in plan)
+    bar = None
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc=f"{spec.family} samples", unit="sample")
+    chunks, done = [], 0
+    try:
+        for split, start, stop in plan:
+            chunks.append(generate_chunk(spec, split, start, stop, root))
+            done += stop - start
+            if bar is not None:
+                bar.update(stop - start)
+            elif callable(progress):
+                progress(done, total)
+    finally:
+        if bar is not None:
+            bar.close()
+    return assemble(spec, chunks, root)
+
+
+def _resolve(path_or_ref) -> tuple[Path, str | None]:
+    if isinstance(path_or_ref, DatasetRef):
+        return Path(path_or_ref.path), path_or_ref.digest
+    if isinstance(path_or_ref, dict) and "path" in path_or_ref:
+        return Path(path_or_ref["path"]), path_or_ref.get("digest")
+    return Path(path_or_ref), None
+
+
+def load(path_or_ref, split: str = "train", verify: bool = True) -> Dataset:
+    """Load one split of a stored dataset, verifying its SHA-256 against the manifest (and
+    against the ref's digest when given a :class:`DatasetRef`).
+
+    Raises:
+        DatasetError: missing folder/manifest/split, unreadable file, or digest mismatch.
+    """
+    path, expected = _resolve(path_or_ref)
+    if path.is_file() and path.suffix == ".h5":
+        path, split = path.parent, path.stem
+    manifest_path = path / MANIFEST
+    if not manifest_path.exists():
+        raise DatasetError(f"no dataset at {path}: {MANIFEST} is missing (generate it first)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except ValueError as exc:
+        raise DatasetError(f"{manifest_path} is not valid JSON: {exc}") from exc
+    if expected is not None and manifest.get("digest") != expected:
+        raise DatasetError(
+            f"dataset at {path} has digest {str(manifest.get('digest'))[:12]}, the reference expects {expected[:12]}"
+        )
+    entry = manifest.get("files", {}).get(f"{split}.h5")
+    if entry is None:
+        raise DatasetError(f"dataset at {path} has no split {split!r}; it has {sorted(manifest.get('files', {}))}")
+    arrays, attrs = read_h5(path / f"{split}.h5")
+    if verify:
+        actual = array_digest(arrays)
+        if actual != entry["sha256"]:
+            raise DatasetError(
+                f"{path / (split + '.h5')} is corrupted: SHA-256 {actual[:12]} != manifest {entry['sha256'][:12]}"
+            )
+    return Dataset(arrays=arrays, spec=parse_spec(manifest["spec"]), split=split, digest=entry["sha256"], path=path)

@@ -1,0 +1,143 @@
+"""The ``sciflow`` console script.
+
+    sciflow run nightly --scale smoke
+    sciflow generate darcy --n 64 --n-train 32 --petsc-option pc_type=hypre
+    sciflow bench datagen --scale small --out results/datagen-small.json
+    sciflow ui
+
+Each command runs the same functions that back the Prefect flows. Bad parameters exit with
+status 2 and a message naming the field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import typing
+from pathlib import Path
+
+from . import settings
+
+settings.configure()
+
+from data.spec import FAMILIES  # noqa: E402
+
+from .scales import SCALES  # noqa: E402
+
+BENCHMARKS = ("datagen",)
+
+
+def _field_type(annotation):
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        values = typing.get_args(annotation)
+        return type(values[0]), [str(v) if isinstance(v, str) else v for v in values]
+    if annotation in (int, float, str):
+        return annotation, None
+    return None, None
+
+
+def _add_spec_options(p: argparse.ArgumentParser, model) -> None:
+    for name, field in model.model_fields.items():
+        if name in ("family", "petsc_options"):
+            continue
+        typ, choices = _field_type(field.annotation)
+        if typ is None:
+            continue
+        p.add_argument(
+            f"--{name.replace('_', '-')}", dest=name, type=typ, choices=choices, default=None,
+            help=f"{field.description or name} (default {field.default})",
+        )
+    p.add_argument(
+        "--petsc-option", action="append", default=[], metavar="KEY=VALUE",
+        help="PETSc option for the solver, repeatable, e.g. ksp_type=cg pc_type=hypre",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sciflow", description="Sci-ML pipelines on Prefect + MLflow")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a flow")
+    run.add_argument("flow", choices=["nightly"])
+    run.add_argument("--scale", choices=SCALES, default="smoke")
+    run.add_argument("--chunk-size", type=int, default=16)
+
+    gen = sub.add_parser("generate", help="generate a PETSc dataset through the generate-dataset flow")
+    fam = gen.add_subparsers(dest="family", required=True)
+    for family, model in FAMILIES.items():
+        p = fam.add_parser(family, help=(model.__doc__ or "").strip().splitlines()[0])
+        _add_spec_options(p, model)
+        p.add_argument("--chunk-size", type=int, default=16)
+        p.add_argument("--no-flow", action="store_true", help="library call only (no Prefect/MLflow), with a progress bar")
+
+    bench = sub.add_parser("bench", help="run a benchmark; writes {rows, meta} JSON")
+    bench.add_argument("name", choices=BENCHMARKS)
+    bench.add_argument("--scale", choices=SCALES, default="smoke")
+    bench.add_argument("--out", type=Path, required=True)
+
+    sub.add_parser("ui", help="print how to open the MLflow UI on this project's runs")
+    return parser
+
+
+def _spec_from_args(args) -> object:
+    from pydantic import ValidationError
+
+    model = FAMILIES[args.family]
+    values = {k: v for k, v in vars(args).items() if k in model.model_fields and v is not None}
+    options = {}
+    for item in args.petsc_option:
+        if "=" not in item:
+            raise SystemExit(f"sciflow: --petsc-option expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        options[key] = value
+    try:
+        return model(**values, petsc_options=options)
+    except ValidationError as exc:
+        raise SystemExit(_validation_message(exc)) from None
+
+
+def _validation_message(exc) -> str:
+    lines = [f"  {'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors()]
+    return "sciflow: invalid parameters\n" + "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .results import format_table
+    from .tracking import ui_hint
+
+    if args.command == "ui":
+        print(ui_hint())
+        return 0
+    if args.command == "generate":
+        spec = _spec_from_args(args)
+        if args.no_flow:
+            import data
+
+            ref = data.generate(spec, chunk_size=args.chunk_size)
+        else:
+            from .generate import generate_dataset
+
+            ref = generate_dataset(spec=spec, chunk_size=args.chunk_size)
+        print(f"dataset: {ref.path}\nsha256:  {ref.digest}")
+        return 0
+    if args.command == "run":
+        from .nightly import nightly_benchmark
+
+        rows = nightly_benchmark(scale=args.scale, chunk_size=args.chunk_size)
+        print(f"\nnightly-benchmark (scale={args.scale})\n" + format_table(rows))
+        print(f"\nMLflow runs: {ui_hint()}")
+        return 0
+    if args.command == "bench":
+        from .benchmarks import run_benchmark
+
+        rows, meta = run_benchmark(args.name, args.scale, args.out)
+        print(format_table(rows))
+        print(f"\nwrote {args.out}")
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

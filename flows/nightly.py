@@ -1,0 +1,70 @@
+"""``nightly-benchmark`` flow: every stage of the project at one scale, in one tracked run.
+
+Stages so far: PETSc data generation for each PDE family. Later stages (linear solvers, neural
+operators, ...) join here as their issues land. The flow run is the parent MLflow run; each
+stage's flow run is nested under it.
+"""
+
+from __future__ import annotations
+
+import time
+
+from . import settings
+
+settings.configure()
+
+from prefect import flow, get_run_logger  # noqa: E402
+
+from data.spec import DarcySpec, HeatSpec, PoissonSpec  # noqa: E402
+
+from . import tracking  # noqa: E402
+from .generate import generate_dataset  # noqa: E402
+from .results import format_table, publish  # noqa: E402
+from .scales import Scale  # noqa: E402
+
+DATASETS = {
+    "smoke": [
+        PoissonSpec(n=16, n_train=4, n_test=2),
+        DarcySpec(n=16, n_train=4, n_test=2),
+        HeatSpec(n=16, dim=1, n_train=4, n_test=2, n_times=4),
+    ],
+    "small": [
+        PoissonSpec(n=64, n_train=64, n_test=16, obstacle="disks"),
+        DarcySpec(n=64, n_train=256, n_test=64),
+        HeatSpec(n=64, dim=2, n_train=32, n_test=8, n_times=10),
+    ],
+    "paper": [
+        PoissonSpec(n=64, dim=3, n_train=1000, n_test=100, obstacle="disks"),
+        DarcySpec(n=128, n_train=1000, n_test=100),
+        HeatSpec(n=128, dim=2, n_train=1000, n_test=100, n_times=20),
+    ],
+}
+
+
+@flow(name="nightly-benchmark", validate_parameters=True)
+def nightly_benchmark(scale: Scale = "smoke", chunk_size: int = 16) -> list[dict]:
+    """Run every stage at ``scale`` ("smoke": seconds, "small": minutes on 2 CPU cores,
+    "paper": the papers' sizes on a GPU worker); returns and publishes the results table."""
+    logger = get_run_logger()
+    rows: list[dict] = []
+    with tracking.mlflow_run(f"nightly-{scale}", {"scale": scale, "chunk_size": chunk_size}, {"sciflow.stage": "nightly"}) as run_id:
+        for spec in DATASETS[scale]:
+            t0 = time.perf_counter()
+            ref = generate_dataset(spec=spec, chunk_size=chunk_size, parent_run_id=run_id)
+            seconds = time.perf_counter() - t0
+            n = spec.n_train + spec.n_test
+            rows.append(
+                {
+                    "stage": "generate-dataset",
+                    "problem": f"{spec.family}-{spec.n}^{getattr(spec, 'dim', 2)}",
+                    "scale": scale,
+                    "samples": n,
+                    "seconds": round(seconds, 3),
+                    "samples_per_s": round(n / seconds, 2),
+                    "digest": ref.digest[:12],
+                }
+            )
+        tracking.log_metrics(run_id, {"stages": len(rows), "seconds_total": sum(r["seconds"] for r in rows)})
+        publish(f"nightly-{scale}", rows, {"scale": scale}, run_id, description=f"nightly benchmark at scale={scale}")
+        logger.info("nightly results\n%s", format_table(rows))
+    return rows

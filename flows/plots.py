@@ -1,0 +1,72 @@
+"""Figures people look at instead of reading numbers: dataset samples and benchmark tables."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _imshow(ax, img, title):
+    im = ax.imshow(img, origin="lower", extent=(0, 1, 0, 1), cmap="viridis")
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    plt.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+
+
+def dataset_samples(dataset, n: int = 3):
+    """A figure of the first ``n`` samples of a loaded dataset split (input | solution)."""
+    family = dataset.spec.family
+    arr = dataset.arrays
+    if family == "heat":
+        u = arr["u"]
+        k = min(n, u.shape[0])
+        fig, axes = plt.subplots(1, k, figsize=(4 * k, 3.2), squeeze=False)
+        for i in range(k):
+            ax = axes[0, i]
+            if u.ndim == 3:  # (N, T, n): space-time image
+                im = ax.imshow(u[i].T, origin="lower", aspect="auto", extent=(0, float(arr["t"][-1]), 0, 1))
+                ax.set_xlabel("t")
+                ax.set_ylabel("x")
+                plt.colorbar(im, ax=ax)
+                ax.set_title(f"sample {i}: u(x, t)", fontsize=9)
+            else:
+                _imshow(ax, np.concatenate([u[i, 0], u[i, -1]], axis=1), f"sample {i}: u(t=0) | u(t=T)")
+        fig.tight_layout()
+        return fig
+    names = ("a", "u") if family == "darcy" else ("b", "x")
+    data = [arr[name] for name in names]
+    if data[0].ndim == 4:  # 3D Poisson: the middle z-slice
+        data = [d[:, d.shape[1] // 2] for d in data]
+    k = min(n, data[0].shape[0])
+    fig, axes = plt.subplots(2, k, figsize=(3.6 * k, 6.4), squeeze=False)
+    for i in range(k):
+        for row, (name, d) in enumerate(zip(names, data)):
+            _imshow(axes[row, i], d[i], f"{name} (sample {i})")
+    fig.suptitle(f"{family}: {dataset.split} split, n={data[0].shape[-1]}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def bar_table(rows: list[dict], x: str, y: str, group: str | None = None, title: str = "", logy: bool = False):
+    """A grouped bar chart of ``y`` by ``x`` (and ``group``) for a benchmark table."""
+    groups = sorted({r[group] for r in rows}) if group else [None]
+    xs = list(dict.fromkeys(r[x] for r in rows))
+    width = 0.8 / len(groups)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(xs) * len(groups) ** 0.5, 3.6))
+    for gi, g in enumerate(groups):
+        vals = [next((r[y] for r in rows if r[x] == xv and (g is None or r[group] == g)), np.nan) for xv in xs]
+        ax.bar(np.arange(len(xs)) + gi * width, vals, width, label=str(g) if g is not None else None)
+    ax.set_xticks(np.arange(len(xs)) + width * (len(groups) - 1) / 2)
+    ax.set_xticklabels([str(v) for v in xs], fontsize=8)
+    ax.set_ylabel(y)
+    if logy:
+        ax.set_yscale("log")
+    if group:
+        ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig

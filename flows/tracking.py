@@ -1,0 +1,163 @@
+"""MLflow tracking by run id: one MLflow run per Prefect flow run.
+
+Everything goes through ``MlflowClient`` with an explicit ``run_id`` (MLflow's active run is
+thread-local, and Prefect tasks run in worker threads). A run that raises is ended FAILED
+(KILLED on interrupt) with the error in a tag, never left RUNNING.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from . import settings
+
+settings.configure()
+
+import mlflow  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Metric, Param  # noqa: E402
+
+EXPERIMENT = os.environ.get("SCIFLOW_EXPERIMENT", "sciflow")
+_MAX_PARAM = 6000
+
+
+def client() -> MlflowClient:
+    return MlflowClient()
+
+
+def experiment_id(name: str = EXPERIMENT) -> str:
+    c = client()
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return c.create_experiment(name, artifact_location=os.environ.get("SCIFLOW_MLFLOW_ARTIFACTS"))
+    except mlflow.exceptions.MlflowException:  # created concurrently
+        return c.get_experiment_by_name(name).experiment_id
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
+        commit = out.stdout.strip()
+        if out.returncode == 0 and commit:
+            dirty = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent,
+            ).stdout.strip()
+            return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "unknown"
+
+
+def prefect_tags() -> dict[str, str]:
+    """Tags naming the current Prefect flow run and deployment (empty outside a flow)."""
+    from prefect.runtime import deployment, flow_run
+
+    tags = {}
+    if flow_run.id:
+        tags["prefect.flow_run_id"] = str(flow_run.id)
+        tags["prefect.flow_run_name"] = str(flow_run.name)
+        tags["prefect.flow_name"] = str(flow_run.flow_name)
+    tags["prefect.deployment"] = str(deployment.name) if deployment.name else "none"
+    return tags
+
+
+def standard_tags() -> dict[str, str]:
+    from data.store import package_versions
+
+    tags = {"git.commit": git_commit(), **prefect_tags()}
+    tags.update({f"version.{k}": v for k, v in package_versions().items()})
+    return tags
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``; values JSON-encoded when not scalar."""
+    out: dict[str, str] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, name + "."))
+        elif isinstance(value, (str, int, float, bool)) or value is None:
+            out[name] = str(value)
+        else:
+            out[name] = json.dumps(value, default=str)
+    return {k: v[:_MAX_PARAM] for k, v in out.items()}
+
+
+@contextmanager
+def mlflow_run(
+    run_name: str,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    parent_run_id: str | None = None,
+) -> Iterator[str]:
+    """Create a run (nested under ``parent_run_id`` when given), yield its id, end it
+    FINISHED / FAILED / KILLED according to how the block exits."""
+    c = client()
+    all_tags = {**standard_tags(), **(tags or {})}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = c.create_run(experiment_id(), run_name=run_name, tags=all_tags)
+    run_id = run.info.run_id
+    try:
+        if params:
+            c.log_batch(run_id, params=[Param(k, v) for k, v in flatten(params).items()])
+        yield run_id
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
+        try:
+            c.set_tag(run_id, "sciflow.error", f"{type(exc).__name__}: {exc}"[:5000])
+        finally:
+            c.set_terminated(run_id, status)
+        raise
+    else:
+        c.set_terminated(run_id, "FINISHED")
+
+
+def log_metrics(run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+    import time
+
+    now = int(time.time() * 1000)
+    client().log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+
+def log_dataset(run_id: str, ref, context: str = "generated") -> None:
+    """Record a dataset as an MLflow run input (name, source path, digest, spec hash).
+
+    MLflow's digest column holds 36 characters, so it gets the first 32 hex digits of the
+    SHA-256; the full digest is the ``sciflow.dataset.sha256`` tag.
+    """
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+    from mlflow.entities import DatasetInput, InputTag
+
+    ds = MetaDataset(source=LocalArtifactDatasetSource(ref.path), name=Path(ref.path).name, digest=ref.digest[:32])
+    c = client()
+    c.log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])])
+    c.set_tag(run_id, "sciflow.dataset.sha256", ref.digest)
+    c.set_tag(run_id, "sciflow.dataset.path", ref.path)
+
+
+def log_figure(run_id: str, fig, name: str) -> None:
+    client().log_figure(run_id, fig, name)
+
+
+def log_json(run_id: str, obj: Any, name: str) -> None:
+    client().log_text(run_id, json.dumps(obj, indent=2, default=str), name)
+
+
+def ui_hint() -> str:
+    uri = mlflow.get_tracking_uri()
+    return f"mlflow ui --backend-store-uri {uri} --port 5000   # then open http://127.0.0.1:5000"
+
+
+__all__ = ["mlflow_run", "log_metrics", "log_dataset", "log_figure", "log_json", "ui_hint"]

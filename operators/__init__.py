@@ -1,0 +1,1 @@
+"""Neural operators and constraint layers (plain library: no Prefect or MLflow imports)."""

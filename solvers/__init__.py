@@ -1,0 +1,1 @@
+"""Linear, ODE and optimization solvers (plain library: no Prefect or MLflow imports)."""
