@@ -90,18 +90,28 @@ class KSPSolver:
         PETSc = petsc()
         self._PETSc = PETSc
         self.options = dict(options)
-        self.ksp = PETSc.KSP().create(comm=PETSc.COMM_SELF)
         self._scope = options_scope(self.options)
-        prefix = self._scope.__enter__()
-        self.ksp.setOptionsPrefix(prefix)
-        if dm is not None:  # grid information for GAMG / geometric multigrid; operators stay ours
-            self.ksp.setDM(dm)
-            self.ksp.setDMActive(False)
+        self._prefix = self._scope.__enter__()
+        self._dm = dm
         self._nullvec = None
         if nullspace is not None:
             v = np.asarray(nullspace, dtype=np.float64).ravel()
             self._nullvec = v / np.linalg.norm(v)
+        self.ksp = None
         self.set_operator(A)
+
+    def _new_ksp(self):
+        """A fresh KSP from the options: nothing (random states, reused interpolation) carries
+        over from earlier solves, so results do not depend on how samples were chunked."""
+        PETSc = self._PETSc
+        if self.ksp is not None:
+            self.ksp.destroy()
+        self.ksp = PETSc.KSP().create(comm=PETSc.COMM_SELF)
+        self.ksp.setOptionsPrefix(self._prefix)
+        if self._dm is not None:  # grid information for GAMG / geometric multigrid; operators stay ours
+            self.ksp.setDM(self._dm)
+            self.ksp.setDMActive(False)
+        self.ksp.setOperators(self.A)
         self.ksp.setFromOptions()
 
     def set_operator(self, A) -> None:
@@ -111,16 +121,16 @@ class KSPSolver:
             v.setArray(self._nullvec)
             M.setNullSpace(self._PETSc.NullSpace().create(vectors=[v], comm=M.getComm()))
         self.A = M
-        self.ksp.setOperators(M)
         self.x, self.b = M.createVecs()
+        self._new_ksp()
 
     def update_values(self, A: sp.csr_matrix) -> None:
-        """Replace the operator's values (same sparsity pattern); the preconditioner is rebuilt."""
+        """Replace the operator's values (same sparsity pattern) and start a fresh KSP."""
         PETSc = self._PETSc
         self.A.zeroEntries()
         self.A.setValuesCSR(A.indptr.astype(PETSc.IntType), A.indices.astype(PETSc.IntType), A.data)
         self.A.assemble()
-        self.ksp.setOperators(self.A)
+        self._new_ksp()
 
     def solve(self, b: np.ndarray) -> np.ndarray:
         b = np.ascontiguousarray(b, dtype=np.float64).ravel()

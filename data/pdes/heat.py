@@ -16,7 +16,7 @@ import numpy as np
 
 from ..petsc import SolverDivergedError, options_scope, petsc
 from ..spec import HeatSpec
-from .grid import dmda_matrix, fv_operator
+from .grid import cell_centres, dmda_matrix, fv_operator
 from .random_fields import grf
 
 AXES = {"u": "sample,time,grid...", "t": "time"}
@@ -125,10 +125,11 @@ def shared_arrays(spec: HeatSpec) -> dict[str, np.ndarray]:
 def sample_arrays(spec: HeatSpec, rngs: list[np.random.Generator]) -> dict[str, np.ndarray]:
     t = output_times(spec)
     dt = spec.t_final / (spec.n_times * spec.steps_per_output)
+    window = np.prod([np.sin(np.pi * c) for c in cell_centres(spec.n, spec.dim)], axis=0)
     trajs = []
     with HeatIntegrator(spec.n, spec.dim, spec.kappa, spec.solver_options()) as integ:
         for rng in rngs:
-            u0 = grf(rng, spec.n, spec.dim, alpha=2.5, tau=5.0)
+            u0 = grf(rng, spec.n, spec.dim, alpha=2.5, tau=5.0) * window  # compatible with u = 0
             u0 /= np.abs(u0).max()
             trajs.append(integ.integrate(u0, t, dt))
     return {"u": np.stack(trajs)}

@@ -1,0 +1,41 @@
+"""Benchmarks by name. Each returns ``(rows, meta)``; :func:`run_benchmark` writes the JSON,
+logs it to MLflow and publishes a Prefect table artifact when inside a flow run."""
+
+from __future__ import annotations
+
+import importlib
+import platform
+import time
+from pathlib import Path
+
+from ..scales import check_scale
+
+BENCHMARKS = {"datagen": "flows.benchmarks.datagen"}
+
+
+def run_benchmark(name: str, scale: str, out: str | Path | None = None, parent_run_id: str | None = None):
+    """Run benchmark ``name`` at ``scale``; write ``{"rows", "meta"}`` to ``out`` if given."""
+    from .. import tracking
+    from ..results import publish, write_json
+
+    check_scale(scale)
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}; choose one of {sorted(BENCHMARKS)}")
+    module = importlib.import_module(BENCHMARKS[name])
+    with tracking.mlflow_run(f"bench-{name}-{scale}", {"benchmark": name, "scale": scale},
+                             {"sciflow.stage": f"bench-{name}"}, parent_run_id) as run_id:
+        t0 = time.perf_counter()
+        rows = module.run(scale, run_id=run_id)
+        meta = {
+            "benchmark": name,
+            "scale": scale,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "machine": {"cpu_count": __import__("os").cpu_count(), "platform": platform.platform()},
+            "git_commit": tracking.git_commit(),
+            "mlflow_run_id": run_id,
+            **getattr(module, "META", {}),
+        }
+        if out is not None:
+            write_json(out, rows, meta)
+        publish(f"bench-{name}-{scale}", rows, meta, run_id, description=f"{name} benchmark at scale={scale}")
+    return rows, meta
