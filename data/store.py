@@ -318,6 +318,24 @@ def generate(
     return assemble(spec, chunks, root)
 
 
+def head(path_or_ref, split: str = "train", n: int = 3) -> Dataset:
+    """The first ``n`` samples of a split, read without the digest check (previews, plots).
+
+    Per-sample arrays (those whose axes start with ``sample``) are sliced; shared ones are whole.
+    """
+    path, _ = _resolve(path_or_ref)
+    manifest = json.loads((path / MANIFEST).read_text())
+    file = path / f"{split}.h5"
+    try:
+        with h5py.File(file, "r") as fh:
+            axes = manifest.get("axes", {})
+            arrays = {k: (fh[k][:n] if str(axes.get(k, "")).startswith("sample") else fh[k][()]) for k in fh}
+    except OSError as exc:
+        raise DatasetError(f"dataset file {file} is unreadable: {exc}") from exc
+    spec = parse_spec(manifest["spec"])
+    return Dataset(arrays=arrays, spec=spec, split=split, digest=manifest["files"][f"{split}.h5"]["sha256"], path=path)
+
+
 def _resolve(path_or_ref) -> tuple[Path, str | None]:
     if isinstance(path_or_ref, DatasetRef):
         return Path(path_or_ref.path), path_or_ref.digest

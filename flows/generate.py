@@ -107,8 +107,7 @@ def generate_dataset(
         seconds = time.perf_counter() - t0
         tracking.log_dataset(run_id, ref)
         tracking.log_metrics(run_id, {"samples": total, "seconds": seconds, "samples_per_second": total / seconds})
-        ds = data.load(ref)
-        fig = plots.dataset_samples(ds)
+        fig = plots.dataset_samples(data.store.head(ref, "train", 3))
         tracking.log_figure(run_id, fig, "samples.png")
         plots.plt.close(fig)
         row = {

@@ -40,8 +40,11 @@ PY="$VENV/bin/python"
 # 3. petsc4py against Debian's PETSc (built once; pip caches the wheel).
 if ! "$PY" -c "import petsc4py" >/dev/null 2>&1; then
   say "building petsc4py 3.18 against $PETSC_DIR (about 2-3 minutes the first time)"
-  "$PIP" install -q numpy cython setuptools wheel
+  # petsc4py 3.18's build scripts predate setuptools 70's distutils changes (rpath options
+  # became lists): build with an older setuptools, then restore the one torch requires.
+  "$PIP" install -q numpy cython 'setuptools<70' wheel
   "$PIP" install -q --no-build-isolation 'petsc4py==3.18.*'
+  "$PIP" install -q 'setuptools>=77.0.3'
 fi
 
 # 4. The project and its Python dependencies (torch 2.13.0 is the CPU wheel on this machine).

@@ -27,3 +27,11 @@ def state_dir() -> Path:
 def store(tmp_path) -> Path:
     """A fresh, empty dataset store root."""
     return tmp_path / "store"
+
+
+def pytest_unconfigure(config):
+    # Prefect's ephemeral server logs "Stopping temporary server" at interpreter exit, after
+    # pytest has closed its capture streams; don't print a traceback for that one message.
+    import logging
+
+    logging.raiseExceptions = False

@@ -19,7 +19,7 @@ from ..spec import HeatSpec
 from .grid import cell_centres, dmda_matrix, fv_operator
 from .random_fields import grf
 
-AXES = {"u": "sample,time,grid...", "t": "time"}
+AXES = {"u": "sample,time,[y,]x", "t": "time"}
 
 
 def _ts_reason(code: int) -> str:

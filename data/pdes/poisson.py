@@ -15,7 +15,14 @@ from ..spec import PoissonSpec
 from .grid import cell_centres, dmda_matrix, fv_operator
 from .random_fields import grf
 
-AXES = {"b": "sample,grid...", "x": "sample,grid...", "mask": "grid..."}
+AXES = {
+    "b": "sample,[z,]y,x",
+    "x": "sample,[z,]y,x",
+    "mask": "[z,]y,x",
+    "A_data": "nnz",
+    "A_indices": "nnz",
+    "A_indptr": "row+1",
+}
 
 
 def assemble(n: int, dim: int = 2, bc: str = "dirichlet", mask: np.ndarray | None = None) -> sp.csr_matrix:

@@ -1,0 +1,28 @@
+# Two commands do everything: `make run` and `make test` (each runs the idempotent set-up first).
+VENV ?= .venv
+BIN := $(VENV)/bin
+SCALE ?= smoke
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+
+.PHONY: setup run test test-fast bench bench-datagen ui clean
+
+setup:
+	@bash infra/setup.sh
+
+run: setup
+	$(BIN)/sciflow run nightly --scale $(SCALE)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench-datagen: setup
+	$(BIN)/sciflow bench datagen --scale $(SCALE) --out results/datagen-$(SCALE).json
+
+ui: setup
+	@$(BIN)/sciflow ui
+
+clean:
+	rm -rf .sciflow

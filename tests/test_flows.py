@@ -1,0 +1,152 @@
+"""Flows end to end on the embedded stack: a real (ephemeral) Prefect API and a real MLflow
+SQLite store, both under the session's temporary state folder."""
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+import data
+from data.pdes import darcy
+from data.spec import DarcySpec, HeatSpec
+from flows.generate import generate_dataset
+from flows.nightly import nightly_benchmark
+
+pytestmark = pytest.mark.slow
+
+
+def _mlflow_run_for(flow_run_id: str):
+    runs = MlflowClient().search_runs(
+        [MlflowClient().get_experiment_by_name("sciflow").experiment_id],
+        filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'",
+    )
+    assert len(runs) == 1, f"expected one MLflow run for flow run {flow_run_id}, got {len(runs)}"
+    return runs[0]
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+async def _task_states(flow_run_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async with get_client() as client:
+        runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {r.name: r.state.name for r in runs}
+
+
+async def _artifact(key: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async with get_client() as client:
+        arts = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    return arts
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("flowstore")
+    spec = DarcySpec(n=12, n_train=6, n_test=2, seed=42)
+    state = generate_dataset(spec=spec, chunk_size=3, root=str(root), return_state=True)
+    assert state.is_completed(), state
+    return spec, root, state
+
+
+def test_flow_run_is_one_tracked_mlflow_run(first_run):
+    spec, root, state = first_run
+    ref = state.result()
+    run = _mlflow_run_for(str(state.state_details.flow_run_id))
+    assert run.info.status == "FINISHED"
+    assert run.data.params["spec.n"] == "12" and run.data.params["spec.family"] == "darcy"
+    assert run.data.tags["git.commit"] != "" and run.data.tags["version.petsc"].startswith("3.")
+    assert run.data.tags["sciflow.dataset.sha256"] == ref.digest
+    assert run.data.metrics["samples"] == 8 and run.data.metrics["samples_per_second"] > 0
+    assert run.inputs.dataset_inputs[0].dataset.digest == ref.digest[:32]
+    names = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"samples.png", "results"} <= names
+    assert data.load(ref).arrays["u"].shape == (6, 12, 12)
+
+
+def test_chunk_tasks_and_table_artifact(first_run):
+    spec, root, state = first_run
+    states = _run(_task_states(state.state_details.flow_run_id))
+    assert sum(name.startswith("darcy-train") for name in states) == 2
+    assert all(s == "Completed" for s in states.values()), states
+    arts = _run(_artifact("dataset-darcy"))
+    assert arts and arts[0].type == "table"
+
+
+def test_second_run_hits_the_task_cache(first_run, monkeypatch):
+    spec, root, state = first_run
+    ref = state.result()
+    for f in Path(ref.path).iterdir():  # the assembled dataset is gone, the task cache is not
+        f.unlink()
+
+    def boom(*a, **k):
+        raise AssertionError("PETSc work on a cached spec")
+
+    monkeypatch.setattr(darcy, "sample_arrays", boom)
+    state2 = generate_dataset(spec=spec, chunk_size=3, root=str(root), return_state=True)
+    assert state2.is_completed(), state2
+    assert state2.result().digest == ref.digest
+    states = _run(_task_states(state2.state_details.flow_run_id))
+    chunk_states = [s for name, s in states.items() if name.startswith("darcy-")]
+    assert len(chunk_states) == 3 and set(chunk_states) == {"Cached"}, states
+
+
+def test_failed_solve_fails_the_run_and_writes_nothing(tmp_path):
+    spec = HeatSpec(n=8, n_train=2, n_test=0, petsc_options={"ts_type": "beuler", "ksp_type": "cg", "pc_type": "none", "ksp_max_it": "1", "ksp_rtol": "1e-14"})
+    state = generate_dataset(spec=spec, chunk_size=2, root=str(tmp_path), return_state=True)
+    assert state.is_failed()
+    run = _mlflow_run_for(str(state.state_details.flow_run_id))
+    assert run.info.status == "FAILED"
+    assert "TS" in run.data.tags["sciflow.error"] or "DIVERGED" in run.data.tags["sciflow.error"]
+    assert data.find(spec, root=tmp_path) is None
+    assert not list(tmp_path.rglob("*.h5"))
+
+
+def test_bad_parameters_fail_at_the_boundary():
+    with pytest.raises(Exception, match="n"):
+        generate_dataset(spec={"family": "darcy", "n": -3})
+    with pytest.raises(Exception, match="family"):
+        generate_dataset(spec={"family": "navier-stokes", "n": 8})
+
+
+def test_parameters_render_as_a_typed_form():
+    from prefect.utilities.callables import parameter_schema
+
+    schema = json.dumps(parameter_schema(generate_dataset.fn).model_dump())
+    for name in ("PoissonSpec", "DarcySpec", "HeatSpec", "petsc_options", "chunk_size"):
+        assert name in schema
+
+
+def test_nightly_smoke_chains_the_stages():
+    state = nightly_benchmark(scale="smoke", return_state=True)
+    assert state.is_completed(), state
+    rows = state.result()
+    assert [r["problem"].split("-")[0] for r in rows] == ["poisson", "darcy", "heat"]
+    parent = _mlflow_run_for(str(state.state_details.flow_run_id))
+    children = MlflowClient().search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+
+
+def test_cli(tmp_path, capsys):
+    from flows.cli import main
+
+    with pytest.raises(SystemExit) as err:
+        main(["generate", "darcy", "--n", "-3", "--no-flow"])
+    assert "n: Input should be greater than or equal to 4" in str(err.value)
+    out = tmp_path / "bench.json"
+    assert main(["bench", "datagen", "--scale", "smoke", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    methods = {r["method"] for r in result["rows"]}
+    assert methods == {"bare-petsc4py", "prefect-flow", "petsc-cg-gamg"}
+    assert all(r["ratio_to_bare"] > 0 for r in result["rows"] if "ratio_to_bare" in r)
+    assert result["meta"]["scale"] == "smoke"
