@@ -85,14 +85,22 @@ def dataset_dir(spec, root: str | os.PathLike | None = None) -> Path:
     return root / "datasets" / f"{spec.family}-{spec_hash(spec)[:16]}"
 
 
-def array_digest(arrays: dict[str, np.ndarray]) -> str:
-    """SHA-256 over the arrays in name order (name, dtype, shape and C-order bytes of each)."""
+def _combine(entries: dict[str, tuple[str, tuple, str]]) -> str:
     h = hashlib.sha256()
-    for name in sorted(arrays):
-        arr = np.ascontiguousarray(arrays[name])
-        h.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
-        h.update(arr.tobytes())
+    for name in sorted(entries):
+        dtype, shape, sha = entries[name]
+        h.update(f"{name}|{dtype}|{tuple(shape)}|{sha};".encode())
     return h.hexdigest()
+
+
+def _sha(arr: np.ndarray) -> "hashlib._Hash":
+    return hashlib.sha256(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
+
+
+def array_digest(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 of a set of named arrays: over the names in order, each ``name|dtype|shape|``
+    and the SHA-256 of the array's C-order bytes (so arrays written in slices hash alike)."""
+    return _combine({k: (v.dtype.str, v.shape, _sha(v).hexdigest()) for k, v in arrays.items()})
 
 
 @contextmanager
@@ -209,6 +217,35 @@ def generate_chunk(spec, split: str, start: int, stop: int, root=None) -> ChunkR
 # datasets
 
 
+def _write_split(path: Path, parts: list[ChunkRef], n: int, shared: dict, attrs: dict) -> tuple[str, dict]:
+    """Stream verified chunks into one split file (no concatenated copy in memory); returns
+    the file's digest and ``{name: (dtype, shape)}``."""
+    entries: dict[str, tuple[str, tuple, str]] = {}
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as fh:
+            hashers, offset = {}, 0
+            for c in parts:
+                arrays, _ = read_h5(Path(c.path))
+                if array_digest(arrays) != c.digest:
+                    raise DatasetError(f"chunk {c.path} does not match its digest {c.digest[:12]}")
+                for name, arr in arrays.items():
+                    if name not in hashers:
+                        fh.create_dataset(name, shape=(n, *arr.shape[1:]), dtype=arr.dtype)
+                        hashers[name] = hashlib.sha256()
+                    fh[name][offset : offset + arr.shape[0]] = arr
+                    hashers[name].update(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
+                offset += c.stop - c.start
+            for name, h in hashers.items():
+                entries[name] = (fh[name].dtype.str, fh[name].shape, h.hexdigest())
+            for name, arr in shared.items():
+                fh.create_dataset(name, data=arr)
+                entries[name] = (arr.dtype.str, arr.shape, _sha(arr).hexdigest())
+            digest = _combine(entries)
+            for key, value in {**attrs, "sha256": digest}.items():
+                fh.attrs[key] = value
+    return digest, {k: (v[0], v[1]) for k, v in entries.items()}
+
+
 def assemble(spec, chunks: list[ChunkRef], root=None) -> DatasetRef:
     """Concatenate verified chunks into one HDF5 file per split and write the manifest last."""
     spec = parse_spec(spec)
@@ -223,14 +260,6 @@ def assemble(spec, chunks: list[ChunkRef], root=None) -> DatasetRef:
             a[1] != b[0] for a, b in zip(covered, covered[1:])
         ):
             raise DatasetError(f"chunks for split {split!r} do not cover 0..{n}: {covered}")
-        loaded = []
-        for c in parts:
-            arrays, attrs = read_h5(Path(c.path))
-            if array_digest(arrays) != c.digest:
-                raise DatasetError(f"chunk {c.path} does not match its digest {c.digest[:12]}")
-            loaded.append(arrays)
-        arrays = {name: np.concatenate([a[name] for a in loaded]) for name in loaded[0]}
-        arrays.update(shared)
         attrs = {
             "spec": canonical_json(spec),
             "family": spec.family,
@@ -238,11 +267,11 @@ def assemble(spec, chunks: list[ChunkRef], root=None) -> DatasetRef:
             "axes": json.dumps(module.AXES),
             "generator_version": str(GENERATOR_VERSION),
         }
-        digest = write_h5(out_dir / f"{split}.h5", arrays, attrs)
+        digest, shapes = _write_split(out_dir / f"{split}.h5", parts, n, shared, attrs)
         files[f"{split}.h5"] = {
             "sha256": digest,
             "n_samples": n,
-            "arrays": {k: {"shape": list(v.shape), "dtype": v.dtype.str} for k, v in arrays.items()},
+            "arrays": {k: {"shape": list(shape), "dtype": dtype} for k, (dtype, shape) in shapes.items()},
         }
     overall = hashlib.sha256("".join(f"{k}:{v['sha256']}" for k, v in sorted(files.items())).encode()).hexdigest()
     manifest = {

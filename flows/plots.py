@@ -35,7 +35,7 @@ def dataset_samples(dataset, n: int = 3):
                 ax.set_title(f"sample {i}: u(x, t)", fontsize=9)
             else:
                 _imshow(ax, np.concatenate([u[i, 0], u[i, -1]], axis=1), f"sample {i}: u(t=0) | u(t=T)")
-        fig.tight_layout()
+        fig.subplots_adjust(left=0.06, right=0.95, bottom=0.15, top=0.9, wspace=0.35)
         return fig
     names = ("a", "u") if family == "darcy" else ("b", "x")
     data = [arr[name] for name in names]
@@ -47,7 +47,7 @@ def dataset_samples(dataset, n: int = 3):
         for row, (name, d) in enumerate(zip(names, data)):
             _imshow(axes[row, i], d[i], f"{name} (sample {i})")
     fig.suptitle(f"{family}: {dataset.split} split, n={data[0].shape[-1]}", fontsize=10)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.03, right=0.95, bottom=0.03, top=0.9, wspace=0.3, hspace=0.25)
     return fig
 
 

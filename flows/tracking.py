@@ -147,8 +147,15 @@ def log_dataset(run_id: str, ref, context: str = "generated") -> None:
     c.set_tag(run_id, "sciflow.dataset.path", ref.path)
 
 
-def log_figure(run_id: str, fig, name: str) -> None:
-    client().log_figure(run_id, fig, name)
+def log_figure(run_id: str, fig, name: str, dpi: int = 80) -> None:
+    """Save ``fig`` as a PNG artifact of the run (rendered once, at ``dpi``)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(name).name
+        fig.savefig(path, dpi=dpi)
+        parent = str(Path(name).parent)
+        client().log_artifact(run_id, str(path), None if parent == "." else parent)
 
 
 def log_json(run_id: str, obj: Any, name: str) -> None:
@@ -156,8 +163,16 @@ def log_json(run_id: str, obj: Any, name: str) -> None:
 
 
 def ui_hint() -> str:
+    """The command that opens the MLflow UI on this project's runs."""
+    import sys
+
+    exe = Path(sys.executable).parent / "mlflow"
+    try:
+        exe = exe.relative_to(Path.cwd())
+    except ValueError:
+        pass
     uri = mlflow.get_tracking_uri()
-    return f"mlflow ui --backend-store-uri {uri} --port 5000   # then open http://127.0.0.1:5000"
+    return f"{exe} ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000   # then open http://127.0.0.1:5000"
 
 
 __all__ = ["mlflow_run", "log_metrics", "log_dataset", "log_figure", "log_json", "ui_hint"]
