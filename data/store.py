@@ -104,26 +104,30 @@ def array_digest(arrays: dict[str, np.ndarray]) -> str:
 
 
 @contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; on success fsync and rename it into place,
-    on any error remove it. The previous ``final`` (if any) survives a failed write."""
+def atomic_path(final: Path, durable: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; on success (fsync if ``durable``) rename it into
+    place, on any error remove it. The previous ``final`` (if any) survives a failed write.
+
+    The rename alone makes the write atomic against a crashed process; the fsync also against a
+    crashed machine. Chunk files skip it: they are a cache whose digest is checked on every use."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:12]}")
     try:
         yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        if durable:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
-def write_h5(path: Path, arrays: dict[str, np.ndarray], attrs: dict[str, str]) -> str:
+def write_h5(path: Path, arrays: dict[str, np.ndarray], attrs: dict[str, str], durable: bool = True) -> str:
     """Atomically write ``arrays`` (+ ``attrs``, + the digest) to an HDF5 file; return the digest."""
     digest = array_digest(arrays)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, durable) as tmp:
         with h5py.File(tmp, "w") as fh:
             for name, arr in arrays.items():
                 fh.create_dataset(name, data=arr)
@@ -187,6 +191,14 @@ def sample_rngs(spec, split: str, start: int, stop: int) -> list[np.random.Gener
     return [np.random.default_rng(np.random.SeedSequence([spec.seed, SPLIT_IDS[split], i])) for i in range(start, stop)]
 
 
+def single_threaded_blas():
+    """Limit BLAS/OpenMP pools to one thread: sequential PETSc gains nothing from them, and
+    their spinning threads compete with the solver for the cores."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1)
+
+
 def chunk_path(spec, split: str, start: int, stop: int, root=None) -> Path:
     root = Path(root) if root is not None else home()
     return root / "chunks" / spec_hash(spec)[:16] / f"{split}-{start:07d}-{stop:07d}.h5"
@@ -208,8 +220,9 @@ def generate_chunk(spec, split: str, start: int, stop: int, root=None) -> ChunkR
                 return ChunkRef(path=str(path), digest=attrs["sha256"], split=split, start=start, stop=stop)
         except DatasetError:
             pass  # unreadable: regenerate below
-    arrays = family_module(spec.family).sample_arrays(spec, sample_rngs(spec, split, start, stop))
-    digest = write_h5(path, arrays, {"spec": canonical_json(spec), "split": split})
+    with single_threaded_blas():
+        arrays = family_module(spec.family).sample_arrays(spec, sample_rngs(spec, split, start, stop))
+    digest = write_h5(path, arrays, {"spec": canonical_json(spec), "split": split}, durable=False)
     return ChunkRef(path=str(path), digest=digest, split=split, start=start, stop=stop)
 
 

@@ -24,7 +24,7 @@ from data.spec import FAMILIES  # noqa: E402
 
 from .scales import SCALES  # noqa: E402
 
-BENCHMARKS = ("datagen",)
+BENCHMARKS = ("datagen", "linear")
 
 
 def _field_type(annotation):

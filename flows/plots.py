@@ -70,3 +70,28 @@ def bar_table(rows: list[dict], x: str, y: str, group: str | None = None, title:
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def residual_plot(histories: dict[str, list[float]], title: str = ""):
+    """Relative residual vs iteration (log scale), one line per method."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, hist in histories.items():
+        ax.semilogy(np.arange(len(hist)), hist, label=name)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("||b - Ax|| / ||b - Ax0||")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.13, top=0.9)
+    return fig
+
+
+def loss_plot(history: list[dict], title: str = ""):
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.semilogy([h["epoch"] for h in history], [h["loss"] for h in history], marker="o")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    fig.subplots_adjust(left=0.16, right=0.97, bottom=0.15, top=0.9)
+    return fig

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..scales import check_scale
 
-BENCHMARKS = {"datagen": "flows.benchmarks.datagen"}
+BENCHMARKS = {"datagen": "flows.benchmarks.datagen", "linear": "flows.benchmarks.linear"}
 
 
 def run_benchmark(name: str, scale: str, out: str | Path | None = None, parent_run_id: str | None = None):

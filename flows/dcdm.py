@@ -1,0 +1,74 @@
+"""``train-dcdm`` and ``benchmark-linear-solvers`` flows.
+
+``train-dcdm`` trains the DCDM network for a :class:`DCDMTrainConfig`, checkpointing every epoch
+under ``$SCIFLOW_HOME/models/dcdm-<config key>/checkpoint.pt``; a rerun resumes from the last
+epoch (and does nothing if training finished). Per-epoch loss goes to MLflow, the final model to
+MLflow's model registry (``dcdm-2d`` / ``dcdm-3d``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import settings
+
+settings.configure()
+
+from prefect import flow, get_run_logger  # noqa: E402
+
+from operators.dcdm import DCDMTrainConfig, load_checkpoint  # noqa: E402
+
+from . import plots, tracking  # noqa: E402
+from .scales import Scale  # noqa: E402
+
+
+def checkpoint_path(cfg: DCDMTrainConfig) -> Path:
+    return settings.sciflow_home() / "models" / f"dcdm-{cfg.key()}" / "checkpoint.pt"
+
+
+def _register(run_id: str, model, cfg: DCDMTrainConfig) -> None:
+    import mlflow
+    import mlflow.pytorch
+
+    with mlflow.start_run(run_id=run_id):
+        mlflow.pytorch.log_model(
+            model, name="model", registered_model_name=f"dcdm-{cfg.dim}d",
+            pip_requirements=["torch==2.13.0"], await_registration_for=0,
+        )
+
+
+@flow(name="train-dcdm", validate_parameters=True)
+def train_dcdm(config: DCDMTrainConfig = DCDMTrainConfig(), parent_run_id: str | None = None, register: bool = True) -> str:
+    """Train (or resume, or reuse) the DCDM network; returns the checkpoint path."""
+    from operators.dcdm import train
+
+    logger = get_run_logger()
+    ckpt = checkpoint_path(config)
+    if ckpt.exists():
+        done = load_checkpoint(ckpt)
+        if done.get("epoch") == config.epochs:
+            logger.info("DCDM %s already trained (%d epochs): %s", config.key(), config.epochs, ckpt)
+            return str(ckpt)
+    with tracking.mlflow_run(f"train-dcdm-{config.n}", {"config": config.model_dump(mode="json"), "config_key": config.key()},
+                             {"sciflow.stage": "train-dcdm"}, parent_run_id) as run_id:
+        def on_epoch(epoch: int, row: dict) -> None:
+            tracking.log_metrics(run_id, {"loss": row["loss"], "epoch_seconds": row["seconds"]}, step=epoch)
+            logger.info("epoch %d/%d loss %.4e (%.1f s)", epoch, config.epochs, row["loss"], row["seconds"])
+
+        model, history = train(config, checkpoint=ckpt, on_epoch=on_epoch)
+        fig = plots.loss_plot(history, f"DCDM training, {config.n}^{config.dim}")
+        tracking.log_figure(run_id, fig, "loss.png")
+        plots.plt.close(fig)
+        tracking.client().log_artifact(run_id, str(ckpt), "checkpoint")
+        if register:
+            _register(run_id, model, config)
+    return str(ckpt)
+
+
+@flow(name="benchmark-linear-solvers", validate_parameters=True)
+def benchmark_linear_solvers(scale: Scale = "smoke", out: str | None = None, parent_run_id: str | None = None) -> list[dict]:
+    """Every linear solver on the same held-out systems at ``scale``; returns the table."""
+    from .benchmarks import run_benchmark
+
+    rows, _ = run_benchmark("linear", scale, out, parent_run_id)
+    return rows

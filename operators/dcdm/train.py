@@ -1,0 +1,193 @@
+"""Training the DCDM network (Kaneda et al., ICML 2023, Section 4.2).
+
+Data (Section 4.2, "Training"): ``m`` Lanczos steps on the training matrix give Ritz pairs
+(null-space Ritz values dropped); each training right-hand side is ``b = sum_j c_j v_j``,
+normalised, with ``c_j ~ 9 N(0, 1)`` for the lowest ``m/2 + theta`` Ritz vectors and ``N(0, 1)``
+for the rest, so the low end of the spectrum, which CG resolves slowest, dominates.
+
+Loss (Eq. 9): ``mean_b || b - (f.b / f.A f) A f ||_2^2`` with ``f = f(b)``: the residual left
+after one exact line search along the network's direction. Adam.
+
+``theta`` is not stated for the 2D model in the paper; it is a config field (default ``m // 10``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from solvers.linear import GridSystem, ritz_pairs
+
+from ..device import default_device
+from .net import DCDMNet
+
+
+class DCDMTrainConfig(BaseModel):
+    """Everything that determines a trained DCDM model (its hash keys checkpoints)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n: int = Field(64, ge=8, le=1024, description="training grid cells per side (even)")
+    dim: Literal[2, 3] = 2
+    bc: Literal["dirichlet", "neumann"] = "neumann"
+    obstacle: Literal["none", "box", "disks"] = Field("disks", description="solid cells in the training matrix")
+    obstacle_seed: int = Field(0, ge=0)
+    ritz_m: int = Field(500, ge=8, le=20_000, description="Lanczos steps (Ritz vectors) for the data")
+    theta: int | None = Field(None, ge=0, description="extra low Ritz vectors weighted 9x (default m // 10)")
+    n_samples: int = Field(2000, ge=8, le=1_000_000, description="training right-hand sides")
+    epochs: int = Field(8, ge=1, le=10_000)
+    batch_size: int = Field(32, ge=1, le=4096)
+    lr: float = Field(1e-3, gt=0, le=1.0)
+    filters: int = Field(16, ge=1, le=256)
+    levels: tuple[int, int, int] = (4, 6, 4)
+    seed: int = Field(0, ge=0)
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+    def system(self) -> GridSystem:
+        if self.n % 2:
+            raise ValueError(f"n must be even (one pooling level), got {self.n}")
+        return GridSystem.from_poisson(self.n, self.dim, self.bc, self.obstacle, self.obstacle_seed)
+
+
+def training_rhs(system: GridSystem, m: int, theta: int | None, n_samples: int, seed: int = 0) -> np.ndarray:
+    """``(n_samples, N)`` float32 right-hand sides from Ritz vectors (see module docstring)."""
+    values, V = ritz_pairs(system, m, seed=seed)
+    k = V.shape[1]
+    theta = m // 10 if theta is None else theta
+    heavy = min(k, m // 2 + theta)
+    rng = np.random.default_rng(seed + 1)
+    scale = np.ones(k)
+    scale[:heavy] = 9.0
+    C = rng.standard_normal((n_samples, k)) * scale
+    B = C @ V.T
+    B /= np.linalg.norm(B, axis=1, keepdims=True)
+    return B.astype(np.float32)
+
+
+def sparse_torch(system: GridSystem, dtype=torch.float32, device=None) -> torch.Tensor:
+    """``A`` as a torch sparse CSR tensor (``A @ dense`` is differentiable in the dense factor)."""
+    import warnings
+
+    A = system.A
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]parse.*")
+        return torch.sparse_csr_tensor(
+            torch.as_tensor(A.indptr, dtype=torch.int64),
+            torch.as_tensor(A.indices, dtype=torch.int64),
+            torch.as_tensor(A.data, dtype=dtype),
+            size=A.shape,
+            device=device,
+            check_invariants=True,
+        )
+
+
+def dcdm_loss(model: torch.nn.Module, b: torch.Tensor, A: torch.Tensor, shape: tuple[int, ...], fluid: torch.Tensor | None = None) -> torch.Tensor:
+    """Eq. 9: ``mean || b - (f.b / f.Af) A f ||^2`` over the batch ``b`` of shape ``(B, N)``."""
+    B = b.shape[0]
+    f = model(b.reshape(B, 1, *shape)).reshape(B, -1)
+    if fluid is not None:
+        f = f * fluid
+    Af = (A @ f.T).T
+    alpha = (f * b).sum(1, keepdim=True) / (f * Af).sum(1, keepdim=True)
+    return ((b - alpha * Af) ** 2).sum(1).mean()
+
+
+def _atomic_save(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint safely (``weights_only=True``: tensors and plain containers only)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, corrupted, or not a checkpoint
+        raise ValueError(f"checkpoint {path} is unreadable: {exc}") from exc
+
+
+def model_from_checkpoint(path: str | Path) -> DCDMNet:
+    ckpt = load_checkpoint(path)
+    cfg = ckpt["net"]
+    model = DCDMNet(dim=cfg["dim"], filters=cfg["filters"], levels=tuple(cfg["levels"]))
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+def train(
+    cfg: DCDMTrainConfig,
+    checkpoint: str | Path | None = None,
+    on_epoch: Callable[[int, dict], None] | None = None,
+    device: torch.device | None = None,
+) -> tuple[DCDMNet, list[dict]]:
+    """Train from scratch, or resume from ``checkpoint`` (written atomically after every epoch).
+
+    Returns the model (eval mode, on CPU) and the per-epoch history
+    ``[{"epoch", "loss", "seconds"}, ...]``.
+    """
+    device = device or default_device()
+    torch.manual_seed(cfg.seed)
+    system = cfg.system()
+    t0 = time.perf_counter()
+    B = torch.as_tensor(training_rhs(system, cfg.ritz_m, cfg.theta, cfg.n_samples, cfg.seed))
+    data_seconds = time.perf_counter() - t0
+    A = sparse_torch(system, device=device)
+    fluid = None if system.mask is None else torch.as_tensor(~system.mask.ravel(), dtype=torch.float32, device=device)
+    model = DCDMNet(cfg.dim, cfg.filters, cfg.levels).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    history: list[dict] = []
+    start = 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        ckpt = load_checkpoint(checkpoint)
+        if ckpt.get("config_key") != cfg.key():
+            raise ValueError(f"checkpoint {checkpoint} belongs to another config ({ckpt.get('config_key')} != {cfg.key()})")
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        history = list(ckpt["history"])
+        start = int(ckpt["epoch"])
+    gen = torch.Generator().manual_seed(cfg.seed)
+    for epoch in range(start, cfg.epochs):
+        model.train()
+        gen.manual_seed(cfg.seed * 1000 + epoch)  # the same batches after a resume
+        perm = torch.randperm(B.shape[0], generator=gen)
+        t_ep, total = time.perf_counter(), 0.0
+        for i in range(0, B.shape[0], cfg.batch_size):
+            batch = B[perm[i : i + cfg.batch_size]].to(device)
+            loss = dcdm_loss(model, batch, A, system.shape, fluid)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * batch.shape[0]
+        row = {"epoch": epoch + 1, "loss": total / B.shape[0], "seconds": time.perf_counter() - t_ep}
+        if epoch == 0:
+            row["data_seconds"] = data_seconds
+        history.append(row)
+        if checkpoint is not None:
+            _atomic_save(
+                {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
+                 "history": history, "config_key": cfg.key(), "config": cfg.model_dump(mode="json"),
+                 "net": model.config()},
+                Path(checkpoint),
+            )
+        if on_epoch is not None:
+            on_epoch(epoch + 1, row)
+    return model.cpu().eval(), history

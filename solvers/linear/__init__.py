@@ -1,0 +1,98 @@
+"""Linear solvers behind one entry point.
+
+    solve(A, b, method="dcdm"|"cg"|"icpcg"|"dpcg"|"gamg"|"petsc", tol=1e-6, maxiter=...,
+          model=None, petsc_options=None) -> SolveResult
+
+``A`` is a :class:`GridSystem` (matrix + grid shape + obstacle mask + null space), a
+``scipy.sparse`` matrix (a square 2D grid is assumed for grid methods), or a PETSc Mat. Every
+method stops on ``||b - A x|| <= tol ||b||`` with the true residual, and records the residual
+history. Non-convergence returns ``converged=False`` with the history; it never raises.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import numpy as np
+
+from .dcdm import dcdm
+from .krylov import SolveResult, dpcg, gamg_petsc_options, ic0_petsc_options, pcg, petsc_ksp
+from .lanczos import ritz_pairs
+from .system import GridSystem, NotSPDError, check_rhs, check_spd
+
+METHODS = ("cg", "icpcg", "dpcg", "gamg", "petsc", "dcdm")
+
+
+def as_system(A) -> GridSystem:
+    """Wrap a scipy.sparse matrix or PETSc Mat as a :class:`GridSystem` (square 2D grid if
+    the size is a perfect square, else a 1D grid)."""
+    if isinstance(A, GridSystem):
+        return A
+    if hasattr(A, "getValuesCSR"):  # PETSc Mat
+        from data.petsc import mat_to_csr
+
+        A = mat_to_csr(A)
+    n = A.shape[0]
+    side = int(round(np.sqrt(n)))
+    return GridSystem(A=A, shape=(side, side) if side * side == n else (n,))
+
+
+def solve(
+    A,
+    b: np.ndarray,
+    method: str = "cg",
+    tol: float = 1e-6,
+    maxiter: int | None = None,
+    model=None,
+    petsc_options: Mapping[str, str] | None = None,
+    x0: np.ndarray | None = None,
+    n_orth: int = 2,
+    check: bool = True,
+) -> SolveResult:
+    """Solve ``A x = b``.
+
+    Args:
+        A: GridSystem, scipy.sparse matrix or PETSc Mat; symmetric positive (semi)definite.
+        b: right-hand side, ``N`` entries (any shape), finite; orthogonal to A's null space.
+        method: one of :data:`METHODS`. ``icpcg`` = PETSc CG + ICC(0); ``gamg`` = PETSc CG +
+            GAMG; ``petsc`` = any KSP from ``petsc_options``; ``dpcg`` = deflated PCG with 16
+            Ritz vectors + Jacobi; ``dcdm`` needs ``model`` (a trained ``DCDMNet``).
+        tol: relative tolerance on the true residual.
+        maxiter: iteration cap (default ``N``).
+        n_orth: DCDM's number of previous directions to A-orthogonalise against (paper: 2).
+        check: verify symmetry / positivity before iterating (clear error instead of garbage).
+
+    Raises:
+        ValueError (NotSPDError among them): bad shapes, NaN/inf, a non-SPD matrix, a model for
+        another dimension, an unknown method — always before the first iteration.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if not (0 < tol < 1):
+        raise ValueError(f"tol must be in (0, 1), got {tol}")
+    system = as_system(A)
+    b = check_rhs(system, b)
+    if check:
+        check_spd(system.A)
+    maxiter = int(maxiter or system.n)
+    if method == "cg":
+        return pcg(system, b, tol, maxiter, x0=x0)
+    if method == "dpcg":
+        return dpcg(system, b, tol, maxiter, x0=x0)
+    if method == "icpcg":
+        return petsc_ksp(system, b, tol, maxiter, ic0_petsc_options(), "icpcg", x0)
+    if method == "gamg":
+        return petsc_ksp(system, b, tol, maxiter, gamg_petsc_options(), "gamg", x0)
+    if method == "petsc":
+        if not petsc_options:
+            raise ValueError("method='petsc' needs petsc_options, e.g. {'ksp_type': 'cg', 'pc_type': 'gamg'}")
+        return petsc_ksp(system, b, tol, maxiter, petsc_options, "petsc", x0)
+    if model is None:
+        raise ValueError("method='dcdm' needs a trained model (operators.dcdm.DCDMNet)")
+    return dcdm(system, b, model, tol, maxiter, n_orth=n_orth, x0=x0)
+
+
+__all__ = [
+    "GridSystem", "METHODS", "NotSPDError", "SolveResult", "as_system", "dcdm", "dpcg", "pcg",
+    "petsc_ksp", "ritz_pairs", "solve",
+]

@@ -1,0 +1,224 @@
+"""Classical Krylov baselines: CG, Jacobi-deflated PCG, and PETSc KSP (CG+ICC, CG+GAMG, ...).
+
+Every solver stops on the same rule, ``||b - A x||_2 <= tol ||b||_2`` (the true, unpreconditioned
+residual), counts one iteration per matrix-vector product with a new search direction, and
+records the residual norm after each iteration (``residuals[0]`` is the initial one).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import numpy as np
+import scipy.sparse.linalg as spla
+
+from .system import GridSystem, NotSPDError
+
+
+@dataclass
+class SolveResult:
+    """Outcome of one solve. ``residuals`` are true residual 2-norms, one per iteration plus the
+    initial one; ``converged`` is False when ``maxiter`` ran out (``x`` is then the last iterate)."""
+
+    x: np.ndarray
+    iterations: int
+    residuals: list[float]
+    seconds: float
+    converged: bool
+    method: str
+    setup_seconds: float = 0.0
+    info: dict = field(default_factory=dict)
+
+    @property
+    def relative_residual(self) -> float:
+        return self.residuals[-1] / self.residuals[0] if self.residuals and self.residuals[0] else 0.0
+
+
+def pcg(
+    system: GridSystem,
+    b: np.ndarray,
+    tol: float,
+    maxiter: int,
+    precond: Callable[[np.ndarray], np.ndarray] | None = None,
+    x0: np.ndarray | None = None,
+    method: str = "cg",
+) -> SolveResult:
+    """(Preconditioned) conjugate gradients, Hestenes-Stiefel form."""
+    A = system.A
+    t0 = time.perf_counter()
+    x = np.zeros(system.n) if x0 is None else np.array(x0, dtype=np.float64)
+    r = b - A @ x
+    bnorm = np.linalg.norm(b)
+    res = [float(np.linalg.norm(r))]
+    z = precond(r) if precond else r
+    p = z.copy()
+    rz = r @ z
+    converged = res[0] <= tol * bnorm
+    it = 0
+    while not converged and it < maxiter:
+        Ap = A @ p
+        pAp = p @ Ap
+        if pAp <= 0:
+            raise NotSPDError(f"negative curvature p.Ap = {pAp:.3e} at iteration {it}: A is not positive definite")
+        alpha = rz / pAp
+        x += alpha * p
+        r -= alpha * Ap
+        it += 1
+        res.append(float(np.linalg.norm(r)))
+        if res[-1] <= tol * bnorm:
+            converged = True
+            break
+        z = precond(r) if precond else r
+        rz_new = r @ z
+        p = z + (rz_new / rz) * p
+        rz = rz_new
+    return SolveResult(x, it, res, time.perf_counter() - t0, converged, method)
+
+
+def lowest_eigvecs(system: GridSystem, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` lowest nonzero eigenpairs of ``A`` (shift-invert Lanczos, ARPACK); the null
+    space and solid cells are excluded. Returns ``(values (k,), vectors (N, k))``."""
+    A = system.A
+    n = system.n
+    extra = 1 if system.null is not None else 0
+    v0 = np.random.default_rng(seed).standard_normal(n)
+    sigma = -1e-3 * abs(A.diagonal()).max()  # just below the spectrum: shifted matrix is SPD
+    vals, vecs = spla.eigsh(A, k=k + extra + (0 if system.mask is None else 1), sigma=sigma, which="LM", v0=v0)
+    order = np.argsort(vals)
+    vals, vecs = vals[order], vecs[:, order]
+    keep = vals > 1e-8 * vals.max()
+    if system.mask is not None:  # identity rows of solid cells give eigenvalue 1 vectors living on them
+        on_fluid = np.linalg.norm(vecs[~system.mask.ravel()], axis=0) > 0.5
+        keep &= on_fluid
+    return vals[keep][:k], vecs[:, keep][:, :k]
+
+
+def dpcg(
+    system: GridSystem,
+    b: np.ndarray,
+    tol: float,
+    maxiter: int,
+    n_deflate: int = 16,
+    x0: np.ndarray | None = None,
+    W: np.ndarray | None = None,
+) -> SolveResult:
+    """Deflated PCG (Saad, Yeung, Erhel & Guyomarc'h 2000, Algorithm 2.1) with a Jacobi
+    preconditioner, deflating the ``n_deflate`` lowest Ritz vectors of ``A``.
+
+    The deflation space ``W`` costs an eigen-solve: it is reported as ``setup_seconds``.
+    """
+    A = system.A
+    t_setup = time.perf_counter()
+    if W is None:
+        _, W = lowest_eigvecs(system, n_deflate)
+    AW = A @ W
+    E_inv = np.linalg.inv(W.T @ AW)
+    dinv = 1.0 / A.diagonal()
+    setup = time.perf_counter() - t_setup
+
+    t0 = time.perf_counter()
+    x = np.zeros(system.n) if x0 is None else np.array(x0, dtype=np.float64)
+    r = b - A @ x
+    x += W @ (E_inv @ (W.T @ r))  # x0 with a residual orthogonal to W
+    r = b - A @ x
+    bnorm = np.linalg.norm(b)
+    res = [float(np.linalg.norm(r))]
+    z = dinv * r
+    p = z - W @ (E_inv @ (AW.T @ z))
+    rz = r @ z
+    converged = res[0] <= tol * bnorm
+    it = 0
+    while not converged and it < maxiter:
+        Ap = A @ p
+        alpha = rz / (p @ Ap)
+        x += alpha * p
+        r -= alpha * Ap
+        it += 1
+        res.append(float(np.linalg.norm(r)))
+        if res[-1] <= tol * bnorm:
+            converged = True
+            break
+        z = dinv * r
+        rz_new = r @ z
+        p = z + (rz_new / rz) * p - W @ (E_inv @ (AW.T @ z))
+        rz = rz_new
+    out = SolveResult(x, it, res, time.perf_counter() - t0, converged, "dpcg", setup_seconds=setup)
+    out.info["n_deflate"] = W.shape[1]
+    return out
+
+
+def petsc_ksp(
+    system: GridSystem,
+    b: np.ndarray,
+    tol: float,
+    maxiter: int,
+    options: Mapping[str, str],
+    method: str = "petsc",
+    x0: np.ndarray | None = None,
+) -> SolveResult:
+    """A PETSc KSP chosen by ``options`` (e.g. ``{"ksp_type": "cg", "pc_type": "gamg"}``).
+
+    Stopping is forced to this module's rule: unpreconditioned residual norm, ``rtol = tol``,
+    ``atol = 0``. The history comes from the KSP's own residual monitor (the unpreconditioned
+    norm, which CG updates recursively; the final true residual is checked). PCSetUp time is
+    ``setup_seconds``. Non-convergence returns ``converged=False`` with the KSP reason.
+    """
+    from data.pdes.grid import dmda_matrix
+    from data.petsc import ksp_reason, options_scope, petsc
+
+    PETSc = petsc()
+    opts = {**dict(options), "ksp_norm_type": "unpreconditioned", "ksp_rtol": repr(tol), "ksp_atol": "0",
+            "ksp_max_it": str(maxiter), "ksp_divtol": "1e12"}
+    if system.dim in (2, 3) and len(set(system.shape)) == 1:
+        M, dm = dmda_matrix(system.A, system.shape[0], system.dim)
+    else:
+        from data.petsc import mat_from_csr
+
+        M, dm = mat_from_csr(system.A), None
+    if system.null is not None:
+        v = M.createVecLeft()
+        v.setArray(system.null)
+        M.setNullSpace(PETSc.NullSpace().create(vectors=[v]))
+    with options_scope(opts) as prefix:
+        ksp = PETSc.KSP().create(comm=PETSc.COMM_SELF)
+        try:
+            ksp.setOptionsPrefix(prefix)
+            if dm is not None:
+                ksp.setDM(dm)
+                ksp.setDMActive(False)
+            ksp.setOperators(M)
+            ksp.setFromOptions()
+            if x0 is not None:
+                ksp.setInitialGuessNonzero(True)
+            ksp.setConvergenceHistory(length=maxiter + 1)
+            xb, bb = M.createVecs()
+            bb.setArray(b)
+            xb.setArray(np.zeros(system.n) if x0 is None else np.asarray(x0, dtype=np.float64))
+            t_setup = time.perf_counter()
+            ksp.setUp()
+            setup = time.perf_counter() - t_setup
+            t0 = time.perf_counter()
+            ksp.solve(bb, xb)
+            seconds = time.perf_counter() - t0
+            x = xb.getArray().copy()
+            reason = ksp.getConvergedReason()
+            hist = [float(h) for h in ksp.getConvergenceHistory()]
+            label = f"{ksp.getType()}+{ksp.getPC().getType()}"
+        finally:
+            ksp.destroy()
+    true = float(np.linalg.norm(b - system.A @ x))
+    converged = reason > 0 and true <= tol * np.linalg.norm(b) * 1.0001
+    out = SolveResult(x, max(len(hist) - 1, 0), hist or [true], seconds, converged, method, setup_seconds=setup)
+    out.info.update({"ksp": label, "reason": ksp_reason(reason), "true_residual": true})
+    return out
+
+
+def ic0_petsc_options() -> dict[str, str]:
+    """PETSc CG + ICC(0); the factor shift keeps singular (Neumann) M-matrices factorable."""
+    return {"ksp_type": "cg", "pc_type": "icc", "pc_factor_levels": "0", "pc_factor_shift_type": "positive_definite"}
+
+
+def gamg_petsc_options() -> dict[str, str]:
+    return {"ksp_type": "cg", "pc_type": "gamg"}
