@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a flow")
-    run.add_argument("flow", choices=["nightly"])
+    run.add_argument("flow", choices=["nightly", "train-dcdm"], help="nightly-benchmark, or train-dcdm with the benchmark's config for --scale")
     run.add_argument("--scale", choices=SCALES, default="smoke")
     run.add_argument("--chunk-size", type=int, default=16)
 
@@ -121,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
 
             ref = generate_dataset(spec=spec, chunk_size=args.chunk_size)
         print(f"dataset: {ref.path}\nsha256:  {ref.digest}")
+        return 0
+    if args.command == "run" and args.flow == "train-dcdm":
+        from .benchmarks.linear import TRAIN
+        from .dcdm import train_dcdm
+
+        print(f"checkpoint: {train_dcdm(config=TRAIN[args.scale])}")
         return 0
     if args.command == "run":
         from .nightly import nightly_benchmark

@@ -5,7 +5,7 @@ persisted, so running the same spec twice does no PETSc work the second time. Ch
 path + digest (:class:`data.ChunkRef`), never arrays. The flow run is one MLflow run: params =
 the spec, the dataset as a run input with its digest, a PNG of samples, throughput metrics.
 
-Run it: ``python -m flows.generate --help`` or ``sciflow generate darcy --n 64 --n-train 32``.
+Run it: ``python -m flows.generate darcy --n 64 --n-train 32`` or the same after ``sciflow generate``.
 """
 
 from __future__ import annotations
@@ -123,7 +123,9 @@ def generate_dataset(
     return ref
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m flows.generate darcy --n 64 ...
+    import sys
+
     from .cli import main
 
-    main(["generate", "--help"])
+    sys.exit(main(["generate", *sys.argv[1:]]))

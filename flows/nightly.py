@@ -1,7 +1,8 @@
 """``nightly-benchmark`` flow: every stage of the project at one scale, in one tracked run.
 
-Stages so far: PETSc data generation for each PDE family. Later stages (linear solvers, neural
-operators, ...) join here as their issues land. The flow run is the parent MLflow run; each
+Stages so far: PETSc data generation for each PDE family, then the linear-solver benchmark
+(DCDM vs CG / ICPCG / DPCG / GAMG). Later stages (neural operators, ...) join here as their
+issues land. The flow run is the parent MLflow run; each
 stage's flow run is nested under it.
 """
 
@@ -41,12 +42,31 @@ DATASETS = {
 }
 
 
+def _linear_stage(scale: str, run_id: str) -> list[dict]:
+    """Run benchmark-linear-solvers; summarise it as one row per method (largest grid, GRF
+    right-hand side, tightest tolerance) with the iteration growth across grid sizes."""
+    from .benchmarks.linear import SIZES, TOLS
+    from .dcdm import benchmark_linear_solvers
+
+    rows = benchmark_linear_solvers(scale=scale, parent_run_id=run_id)
+    hi = SIZES[scale][-1]
+    growth = {r["method"]: r["growth"] for r in rows if r["problem"].startswith("growth-")}
+    return [
+        {"stage": "benchmark-linear-solvers", "problem": r["problem"], "scale": scale, "method": r["method"],
+         "iterations": r["iterations"], "converged": r["converged"], "iters_vs_icpcg": r["iters_vs_icpcg"],
+         "iteration_growth": growth.get(r["method"]), "seconds": r["seconds"]}
+        for r in rows
+        if r["problem"].endswith(f"-{hi}") and r["rhs"] == "grf" and r["tol"] == TOLS[-1]
+    ]
+
+
 @flow(name="nightly-benchmark", validate_parameters=True)
 def nightly_benchmark(scale: Scale = "smoke", chunk_size: int = 16) -> list[dict]:
     """Run every stage at ``scale`` ("smoke": seconds, "small": minutes on 2 CPU cores,
     "paper": the papers' sizes on a GPU worker); returns and publishes the results table."""
     logger = get_run_logger()
     rows: list[dict] = []
+    t_start = time.perf_counter()
     with tracking.mlflow_run(f"nightly-{scale}", {"scale": scale, "chunk_size": chunk_size}, {"sciflow.stage": "nightly"}) as run_id:
         for spec in DATASETS[scale]:
             t0 = time.perf_counter()
@@ -64,7 +84,16 @@ def nightly_benchmark(scale: Scale = "smoke", chunk_size: int = 16) -> list[dict
                     "digest": ref.digest[:12],
                 }
             )
-        tracking.log_metrics(run_id, {"stages": len(rows), "seconds_total": sum(r["seconds"] for r in rows)})
+        rows += _linear_stage(scale, run_id)
+        tracking.log_metrics(run_id, {"rows": len(rows), "seconds_total": time.perf_counter() - t_start})
         publish(f"nightly-{scale}", rows, {"scale": scale}, run_id, description=f"nightly benchmark at scale={scale}")
         logger.info("nightly results\n%s", format_table(rows))
     return rows
+
+
+if __name__ == "__main__":  # python -m flows.nightly --scale smoke
+    import sys
+
+    from .cli import main
+
+    sys.exit(main(["run", "nightly", *sys.argv[1:]]))

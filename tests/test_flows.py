@@ -129,12 +129,37 @@ def test_nightly_smoke_chains_the_stages():
     state = nightly_benchmark(scale="smoke", return_state=True)
     assert state.is_completed(), state
     rows = state.result()
-    assert [r["problem"].split("-")[0] for r in rows] == ["poisson", "darcy", "heat"]
+    assert [r["problem"].split("-")[0] for r in rows[:3]] == ["poisson", "darcy", "heat"]
+    linear = [r for r in rows if r["stage"] == "benchmark-linear-solvers"]
+    assert {r["method"] for r in linear} == {"dcdm-k2", "dcdm-k0", "cg", "icpcg", "dpcg", "gamg"}
+    assert all(r["converged"] for r in linear if not r["method"].startswith("dcdm"))
     parent = _mlflow_run_for(str(state.state_details.flow_run_id))
     children = MlflowClient().search_runs(
         [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
     )
-    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    bench = next(c for c in children if c.data.tags["sciflow.stage"] == "bench-linear")
+    assert {"residuals.png", "results"} <= {a.path for a in MlflowClient().list_artifacts(bench.info.run_id)}
+
+
+def test_train_dcdm_registers_and_resumes():
+    from flows.dcdm import checkpoint_path, train_dcdm
+    from operators.dcdm import DCDMTrainConfig, load_checkpoint
+
+    cfg = DCDMTrainConfig(n=8, ritz_m=20, n_samples=16, epochs=2, batch_size=8, seed=7)
+    state = train_dcdm(config=cfg, return_state=True)
+    assert state.is_completed(), state
+    path = state.result()
+    assert path == str(checkpoint_path(cfg)) and load_checkpoint(path)["epoch"] == 2
+    run = _mlflow_run_for(str(state.state_details.flow_run_id))
+    assert run.data.metrics["loss"] > 0
+    assert {"loss.png", "checkpoint"} <= {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
+    versions = MlflowClient().search_model_versions("name = 'dcdm-2d'")
+    assert versions and any(v.run_id == run.info.run_id for v in versions)
+    # a finished config is reused, not retrained
+    again = train_dcdm(config=cfg, return_state=True)
+    assert again.result() == path
+    assert MlflowClient().search_runs([run.info.experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{again.state_details.flow_run_id}'") == []
 
 
 def test_cli(tmp_path, capsys):

@@ -53,7 +53,7 @@ def dcdm(
     n_orth: int = 2,
     x0: np.ndarray | None = None,
     keep_directions: bool = False,
-    patience: int = 50,
+    patience: int = 100,
 ) -> SolveResult:
     """Solve ``A x = b`` with DCDM; see the module docstring for the iteration.
 
@@ -72,6 +72,7 @@ def dcdm(
     r = b - A @ x
     bnorm = np.linalg.norm(b)
     res = [float(np.linalg.norm(r))]
+    times = [time.perf_counter() - t0]
     previous: deque = deque(maxlen=n_orth if n_orth > 0 else 1)
     directions = []
     converged = res[0] <= tol * bnorm
@@ -91,6 +92,7 @@ def dcdm(
         r = b - A @ x
         it += 1
         res.append(float(np.linalg.norm(r)))
+        times.append(time.perf_counter() - t0)
         if n_orth > 0:
             previous.append((p, Ap, pAp))
         if keep_directions:
@@ -103,7 +105,7 @@ def dcdm(
         if stalled >= patience:
             reason = "stagnated"
             break
-    out = SolveResult(x, it, res, time.perf_counter() - t0, converged, f"dcdm-k{n_orth}")
+    out = SolveResult(x, it, res, time.perf_counter() - t0, converged, f"dcdm-k{n_orth}", times=times)
     out.info["reason"] = "converged" if converged else reason
     if keep_directions:
         out.info["directions"] = np.array(directions)

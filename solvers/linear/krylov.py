@@ -30,10 +30,19 @@ class SolveResult:
     method: str
     setup_seconds: float = 0.0
     info: dict = field(default_factory=dict)
+    times: list[float] = field(default_factory=list)  # seconds since the solve began, per residual
 
     @property
     def relative_residual(self) -> float:
         return self.residuals[-1] / self.residuals[0] if self.residuals and self.residuals[0] else 0.0
+
+    def reached(self, threshold: float) -> tuple[int, float] | None:
+        """``(iterations, seconds incl. set-up)`` at which the residual first fell to
+        ``threshold`` (an absolute norm), or None if it never did."""
+        for i, r in enumerate(self.residuals):
+            if r <= threshold:
+                return i, self.setup_seconds + (self.times[i] if i < len(self.times) else self.seconds)
+        return None
 
 
 def pcg(
@@ -52,6 +61,7 @@ def pcg(
     r = b - A @ x
     bnorm = np.linalg.norm(b)
     res = [float(np.linalg.norm(r))]
+    times = [time.perf_counter() - t0]
     z = precond(r) if precond else r
     p = z.copy()
     rz = r @ z
@@ -67,6 +77,7 @@ def pcg(
         r -= alpha * Ap
         it += 1
         res.append(float(np.linalg.norm(r)))
+        times.append(time.perf_counter() - t0)
         if res[-1] <= tol * bnorm:
             converged = True
             break
@@ -74,7 +85,7 @@ def pcg(
         rz_new = r @ z
         p = z + (rz_new / rz) * p
         rz = rz_new
-    return SolveResult(x, it, res, time.perf_counter() - t0, converged, method)
+    return SolveResult(x, it, res, time.perf_counter() - t0, converged, method, times=times)
 
 
 def lowest_eigvecs(system: GridSystem, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -125,6 +136,7 @@ def dpcg(
     r = b - A @ x
     bnorm = np.linalg.norm(b)
     res = [float(np.linalg.norm(r))]
+    times = [time.perf_counter() - t0]
     z = dinv * r
     p = z - W @ (E_inv @ (AW.T @ z))
     rz = r @ z
@@ -137,6 +149,7 @@ def dpcg(
         r -= alpha * Ap
         it += 1
         res.append(float(np.linalg.norm(r)))
+        times.append(time.perf_counter() - t0)
         if res[-1] <= tol * bnorm:
             converged = True
             break
@@ -144,7 +157,7 @@ def dpcg(
         rz_new = r @ z
         p = z + (rz_new / rz) * p - W @ (E_inv @ (AW.T @ z))
         rz = rz_new
-    out = SolveResult(x, it, res, time.perf_counter() - t0, converged, "dpcg", setup_seconds=setup)
+    out = SolveResult(x, it, res, time.perf_counter() - t0, converged, "dpcg", setup_seconds=setup, times=times)
     out.info["n_deflate"] = W.shape[1]
     return out
 
@@ -192,7 +205,8 @@ def petsc_ksp(
             ksp.setFromOptions()
             if x0 is not None:
                 ksp.setInitialGuessNonzero(True)
-            ksp.setConvergenceHistory(length=maxiter + 1)
+            hist, times = [], []
+            ksp.setMonitor(lambda _ksp, _it, rnorm: (hist.append(float(rnorm)), times.append(time.perf_counter() - t0)))
             xb, bb = M.createVecs()
             bb.setArray(b)
             xb.setArray(np.zeros(system.n) if x0 is None else np.asarray(x0, dtype=np.float64))
@@ -204,13 +218,12 @@ def petsc_ksp(
             seconds = time.perf_counter() - t0
             x = xb.getArray().copy()
             reason = ksp.getConvergedReason()
-            hist = [float(h) for h in ksp.getConvergenceHistory()]
             label = f"{ksp.getType()}+{ksp.getPC().getType()}"
         finally:
             ksp.destroy()
     true = float(np.linalg.norm(b - system.A @ x))
     converged = reason > 0 and true <= tol * np.linalg.norm(b) * 1.0001
-    out = SolveResult(x, max(len(hist) - 1, 0), hist or [true], seconds, converged, method, setup_seconds=setup)
+    out = SolveResult(x, max(len(hist) - 1, 0), hist or [true], seconds, converged, method, setup_seconds=setup, times=times)
     out.info.update({"ksp": label, "reason": ksp_reason(reason), "true_residual": true})
     return out
 
