@@ -25,6 +25,13 @@ TRAIN = {
     "small": DCDMTrainConfig(n=64, ritz_m=1000, n_samples=2400, epochs=10, batch_size=32),
     "paper": DCDMTrainConfig(n=64, ritz_m=2000, n_samples=20000, epochs=50, batch_size=64),
 }
+# 3D: (training config, test sizes). The issue's 32^3 -> 64^3 is the paper scale here: on 2 CPU
+# cores a 32^3 training run alone takes tens of minutes, so `small` trains at 16^3 and tests 32^3.
+TRAIN_3D = {
+    "smoke": None,
+    "small": (DCDMTrainConfig(n=16, dim=3, ritz_m=400, n_samples=800, epochs=4, batch_size=16), [32]),
+    "paper": (DCDMTrainConfig(n=32, dim=3, ritz_m=2000, n_samples=10000, epochs=30, batch_size=16), [64, 128]),
+}
 TOLS = (1e-4, 1e-6)
 METHODS = ("dcdm-k2", "dcdm-k0", "cg", "icpcg", "dpcg", "gamg")
 RHS_KINDS = ("ritz", "grf", "divergence")
@@ -35,28 +42,29 @@ META = {
 }
 
 
-def test_system(n: int) -> GridSystem:
-    """A held-out system: Neumann Poisson with a disk layout never used in training."""
-    return GridSystem.from_poisson(n, 2, "neumann", "disks", seed=1000 + n)
+def test_system(n: int, dim: int = 2) -> GridSystem:
+    """A held-out system: Neumann Poisson with a disk (ball) layout never used in training."""
+    return GridSystem.from_poisson(n, dim, "neumann", "disks", seed=1000 + n)
 
 
 def make_rhs(system: GridSystem, kind: str, seed: int = 0) -> np.ndarray:
     """A unit-norm right-hand side of ``kind`` (``ritz`` | ``grf`` | ``divergence``),
     zero on solid cells and orthogonal to the null space."""
     rng = np.random.default_rng(seed)
-    n = system.shape[0]
+    n, dim = system.shape[0], system.dim
     if kind == "ritz":
         vals, V = ritz_pairs(system, min(200, system.n // 4), seed=seed)
         c = rng.standard_normal(V.shape[1])
         c[: V.shape[1] // 2] *= 9.0
         b = V @ c
     elif kind == "grf":
-        b = grf(rng, n, 2, alpha=2.0, tau=3.0).ravel()
+        b = grf(rng, n, dim, alpha=2.0, tau=3.0).ravel()
     elif kind == "divergence":
-        u, v = grf(rng, n, 2, 2.5, 3.0), grf(rng, n, 2, 2.5, 3.0)
-        if system.mask is not None:  # no flow through walls: velocity zero in solids
-            u[system.mask] = v[system.mask] = 0.0
-        b = (np.gradient(u, axis=1) + np.gradient(v, axis=0)).ravel() * n
+        vel = [grf(rng, n, dim, 2.5, 3.0) for _ in range(dim)]
+        for comp in vel:  # no flow through walls: velocity zero in solids
+            if system.mask is not None:
+                comp[system.mask] = 0.0
+        b = sum(np.gradient(comp, axis=dim - 1 - k) for k, comp in enumerate(vel)).ravel() * n
     else:
         raise ValueError(f"unknown right-hand side kind {kind!r}; choose one of {RHS_KINDS}")
     b = system.project(b)
@@ -67,6 +75,40 @@ def _solve(method: str, system: GridSystem, b: np.ndarray, tol: float, model):
     if method.startswith("dcdm"):
         return solve(system, b, "dcdm", tol=tol, maxiter=400, model=model, n_orth=int(method[-1]), check=False)
     return solve(system, b, method, tol=tol, maxiter=5 * system.n, check=False)
+
+
+def _table(model, sizes: list[int], dim: int, kinds, scale: str, log) -> tuple[list[dict], dict]:
+    """Rows for every solver on held-out ``dim``-D systems of each size; and the residual
+    histories of the largest size's GRF right-hand side."""
+    rows: list[dict] = []
+    histories: dict[str, list[float]] = {}
+    for n in sizes:
+        system = test_system(n, dim)
+        for kind in kinds:
+            b = make_rhs(system, kind, seed=n)
+            # one solve per method to the tightest tolerance; the looser ones are read off its
+            # history (the iterates do not depend on the tolerance)
+            found = {}
+            for method in METHODS:
+                found[method] = _solve(method, system, b, min(TOLS), model)
+                log(f"{n}^{dim} {kind:10s} {method:8s} {found[method].iterations:5d} it  "
+                    f"{found[method].seconds + found[method].setup_seconds:8.3f} s  converged={found[method].converged}")
+            if kind == "grf" and n == sizes[-1]:
+                histories = {m: [r / res.residuals[0] for r in res.residuals] for m, res in found.items()}
+            for tol in TOLS:
+                hit = {m: res.reached(tol * np.linalg.norm(b)) for m, res in found.items()}
+                for method, res in found.items():
+                    its, secs = hit[method] or (res.iterations, res.seconds + res.setup_seconds)
+                    ref_i, ref_s = hit["icpcg"] or (np.nan, np.nan)
+                    gamg_s = hit["gamg"][1] if hit["gamg"] else np.nan
+                    rows.append({
+                        "method": method, "problem": f"poisson{dim}d-neumann-disks-{n}", "scale": scale, "rhs": kind,
+                        "tol": tol, "iterations": its, "seconds": round(secs, 4),
+                        "setup_seconds": round(res.setup_seconds, 4), "converged": hit[method] is not None,
+                        "iters_vs_icpcg": round(its / ref_i, 3), "time_vs_icpcg": round(secs / ref_s, 3),
+                        "time_vs_gamg": round(secs / gamg_s, 3),
+                    })
+    return rows, histories
 
 
 def _logger():
@@ -87,34 +129,7 @@ def run(scale: str, run_id: str | None = None) -> list[dict]:
     from operators.dcdm import model_from_checkpoint
 
     model = model_from_checkpoint(ckpt)
-    rows: list[dict] = []
-    histories: dict[str, list[float]] = {}
-    for n in SIZES[scale]:
-        system = test_system(n)
-        for kind in RHS_KINDS:
-            b = make_rhs(system, kind, seed=n)
-            # one solve per method to the tightest tolerance; the looser ones are read off its
-            # history (the iterates do not depend on the tolerance)
-            found = {}
-            for method in METHODS:
-                found[method] = _solve(method, system, b, min(TOLS), model)
-                log(f"{n}x{n} {kind:10s} {method:8s} {found[method].iterations:5d} it  "
-                    f"{found[method].seconds + found[method].setup_seconds:8.3f} s  converged={found[method].converged}")
-            if kind == "grf" and n == SIZES[scale][-1]:
-                histories = {m: [r / res.residuals[0] for r in res.residuals] for m, res in found.items()}
-            for tol in TOLS:
-                hit = {m: res.reached(tol * np.linalg.norm(b)) for m, res in found.items()}
-                for method, res in found.items():
-                    its, secs = hit[method] or (res.iterations, res.seconds + res.setup_seconds)
-                    ref_i, ref_s = hit["icpcg"] or (np.nan, np.nan)
-                    gamg_s = hit["gamg"][1] if hit["gamg"] else np.nan
-                    rows.append({
-                        "method": method, "problem": f"poisson2d-neumann-disks-{n}", "scale": scale, "rhs": kind,
-                        "tol": tol, "iterations": its, "seconds": round(secs, 4),
-                        "setup_seconds": round(res.setup_seconds, 4), "converged": hit[method] is not None,
-                        "iters_vs_icpcg": round(its / ref_i, 3), "time_vs_icpcg": round(secs / ref_s, 3),
-                        "time_vs_gamg": round(secs / gamg_s, 3),
-                    })
+    rows, histories = _table(model, SIZES[scale], 2, RHS_KINDS, scale, log)
     lo, hi = SIZES[scale][0], SIZES[scale][-1]
     for method in METHODS:
         def at(n):
@@ -124,6 +139,11 @@ def run(scale: str, run_id: str | None = None) -> list[dict]:
         rows.append({"method": method, "problem": f"growth-{lo}-to-{hi}", "scale": scale, "rhs": "mean", "tol": TOLS[-1],
                      "iterations": its_hi, "growth": round(its_hi / its_lo, 3),
                      "converged": all(r["converged"] for r in at(lo) + at(hi))})
+    if TRAIN_3D[scale] is not None:
+        cfg3, sizes3 = TRAIN_3D[scale]
+        model3 = model_from_checkpoint(train_dcdm(config=cfg3, parent_run_id=run_id))
+        rows3, _ = _table(model3, sizes3, 3, ("grf",), scale, log)
+        rows += rows3
     if run_id and histories:
         from ..plots import residual_plot
 
