@@ -11,7 +11,7 @@ Public API (stable names, other tools call them)::
 from . import pdes
 from .pdes import darcy, heat, poisson  # noqa: F401  (data.pdes.poisson etc. importable as attributes)
 from .petsc import SolverDivergedError
-from .spec import FAMILIES, DarcySpec, HeatSpec, PDESpec, PoissonSpec, parse_spec, spec_hash
+from .spec import FAMILIES, DarcySpec, HeatSpec, LotkaVolterraSpec, PDESpec, PoissonSpec, parse_spec, spec_hash
 from .store import (
     ChunkRef,
     Dataset,
@@ -34,6 +34,7 @@ __all__ = [
     "DatasetError",
     "DatasetRef",
     "HeatSpec",
+    "LotkaVolterraSpec",
     "PDESpec",
     "PoissonSpec",
     "SolverDivergedError",

@@ -141,8 +141,33 @@ class HeatSpec(_SpecBase):
         return {"ts_type": "cn", "ksp_type": "cg", "pc_type": "gamg", "ksp_rtol": "1e-12"}
 
 
-PDESpec = Annotated[Union[PoissonSpec, DarcySpec, HeatSpec], Field(discriminator="family")]
-FAMILIES: dict[str, type[_SpecBase]] = {"poisson": PoissonSpec, "darcy": DarcySpec, "heat": HeatSpec}
+class LotkaVolterraSpec(_SpecBase):
+    """Lotka-Volterra predator-prey trajectories (an ODE system) integrated by PETSc TS."""
+
+    family: Literal["lotka_volterra"] = "lotka_volterra"
+    alpha: float = Field(1.5, gt=0, le=100)
+    beta: float = Field(1.0, gt=0, le=100)
+    gamma: float = Field(3.0, gt=0, le=100)
+    delta: float = Field(1.0, gt=0, le=100)
+    y0_low: float = Field(0.5, gt=0, description="initial populations are uniform in [y0_low, y0_high]^2")
+    y0_high: float = Field(2.5, gt=0)
+    t_final: float = Field(2.0, gt=0, le=1e4)
+    n_times: int = Field(20, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _check_range(self) -> "LotkaVolterraSpec":
+        if not self.y0_low < self.y0_high:
+            raise ValueError(f"y0_low ({self.y0_low}) must be below y0_high ({self.y0_high})")
+        return self
+
+    def default_petsc_options(self) -> PetscOptions:
+        return {"ts_type": "rk", "ts_rk_type": "5dp", "ts_adapt_type": "basic", "ts_rtol": "1e-10", "ts_atol": "1e-10"}
+
+
+PDESpec = Annotated[Union[PoissonSpec, DarcySpec, HeatSpec, LotkaVolterraSpec], Field(discriminator="family")]
+FAMILIES: dict[str, type[_SpecBase]] = {
+    "poisson": PoissonSpec, "darcy": DarcySpec, "heat": HeatSpec, "lotka_volterra": LotkaVolterraSpec,
+}
 
 _ADAPTER: TypeAdapter = TypeAdapter(PDESpec)
 

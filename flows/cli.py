@@ -24,7 +24,7 @@ from data.spec import FAMILIES  # noqa: E402
 
 from .scales import SCALES  # noqa: E402
 
-BENCHMARKS = ("datagen", "linear")
+BENCHMARKS = ("datagen", "linear", "neural-odes")
 
 
 def _field_type(annotation):

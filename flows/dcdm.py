@@ -42,7 +42,7 @@ def _register(run_id: str, model, cfg: DCDMTrainConfig) -> None:
 
 
 @flow(name="train-dcdm", validate_parameters=True)
-def train_dcdm(config: DCDMTrainConfig = DCDMTrainConfig(), parent_run_id: str | None = None, register: bool = True) -> str:
+def train_dcdm(config: DCDMTrainConfig = DCDMTrainConfig(), parent_run_id: str | None = None, register_model: bool = True) -> str:
     """Train (or resume, or reuse) the DCDM network; returns the checkpoint path."""
     from operators.dcdm import train
 
@@ -64,7 +64,7 @@ def train_dcdm(config: DCDMTrainConfig = DCDMTrainConfig(), parent_run_id: str |
         tracking.log_figure(run_id, fig, "loss.png")
         plots.plt.close(fig)
         tracking.client().log_artifact(run_id, str(ckpt), "checkpoint")
-        if register:
+        if register_model:
             _register(run_id, model, config)
     return str(ckpt)
 

@@ -21,6 +21,16 @@ def dataset_samples(dataset, n: int = 3):
     """A figure of the first ``n`` samples of a loaded dataset split (input | solution)."""
     family = dataset.spec.family
     arr = dataset.arrays
+    if family == "lotka_volterra":
+        u, t = arr["u"], arr["t"]
+        fig, ax = plt.subplots(figsize=(6, 3.6))
+        for i in range(min(n, u.shape[0])):
+            ax.plot(t, u[i, :, 0], color=f"C{i}", label=f"prey {i}")
+            ax.plot(t, u[i, :, 1], color=f"C{i}", linestyle="--", label=f"predator {i}")
+        ax.set_xlabel("t")
+        ax.legend(fontsize=7, ncol=2)
+        fig.subplots_adjust(left=0.1, right=0.97, bottom=0.15, top=0.95)
+        return fig
     if family == "heat":
         u = arr["u"]
         k = min(n, u.shape[0])
@@ -94,4 +104,19 @@ def loss_plot(history: list[dict], title: str = ""):
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
     fig.subplots_adjust(left=0.16, right=0.97, bottom=0.15, top=0.9)
+    return fig
+
+
+def nfe_curves(curves: dict[str, dict[str, list[float]]]):
+    """Prediction NFE per epoch, one panel per task, one line per regularizer."""
+    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.6), squeeze=False)
+    for ax, (task, lines) in zip(axes[0], curves.items()):
+        for name, values in lines.items():
+            ax.plot(np.arange(1, len(values) + 1), values, marker="o", label=name)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("prediction NFE")
+        ax.set_title(task, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.9, wspace=0.25)
     return fig

@@ -109,3 +109,15 @@ def test_petsc_options_are_scoped():
     before = petsc().Options().getAll()
     darcy.solve(np.ones((8, 8)), petsc_options={"ksp_type": "gmres"})
     assert petsc().Options().getAll() == before
+
+
+def test_lotka_volterra_conserves_its_first_integral():
+    from data.pdes import lotka_volterra
+    from data.spec import LotkaVolterraSpec
+
+    spec = LotkaVolterraSpec(n_train=3, n_test=0, t_final=5.0, n_times=50)
+    u = lotka_volterra.sample_arrays(spec, [np.random.default_rng(i) for i in range(3)])["u"]
+    assert u.shape == (3, 51, 2) and np.all(u > 0)
+    x, y = u[..., 0], u[..., 1]
+    V = spec.delta * x - spec.gamma * np.log(x) + spec.beta * y - spec.alpha * np.log(y)
+    assert np.abs(V - V[:, :1]).max() < 1e-7  # V is constant along exact trajectories

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import data
 from data import store
 from data.pdes import darcy, poisson
-from data.spec import DarcySpec, HeatSpec, PoissonSpec
+from data.spec import DarcySpec, HeatSpec, LotkaVolterraSpec, PoissonSpec
 
 
 def _files(root: Path) -> list[str]:
@@ -24,6 +24,7 @@ def _files(root: Path) -> list[str]:
         (PoissonSpec(n=8, n_train=3, n_test=1, obstacle="box"), {"b", "x", "mask", "A_data", "A_indices", "A_indptr"}),
         (DarcySpec(n=8, n_train=3, n_test=1), {"a", "u"}),
         (HeatSpec(n=8, dim=2, n_train=2, n_test=1, n_times=3), {"u", "t"}),
+        (LotkaVolterraSpec(n_train=2, n_test=1, n_times=4), {"u", "t"}),
     ],
 )
 def test_generate_and_load_round_trip(store, spec, arrays):

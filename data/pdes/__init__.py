@@ -9,7 +9,12 @@ from types import ModuleType
 
 from . import grid, random_fields
 
-FAMILY_MODULES = {"poisson": "data.pdes.poisson", "darcy": "data.pdes.darcy", "heat": "data.pdes.heat"}
+FAMILY_MODULES = {
+    "poisson": "data.pdes.poisson",
+    "darcy": "data.pdes.darcy",
+    "heat": "data.pdes.heat",
+    "lotka_volterra": "data.pdes.lotka_volterra",
+}
 
 
 def family_module(family: str) -> ModuleType:

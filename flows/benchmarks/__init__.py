@@ -1,4 +1,4 @@
-"""Benchmarks by name. Each returns ``(rows, meta)``; :func:`run_benchmark` writes the JSON,
+"""Benchmarks by name. Each module's ``run(scale, run_id)`` returns ``(rows, figures)``; :func:`run_benchmark` writes the JSON,
 logs it to MLflow and publishes a Prefect table artifact when inside a flow run."""
 
 from __future__ import annotations
@@ -10,7 +10,11 @@ from pathlib import Path
 
 from ..scales import check_scale
 
-BENCHMARKS = {"datagen": "flows.benchmarks.datagen", "linear": "flows.benchmarks.linear"}
+BENCHMARKS = {
+    "datagen": "flows.benchmarks.datagen",
+    "linear": "flows.benchmarks.linear",
+    "neural-odes": "flows.benchmarks.neural_odes",
+}
 
 
 def run_benchmark(name: str, scale: str, out: str | Path | None = None, parent_run_id: str | None = None):
@@ -25,7 +29,7 @@ def run_benchmark(name: str, scale: str, out: str | Path | None = None, parent_r
     with tracking.mlflow_run(f"bench-{name}-{scale}", {"benchmark": name, "scale": scale},
                              {"sciflow.stage": f"bench-{name}"}, parent_run_id) as run_id:
         t0 = time.perf_counter()
-        rows = module.run(scale, run_id=run_id)
+        rows, figures = module.run(scale, run_id=run_id)
         meta = {
             "benchmark": name,
             "scale": scale,
@@ -35,6 +39,12 @@ def run_benchmark(name: str, scale: str, out: str | Path | None = None, parent_r
             "mlflow_run_id": run_id,
             **getattr(module, "META", {}),
         }
+        for fig_name, fig in figures.items():  # to MLflow, and beside the JSON as <out>-<name>.png
+            tracking.log_figure(run_id, fig, f"{fig_name}.png")
+            if out is not None:
+                Path(out).parent.mkdir(parents=True, exist_ok=True)
+                fig.savefig(Path(out).with_name(f"{Path(out).stem}-{fig_name}.png"), dpi=80)
+            fig.clf()
         if out is not None:
             write_json(out, rows, meta)
         publish(f"bench-{name}-{scale}", rows, meta, run_id, description=f"{name} benchmark at scale={scale}")

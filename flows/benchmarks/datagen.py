@@ -66,7 +66,7 @@ def gamg_solve(n: int) -> tuple[float, float, int]:
     return t2 - t0, t2 - t1, its
 
 
-def run(scale: str, run_id: str | None = None) -> list[dict]:
+def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
     from ..generate import generate_dataset
 
     rows: list[dict] = []
@@ -98,4 +98,4 @@ def run(scale: str, run_id: str | None = None) -> list[dict]:
             "iterations": its, "seconds": round(total, 4), "solve_seconds": round(solve, 4),
             "us_per_unknown": round(per * 1e6, 4), "ratio_to_smallest": round(per / base, 3),
         })
-    return rows
+    return rows, {}

@@ -120,8 +120,7 @@ def _logger():
         return print
 
 
-def run(scale: str, run_id: str | None = None) -> list[dict]:
-    from .. import tracking
+def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
     from ..dcdm import train_dcdm
 
     log = _logger()
@@ -144,9 +143,9 @@ def run(scale: str, run_id: str | None = None) -> list[dict]:
         model3 = model_from_checkpoint(train_dcdm(config=cfg3, parent_run_id=run_id))
         rows3, _ = _table(model3, sizes3, 3, ("grf",), scale, log)
         rows += rows3
-    if run_id and histories:
+    figures = {}
+    if histories:
         from ..plots import residual_plot
 
-        fig = residual_plot(histories, f"relative residual, {hi}x{hi}, GRF right-hand side")
-        tracking.log_figure(run_id, fig, "residuals.png")
-    return rows
+        figures["residuals"] = residual_plot(histories, f"relative residual, {hi}x{hi}, GRF right-hand side")
+    return rows, figures

@@ -53,8 +53,13 @@ def pcg(
     precond: Callable[[np.ndarray], np.ndarray] | None = None,
     x0: np.ndarray | None = None,
     method: str = "cg",
+    deflate: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> SolveResult:
-    """(Preconditioned) conjugate gradients, Hestenes-Stiefel form."""
+    """(Preconditioned) conjugate gradients, Hestenes-Stiefel form.
+
+    ``deflate`` (used by :func:`dpcg`) maps a preconditioned residual ``z`` to the part of it
+    that is A-orthogonal to a deflation space; search directions are then ``deflate(z) + beta p``.
+    """
     A = system.A
     t0 = time.perf_counter()
     x = np.zeros(system.n) if x0 is None else np.array(x0, dtype=np.float64)
@@ -63,7 +68,7 @@ def pcg(
     res = [float(np.linalg.norm(r))]
     times = [time.perf_counter() - t0]
     z = precond(r) if precond else r
-    p = z.copy()
+    p = deflate(z) if deflate else z.copy()
     rz = r @ z
     converged = res[0] <= tol * bnorm
     it = 0
@@ -83,7 +88,7 @@ def pcg(
             break
         z = precond(r) if precond else r
         rz_new = r @ z
-        p = z + (rz_new / rz) * p
+        p = (deflate(z) if deflate else z) + (rz_new / rz) * p
         rz = rz_new
     return SolveResult(x, it, res, time.perf_counter() - t0, converged, method, times=times)
 
@@ -129,35 +134,11 @@ def dpcg(
     dinv = 1.0 / A.diagonal()
     setup = time.perf_counter() - t_setup
 
-    t0 = time.perf_counter()
     x = np.zeros(system.n) if x0 is None else np.array(x0, dtype=np.float64)
-    r = b - A @ x
-    x += W @ (E_inv @ (W.T @ r))  # x0 with a residual orthogonal to W
-    r = b - A @ x
-    bnorm = np.linalg.norm(b)
-    res = [float(np.linalg.norm(r))]
-    times = [time.perf_counter() - t0]
-    z = dinv * r
-    p = z - W @ (E_inv @ (AW.T @ z))
-    rz = r @ z
-    converged = res[0] <= tol * bnorm
-    it = 0
-    while not converged and it < maxiter:
-        Ap = A @ p
-        alpha = rz / (p @ Ap)
-        x += alpha * p
-        r -= alpha * Ap
-        it += 1
-        res.append(float(np.linalg.norm(r)))
-        times.append(time.perf_counter() - t0)
-        if res[-1] <= tol * bnorm:
-            converged = True
-            break
-        z = dinv * r
-        rz_new = r @ z
-        p = z + (rz_new / rz) * p - W @ (E_inv @ (AW.T @ z))
-        rz = rz_new
-    out = SolveResult(x, it, res, time.perf_counter() - t0, converged, "dpcg", setup_seconds=setup, times=times)
+    x += W @ (E_inv @ (W.T @ (b - A @ x)))  # start with a residual orthogonal to W
+    out = pcg(system, b, tol, maxiter, precond=lambda r: dinv * r, x0=x, method="dpcg",
+              deflate=lambda z: z - W @ (E_inv @ (AW.T @ z)))
+    out.setup_seconds = setup
     out.info["n_deflate"] = W.shape[1]
     return out
 

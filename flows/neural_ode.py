@@ -1,0 +1,49 @@
+"""``train-neural-ode`` and ``benchmark-neural-odes`` flows (Pal et al., ICML 2023)."""
+
+from __future__ import annotations
+
+from . import settings
+
+settings.configure()
+
+from prefect import flow, get_run_logger  # noqa: E402
+
+from solvers.ode import ODETrainConfig  # noqa: E402
+
+from . import tracking  # noqa: E402
+from .scales import Scale  # noqa: E402
+
+
+@flow(name="train-neural-ode", validate_parameters=True)
+def train_neural_ode(config: ODETrainConfig = ODETrainConfig(), parent_run_id: str | None = None) -> dict:
+    """Train one neural ODE; per-epoch NFE (train and predict), times and the task metric go to
+    MLflow; the weights are logged as an artifact. Returns the last epoch's row."""
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from solvers.ode import train
+
+    logger = get_run_logger()
+    with tracking.mlflow_run(f"train-neural-ode-{config.task}-{config.regularizer}", {"config": config.model_dump(mode="json")},
+                             {"sciflow.stage": "train-neural-ode"}, parent_run_id) as run_id:
+        def on_epoch(epoch: int, row: dict) -> None:
+            tracking.log_metrics(run_id, {k: v for k, v in row.items() if k != "epoch"}, step=epoch)
+            logger.info("epoch %d/%d loss %.4g predict NFE %d", epoch, config.epochs, row["loss"], row["predict_nfe"])
+
+        model, history = train(config, on_epoch=on_epoch)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "weights.pt"
+            torch.save(model.state_dict(), path)
+            tracking.client().log_artifact(run_id, str(path), "model")
+    return history[-1]
+
+
+@flow(name="benchmark-neural-odes", validate_parameters=True)
+def benchmark_neural_odes(scale: Scale = "smoke", out: str | None = None, parent_run_id: str | None = None) -> list[dict]:
+    """Unregularized vs global vs local regularization on every task at ``scale``."""
+    from .benchmarks import run_benchmark
+
+    rows, _ = run_benchmark("neural-odes", scale, out, parent_run_id)
+    return rows

@@ -1,0 +1,58 @@
+"""The one place that touches torchdiffeq's private API (pinned: torchdiffeq==0.2.5).
+
+``one_step_error`` takes a single adaptive Runge-Kutta step with the solver's own tableau and
+returns the error ratio the step controller would see; ``initial_step`` is torchdiffeq's
+initial step-size heuristic (Hairer, Norsett & Wanner, Sec. II.4).
+"""
+
+from __future__ import annotations
+
+import torch
+import torchdiffeq
+from torchdiffeq._impl.dopri5 import _DORMAND_PRINCE_SHAMPINE_TABLEAU
+from torchdiffeq._impl.misc import _compute_error_ratio, _rms_norm, _select_initial_step
+from torchdiffeq._impl.rk_common import _runge_kutta_step
+
+if torchdiffeq.__version__ != "0.2.5":  # private names below are those of 0.2.5
+    raise ImportError(f"solvers.ode needs torchdiffeq 0.2.5, found {torchdiffeq.__version__}")
+
+#: method name -> (Butcher tableau, order of the error estimate used for the initial step)
+TABLEAUS = {"dopri5": (_DORMAND_PRINCE_SHAMPINE_TABLEAU, 5)}
+
+
+class _AcceptPerturb(torch.nn.Module):
+    """``func(t, y)`` with the ``perturb=`` keyword that ``_runge_kutta_step`` passes."""
+
+    def __init__(self, func):
+        super().__init__()
+        self.func = func
+
+    def forward(self, t, y, perturb=None):
+        return self.func(t, y)
+
+
+def _tableau(method: str):
+    try:
+        return TABLEAUS[method]
+    except KeyError:
+        raise ValueError(f"local error estimates need an embedded RK method; {method!r} is not one of {sorted(TABLEAUS)}") from None
+
+
+def initial_step(func, t: torch.Tensor, y: torch.Tensor, method: str, rtol: float, atol: float) -> torch.Tensor:
+    """torchdiffeq's initial step size from ``(t, y)`` (no gradient)."""
+    _, order = _tableau(method)
+    with torch.no_grad():
+        return _select_initial_step(func, t, y, order - 1, rtol, atol, _rms_norm)
+
+
+def one_step_error(func, t: torch.Tensor, y: torch.Tensor, dt: torch.Tensor, method: str, rtol: float, atol: float) -> torch.Tensor:
+    """Error ratio of one step of size ``dt`` from ``(t, y)``:
+    ``sqrt(mean((err / (atol + rtol * max(|y0|, |y1|)))**2))``, where ``err`` is the embedded
+    estimate (already scaled by ``dt``). Differentiable in ``func``'s parameters (and ``y``)."""
+    tableau, _ = _tableau(method)
+    f = _AcceptPerturb(func)
+    t = torch.as_tensor(t, dtype=torch.float64)
+    dt = torch.as_tensor(dt, dtype=torch.float64)
+    f0 = f(t, y)
+    y1, _, err, _ = _runge_kutta_step(f, y, f0, t, dt, t + dt, tableau)
+    return _compute_error_ratio(err, rtol, atol, y, y1, _rms_norm)
