@@ -1,8 +1,8 @@
 """``nightly-benchmark`` flow: every stage of the project at one scale, in one tracked run.
 
-Stages so far: PETSc data generation for each PDE family, then the linear-solver benchmark
-(DCDM vs CG / ICPCG / DPCG / GAMG). Later stages (neural operators, ...) join here as their
-issues land. The flow run is the parent MLflow run; each
+Stages so far: PETSc data generation for each PDE family, the linear-solver benchmark (DCDM vs
+CG / ICPCG / DPCG / GAMG) and the neural-ODE regularization benchmark. Later stages (neural
+operators, hard constraints, optimizers) join here as their issues land. The flow run is the parent MLflow run; each
 stage's flow run is nested under it.
 """
 
@@ -60,6 +60,18 @@ def _linear_stage(scale: str, run_id: str) -> list[dict]:
     ]
 
 
+def _neural_ode_stage(scale: str, run_id: str) -> list[dict]:
+    """Run benchmark-neural-odes; one row per task and regularizer."""
+    from .neural_ode import benchmark_neural_odes
+
+    return [
+        {"stage": "benchmark-neural-odes", "problem": r["problem"], "scale": scale, "method": r["method"],
+         "metric": r["metric"], "value": r["value"], "predict_nfe": r["predict_nfe"], "nfe_ratio": r["nfe_ratio"],
+         "seconds": r["train_seconds"]}
+        for r in benchmark_neural_odes(scale=scale, parent_run_id=run_id)
+    ]
+
+
 @flow(name="nightly-benchmark", validate_parameters=True)
 def nightly_benchmark(scale: Scale = "smoke", chunk_size: int = 16) -> list[dict]:
     """Run every stage at ``scale`` ("smoke": seconds, "small": minutes on 2 CPU cores,
@@ -85,6 +97,7 @@ def nightly_benchmark(scale: Scale = "smoke", chunk_size: int = 16) -> list[dict
                 }
             )
         rows += _linear_stage(scale, run_id)
+        rows += _neural_ode_stage(scale, run_id)
         tracking.log_metrics(run_id, {"rows": len(rows), "seconds_total": time.perf_counter() - t_start})
         publish(f"nightly-{scale}", rows, {"scale": scale}, run_id, description=f"nightly benchmark at scale={scale}")
         logger.info("nightly results\n%s", format_table(rows))

@@ -1,8 +1,14 @@
-"""Render the README's result tables from committed benchmark JSON (``python -m flows.readme_tables``)."""
+"""Render the README's result tables from the committed benchmark JSON.
+
+    python -m flows.readme_tables            # print every table
+    python -m flows.readme_tables --write    # replace the blocks between
+                                             # <!-- table:NAME --> and <!-- /table:NAME --> in README.md
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -11,17 +17,22 @@ from .results import format_table
 DATAGEN_COLS = ["method", "problem", "samples", "seconds", "samples_per_s", "ratio_to_bare"]
 GAMG_COLS = ["method", "problem", "unknowns", "iterations", "seconds", "solve_seconds", "us_per_unknown", "ratio_to_smallest"]
 LINEAR_COLS = ["method", "problem", "rhs", "tol", "iterations", "seconds", "converged", "iters_vs_icpcg", "time_vs_icpcg", "time_vs_gamg"]
+ODE_COLS = ["method", "problem", "metric", "value", "metric_delta", "predict_nfe", "nfe_ratio", "predict_time_ratio",
+            "train_seconds", "train_time_ratio", "train_time_vs_global"]
 
 
-def datagen(path: str | Path) -> str:
-    rows = json.loads(Path(path).read_text())["rows"]
-    flow = [r for r in rows if "ratio_to_bare" in r]
-    gamg = [r for r in rows if "ratio_to_smallest" in r]
-    return format_table(flow, DATAGEN_COLS) + "\n\n" + format_table(gamg, GAMG_COLS)
+def _rows(path: str | Path) -> list[dict]:
+    return json.loads(Path(path).read_text())["rows"]
 
 
-def linear(path: str | Path) -> str:
-    rows = json.loads(Path(path).read_text())["rows"]
+def datagen(path: str | Path = "results/datagen-small.json") -> str:
+    rows = _rows(path)
+    return (format_table([r for r in rows if "ratio_to_bare" in r], DATAGEN_COLS) + "\n\n"
+            + format_table([r for r in rows if "ratio_to_smallest" in r], GAMG_COLS))
+
+
+def linear(path: str | Path = "results/linear-small.json") -> str:
+    rows = _rows(path)
     main = [r for r in rows if not r["problem"].startswith("growth") and r["rhs"] == "grf"]
     other = [r for r in rows if r["method"] in ("dcdm-k2", "icpcg") and r["rhs"] in ("ritz", "divergence") and r["tol"] == 1e-6]
     growth = [r for r in rows if r["problem"].startswith("growth")]
@@ -33,9 +44,29 @@ def linear(path: str | Path) -> str:
     ])
 
 
+def neural_odes(path: str | Path = "results/neural-odes-small.json") -> str:
+    return format_table(_rows(path), ODE_COLS) + "\n\n![prediction NFE over training](results/neural-odes-small-nfe_over_training.png)"
+
+
+TABLES = {"datagen": datagen, "linear": linear, "neural-odes": neural_odes}
+
+
+def write(readme: str | Path = "README.md") -> None:
+    path = Path(readme)
+    text = path.read_text()
+    for name, render in TABLES.items():
+        try:
+            body = render()
+        except FileNotFoundError:
+            continue
+        pattern = re.compile(rf"(<!-- table:{re.escape(name)} -->\n).*?(<!-- /table:{re.escape(name)} -->)", re.S)
+        text = pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+    path.write_text(text)
+
+
 if __name__ == "__main__":
-    which = sys.argv[1] if len(sys.argv) > 1 else "all"
-    if which in ("datagen", "all"):
-        print(datagen("results/datagen-small.json"))
-    if which in ("linear", "all"):
-        print(linear("results/linear-small.json"))
+    if "--write" in sys.argv:
+        write()
+    else:
+        for render in TABLES.values():
+            print(render(), end="\n\n")

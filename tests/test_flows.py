@@ -137,7 +137,9 @@ def test_nightly_smoke_chains_the_stages():
     children = MlflowClient().search_runs(
         [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
     )
-    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    assert len(children) == 5 and all(c.info.status == "FINISHED" for c in children)
+    odes = [r for r in rows if r["stage"] == "benchmark-neural-odes"]
+    assert {(r["problem"], r["method"]) for r in odes} >= {("digits", "local-unbiased"), ("lotka-volterra", "global")}
     bench = next(c for c in children if c.data.tags["sciflow.stage"] == "bench-linear")
     assert {"residuals.png", "results"} <= {a.path for a in MlflowClient().list_artifacts(bench.info.run_id)}
 

@@ -171,7 +171,7 @@ def train(cfg: ODETrainConfig, on_epoch: Callable[[int, dict], None] | None = No
             opt.step()
             nfe += model.func.nfe
             total += loss.item() * len(b)
-            total_reg += float(reg) * len(b)
+            total_reg += float(reg.detach()) * len(b)
         row = {"epoch": epoch + 1, "loss": total / n, "reg": total_reg / n, "weight": w,
                "train_seconds": time.perf_counter() - t0, "train_nfe": nfe / ((n + cfg.batch_size - 1) // cfg.batch_size)}
         row.update(evaluate(model, task, cfg))
