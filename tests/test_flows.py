@@ -177,3 +177,17 @@ def test_cli(tmp_path, capsys):
     assert methods == {"bare-petsc4py", "prefect-flow", "petsc-cg-gamg"}
     assert all(r["ratio_to_bare"] > 0 for r in result["rows"] if "ratio_to_bare" in r)
     assert result["meta"]["scale"] == "smoke"
+
+
+def test_train_neural_ode_logs_nfe_per_epoch():
+    from flows.neural_ode import train_neural_ode
+    from solvers.ode import ODETrainConfig
+
+    cfg = ODETrainConfig(task="spiral", regularizer="local-biased", epochs=2, batch_size=500, hidden=8, rtol=1e-4, atol=1e-4)
+    state = train_neural_ode(config=cfg, return_state=True)
+    assert state.is_completed(), state
+    run = _mlflow_run_for(str(state.state_details.flow_run_id))
+    history = MlflowClient().get_metric_history(run.info.run_id, "predict_nfe")
+    assert [m.step for m in history] == [1, 2] and all(m.value > 0 for m in history)
+    assert "model" in {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
+    assert run.data.params["config.regularizer"] == "local-biased"
