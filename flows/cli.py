@@ -104,7 +104,7 @@ def _validation_message(exc) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .results import format_table
+    from .results import format_by, format_table
     from .tracking import ui_hint
 
     if args.command == "ui":
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         from .nightly import nightly_benchmark
 
         rows = nightly_benchmark(scale=args.scale, chunk_size=args.chunk_size)
-        print(f"\nnightly-benchmark (scale={args.scale})\n" + format_table(rows))
+        print(f"\nnightly-benchmark (scale={args.scale})\n\n" + format_by(rows, "stage"))
         print(f"\nMLflow runs: {ui_hint()}")
         return 0
     if args.command == "bench":

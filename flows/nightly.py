@@ -20,7 +20,7 @@ from data.spec import DarcySpec, HeatSpec, PoissonSpec  # noqa: E402
 
 from . import tracking  # noqa: E402
 from .generate import generate_dataset  # noqa: E402
-from .results import format_table, publish  # noqa: E402
+from .results import format_by, publish  # noqa: E402
 from .scales import Scale  # noqa: E402
 
 DATASETS = {
@@ -100,7 +100,7 @@ def nightly_benchmark(scale: Scale = "smoke", chunk_size: int = 16) -> list[dict
         rows += _neural_ode_stage(scale, run_id)
         tracking.log_metrics(run_id, {"rows": len(rows), "seconds_total": time.perf_counter() - t_start})
         publish(f"nightly-{scale}", rows, {"scale": scale}, run_id, description=f"nightly benchmark at scale={scale}")
-        logger.info("nightly results\n%s", format_table(rows))
+        logger.info("nightly results\n%s", format_by(rows, "stage"))
     return rows
 
 

@@ -34,6 +34,15 @@ def format_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> 
     return "\n".join([line(cols), sep, *(line(r) for r in cells)])
 
 
+def format_by(rows: Sequence[dict], key: str = "stage") -> str:
+    """One table per value of ``key`` (each with only its own columns), titled by that value."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(str(r.get(key, "")), []).append(r)
+    return "\n\n".join(f"{name}\n" + format_table([{k: v for k, v in r.items() if k != key} for r in group])
+                        for name, group in groups.items())
+
+
 def write_json(path: str | Path, rows: Sequence[dict], meta: dict) -> Path:
     """Atomically write ``{"rows": [...], "meta": {...}}``."""
     path = Path(path)
