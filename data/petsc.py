@@ -43,6 +43,11 @@ def ksp_reason(code: int) -> str:
     return _reason_name(petsc().KSP.ConvergedReason, code)
 
 
+def ts_reason(code: int) -> str:
+    """Human name of a ``TSConvergedReason`` code, e.g. ``DIVERGED_NONLINEAR_SOLVE``."""
+    return _reason_name(petsc().TS.ConvergedReason, code)
+
+
 @contextmanager
 def options_scope(options: Mapping[str, str], stem: str = "sciflow") -> Iterator[str]:
     """Insert ``options`` under a fresh prefix; yield the prefix; delete them on exit."""
@@ -168,6 +173,54 @@ class KSPSolver:
         self._scope.__exit__(None, None, None)
 
     def __enter__(self) -> "KSPSolver":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class TimeStepper:
+    """A PETSc TS configured from an options mapping (under a private prefix), reused across
+    initial conditions. Subclasses set up the problem on ``self.ts`` (RHS, Jacobian, DM), then
+    call ``self.ts.setFromOptions()``; :meth:`trajectory` steps to each output time exactly."""
+
+    def __init__(self, options: Mapping[str, str], stem: str = "sciflow_ts"):
+        PETSc = petsc()
+        self._scope = options_scope(options, stem=stem)
+        prefix = self._scope.__enter__()
+        self.ts = PETSc.TS().create(comm=PETSc.COMM_SELF)
+        self.ts.setOptionsPrefix(prefix)
+        self.ts.setExactFinalTime(PETSc.TS.ExactFinalTime.MATCHSTEP)
+
+    def trajectory(self, u, u0: np.ndarray, times: np.ndarray, dt: float) -> np.ndarray:
+        """Integrate from ``u0`` (flat, finite) at ``times[0]``; the state at every time in
+        ``times``, shape ``(len(times), u0.size)``. Raises :class:`SolverDivergedError` with the
+        TS reason and the time reached."""
+        if not np.all(np.isfinite(u0)):
+            raise ValueError("initial state contains NaN or inf")
+        if np.any(np.diff(times) <= 0):
+            raise ValueError("output times must be strictly increasing")
+        ts = self.ts
+        u.setArray(np.ascontiguousarray(u0, dtype=np.float64).ravel())
+        ts.setTime(float(times[0]))
+        ts.setStepNumber(0)
+        ts.setTimeStep(dt)
+        out = [u.getArray().copy()]
+        for t_out in times[1:]:
+            ts.setMaxTime(float(t_out))
+            ts.setMaxSteps(10**9)
+            ts.solve(u)
+            reason = ts.getConvergedReason()
+            if reason < 0:
+                raise SolverDivergedError(f"PETSc TS {ts.getType()} failed at t={ts.getTime():.4g}: {ts_reason(reason)}")
+            out.append(u.getArray().copy())
+        return np.stack(out)
+
+    def close(self) -> None:
+        self.ts.destroy()
+        self._scope.__exit__(None, None, None)
+
+    def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:

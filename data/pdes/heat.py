@@ -14,7 +14,7 @@ from typing import Mapping
 
 import numpy as np
 
-from ..petsc import SolverDivergedError, options_scope, petsc
+from ..petsc import TimeStepper, petsc
 from ..spec import HeatSpec
 from .grid import cell_centres, dmda_matrix, fv_operator
 from .random_fields import grf
@@ -22,36 +22,22 @@ from .random_fields import grf
 AXES = {"u": "sample,time,[y,]x", "t": "time"}
 
 
-def _ts_reason(code: int) -> str:
-    TS = petsc().TS
-    for name in dir(TS.ConvergedReason):
-        if name.isupper() and getattr(TS.ConvergedReason, name) == code:
-            return name
-    return str(code)
-
-
-class HeatIntegrator:
+class HeatIntegrator(TimeStepper):
     """One PETSc TS for the semi-discrete system ``du/dt = -kappa A u``, reused across samples."""
 
     def __init__(self, n: int, dim: int, kappa: float, petsc_options: Mapping[str, str] | None = None):
         PETSc = petsc()
+        super().__init__({**HeatSpec.model_construct().default_petsc_options(), **(petsc_options or {})})
         self.shape = (n,) * dim
-        A = fv_operator(np.ones(self.shape))
         # _J0 stays pristine; TS shifts/scales the Jacobian matrix _J in place each step
-        self._J0, self._da = dmda_matrix(-kappa * A, n, dim)
+        self._J0, self._da = dmda_matrix(-kappa * fv_operator(np.ones(self.shape)), n, dim)
         self._J = self._J0.duplicate(copy=True)
-        self._options = {**HeatSpec.model_construct().default_petsc_options(), **(petsc_options or {})}
-        self._scope = options_scope(self._options, stem="sciflow_ts")
-        prefix = self._scope.__enter__()
-        ts = PETSc.TS().create(comm=PETSc.COMM_SELF)
-        ts.setOptionsPrefix(prefix)
+        ts = self.ts
         ts.setDM(self._da)
         ts.setProblemType(PETSc.TS.ProblemType.LINEAR)
         ts.setRHSFunction(self._rhs, self._J0.createVecLeft())
         ts.setRHSJacobian(self._jac, self._J, self._J)
-        ts.setExactFinalTime(PETSc.TS.ExactFinalTime.MATCHSTEP)
         ts.setFromOptions()
-        self.ts = ts
         self.u = self._J0.createVecRight()
 
     def _rhs(self, ts, t, u, F) -> None:
@@ -65,33 +51,7 @@ class HeatIntegrator:
         u0 = np.asarray(u0, dtype=np.float64)
         if u0.shape != self.shape:
             raise ValueError(f"u0 has shape {u0.shape}, expected {self.shape}")
-        if not np.all(np.isfinite(u0)):
-            raise ValueError("u0 contains NaN or inf")
-        ts = self.ts
-        self.u.setArray(u0.ravel())
-        ts.setTime(float(times[0]))
-        ts.setStepNumber(0)
-        ts.setTimeStep(dt)
-        out = [u0.copy()]
-        for t_out in times[1:]:
-            ts.setMaxTime(float(t_out))
-            ts.setMaxSteps(10**9)
-            ts.solve(self.u)
-            reason = ts.getConvergedReason()
-            if reason < 0:
-                raise SolverDivergedError(f"PETSc TS {ts.getType()} failed at t={ts.getTime():.4g}: {_ts_reason(reason)}")
-            out.append(self.u.getArray().reshape(self.shape).copy())
-        return np.stack(out)
-
-    def close(self) -> None:
-        self.ts.destroy()
-        self._scope.__exit__(None, None, None)
-
-    def __enter__(self) -> "HeatIntegrator":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        return self.trajectory(self.u, u0, times, dt).reshape(len(times), *self.shape)
 
 
 def output_times(spec: HeatSpec) -> np.ndarray:

@@ -15,28 +15,23 @@ from typing import Mapping
 
 import numpy as np
 
-from ..petsc import SolverDivergedError, options_scope, petsc
+from ..petsc import TimeStepper, petsc
 from ..spec import LotkaVolterraSpec
 
 AXES = {"u": "sample,time,species", "t": "time"}
 
 
-class LotkaVolterraTS:
+class LotkaVolterraTS(TimeStepper):
     """One PETSc TS reused across initial conditions."""
 
     def __init__(self, params: tuple[float, float, float, float], options: Mapping[str, str]):
         PETSc = petsc()
+        super().__init__(options, stem="sciflow_lv")
         self.a, self.b, self.g, self.d = params
-        self._scope = options_scope(options, stem="sciflow_lv")
-        prefix = self._scope.__enter__()
-        ts = PETSc.TS().create(comm=PETSc.COMM_SELF)
-        ts.setOptionsPrefix(prefix)
-        ts.setProblemType(PETSc.TS.ProblemType.NONLINEAR)
         self.u = PETSc.Vec().createSeq(2, comm=PETSc.COMM_SELF)
-        ts.setRHSFunction(self._rhs, self.u.duplicate())
-        ts.setExactFinalTime(PETSc.TS.ExactFinalTime.MATCHSTEP)
-        ts.setFromOptions()
-        self.ts = ts
+        self.ts.setProblemType(PETSc.TS.ProblemType.NONLINEAR)
+        self.ts.setRHSFunction(self._rhs, self.u.duplicate())
+        self.ts.setFromOptions()
 
     def _rhs(self, ts, t, u, F) -> None:
         x, y = u.getArray(readonly=True)
@@ -45,32 +40,9 @@ class LotkaVolterraTS:
     def integrate(self, u0: np.ndarray, times: np.ndarray) -> np.ndarray:
         """States at ``times`` (``times[0]`` is the initial time), shape ``(len(times), 2)``."""
         u0 = np.asarray(u0, dtype=np.float64)
-        if u0.shape != (2,) or not np.all(np.isfinite(u0)):
-            raise ValueError(f"u0 must be 2 finite numbers, got {u0}")
-        ts = self.ts
-        self.u.setArray(u0)
-        ts.setTime(float(times[0]))
-        ts.setStepNumber(0)
-        ts.setTimeStep(float(times[1] - times[0]) / 10)
-        out = [u0.copy()]
-        for t_out in times[1:]:
-            ts.setMaxTime(float(t_out))
-            ts.setMaxSteps(10**7)
-            ts.solve(self.u)
-            if ts.getConvergedReason() < 0:
-                raise SolverDivergedError(f"PETSc TS {ts.getType()} failed at t={ts.getTime():.4g}: reason {ts.getConvergedReason()}")
-            out.append(self.u.getArray().copy())
-        return np.stack(out)
-
-    def close(self) -> None:
-        self.ts.destroy()
-        self._scope.__exit__(None, None, None)
-
-    def __enter__(self) -> "LotkaVolterraTS":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        if u0.shape != (2,):
+            raise ValueError(f"u0 must be 2 numbers, got shape {u0.shape}")
+        return self.trajectory(self.u, u0, times, float(times[1] - times[0]) / 10)
 
 
 def output_times(spec: LotkaVolterraSpec) -> np.ndarray:
