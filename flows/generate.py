@@ -41,17 +41,21 @@ def _chunk_run_name() -> str:
 
 @task(
     name="generate-chunk",
-    cache_policy=INPUTS + TASK_SOURCE,
+    cache_policy=(INPUTS - "run_id") + TASK_SOURCE,  # the MLflow run to log to is not part of the key
     persist_result=True,
     task_run_name=_chunk_run_name,
     retries=1,
     retry_delay_seconds=2,
 )
-def generate_chunk(spec: PDESpec, split: str, start: int, stop: int, root: str) -> ChunkRef:
-    """PETSc-solve samples ``start:stop`` of ``split`` into a chunk file (path + digest)."""
+def generate_chunk(spec: PDESpec, split: str, start: int, stop: int, root: str, run_id: str | None = None) -> ChunkRef:
+    """PETSc-solve samples ``start:stop`` of ``split`` into a chunk file (path + digest); log
+    its throughput to the flow's MLflow run by id (MLflow's active run is thread-local)."""
     t0 = time.perf_counter()
     ref = data.generate_chunk(spec, split, start, stop, root)
-    get_run_logger().info("%s[%d:%d] solved and stored in %.2f s", split, start, stop, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    get_run_logger().info("%s[%d:%d] solved and stored in %.2f s", split, start, stop, seconds)
+    if run_id:
+        tracking.log_metrics(run_id, {f"chunk_seconds_{split}": seconds, f"chunk_samples_per_s_{split}": (stop - start) / seconds}, step=start)
     return ref
 
 
@@ -96,7 +100,7 @@ def generate_dataset(
         plan = data.plan_chunks(spec, chunk_size)
         total = sum(stop - start for _, start, stop in plan)
         logger.info("%s: %d samples in %d chunks (spec %s)", spec.family, total, len(plan), data.spec_hash(spec)[:12])
-        futures = {generate_chunk.submit(spec, split, start, stop, root): (split, start, stop) for split, start, stop in plan}
+        futures = {generate_chunk.submit(spec, split, start, stop, root, run_id): (split, start, stop) for split, start, stop in plan}
         chunks, done = [], 0
         for fut in as_completed(list(futures)):
             split, start, stop = futures[fut]

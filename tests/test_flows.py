@@ -66,6 +66,8 @@ def test_flow_run_is_one_tracked_mlflow_run(first_run):
     assert run.data.tags["git.commit"] != "" and run.data.tags["version.petsc"].startswith("3.")
     assert run.data.tags["sciflow.dataset.sha256"] == ref.digest
     assert run.data.metrics["samples"] == 8 and run.data.metrics["samples_per_second"] > 0
+    chunks = MlflowClient().get_metric_history(run.info.run_id, "chunk_seconds_train")  # logged by the tasks
+    assert sorted(m.step for m in chunks) == [0, 3]
     assert run.inputs.dataset_inputs[0].dataset.digest == ref.digest[:32]
     names = {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
     assert {"samples.png", "results"} <= names
