@@ -93,6 +93,8 @@ def generate_dataset(
         parent_run_id: MLflow run to nest this run under (set by the nightly flow).
     """
     logger = get_run_logger()
+    for orphan in tracking.reap_orphans():
+        logger.warning("ended MLflow run %s left RUNNING by a dead process (status KILLED)", orphan)
     root = str(Path(root).resolve()) if root else str(data.home())
     params = {"spec": spec.model_dump(mode="json"), "chunk_size": chunk_size, "spec_hash": data.spec_hash(spec)}
     with tracking.mlflow_run(f"generate-{spec.family}", params, {"sciflow.stage": "generate-dataset"}, parent_run_id) as run_id:

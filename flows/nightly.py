@@ -77,6 +77,8 @@ def nightly_benchmark(scale: Scale = "smoke", chunk_size: int = 16) -> list[dict
     """Run every stage at ``scale`` ("smoke": seconds, "small": minutes on 2 CPU cores,
     "paper": the papers' sizes on a GPU worker); returns and publishes the results table."""
     logger = get_run_logger()
+    for orphan in tracking.reap_orphans():
+        logger.warning("ended MLflow run %s left RUNNING by a dead process (status KILLED)", orphan)
     rows: list[dict] = []
     t_start = time.perf_counter()
     with tracking.mlflow_run(f"nightly-{scale}", {"scale": scale, "chunk_size": chunk_size}, {"sciflow.stage": "nightly"}) as run_id:

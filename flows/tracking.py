@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,7 +75,7 @@ def prefect_tags() -> dict[str, str]:
 def standard_tags() -> dict[str, str]:
     from data.store import package_versions
 
-    tags = {"git.commit": git_commit(), **prefect_tags()}
+    tags = {"git.commit": git_commit(), **prefect_tags(), "sciflow.process": _process_token(os.getpid()) or "unknown"}
     tags.update({f"version.{k}": v for k, v in package_versions().items()})
     return tags
 
@@ -91,6 +92,61 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             out[name] = json.dumps(value, default=str)
     return {k: v[:_MAX_PARAM] for k, v in out.items()}
+
+
+def _process_token(pid: int) -> str | None:
+    """``host:pid:start-time`` of a live process (start time from /proc, so a reused PID does
+    not match), or None if it is not running."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            start = fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+    return f"{socket.gethostname()}:{pid}:{start}"
+
+
+def reap_orphans(experiment: str = EXPERIMENT) -> list[str]:
+    """End MLflow runs left RUNNING by a process that died (SIGKILL, OOM, lost node).
+
+    A run is an orphan when the process that opened it (tag ``sciflow.process``, this host
+    only) is gone, or when its Prefect flow run (tag ``prefect.flow_run_id``) is in a final
+    state (crashed, failed, cancelled, completed) or no longer exists. The ephemeral Prefect API
+    dies with its process and never marks the flow run crashed, hence the process check. It is
+    ended KILLED with the reason in ``sciflow.error``. Returns the ids it ended.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    c = client()
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    runs = c.search_runs([exp.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=500)
+    ended = []
+    with get_client(sync_client=True) as prefect_client:
+        for run in runs:
+            flow_run_id = run.data.tags.get("prefect.flow_run_id")
+            owner = run.data.tags.get("sciflow.process", "")
+            host, _, pid = owner.partition(":")
+            if host == socket.gethostname() and pid.split(":")[0].isdigit():
+                if _process_token(int(pid.split(":")[0])) == owner:
+                    continue  # its process is alive: not an orphan
+                why = f"process {owner} that ran it is gone"
+            elif flow_run_id:
+                try:
+                    state = prefect_client.read_flow_run(flow_run_id).state
+                except ObjectNotFound:
+                    state = None
+                if state is not None and not state.is_final():
+                    continue
+                why = f"flow run {flow_run_id} is {state.name if state else 'gone'}"
+            else:
+                continue
+            why += "; it died without ending this run"
+            c.set_tag(run.info.run_id, "sciflow.error", why)
+            c.set_terminated(run.info.run_id, "KILLED")
+            ended.append(run.info.run_id)
+    return ended
 
 
 @contextmanager

@@ -193,3 +193,49 @@ def test_train_neural_ode_logs_nfe_per_epoch():
     assert [m.step for m in history] == [1, 2] and all(m.value > 0 for m in history)
     assert "model" in {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
     assert run.data.params["config.regularizer"] == "local-biased"
+
+
+def test_killed_run_resumes_from_cached_chunks_and_is_marked_killed(tmp_path):
+    """SIGKILL the process mid-generation: no partial file under a real name; the rerun reuses
+    the finished chunks and ends the orphaned MLflow run as KILLED."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import h5py
+
+    root = tmp_path / "store"
+    spec = DarcySpec(n=128, n_train=96, n_test=0, seed=77)
+    code = (
+        "from flows.generate import generate_dataset; from data.spec import DarcySpec; "
+        f"generate_dataset(spec=DarcySpec(n=128, n_train=96, n_test=0, seed=77), chunk_size=8, root={str(root)!r})"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    chunk_dir = root / "chunks"
+    deadline = time.time() + 180
+    while time.time() < deadline and not (chunk_dir.exists() and len(list(chunk_dir.rglob("*.h5"))) >= 2):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = list(chunk_dir.rglob("train-*.h5"))
+    assert 2 <= len(done) < 12, "the kill did not land mid-generation"
+    assert not (root / "datasets").exists() or not list((root / "datasets").rglob("manifest.json"))
+    for f in done:  # everything under a real name is whole
+        with h5py.File(f) as fh:
+            assert fh["u"].shape[0] == 8
+    killed = MlflowClient().search_runs(
+        [MlflowClient().get_experiment_by_name("sciflow").experiment_id],
+        filter_string="attributes.status = 'RUNNING' and tags.`sciflow.stage` = 'generate-dataset'",
+    )
+    assert len(killed) == 1
+
+    state = generate_dataset(spec=spec, chunk_size=8, root=str(root), return_state=True)
+    assert state.is_completed(), state
+    states = _run(_task_states(state.state_details.flow_run_id))
+    assert sum(s == "Cached" for s in states.values()) >= len(done) - 1  # finished chunks reused
+    assert data.load(state.result()).arrays["u"].shape == (96, 128, 128)
+    after = MlflowClient().get_run(killed[0].info.run_id)
+    assert after.info.status == "KILLED" and "gone" in after.data.tags["sciflow.error"]
