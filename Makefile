@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 SCALE ?= smoke
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: setup run test test-fast bench bench-datagen ui clean
+.PHONY: setup run test test-fast bench bench-datagen ui stack stack-down clean
 
 setup:
 	@bash infra/setup.sh
@@ -23,6 +23,12 @@ bench-datagen: setup
 
 ui: setup
 	@$(BIN)/sciflow ui
+
+stack: setup
+	$(BIN)/sciflow stack up
+
+stack-down:
+	$(BIN)/sciflow stack down
 
 clean:
 	rm -rf .sciflow

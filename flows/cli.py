@@ -4,6 +4,7 @@
     sciflow generate darcy --n 64 --n-train 32 --petsc-option pc_type=hypre
     sciflow bench datagen --scale small --out results/datagen-small.json
     sciflow ui
+    sciflow stack up|status|down
 
 Each command runs the same functions that back the Prefect flows. Bad parameters exit with
 status 2 and a message naming the field.
@@ -77,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", type=Path, required=True)
 
     sub.add_parser("ui", help="print how to open the MLflow UI on this project's runs")
+    stack = sub.add_parser("stack", help="local Prefect server + MLflow server + worker on 127.0.0.1")
+    stack.add_argument("action", choices=["up", "status", "down"])
     return parser
 
 
@@ -110,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "ui":
         print(ui_hint())
         return 0
+    if args.command == "stack":
+        from .stack import main as stack_main
+
+        return stack_main(args.action)
     if args.command == "generate":
         spec = _spec_from_args(args)
         if args.no_flow:
