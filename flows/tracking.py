@@ -169,7 +169,9 @@ def mlflow_run(
             c.log_batch(run_id, params=[Param(k, v) for k, v in flatten(params).items()])
         yield run_id
     except BaseException as exc:
-        status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
+        from prefect.exceptions import TerminationSignal  # SIGTERM from a cancelling worker
+
+        status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit, TerminationSignal)) else "FAILED"
         try:
             c.set_tag(run_id, "sciflow.error", f"{type(exc).__name__}: {exc}"[:5000])
         finally:

@@ -239,3 +239,19 @@ def test_killed_run_resumes_from_cached_chunks_and_is_marked_killed(tmp_path):
     assert data.load(state.result()).arrays["u"].shape == (96, 128, 128)
     after = MlflowClient().get_run(killed[0].info.run_id)
     assert after.info.status == "KILLED" and "gone" in after.data.tags["sciflow.error"]
+
+
+@pytest.mark.parametrize("exc, status", [("value", "FAILED"), ("interrupt", "KILLED"), ("sigterm", "KILLED")])
+def test_mlflow_run_never_stays_running(exc, status):
+    from prefect.exceptions import TerminationSignal
+
+    from flows.tracking import mlflow_run
+
+    errors = {"value": ValueError("bad"), "interrupt": KeyboardInterrupt(), "sigterm": TerminationSignal(signal=15)}
+    holder = {}
+    with pytest.raises(type(errors[exc])):
+        with mlflow_run("doomed", {"a": 1}) as run_id:
+            holder["id"] = run_id
+            raise errors[exc]
+    run = MlflowClient().get_run(holder["id"])
+    assert run.info.status == status and run.data.tags["sciflow.error"]

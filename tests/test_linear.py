@@ -1,5 +1,7 @@
 """Linear solvers against direct solves, DCDM's defining properties, and bad input."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -178,3 +180,19 @@ def test_checkpoint_resume_and_bad_checkpoint(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="unreadable"):
         model_from_checkpoint(bad)
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    cfg = DCDMTrainConfig(n=8, ritz_m=20, n_samples=16, epochs=1, batch_size=8)
+    ckpt = tmp_path / "c.pt"
+    train(cfg, checkpoint=ckpt)
+    good = ckpt.read_bytes()
+
+    def disk_full(obj, f, *a, **k):
+        Path(f).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        train(cfg.model_copy(update={"epochs": 2}), checkpoint=tmp_path / "c2.pt")
+    assert ckpt.read_bytes() == good and sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]

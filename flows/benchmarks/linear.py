@@ -11,7 +11,6 @@ measured in the same run, plus iteration growth from the smallest to the largest
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 

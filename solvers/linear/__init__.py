@@ -11,7 +11,7 @@ history. Non-convergence returns ``converged=False`` with the history; it never 
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Mapping
 
 import numpy as np
 
