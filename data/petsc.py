@@ -38,6 +38,13 @@ def _reason_name(enum_cls, code: int) -> str:
     return str(code)
 
 
+def _first_line(exc: Exception) -> str:
+    """PETSc's error text without the traceback lines: the line that names the failure."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    reason = [ln for ln in lines if "DIVERGED" in ln or "failed" in ln.lower() or "pivot" in ln.lower()]
+    return (reason or lines or [repr(exc)])[-1].removeprefix("[0] ")
+
+
 def ksp_reason(code: int) -> str:
     """Human name of a ``KSPConvergedReason`` code, e.g. ``DIVERGED_INDEFINITE_PC``."""
     return _reason_name(petsc().KSP.ConvergedReason, code)
@@ -151,7 +158,12 @@ class KSPSolver:
             b = b - (self._nullvec @ b) * self._nullvec
         self.b.setArray(b)
         self.x.set(0.0)
-        self.ksp.solve(self.b, self.x)
+        try:
+            self.ksp.solve(self.b, self.x)
+        except self._PETSc.Error as exc:  # e.g. a zero pivot in a factorization
+            raise SolverDivergedError(
+                f"PETSc KSP {self.ksp.getType()}/{self.ksp.getPC().getType()} failed: {_first_line(exc)}; options {self.options}"
+            ) from exc
         reason = self.ksp.getConvergedReason()
         if reason < 0:
             raise SolverDivergedError(
@@ -209,7 +221,10 @@ class TimeStepper:
         for t_out in times[1:]:
             ts.setMaxTime(float(t_out))
             ts.setMaxSteps(10**9)
-            ts.solve(u)
+            try:
+                ts.solve(u)
+            except petsc().Error as exc:  # PETSc raises instead of returning a reason here
+                raise SolverDivergedError(f"PETSc TS {ts.getType()} failed at t={ts.getTime():.4g}: {_first_line(exc)}") from exc
             reason = ts.getConvergedReason()
             if reason < 0:
                 raise SolverDivergedError(f"PETSc TS {ts.getType()} failed at t={ts.getTime():.4g}: {ts_reason(reason)}")

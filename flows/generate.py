@@ -32,6 +32,13 @@ from . import plots, tracking  # noqa: E402
 from .results import publish  # noqa: E402
 
 
+def _transient(task, task_run, state) -> bool:
+    """Retry only what may succeed on a second try (I/O, a briefly unreachable server); a solver
+    that diverged or a bad input fails fast, with its reason."""
+    exc = state.data if isinstance(getattr(state, "data", None), BaseException) else None
+    return not isinstance(exc, (data.SolverDivergedError, data.DatasetError, ValueError, TypeError))
+
+
 def _chunk_run_name() -> str:
     from prefect.runtime import task_run
 
@@ -44,8 +51,9 @@ def _chunk_run_name() -> str:
     cache_policy=(INPUTS - "run_id") + TASK_SOURCE,  # the MLflow run to log to is not part of the key
     persist_result=True,
     task_run_name=_chunk_run_name,
-    retries=1,
-    retry_delay_seconds=2,
+    retries=2,
+    retry_delay_seconds=[2, 10],  # backoff
+    retry_condition_fn=_transient,
 )
 def generate_chunk(spec: PDESpec, split: str, start: int, stop: int, root: str, run_id: str | None = None) -> ChunkRef:
     """PETSc-solve samples ``start:stop`` of ``split`` into a chunk file (path + digest); log

@@ -39,6 +39,15 @@ async def _task_states(flow_run_id):
     return {r.name: r.state.name for r in runs}
 
 
+async def _task_run_counts(flow_run_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async with get_client() as client:
+        runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {r.name: r.run_count for r in runs}
+
+
 async def _artifact(key: str):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
@@ -110,6 +119,8 @@ def test_failed_solve_fails_the_run_and_writes_nothing(tmp_path):
     assert "TS" in run.data.tags["sciflow.error"] or "DIVERGED" in run.data.tags["sciflow.error"]
     assert data.find(spec, root=tmp_path) is None
     assert not list(tmp_path.rglob("*.h5"))
+    runs = _run(_task_run_counts(state.state_details.flow_run_id))
+    assert runs and all(count == 1 for count in runs.values()), runs  # permanent failure: not retried
 
 
 def test_bad_parameters_fail_at_the_boundary():

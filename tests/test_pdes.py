@@ -121,3 +121,9 @@ def test_lotka_volterra_conserves_its_first_integral():
     x, y = u[..., 0], u[..., 1]
     V = spec.delta * x - spec.gamma * np.log(x) + spec.beta * y - spec.alpha * np.log(y)
     assert np.abs(V - V[:, :1]).max() < 1e-7  # V is constant along exact trajectories
+
+
+def test_ts_failure_is_a_solver_error_with_petscs_reason():
+    bad = {"ts_type": "beuler", "ksp_type": "cg", "pc_type": "none", "ksp_max_it": "1", "ksp_rtol": "1e-14"}
+    with pytest.raises(SolverDivergedError, match="PETSc TS beuler failed at t=0.*DIVERGED_NONLINEAR_SOLVE"):
+        heat.simulate(np.ones(8), 1.0, 1.0, petsc_options=bad)
