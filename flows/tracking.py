@@ -27,7 +27,26 @@ EXPERIMENT = os.environ.get("SCIFLOW_EXPERIMENT", "sciflow")
 _MAX_PARAM = 6000
 
 
+class TrackingUnavailableError(RuntimeError):
+    """The MLflow tracking server does not answer."""
+
+
+_checked: set[str] = set()
+
+
 def client() -> MlflowClient:
+    """An MlflowClient for the configured tracking URI. A tracking *server* is probed once per
+    process (``/health``, 5 s): a dead server is a clear error at once, not minutes of retries."""
+    uri = mlflow.get_tracking_uri()
+    if uri.startswith(("http://", "https://")) and uri not in _checked:
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5)
+        except OSError as exc:
+            raise TrackingUnavailableError(f"MLflow tracking server at {uri} is not reachable ({exc}); "
+                                           "start it (sciflow stack up) or unset MLFLOW_TRACKING_URI for the local store") from exc
+        _checked.add(uri)
     return MlflowClient()
 
 

@@ -266,3 +266,19 @@ def test_mlflow_run_never_stays_running(exc, status):
             raise errors[exc]
     run = MlflowClient().get_run(holder["id"])
     assert run.info.status == status and run.data.tags["sciflow.error"]
+
+
+def test_dead_tracking_server_is_a_clear_error(monkeypatch):
+    import socket
+
+    import mlflow
+
+    from flows import tracking
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: f"http://127.0.0.1:{port}")
+    with pytest.raises(tracking.TrackingUnavailableError, match=f"127.0.0.1:{port} is not reachable"):
+        with tracking.mlflow_run("never", {}):
+            pass
