@@ -61,27 +61,6 @@ def dataset_samples(dataset, n: int = 3):
     return fig
 
 
-def bar_table(rows: list[dict], x: str, y: str, group: str | None = None, title: str = "", logy: bool = False):
-    """A grouped bar chart of ``y`` by ``x`` (and ``group``) for a benchmark table."""
-    groups = sorted({r[group] for r in rows}) if group else [None]
-    xs = list(dict.fromkeys(r[x] for r in rows))
-    width = 0.8 / len(groups)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(xs) * len(groups) ** 0.5, 3.6))
-    for gi, g in enumerate(groups):
-        vals = [next((r[y] for r in rows if r[x] == xv and (g is None or r[group] == g)), np.nan) for xv in xs]
-        ax.bar(np.arange(len(xs)) + gi * width, vals, width, label=str(g) if g is not None else None)
-    ax.set_xticks(np.arange(len(xs)) + width * (len(groups) - 1) / 2)
-    ax.set_xticklabels([str(v) for v in xs], fontsize=8)
-    ax.set_ylabel(y)
-    if logy:
-        ax.set_yscale("log")
-    if group:
-        ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
 def residual_plot(histories: dict[str, list[float]], title: str = ""):
     """Relative residual vs iteration (log scale), one line per method."""
     fig, ax = plt.subplots(figsize=(6, 4))

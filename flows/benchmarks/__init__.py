@@ -17,6 +17,16 @@ BENCHMARKS = {
 }
 
 
+def progress_logger():
+    """Prefect's run logger inside a flow run, ``print`` outside one (progress lines)."""
+    try:
+        from prefect import get_run_logger
+
+        return get_run_logger().info
+    except Exception:  # outside a flow run
+        return print
+
+
 def run_benchmark(name: str, scale: str, out: str | Path | None = None, parent_run_id: str | None = None):
     """Run benchmark ``name`` at ``scale``; write ``{"rows", "meta"}`` to ``out`` if given."""
     from .. import tracking

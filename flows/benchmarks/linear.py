@@ -18,6 +18,8 @@ from data.pdes.random_fields import grf
 from operators.dcdm import DCDMTrainConfig
 from solvers.linear import GridSystem, ritz_pairs, solve
 
+from . import progress_logger
+
 SIZES = {"smoke": [16, 32], "small": [64, 128, 256], "paper": [64, 128, 256, 512]}
 TRAIN = {
     "smoke": DCDMTrainConfig(n=16, ritz_m=60, n_samples=64, epochs=2, batch_size=16),
@@ -110,19 +112,10 @@ def _table(model, sizes: list[int], dim: int, kinds, scale: str, log) -> tuple[l
     return rows, histories
 
 
-def _logger():
-    try:
-        from prefect import get_run_logger
-
-        return get_run_logger().info
-    except Exception:  # outside a flow run
-        return print
-
-
 def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
     from ..dcdm import train_dcdm
 
-    log = _logger()
+    log = progress_logger()
     ckpt = train_dcdm(config=TRAIN[scale], parent_run_id=run_id)
     from operators.dcdm import model_from_checkpoint
 

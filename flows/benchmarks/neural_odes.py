@@ -30,9 +30,9 @@ META = {"targets": "local on digits: predict NFE <= 0.65x, predict time <= 0.6x,
 
 def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
     from .. import plots
-    from .linear import _logger
+    from . import progress_logger
 
-    log = _logger()
+    log = progress_logger()
     rows: list[dict] = []
     curves: dict[str, dict[str, list[float]]] = {}
     train(ODETrainConfig(task="spiral", epochs=1, batch_size=1000, hidden=8))  # warm-up: first-call costs untimed

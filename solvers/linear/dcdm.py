@@ -23,7 +23,7 @@ from collections import deque
 import numpy as np
 import torch
 
-from .krylov import SolveResult
+from .krylov import SolveResult, initial_state
 from .system import GridSystem
 
 
@@ -68,10 +68,7 @@ def dcdm(
     A = system.A
     model.eval()
     t0 = time.perf_counter()
-    x = np.zeros(system.n) if x0 is None else np.array(x0, dtype=np.float64)
-    r = b - A @ x
-    bnorm = np.linalg.norm(b)
-    res = [float(np.linalg.norm(r))]
+    x, r, bnorm, res = initial_state(system, b, x0)
     times = [time.perf_counter() - t0]
     previous: deque = deque(maxlen=n_orth if n_orth > 0 else 1)
     directions = []

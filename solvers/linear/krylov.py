@@ -45,6 +45,13 @@ class SolveResult:
         return None
 
 
+def initial_state(system: GridSystem, b: np.ndarray, x0: np.ndarray | None):
+    """``(x, r, ||b||, [||r||])`` at the start of an iteration from ``x0`` (zero if None)."""
+    x = np.zeros(system.n) if x0 is None else np.array(x0, dtype=np.float64)
+    r = b - system.A @ x
+    return x, r, np.linalg.norm(b), [float(np.linalg.norm(r))]
+
+
 def pcg(
     system: GridSystem,
     b: np.ndarray,
@@ -62,10 +69,7 @@ def pcg(
     """
     A = system.A
     t0 = time.perf_counter()
-    x = np.zeros(system.n) if x0 is None else np.array(x0, dtype=np.float64)
-    r = b - A @ x
-    bnorm = np.linalg.norm(b)
-    res = [float(np.linalg.norm(r))]
+    x, r, bnorm, res = initial_state(system, b, x0)
     times = [time.perf_counter() - t0]
     z = precond(r) if precond else r
     p = deflate(z) if deflate else z.copy()
