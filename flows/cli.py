@@ -25,7 +25,7 @@ from data.spec import FAMILIES  # noqa: E402
 
 from .scales import SCALES  # noqa: E402
 
-BENCHMARKS = ("datagen", "linear", "neural-odes")
+BENCHMARKS = ("datagen", "linear", "neural-odes", "optimizers")
 
 
 def _field_type(annotation):

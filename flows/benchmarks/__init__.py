@@ -14,6 +14,7 @@ BENCHMARKS = {
     "datagen": "flows.benchmarks.datagen",
     "linear": "flows.benchmarks.linear",
     "neural-odes": "flows.benchmarks.neural_odes",
+    "optimizers": "flows.benchmarks.optimizers",
 }
 
 

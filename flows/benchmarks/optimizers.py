@@ -1,0 +1,244 @@
+"""Constrained-optimizer benchmark: AdaSketch-Newton vs SQP baselines and SciPy; LV-HBA vs implicit.
+
+Three parts, one run, same problems and tolerances for every method:
+
+* ``hs``: Hock-Schittkowski + Boggs-Tolle equality problems (:mod:`solvers.optim.problems`).
+  Solved = KKT residual <= 1e-6 and objective within 1e-6 (relative, absolute below 1) of the
+  published optimum. Per method: solved fraction, median outer / inner iterations over its solved
+  problems, the median's ratio to the l1-SQP's, seconds; a performance profile (Dolan & More) on
+  seconds.
+* ``inverse``: Darcy log-coefficient recovery (:mod:`solvers.optim.darcy_inverse`) on n x n grids:
+  seconds, outer iterations, seconds per iteration, peak memory (resident set growth, sampled), KKT, coefficient
+  error; ratios to trust-constr's seconds. A scaling plot of seconds per outer iteration vs n.
+* ``bilevel``: the LV-HBA LLC toy (distance to the known solution) and the SVM hyperparameter
+  problem (test accuracy, seconds) against the cvxpylayers implicit baseline and a grid search.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import threading
+
+import numpy as np
+
+HS_METHODS = ("al-sketch", "al-sketch-block", "newton-sqp", "l1-sqp", "slsqp", "trust-constr")
+INV_METHODS = ("al-sketch", "newton-sqp", "l1-sqp", "trust-constr", "slsqp")
+CONFIGS = {
+    "smoke": {"hs": ["hs028", "hs040", "hs048"], "hs_seconds": 5.0,
+              "inverse": [8], "inv_seconds": 3.0, "slsqp_max_n": 0, "llc_n": 10, "svm": dict(n_train=60, n_val=60)},
+    "small": {"hs": None, "hs_seconds": 30.0,
+              "inverse": [16, 32, 64, 128], "inv_seconds": 60.0, "slsqp_max_n": 16, "llc_n": 100, "svm": {}},
+    "paper": {"hs": None, "hs_seconds": 300.0,
+              "inverse": [16, 32, 64, 128, 256], "inv_seconds": 600.0, "slsqp_max_n": 32, "llc_n": 100, "svm": {}},
+}
+META = {"targets": "HS: al-sketch solves >= 90%, median outer iterations <= 0.2x l1-sqp's; inverse: al-sketch faster than "
+        "trust-constr at n >= 64; LLC distance <= 1e-3; SVM: LV-HBA test accuracy >= implicit's at <= 0.5x its time"}
+
+
+class PeakRSS:
+    """Peak growth of this process's resident memory during the block, sampled every 5 ms from
+    ``/proc/self/statm`` (tracemalloc would slow the Python-level sketch loops several-fold)."""
+
+    def __enter__(self):
+        import os
+
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._base = self._peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * self._page
+
+    def _sample(self):
+        while not self._stop.wait(0.005):
+            self._peak = max(self._peak, self._rss())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._peak = max(self._peak, self._rss())
+
+    @property
+    def peak_mib(self) -> float:
+        return (self._peak - self._base) / 2**20
+
+
+def _method(name: str) -> tuple[str, str]:
+    return ("al-sketch", "block") if name == "al-sketch-block" else (name, "kaczmarz")
+
+
+def _solved(r, f_star: float) -> bool:
+    return bool(r.kkt <= 1e-6 and abs(r.fun - f_star) <= 1e-6 * max(1.0, abs(f_star)))
+
+
+def hs_part(scale: str, log) -> tuple[list[dict], dict]:
+    from solvers.optim import minimize_eq
+    from solvers.optim.problems import get, hs_set
+
+    cfg = CONFIGS[scale]
+    problems = hs_set() if cfg["hs"] is None else [get(n) for n in cfg["hs"]]
+    per: list[dict] = []
+    for p in problems:
+        for name in HS_METHODS:
+            method, sketch = _method(name)
+            r = minimize_eq(p.f, p.c, np.array(p.x0), method=method, sketch=sketch, tol=1e-6, max_iter=500,
+                            seed=0, max_seconds=cfg["hs_seconds"])
+            per.append({"method": name, "problem": p.name, "scale": scale, "solved": _solved(r, p.f_star),
+                        "outer": r.nit, "inner": r.inner_iterations, "seconds": round(r.seconds, 4),
+                        "kkt": float(f"{r.kkt:.3e}"), "f_error": float(f"{abs(r.fun - p.f_star):.3e}"),
+                        "message": r.message[:120]})
+            log(f"hs {p.name:6s} {name:16s} {'solved' if per[-1]['solved'] else 'FAILED':6s} outer {r.nit:4d} "
+                f"kkt {r.kkt:.1e} {r.seconds:.2f} s")
+    summary = []
+    med_l1 = None
+    for name in HS_METHODS:
+        mine = [row for row in per if row["method"] == name]
+        solved = [row for row in mine if row["solved"]]
+        med = statistics.median(row["outer"] for row in solved) if solved else None
+        if name == "l1-sqp":
+            med_l1 = med
+        summary.append({"method": name, "problem": f"hs+bt ({len(mine)})", "scale": scale,
+                        "solved": len(solved), "solved_fraction": round(len(solved) / len(mine), 3),
+                        "median_outer": med,
+                        "median_inner": statistics.median(row["inner"] for row in solved) if solved else None,
+                        "seconds": round(sum(row["seconds"] for row in mine), 2)})
+    for row in summary:
+        row["outer_vs_l1sqp"] = round(row["median_outer"] / med_l1, 3) if med_l1 and row["median_outer"] else None
+    return summary + per, {"hs_performance_profile": _profile(per, problems)}
+
+
+def _profile(per: list[dict], problems) -> object:
+    """Dolan-More performance profile on seconds: fraction of problems solved within tau x the best."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    best = {}
+    for row in per:
+        if row["solved"]:
+            best[row["problem"]] = min(best.get(row["problem"], np.inf), max(row["seconds"], 1e-6))
+    taus = np.logspace(0, 4, 200)
+    for name in HS_METHODS:
+        ratios = [max(row["seconds"], 1e-6) / best[row["problem"]] for row in per
+                  if row["method"] == name and row["solved"]]
+        ax.step(taus, [sum(r <= t for r in ratios) / len(problems) for t in taus], where="post", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("tau (seconds / best method's seconds)")
+    ax.set_ylabel("fraction of problems solved")
+    ax.set_title("HS + BT equality problems: performance profile")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def inverse_part(scale: str, log) -> tuple[list[dict], dict]:
+    from solvers.optim import minimize_eq
+    from solvers.optim.darcy_inverse import make_problem
+
+    cfg = CONFIGS[scale]
+    rows = []
+    for n in cfg["inverse"]:
+        P = make_problem(n)
+        x0 = P.start()
+        found = {}
+        for name in INV_METHODS:
+            if name == "slsqp" and n > cfg["slsqp_max_n"]:
+                continue
+            with PeakRSS() as mem:
+                r = minimize_eq(None, None, x0, method=name, derivatives=P, tol=1e-6, max_iter=500, seed=0,
+                                max_seconds=cfg["inv_seconds"])
+            found[name] = {"method": name, "problem": f"darcy-inverse-{n}x{n}", "scale": scale, "n": n,
+                           "variables": P.n, "converged": r.converged, "kkt": float(f"{r.kkt:.3e}"),
+                           "outer": r.nit, "inner": r.inner_iterations, "seconds": round(r.seconds, 3),
+                           "seconds_per_outer": round(r.seconds / max(r.nit, 1), 4),
+                           "peak_mib": round(mem.peak_mib, 1), "coef_error": round(P.coefficient_error(r.x), 4),
+                           "misfit": float(f"{P.misfit(r.x):.3e}"), "message": r.message[:120]}
+            log(f"inverse n={n:4d} {name:13s} converged={r.converged} outer {r.nit:4d} kkt {r.kkt:.1e} "
+                f"{r.seconds:.1f} s coef err {found[name]['coef_error']}")
+        base = found["trust-constr"]["seconds"]
+        for row in found.values():
+            row["time_vs_trust_constr"] = round(row["seconds"] / base, 3)
+            rows.append(row)
+    return rows, {"inverse_scaling": _scaling(rows)}
+
+
+def _scaling(rows: list[dict]) -> object:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4))
+    for k, (key, label) in enumerate((("seconds_per_outer", "seconds per outer iteration"), ("seconds", "seconds to stop"))):
+        ax = fig.add_subplot(1, 2, k + 1)
+        for name in INV_METHODS:
+            pts = [(r["n"], r[key], r["converged"]) for r in rows if r["method"] == name]
+            if not pts:
+                continue
+            ns, vs, ok = zip(*pts)
+            line, = ax.plot(ns, vs, marker="o", label=name)
+            ax.scatter([n for n, o in zip(ns, ok) if not o], [v for v, o in zip(vs, ok) if not o],
+                       marker="x", s=80, color=line.get_color())
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("n (grid is n x n; 3 n^2 KKT unknowns)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    fig.suptitle("Darcy inverse problem (x: stopped without reaching KKT <= 1e-6)")
+    fig.tight_layout()
+    return fig
+
+
+def bilevel_part(scale: str, log) -> list[dict]:
+    from solvers.optim.bilevel_problems import llc_problem, solve, svm_accuracy, svm_grid_search, svm_problem
+
+    cfg = CONFIGS[scale]
+    rows = []
+    P = llc_problem(cfg["llc_n"])
+    found = {}
+    for method in ("lv-hba", "implicit"):
+        r = solve(P, method)
+        found[method] = {"method": method, "problem": f"llc-n{cfg['llc_n']}", "scale": scale,
+                         "distance": float(f"{P.distance(r.x, r.y):.3e}"), "iterations": r.nit,
+                         "seconds": round(r.seconds, 3), "converged": r.converged}
+        log(f"bilevel llc {method:8s} distance {found[method]['distance']:.2e} {r.seconds:.2f} s")
+    S = svm_problem("breast_cancer", seed=0, **cfg["svm"])
+    svm = {}
+    for method in ("lv-hba", "implicit"):
+        r = solve(S, method)
+        c = r.x.detach().numpy()
+        svm[method] = {"method": method, "problem": "svm-breast-cancer", "scale": scale,
+                       "test_accuracy": round(svm_accuracy(S, r.y, "test"), 4),
+                       "val_accuracy": round(svm_accuracy(S, r.y, "val"), 4), "iterations": r.nit,
+                       "seconds": round(r.seconds, 3), "converged": r.converged,
+                       "hyper_moved": round(float(np.abs(c - S.x0.numpy()).max()), 3)}
+        log(f"bilevel svm {method:8s} test acc {svm[method]['test_accuracy']:.4f} {r.seconds:.2f} s")
+    g = svm_grid_search(S)
+    svm["grid-search"] = {"method": "grid-search", "problem": "svm-breast-cancer", "scale": scale,
+                          "test_accuracy": round(g["test_acc"], 4), "val_accuracy": round(g["val_acc"], 4),
+                          "iterations": g["n_solves"], "seconds": round(g["seconds"], 3), "converged": True}
+    for group in (found, svm):
+        base = group["implicit"]
+        for row in group.values():
+            row["time_vs_implicit"] = round(row["seconds"] / base["seconds"], 3)
+            if "test_accuracy" in row:
+                row["accuracy_vs_implicit"] = round(row["test_accuracy"] - base["test_accuracy"], 4)
+            rows.append(row)
+    return rows
+
+
+def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
+    from . import progress_logger
+
+    log = progress_logger()
+    t0 = time.perf_counter()
+    hs_rows, figs = hs_part(scale, log)
+    inv_rows, figs2 = inverse_part(scale, log)
+    bl_rows = bilevel_part(scale, log)
+    for part, rows in (("hs", hs_rows), ("inverse", inv_rows), ("bilevel", bl_rows)):
+        for row in rows:
+            row["part"] = part
+    log(f"optimizers benchmark done in {time.perf_counter() - t0:.0f} s")
+    return hs_rows + inv_rows + bl_rows, {**figs, **figs2}
