@@ -3,6 +3,7 @@
     sciflow run nightly --scale smoke
     sciflow generate darcy --n 64 --n-train 32 --petsc-option pc_type=hypre
     sciflow bench datagen --scale small --out results/datagen-small.json
+    sciflow optimize --problem darcy-inverse --n 32 --method al-sketch --max-seconds 60
     sciflow ui
     sciflow stack up|status|down
 
@@ -77,6 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--scale", choices=SCALES, default="smoke")
     bench.add_argument("--out", type=Path, required=True)
 
+    opt = sub.add_parser("optimize", help="one equality-constrained solve through the optimize flow")
+    from solvers.optim.config import OptimizeConfig
+
+    for name, field in OptimizeConfig.model_fields.items():
+        typ, choices = _field_type(field.annotation)
+        if name == "max_seconds":
+            typ = float
+        if typ is not None:
+            opt.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, choices=choices, default=None,
+                             help=f"{field.description or name} (default {field.default})")
+
     sub.add_parser("ui", help="print how to open the MLflow UI on this project's runs")
     stack = sub.add_parser("stack", help="local Prefect server + MLflow server + worker on 127.0.0.1")
     stack.add_argument("action", choices=["up", "status", "down"])
@@ -129,6 +141,21 @@ def main(argv: list[str] | None = None) -> int:
             ref = generate_dataset(spec=spec, chunk_size=args.chunk_size)
         print(f"dataset: {ref.path}\nsha256:  {ref.digest}")
         return 0
+    if args.command == "optimize":
+        from pydantic import ValidationError
+
+        from solvers.optim.config import OptimizeConfig
+
+        from .optimize import optimize
+
+        try:
+            cfg = OptimizeConfig(**{k: v for k, v in vars(args).items() if k in OptimizeConfig.model_fields and v is not None})
+        except ValidationError as exc:
+            raise SystemExit(_validation_message(exc)) from None
+        row = optimize(config=cfg)
+        print(format_table([{k: v for k, v in row.items() if k != "message"}]))
+        print(row["message"])
+        return 0 if row["converged"] else 1
     if args.command == "run" and args.flow == "train-dcdm":
         from .benchmarks.linear import TRAIN
         from .dcdm import train_dcdm
@@ -146,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         from .benchmarks import run_benchmark
 
         rows, meta = run_benchmark(args.name, args.scale, args.out)
-        print(format_table(rows))
+        print(format_by(rows, "part") if rows and "part" in rows[0] else format_table(rows))
         print(f"\nwrote {args.out}")
         return 0
     return 2

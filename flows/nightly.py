@@ -1,8 +1,8 @@
 """``nightly-benchmark`` flow: every stage of the project at one scale, in one tracked run.
 
 Stages so far: PETSc data generation for each PDE family, the linear-solver benchmark (DCDM vs
-CG / ICPCG / DPCG / GAMG) and the neural-ODE regularization benchmark. Later stages (neural
-operators, hard constraints, optimizers) join here as their issues land. The flow run is the parent MLflow run; each
+CG / ICPCG / DPCG / GAMG), the neural-ODE regularization benchmark and the constrained-optimizer
+benchmark. Later stages (neural operators, hard constraints) join here as their issues land. The flow run is the parent MLflow run; each
 stage's flow run is nested under it.
 """
 
@@ -72,6 +72,22 @@ def _neural_ode_stage(scale: str, run_id: str) -> list[dict]:
     ]
 
 
+def _optimizer_stage(scale: str, run_id: str) -> list[dict]:
+    """Run benchmark-optimizers; one row per method for the HS set (solved fraction, median
+    outer iterations), per method and grid for the inverse problem, per method for the bilevel
+    problems."""
+    from .optimize import benchmark_optimizers
+
+    keep = ("solved_fraction", "median_outer", "outer_vs_l1sqp", "converged", "kkt", "outer", "time_vs_trust_constr",
+            "distance", "test_accuracy", "time_vs_implicit", "seconds")
+    return [
+        {"stage": "benchmark-optimizers", "problem": r["problem"], "scale": scale, "method": r["method"],
+         **{k: r[k] for k in keep if k in r}}
+        for r in benchmark_optimizers(scale=scale, parent_run_id=run_id)
+        if r["part"] != "hs" or "solved_fraction" in r
+    ]
+
+
 @flow(name="nightly-benchmark", validate_parameters=True)
 def nightly_benchmark(scale: Scale = "smoke", chunk_size: int = 16) -> list[dict]:
     """Run every stage at ``scale`` ("smoke": seconds, "small": minutes on 2 CPU cores,
@@ -100,6 +116,7 @@ def nightly_benchmark(scale: Scale = "smoke", chunk_size: int = 16) -> list[dict
             )
         rows += _linear_stage(scale, run_id)
         rows += _neural_ode_stage(scale, run_id)
+        rows += _optimizer_stage(scale, run_id)
         tracking.log_metrics(run_id, {"rows": len(rows), "seconds_total": time.perf_counter() - t_start})
         publish(f"nightly-{scale}", rows, {"scale": scale}, run_id, description=f"nightly benchmark at scale={scale}")
         logger.info("nightly results\n%s", format_by(rows, "stage"))

@@ -99,3 +99,20 @@ def nfe_curves(curves: dict[str, dict[str, list[float]]]):
         ax.legend(fontsize=8)
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.9, wspace=0.25)
     return fig
+
+
+def inverse_problem_figure(problem, x):
+    """True vs recovered log-coefficient, their difference, and the observed data (Darcy inverse)."""
+    _, m = problem.split(x)
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.2))
+    lo, hi = problem.m_true.min(), problem.m_true.max()
+    for ax, img, title in ((axes[0], problem.m_true, "true log a"), (axes[1], m, "recovered log a")):
+        im = ax.imshow(img, origin="lower", extent=(0, 1, 0, 1), cmap="viridis", vmin=lo, vmax=hi)
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        plt.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    _imshow(axes[2], m - problem.m_true, f"error (rel. L2 {problem.coefficient_error(x):.3f})")
+    _imshow(axes[3], problem.d, "observed u (noisy)")
+    fig.tight_layout()
+    return fig

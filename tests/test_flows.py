@@ -150,7 +150,9 @@ def test_nightly_smoke_chains_the_stages():
     children = MlflowClient().search_runs(
         [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
     )
-    assert len(children) == 5 and all(c.info.status == "FINISHED" for c in children)
+    assert len(children) == 6 and all(c.info.status == "FINISHED" for c in children)
+    optim = [r for r in rows if r["stage"] == "benchmark-optimizers"]
+    assert {r["method"] for r in optim} >= {"al-sketch", "newton-sqp", "trust-constr", "lv-hba", "implicit"}
     odes = [r for r in rows if r["stage"] == "benchmark-neural-odes"]
     assert {(r["problem"], r["method"]) for r in odes} >= {("digits", "local-unbiased"), ("lotka-volterra", "global")}
     bench = next(c for c in children if c.data.tags["sciflow.stage"] == "bench-linear")
@@ -204,6 +206,29 @@ def test_train_neural_ode_logs_nfe_per_epoch():
     assert [m.step for m in history] == [1, 2] and all(m.value > 0 for m in history)
     assert "model" in {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
     assert run.data.params["config.regularizer"] == "local-biased"
+
+
+def test_optimize_flow_logs_iterations_and_the_recovered_coefficient():
+    from flows.optimize import optimize
+    from solvers.optim.config import OptimizeConfig
+
+    cfg = OptimizeConfig(problem="darcy-inverse", n=8, method="newton-sqp", noise=0.0, beta=1e-3)
+    state = optimize(config=cfg, return_state=True)
+    assert state.is_completed(), state
+    row = state.result()
+    assert row["converged"] and row["kkt"] <= 1e-6 and row["coef_error"] < 0.05
+    run = _mlflow_run_for(str(state.state_details.flow_run_id))
+    kkt = MlflowClient().get_metric_history(run.info.run_id, "kkt")
+    assert len(kkt) == row["nit"] + 1 and kkt[-1].value <= 1e-6  # one per iteration, plus the final value
+    assert {"solution.json", "coefficient.png"} <= {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
+    assert run.data.params["config.method"] == "newton-sqp"
+
+
+def test_optimize_flow_rejects_unknown_problem_before_running():
+    from flows.optimize import optimize
+
+    with pytest.raises(Exception, match="unknown problem 'hs999'"):
+        optimize(config={"problem": "hs999"})
 
 
 def test_killed_run_resumes_from_cached_chunks_and_is_marked_killed(tmp_path):
