@@ -147,9 +147,48 @@ class LotkaVolterraSpec(_SpecBase):
         return {"ts_type": "rk", "ts_rk_type": "5dp", "ts_adapt_type": "basic", "ts_rtol": "1e-10", "ts_atol": "1e-10"}
 
 
-PDESpec = Annotated[Union[PoissonSpec, DarcySpec, HeatSpec, LotkaVolterraSpec], Field(discriminator="family")]
+class NavierStokesSpec(_SpecBase):
+    """2D incompressible Navier-Stokes in vorticity form on the periodic unit torus (the FNO
+    benchmark, Li et al. 2021, ``ns_2d.py``)::
+
+        w_t + u . grad w = viscosity lap w + f,   u = (psi_y, -psi_x),   -lap psi = w,
+        f = forcing (sin 2 pi (x + y) + cos 2 pi (x + y))
+
+    Pseudo-spectral in space (2/3 dealiasing), explicit PETSc TS in time. The initial vorticity
+    (t = 0) is the FNO benchmark's periodic Gaussian random field (``alpha``, ``tau``). Samples
+    store ``w`` at ``t0 + horizon * k / n_times``, k = 0..n_times: input ``w(t0)``, target
+    ``w(t0 + horizon)``. ``t0 = 0`` gives the FNO generator's own pairs (GRF -> w(T)); a
+    larger ``t0`` (e.g. 10) lets the forced flow spin up first, at the cost of integrating to it.
+    """
+
+    family: Literal["navier_stokes"] = "navier_stokes"
+    n: int = Field(64, ge=8, le=4096, description="grid points per dimension (even; nodes x_j = j / n)")
+    viscosity: float = Field(1e-3, gt=0, le=10.0, description="kinematic viscosity nu (1e-4, 1e-5: harder)")
+    t0: float = Field(0.0, ge=0, le=1e4, description="time of the input state w(t0); the GRF is drawn at t = 0")
+    horizon: float = Field(1.0, gt=0, le=1e4, description="T: the target is w(t0 + T)")
+    n_times: int = Field(1, ge=1, le=10_000, description="output intervals in [t0, t0 + T] (1: input and target only)")
+    dt: float = Field(1e-3, gt=0, le=1.0, description="initial TS step (the step itself when ts_adapt_type is none)")
+    forcing: float = Field(0.1, ge=0, le=1e3, description="amplitude A of f (0: unforced)")
+    alpha: float = Field(2.5, gt=1.0, le=10.0, description="GRF smoothness exponent")
+    tau: float = Field(7.0, gt=0, le=100.0, description="GRF inverse length scale")
+
+    @field_validator("n")
+    @classmethod
+    def _even(cls, v: int) -> int:
+        if v % 2:
+            raise ValueError(f"n must be even (FFT grid with a Nyquist mode), got {v}")
+        return v
+
+    def default_petsc_options(self) -> PetscOptions:
+        return {"ts_type": "rk", "ts_rk_type": "5dp", "ts_adapt_type": "basic", "ts_rtol": "1e-6", "ts_atol": "1e-6"}
+
+
+PDESpec = Annotated[
+    Union[PoissonSpec, DarcySpec, HeatSpec, LotkaVolterraSpec, NavierStokesSpec], Field(discriminator="family")
+]
 FAMILIES: dict[str, type[_SpecBase]] = {
     "poisson": PoissonSpec, "darcy": DarcySpec, "heat": HeatSpec, "lotka_volterra": LotkaVolterraSpec,
+    "navier_stokes": NavierStokesSpec,
 }
 
 _ADAPTER: TypeAdapter = TypeAdapter(PDESpec)

@@ -14,6 +14,7 @@ FAMILY_MODULES = {
     "darcy": "data.pdes.darcy",
     "heat": "data.pdes.heat",
     "lotka_volterra": "data.pdes.lotka_volterra",
+    "navier_stokes": "data.pdes.navier_stokes",
 }
 
 
