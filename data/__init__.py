@@ -11,7 +11,8 @@ Public API (stable names, other tools call them)::
 from . import pdes
 from .pdes import darcy, heat, poisson  # noqa: F401  (data.pdes.poisson etc. importable as attributes)
 from .petsc import SolverDivergedError
-from .spec import FAMILIES, DarcySpec, HeatSpec, LotkaVolterraSpec, PDESpec, PoissonSpec, parse_spec, spec_hash
+from .spec import (FAMILIES, DarcySpec, HeatSpec, LotkaVolterraSpec, NavierStokesSpec, PDESpec, PoissonSpec, parse_spec,
+                   spec_hash)
 from .store import (
     ChunkRef,
     Dataset,
@@ -35,6 +36,7 @@ __all__ = [
     "DatasetRef",
     "HeatSpec",
     "LotkaVolterraSpec",
+    "NavierStokesSpec",
     "PDESpec",
     "PoissonSpec",
     "SolverDivergedError",

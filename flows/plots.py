@@ -116,3 +116,19 @@ def inverse_problem_figure(problem, x):
     _imshow(axes[3], problem.d, "observed u (noisy)")
     fig.tight_layout()
     return fig
+
+
+def operator_predictions(x, y, preds: dict, n: int = 3):
+    """Rows: test samples; columns: input, truth, then prediction and |error| per model.
+    ``x``, ``y``: ``(N, 1, h, w)`` tensors; ``preds``: model name -> ``(N, 1, h, w)``."""
+    n = min(n, len(x))
+    cols = 2 + 2 * len(preds)
+    fig, axes = plt.subplots(n, cols, figsize=(2.4 * cols, 2.3 * n), squeeze=False)
+    for i in range(n):
+        _imshow(axes[i, 0], x[i, 0].numpy(), "input w(t0)")
+        _imshow(axes[i, 1], y[i, 0].numpy(), "truth w(t0+T)")
+        for k, (name, p) in enumerate(preds.items()):
+            _imshow(axes[i, 2 + 2 * k], p[i, 0].numpy(), name)
+            _imshow(axes[i, 3 + 2 * k], (p[i, 0] - y[i, 0]).abs().numpy(), f"|error| {name}")
+    fig.tight_layout()
+    return fig

@@ -48,7 +48,36 @@ def neural_odes(path: str | Path = "results/neural-odes-small.json") -> str:
     return format_table(_rows(path), ODE_COLS) + "\n\n![prediction NFE over training](results/neural-odes-small-nfe_over_training.png)"
 
 
-TABLES = {"datagen": datagen, "linear": linear, "neural-odes": neural_odes}
+OPT_HS_COLS = ["method", "problem", "solved", "solved_fraction", "median_outer", "median_inner", "outer_vs_l1sqp", "seconds"]
+OPT_INV_COLS = ["method", "problem", "variables", "converged", "kkt", "outer", "inner", "seconds", "seconds_per_outer",
+                "time_vs_trust_constr", "peak_mib", "coef_error", "misfit"]
+OPT_BL_COLS = ["method", "problem", "distance", "test_accuracy", "accuracy_vs_implicit", "iterations", "seconds",
+               "time_vs_implicit", "converged"]
+
+
+def optimizers(path: str | Path = "results/optimizers-small.json") -> str:
+    rows = _rows(path)
+    hs = [r for r in rows if r["part"] == "hs" and "solved_fraction" in r]
+    per = [r for r in rows if r["part"] == "hs" and "solved_fraction" not in r]
+    failed = sorted({(r["problem"], r["method"]) for r in per if not r["solved"]})
+    by_problem: dict[str, list[str]] = {}
+    for prob, meth in failed:
+        by_problem.setdefault(prob, []).append(meth)
+    fails = "; ".join(f"{p}: {', '.join(m)}" for p, m in sorted(by_problem.items()))
+    return "\n\n".join([
+        "HS + BT equality problems (solved = KKT <= 1e-6 and objective within 1e-6 of the published optimum; "
+        "median iterations over each method's solved problems):\n\n" + format_table(hs, OPT_HS_COLS),
+        f"Not solved: {fails}.",
+        "![performance profile](results/optimizers-small-hs_performance_profile.png)",
+        "Darcy inverse problem (3 n^2 KKT unknowns; stop at KKT <= 1e-6 or the time budget):\n\n"
+        + format_table([r for r in rows if r["part"] == "inverse"], OPT_INV_COLS),
+        "![inverse problem scaling](results/optimizers-small-inverse_scaling.png)",
+        "Bilevel (LLC toy: relative distance to the known solution; SVM on breast-cancer: test accuracy):\n\n"
+        + format_table([r for r in rows if r["part"] == "bilevel"], OPT_BL_COLS),
+    ])
+
+
+TABLES = {"datagen": datagen, "linear": linear, "neural-odes": neural_odes, "optimizers": optimizers}
 
 
 def write(readme: str | Path = "README.md") -> None:

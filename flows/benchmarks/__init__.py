@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import platform
+import threading
 import time
 from pathlib import Path
 
@@ -14,8 +15,41 @@ BENCHMARKS = {
     "datagen": "flows.benchmarks.datagen",
     "linear": "flows.benchmarks.linear",
     "neural-odes": "flows.benchmarks.neural_odes",
+    "operators": "flows.benchmarks.operators",
     "optimizers": "flows.benchmarks.optimizers",
 }
+
+
+class PeakRSS:
+    """Peak growth of this process's resident memory during the block, sampled every 5 ms from
+    ``/proc/self/statm`` (tracemalloc would slow the Python-level sketch loops several-fold)."""
+
+    def __enter__(self):
+        import os
+
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._base = self._peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * self._page
+
+    def _sample(self):
+        while not self._stop.wait(0.005):
+            self._peak = max(self._peak, self._rss())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._peak = max(self._peak, self._rss())
+
+    @property
+    def peak_mib(self) -> float:
+        return (self._peak - self._base) / 2**20
 
 
 def progress_logger():

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import statistics
 import time
-import threading
 
 import numpy as np
 
@@ -34,38 +33,6 @@ CONFIGS = {
 }
 META = {"targets": "HS: al-sketch solves >= 90%, median outer iterations <= 0.2x l1-sqp's; inverse: al-sketch faster than "
         "trust-constr at n >= 64; LLC distance <= 1e-3; SVM: LV-HBA test accuracy >= implicit's at <= 0.5x its time"}
-
-
-class PeakRSS:
-    """Peak growth of this process's resident memory during the block, sampled every 5 ms from
-    ``/proc/self/statm`` (tracemalloc would slow the Python-level sketch loops several-fold)."""
-
-    def __enter__(self):
-        import os
-
-        self._page = os.sysconf("SC_PAGE_SIZE")
-        self._base = self._peak = self._rss()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _rss(self) -> int:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * self._page
-
-    def _sample(self):
-        while not self._stop.wait(0.005):
-            self._peak = max(self._peak, self._rss())
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self._peak = max(self._peak, self._rss())
-
-    @property
-    def peak_mib(self) -> float:
-        return (self._peak - self._base) / 2**20
 
 
 def _method(name: str) -> tuple[str, str]:
@@ -137,6 +104,7 @@ def _profile(per: list[dict], problems) -> object:
 
 
 def inverse_part(scale: str, log) -> tuple[list[dict], dict]:
+    from . import PeakRSS
     from solvers.optim import minimize_eq
     from solvers.optim.darcy_inverse import make_problem
 

@@ -341,14 +341,21 @@ def _adasketch(d, x, lam, method, sketch, tol, max_iter, seed, P: ALParams, max_
     return _finish(d, s, method, t0, k, tol, message, inner_total, history)
 
 
-def _gmres(K, b, rtol: float, x0=None):
+class _OutOfTime(Exception):
+    pass
+
+
+def _gmres(K, b, rtol: float, deadline: float | None = None):
+    """GMRES(200) on ``K z = b`` to relative residual ``rtol``; raises :class:`_OutOfTime` past ``deadline``."""
     it = [0]
 
     def count(_):
         it[0] += 1
+        if deadline is not None and time.perf_counter() > deadline:
+            raise _OutOfTime
 
     N = b.size
-    z, _ = spla.gmres(K, b, x0=x0, rtol=rtol, atol=0.0, restart=min(N, 200), maxiter=max(10, N),
+    z, _ = spla.gmres(K, b, rtol=rtol, atol=0.0, restart=min(N, 200), maxiter=max(10, N),
                       callback=count, callback_type="pr_norm")
     return z, it[0]
 
@@ -378,18 +385,23 @@ def _l1_sqp(d, x, lam, tol, max_iter, max_seconds, callback, kappa=0.1, tau=0.1,
         b = -np.concatenate([s.gL, s.c])
         c1 = float(np.abs(s.c).sum())
         rtol, mred = kappa, -1.0
-        while rtol >= 1e-12:
-            z, its = _gmres(K, b, rtol)
-            inner += its
-            dx, dlam = z[: d.n], z[d.n:]
-            lin = c1 - float(np.abs(s.c + s.G @ dx).sum())  # linearized infeasibility reduction
-            quad = float(s.g @ dx) + 0.5 * max(float(dx @ (B @ dx)), 0.0)
-            if lin > 0:
-                pi = max(pi, quad / ((1.0 - tau) * lin) + 1e-4)
-            mred = -quad + pi * lin
-            if mred > 0:
-                break
-            rtol *= 0.1
+        deadline = None if max_seconds is None else t0 + max_seconds
+        try:
+            while rtol >= 1e-12:
+                z, its = _gmres(K, b, rtol, deadline)
+                inner += its
+                dx, dlam = z[: d.n], z[d.n:]
+                lin = c1 - float(np.abs(s.c + s.G @ dx).sum())  # linearized infeasibility reduction
+                quad = float(s.g @ dx) + 0.5 * max(float(dx @ (B @ dx)), 0.0)
+                if lin > 0:
+                    pi = max(pi, quad / ((1.0 - tau) * lin) + 1e-4)
+                mred = -quad + pi * lin
+                if mred > 0:
+                    break
+                rtol *= 0.1
+        except _OutOfTime:
+            message = f"time budget of {max_seconds} s used inside GMRES; stalled with KKT {s.kkt:.3e}"
+            break
         if mred <= 0:
             message = f"no model reduction even with exact KKT solves; stalled with KKT {s.kkt:.3e}"
             break

@@ -1,0 +1,92 @@
+"""Neural-operator benchmark: dense FNO vs TFNO vs MG-TFNO on PETSc-TS Navier-Stokes data.
+
+Same data (one stored dataset), same seed, epochs, optimizer and loss for every model, in one run.
+Per model: parameter count (``neuralop.utils.count_model_params``) and its compression against
+the dense FNO, relative L2 and H1 test errors at the training resolution and zero-shot at twice
+the resolution (a second dataset, same distribution), each error's ratio to the dense FNO's,
+seconds per epoch, peak memory (resident-set growth on CPU, CUDA peak on GPU) and the fraction of
+the domain one network sample sees (MG-TFNO: patch incl. padding).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from data.spec import NavierStokesSpec
+
+MODELS = {  # label -> model config fields (beyond the scale's width / modes)
+    "fno": dict(name="fno"),
+    "tfno-r0.05": dict(name="tfno", rank=0.05),
+    "tfno-r0.02": dict(name="tfno", rank=0.02),
+    "mg-tfno-r0.05": dict(name="mg-tfno", rank=0.05, levels=1, padding_fraction=0.0625),
+    "mg-tfno-r0.02": dict(name="mg-tfno", rank=0.02, levels=1, padding_fraction=0.0625),
+}
+CONFIGS = {
+    "smoke": dict(n=32, n_train=32, n_test=8, n_test_2x=4, epochs=2, batch_size=8, hidden=16, modes=8),
+    "small": dict(n=64, n_train=1000, n_test=200, n_test_2x=50, epochs=10, batch_size=16, hidden=32, modes=16),
+    "paper": dict(n=128, n_train=10000, n_test=1000, n_test_2x=200, epochs=100, batch_size=32, hidden=64, modes=32),
+}
+FLOW = dict(viscosity=1e-4, t0=0.0, horizon=5.0)  # w(0) -> w(5) at nu = 1e-4
+META = {"targets": "small: mg-tfno >= 20x fewer parameters than dense FNO with test L2 <= 1.0x; mg-tfno input "
+        "domain <= 0.5x; paper (GPU, 128^2, 10k samples, nu=1e-4): >= 150x compression with L2 <= 0.5x",
+        "data": f"navier_stokes {FLOW}"}
+
+
+def datasets(scale: str):
+    import data
+
+    c = CONFIGS[scale]
+    spec = NavierStokesSpec(n=c["n"], n_train=c["n_train"], n_test=c["n_test"], seed=0, **FLOW)
+    spec2 = NavierStokesSpec(n=2 * c["n"], n_train=1, n_test=c["n_test_2x"], seed=1, **FLOW)
+    return data.generate(spec, progress=False), data.generate(spec2, progress=False)
+
+
+def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
+    import torch
+
+    import data
+    from operators.fno import (OperatorModelConfig, OperatorTrainConfig, count_params, evaluate, input_domain_ratio,
+                               pairs, train)
+
+    from .. import plots
+    from . import PeakRSS, progress_logger
+
+    log = progress_logger()
+    c = CONFIGS[scale]
+    t0 = time.perf_counter()
+    ref, ref2 = datasets(scale)
+    log(f"datasets ready in {time.perf_counter() - t0:.1f} s: {ref.path}, {ref2.path}")
+    train_xy, test_xy = pairs(data.load(ref, "train")), pairs(data.load(ref, "test"))
+    test2x = pairs(data.load(ref2, "test"))
+    found, preds = {}, {}
+    for label, fields in MODELS.items():
+        cfg = OperatorTrainConfig(model=OperatorModelConfig(hidden_channels=c["hidden"], n_modes=c["modes"], **fields),
+                                  epochs=c["epochs"], batch_size=c["batch_size"], loss="h1", seed=0)
+        with PeakRSS() as mem:
+            model, history = train(cfg, train_xy, test_xy,
+                                   on_epoch=lambda e, r, label=label: log(
+                                       f"{label:14s} epoch {e}/{cfg.epochs} loss {r['loss']:.4f} test L2 {r['test_l2']:.4f} ({r['seconds']:.1f} s)"))
+        err, err2 = evaluate(model, *test_xy), evaluate(model, *test2x)
+        with torch.no_grad():
+            preds[label] = model(test_xy[0][:3].to(next(model.parameters()).device)).cpu()
+        found[label] = {
+            "method": label, "problem": f"navier-stokes-{c['n']}", "scale": scale, "params": count_params(model),
+            "test_l2": round(err["l2"], 4), "test_h1": round(err["h1"], 4),
+            "test_l2_2x": round(err2["l2"], 4), "test_h1_2x": round(err2["h1"], 4),
+            "sec_per_epoch": round(statistics.median(h["seconds"] for h in history), 2),
+            "peak_mib": round(history[-1].get("peak_mib", mem.peak_mib), 1),
+            "input_domain": round(input_domain_ratio(model, c["n"]), 3),
+        }
+        log(f"{label:14s} params {found[label]['params']} test L2 {err['l2']:.4f} H1 {err['h1']:.4f} "
+            f"2x L2 {err2['l2']:.4f}")
+    base = found["fno"]
+    rows = []
+    for row in found.values():
+        row["compression_vs_fno"] = round(base["params"] / row["params"], 2)
+        row["l2_vs_fno"] = round(row["test_l2"] / base["test_l2"], 3)
+        row["l2_2x_vs_fno"] = round(row["test_l2_2x"] / base["test_l2_2x"], 3)
+        row["time_vs_fno"] = round(row["sec_per_epoch"] / base["sec_per_epoch"], 3)
+        rows.append(row)
+    fig = plots.operator_predictions(test_xy[0][:3], test_xy[1][:3], {k: preds[k] for k in ("fno", "mg-tfno-r0.02")})
+    return rows, {"predictions": fig}

@@ -1,0 +1,140 @@
+"""Neural operators by name: dense FNO, Tucker TFNO and MG-TFNO, built from neuraloperator 2.x.
+
+* ``"fno"``: ``neuralop.models.FNO`` with dense spectral weights (Li et al., 2021).
+* ``"tfno"``: ``neuralop.models.TFNO``: the same network with every spectral-convolution weight a
+  Tucker tensor of relative ``rank`` (Kossaifi et al., TMLR 2024, Section 3.1).
+* ``"mg-tfno"``: TFNO inside ``neuralop.training.patching.MultigridPatching2D`` (Section 3.2): the
+  input is split into ``2^levels x 2^levels`` patches, each padded by ``padding_fraction`` of the
+  domain, and each patch carries ``levels`` coarser, wider views of the field stacked as channels,
+  so the model takes ``in_channels * (levels + 1)`` channels and sees a patch, not the full domain.
+  As in the paper, *global* positional channels (x, y in [0, 1)) are appended **before** patching,
+  so each patch knows where it is; the inner TFNO gets no positional embedding of its own.
+  The patching pads circularly: it assumes a periodic domain. :func:`build_model` refuses
+  ``mg-tfno`` on non-periodic data (Darcy's Dirichlet boundary) rather than wrap it silently.
+
+Tensors are ``(batch, channels, height, width)``, float32.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+MODELS = ("fno", "tfno", "mg-tfno")
+
+
+class OperatorModelConfig(BaseModel):
+    """Architecture of one neural operator (part of the checkpoint key)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    name: Literal["fno", "tfno", "mg-tfno"] = "mg-tfno"
+    n_modes: int = Field(16, ge=1, le=512, description="Fourier modes kept per dimension")
+    hidden_channels: int = Field(32, ge=1, le=1024)
+    n_layers: int = Field(4, ge=1, le=32)
+    rank: float = Field(0.05, gt=0, le=1.0, description="relative Tucker rank (tfno, mg-tfno)")
+    levels: int = Field(1, ge=1, le=4, description="mg-tfno: patching levels (2^levels patches per side)")
+    padding_fraction: float = Field(0.0625, ge=0, lt=0.5, description="mg-tfno: patch padding, fraction of the side")
+    in_channels: int = Field(1, ge=1, le=64)
+    out_channels: int = Field(1, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _check(self) -> "OperatorModelConfig":
+        if self.name != "mg-tfno" and (self.levels, self.padding_fraction) != (1, 0.0625):
+            # fields that only mg-tfno reads must stay at their defaults elsewhere: no silent no-ops
+            raise ValueError(f"levels / padding_fraction apply to 'mg-tfno' only, not {self.name!r}")
+        return self
+
+
+def grid_channels(x: torch.Tensor) -> torch.Tensor:
+    """Append global positional channels ``(x, y)`` on ``[0, 1)`` (cell corners, periodic grid)."""
+    b, _, h, w = x.shape
+    ys = torch.arange(h, dtype=x.dtype, device=x.device) / h
+    xs = torch.arange(w, dtype=x.dtype, device=x.device) / w
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.cat([x, gx.expand(b, 1, h, w), gy.expand(b, 1, h, w)], dim=1)
+
+
+class MGTFNO(nn.Module):
+    """TFNO under multi-grid patching. ``forward(x)`` maps ``(B, C, H, W) -> (B, C_out, H, W)``;
+    ``H`` and ``W`` must be divisible by ``2^levels``."""
+
+    def __init__(self, cfg: OperatorModelConfig):
+        super().__init__()
+        from neuralop.models import TFNO
+        from neuralop.training.patching import MultigridPatching2D
+
+        self.cfg = cfg
+        self.inner = TFNO(n_modes=(cfg.n_modes, cfg.n_modes), in_channels=(cfg.in_channels + 2) * (cfg.levels + 1),
+                          out_channels=cfg.out_channels, hidden_channels=cfg.hidden_channels, n_layers=cfg.n_layers,
+                          rank=cfg.rank, factorization="tucker", positional_embedding=None)
+        self.patcher = _quiet(MultigridPatching2D, self.inner, levels=cfg.levels,
+                              padding_fraction=cfg.padding_fraction, use_distributed=False, stitching=True)
+
+    def patch_shape(self, height: int, width: int) -> tuple[int, int]:
+        """Spatial size of one patch, padding included (what the TFNO sees per sample)."""
+        k = 2 ** self.cfg.levels
+        ph, pw = round(height * self.cfg.padding_fraction), round(width * self.cfg.padding_fraction)
+        return height // k + 2 * ph, width // k + 2 * pw
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.cfg)
+        k = 2 ** self.cfg.levels
+        if x.shape[-2] % k or x.shape[-1] % k:
+            raise ValueError(f"mg-tfno with levels={self.cfg.levels} needs a resolution divisible by {k}, "
+                             f"got {tuple(x.shape[-2:])}")
+        patches, _ = self.patcher.patch(grid_channels(x), None)
+        out, _ = self.patcher.unpatch(self.inner(patches), None, evaluation=True)
+        return out
+
+
+def _quiet(cls, *args, **kwargs):
+    """neuraloperator prints the patching config on construction; keep logs clean."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return cls(*args, **kwargs)
+
+
+class _Checked(nn.Module):
+    def __init__(self, net: nn.Module, cfg: OperatorModelConfig):
+        super().__init__()
+        self.net, self.cfg = net, cfg
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.cfg)
+        return self.net(x)
+
+
+def check_input(x: torch.Tensor, cfg: OperatorModelConfig) -> None:
+    if x.ndim != 4:
+        raise ValueError(f"expected a (batch, channels, height, width) tensor, got shape {tuple(x.shape)}")
+    if x.shape[1] != cfg.in_channels:
+        raise ValueError(f"{cfg.name} was built for {cfg.in_channels} input channel(s), got {x.shape[1]}")
+
+
+def build_model(cfg: OperatorModelConfig, periodic: bool = True) -> nn.Module:
+    """The model ``cfg.name`` (see the module docstring). ``periodic=False`` (e.g. Darcy data)
+    refuses ``mg-tfno``, whose circular patch padding would wrap the boundary around."""
+    from neuralop.models import FNO, TFNO
+
+    if cfg.name == "mg-tfno":
+        if not periodic:
+            raise ValueError("mg-tfno pads patches circularly, which assumes a periodic domain; "
+                             "this dataset is not periodic (use 'fno' or 'tfno')")
+        return MGTFNO(cfg)
+    common = dict(n_modes=(cfg.n_modes, cfg.n_modes), in_channels=cfg.in_channels, out_channels=cfg.out_channels,
+                  hidden_channels=cfg.hidden_channels, n_layers=cfg.n_layers)
+    net = FNO(**common) if cfg.name == "fno" else TFNO(**common, rank=cfg.rank, factorization="tucker")
+    return _Checked(net, cfg)
+
+
+def count_params(model: nn.Module) -> int:
+    """Trainable parameters, complex counted as two reals (``neuralop.utils.count_model_params``)."""
+    from neuralop.utils import count_model_params
+
+    return int(count_model_params(model))

@@ -1,0 +1,140 @@
+"""Neural operators: models and parameter ratios, multi-grid patching, training, resume, bad inputs."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+from operators.fno import (CheckpointMismatchError, OperatorModelConfig, OperatorTrainConfig, TrainingDivergedError,
+                           build_model, count_params, input_domain_ratio, load_checkpoint, train)
+from operators.fno.models import grid_channels
+
+SMALL = dict(n_modes=6, hidden_channels=8, n_layers=2)
+
+
+@pytest.mark.parametrize("name", ["fno", "tfno", "mg-tfno"])
+def test_models_map_shapes_at_any_resolution(name):
+    model = build_model(OperatorModelConfig(name=name, **SMALL))
+    for n in (16, 32):
+        assert model(torch.randn(3, 1, n, n)).shape == (3, 1, n, n)
+
+
+def test_parameter_ratios():
+    fno = count_params(build_model(OperatorModelConfig(name="fno", n_modes=16, hidden_channels=32)))
+    tfno = count_params(build_model(OperatorModelConfig(name="tfno", n_modes=16, hidden_channels=32, rank=0.02)))
+    mg = build_model(OperatorModelConfig(name="mg-tfno", n_modes=16, hidden_channels=32, rank=0.02, levels=1))
+    assert fno / tfno > 20 and fno / count_params(mg) > 20
+    # the MG-TFNO's inner network takes (channels + 2 positional) x (levels + 1) inputs
+    assert mg.inner.in_channels == (1 + 2) * 2
+
+
+def test_multigrid_patch_unpatch_round_trip():
+    cfg = OperatorModelConfig(name="mg-tfno", levels=2, padding_fraction=0.125, **SMALL)
+    model = build_model(cfg)
+    x = torch.randn(2, 1, 32, 32)
+    g = grid_channels(x)
+    patches, _ = model.patcher.patch(g, None)
+    assert patches.shape == (2 * 16, 3 * 3, 8 + 8, 8 + 8)  # 4x4 patches of 8 + 2*4 padding, 3 levels of 3 channels
+    back, _ = model.patcher.unpatch(patches[:, :3], None, evaluation=True)  # level-0 channels, padding removed
+    torch.testing.assert_close(back, g)
+    # positional channels are global: patch (0, 1) sees x from 0.25 on, not a local 0
+    assert input_domain_ratio(model, 32) == pytest.approx(16 * 16 / (32 * 32))
+
+
+def test_mg_tfno_input_domain_is_under_half_the_domain():
+    model = build_model(OperatorModelConfig(name="mg-tfno", levels=1, padding_fraction=0.0625, **SMALL))
+    assert input_domain_ratio(model, 64) == pytest.approx(40 * 40 / 64**2)
+    assert input_domain_ratio(build_model(OperatorModelConfig(name="fno", **SMALL)), 64) == 1.0
+
+
+def _data(n=16, N=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(N, 1, n, n, generator=g)
+    y = torch.roll(x, 1, dims=-1) * 0.5 + 0.1  # a simple translation-equivariant map
+    return x, y
+
+
+def test_training_lowers_the_error_and_resumes_after_a_crash(tmp_path):
+    cfg = OperatorTrainConfig(model=OperatorModelConfig(name="tfno", rank=0.5, **SMALL), epochs=4, batch_size=4, lr=1e-2)
+    xy, test = _data(), _data(seed=1)
+    _, ref_hist = train(cfg, xy, test)
+    assert ref_hist[-1]["test_l2"] < ref_hist[0]["test_l2"]
+
+    ckpt = tmp_path / "ck.pt"
+
+    def crash(epoch, row):
+        if epoch == 2:
+            raise KeyboardInterrupt  # the process dies after epoch 2's checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, xy, test, checkpoint=ckpt, on_epoch=crash)
+    assert load_checkpoint(ckpt)["epoch"] == 2
+    _, hist = train(cfg, xy, test, checkpoint=ckpt)
+    assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
+    assert hist[-1]["test_l2"] == pytest.approx(ref_hist[-1]["test_l2"], rel=1e-5)  # same as uninterrupted
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = OperatorTrainConfig(model=OperatorModelConfig(name="fno", **SMALL), epochs=3, batch_size=4)
+    ckpt = tmp_path / "ck.pt"
+    x, y = _data()
+
+    def stop(epoch, row):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, (x, y), checkpoint=ckpt, on_epoch=stop)
+    y_bad = y.clone()
+    y_bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(TrainingDivergedError, match="non-finite training loss.*epoch 1"):
+        train(cfg, (x, y_bad), checkpoint=ckpt)
+    assert load_checkpoint(ckpt)["epoch"] == 1
+
+
+def test_bad_inputs_are_named(tmp_path):
+    model = build_model(OperatorModelConfig(name="fno", **SMALL))
+    with pytest.raises(ValueError, match="built for 1 input channel"):
+        model(torch.randn(2, 3, 16, 16))
+    mg = build_model(OperatorModelConfig(name="mg-tfno", levels=2, **SMALL))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        mg(torch.randn(1, 1, 18, 18))
+    with pytest.raises(ValueError, match="periodic"):
+        build_model(OperatorModelConfig(name="mg-tfno", **SMALL), periodic=False)
+    with pytest.raises(ValueError, match="mg-tfno' only"):
+        OperatorModelConfig(name="fno", levels=2)
+    cfg = OperatorTrainConfig(model=OperatorModelConfig(name="fno", **SMALL), epochs=1, batch_size=4)
+    with pytest.raises(ValueError, match="2 input / 1 output channels"):
+        train(cfg, (torch.randn(4, 2, 16, 16), torch.randn(4, 1, 16, 16)))
+    # a checkpoint from another configuration
+    ckpt = tmp_path / "ck.pt"
+    train(cfg, _data(N=4), checkpoint=ckpt)
+    other = OperatorTrainConfig(model=OperatorModelConfig(name="fno", **{**SMALL, "hidden_channels": 12}), epochs=1, batch_size=4)
+    with pytest.raises(CheckpointMismatchError, match="differs in: \\['model'\\]"):
+        train(other, _data(N=4), checkpoint=ckpt)
+    # a crafted pickle (code on load) is refused by the weights-only loader
+    evil = tmp_path / "evil.pt"
+
+    class Boom:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    evil.write_bytes(pickle.dumps({"model": Boom()}))
+    with pytest.raises(CheckpointMismatchError, match="unreadable checkpoint"):
+        load_checkpoint(evil)
+
+
+def test_pairs_rejects_other_families(tmp_path, monkeypatch):
+    import data
+    from data.spec import NavierStokesSpec, PoissonSpec
+    from operators.fno import pairs
+
+    monkeypatch.setenv("SCIFLOW_HOME", str(tmp_path))
+    ref = data.generate(PoissonSpec(n=8, n_train=2, n_test=1), progress=False)
+    with pytest.raises(ValueError, match="'navier_stokes' and 'darcy'.*'poisson'"):
+        pairs(data.load(ref, "train"))
+    ns = data.generate(NavierStokesSpec(n=16, n_train=2, n_test=1, horizon=0.1), progress=False)
+    x, y = pairs(data.load(ns, "train"))
+    assert x.shape == y.shape == (2, 1, 16, 16) and x.dtype == torch.float32
