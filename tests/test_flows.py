@@ -224,6 +224,28 @@ def test_optimize_flow_logs_iterations_and_the_recovered_coefficient():
     assert run.data.params["config.method"] == "newton-sqp"
 
 
+def test_train_operator_flow_logs_epochs_registers_and_reuses():
+    from data.spec import NavierStokesSpec
+    from flows.operator import train_operator
+    from operators.fno import OperatorModelConfig, OperatorTrainConfig
+
+    spec = NavierStokesSpec(n=16, n_train=8, n_test=2, horizon=0.2)
+    cfg = OperatorTrainConfig(model=OperatorModelConfig(name="mg-tfno", n_modes=4, hidden_channels=8, n_layers=2, rank=0.2),
+                              epochs=2, batch_size=4)
+    state = train_operator(dataset=spec, config=cfg, return_state=True)
+    assert state.is_completed(), state
+    row = state.result()
+    assert row["epoch"] == 2 and row["test_l2"] > 0
+    run = _mlflow_run_for(str(state.state_details.flow_run_id))
+    history = MlflowClient().get_metric_history(run.info.run_id, "test_l2")
+    assert [m.step for m in history] == [1, 2]
+    assert "predictions.png" in {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
+    versions = MlflowClient().search_model_versions("name = 'operator-mg-tfno'")
+    assert versions and any(v.run_id == run.info.run_id for v in versions)
+    again = train_operator(dataset=spec, config=cfg)  # finished checkpoint: no training, same answer
+    assert again["checkpoint"] == row["checkpoint"] and again["test_l2"] == row["test_l2"]
+
+
 def test_optimize_flow_rejects_unknown_problem_before_running():
     from flows.optimize import optimize
 

@@ -93,6 +93,11 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     return {k: v / len(x) for k, v in tot.items()}
 
 
+def weights(model: torch.nn.Module) -> dict:
+    """The state dict without neuraloperator's ``_metadata`` entry (not a tensor; breaks strict loads)."""
+    return {k: v for k, v in model.state_dict().items() if not k.endswith("_metadata")}
+
+
 def _save_atomic(obj: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
@@ -186,7 +191,7 @@ def train(
             opt.zero_grad(set_to_none=True)
             (loss / len(idx)).backward()
             opt.step()
-            total += float(loss)
+            total += float(loss.detach())
         seconds = time.perf_counter() - t0
         sched.step()
         row = {"epoch": epoch, "loss": total / len(x), "lr": opt.param_groups[0]["lr"], "seconds": seconds}
@@ -197,7 +202,7 @@ def train(
             row.update(test_l2=err["l2"], test_h1=err["h1"])
         history.append(row)
         if path is not None:
-            _save_atomic({"config": config.model_dump(mode="json"), "epoch": epoch, "model": model.state_dict(),
+            _save_atomic({"config": config.model_dump(mode="json"), "epoch": epoch, "model": weights(model),
                           "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "history": history}, path)
         if on_epoch is not None:
             on_epoch(epoch, row)
