@@ -77,7 +77,17 @@ def optimizers(path: str | Path = "results/optimizers-small.json") -> str:
     ])
 
 
-TABLES = {"datagen": datagen, "linear": linear, "neural-odes": neural_odes, "optimizers": optimizers}
+OPERATOR_COLS = ["method", "problem", "params", "compression_vs_fno", "test_l2", "l2_vs_fno", "test_h1", "test_l2_2x",
+                 "l2_2x_vs_fno", "test_h1_2x", "sec_per_epoch", "time_vs_fno", "peak_mib", "input_domain"]
+
+
+def operators(path: str | Path = "results/operators-small.json") -> str:
+    return (format_table(_rows(path), OPERATOR_COLS)
+            + "\n\n![input / truth / prediction / error](results/operators-small-predictions.png)")
+
+
+TABLES = {"datagen": datagen, "linear": linear, "neural-odes": neural_odes, "operators": operators,
+          "optimizers": optimizers}
 
 
 def write(readme: str | Path = "README.md") -> None:
