@@ -78,7 +78,7 @@ def _optimizer_stage(scale: str, run_id: str) -> list[dict]:
     problems."""
     from .optimize import benchmark_optimizers
 
-    keep = ("solved_fraction", "median_outer", "outer_vs_l1sqp", "converged", "kkt", "outer", "time_vs_trust_constr",
+    keep = ("n_solved", "solved_fraction", "median_outer", "outer_vs_l1sqp", "converged", "kkt", "outer", "time_vs_trust_constr",
             "distance", "test_accuracy", "time_vs_implicit", "seconds")
     return [
         {"stage": "benchmark-optimizers", "problem": r["problem"], "scale": scale, "method": r["method"],

@@ -61,22 +61,31 @@ def hs_part(scale: str, log) -> tuple[list[dict], dict]:
                         "message": r.message[:120]})
             log(f"hs {p.name:6s} {name:16s} {'solved' if per[-1]['solved'] else 'FAILED':6s} outer {r.nit:4d} "
                 f"kkt {r.kkt:.1e} {r.seconds:.2f} s")
+    return summarize(per, scale) + per, {"hs_performance_profile": _profile(per, problems)}
+
+
+def summarize(per: list[dict], scale: str) -> list[dict]:
+    """One row per method: problems solved, median outer / inner iterations over its solved
+    problems, and ``outer_vs_l1sqp``: the median over problems *both* it and l1-sqp solved of the
+    per-problem ratio of outer iterations (``common_with_l1sqp`` such problems)."""
+    by = {(r["method"], r["problem"]): r for r in per}
+    problems = sorted({r["problem"] for r in per})
     summary = []
-    med_l1 = None
     for name in HS_METHODS:
-        mine = [row for row in per if row["method"] == name]
-        solved = [row for row in mine if row["solved"]]
-        med = statistics.median(row["outer"] for row in solved) if solved else None
-        if name == "l1-sqp":
-            med_l1 = med
-        summary.append({"method": name, "problem": f"hs+bt ({len(mine)})", "scale": scale,
-                        "solved": len(solved), "solved_fraction": round(len(solved) / len(mine), 3),
-                        "median_outer": med,
-                        "median_inner": statistics.median(row["inner"] for row in solved) if solved else None,
-                        "seconds": round(sum(row["seconds"] for row in mine), 2)})
-    for row in summary:
-        row["outer_vs_l1sqp"] = round(row["median_outer"] / med_l1, 3) if med_l1 and row["median_outer"] else None
-    return summary + per, {"hs_performance_profile": _profile(per, problems)}
+        mine = [r for r in per if r["method"] == name]
+        solved = [r for r in mine if r["solved"]]
+        common = [p for p in problems if by[(name, p)]["solved"] and by[("l1-sqp", p)]["solved"]]
+        ratios = [by[(name, p)]["outer"] / max(by[("l1-sqp", p)]["outer"], 1) for p in common]
+        summary.append({
+            "method": name, "problem": f"hs+bt ({len(mine)})", "scale": scale, "n_solved": len(solved),
+            "solved_fraction": round(len(solved) / len(mine), 3),
+            "median_outer": statistics.median(r["outer"] for r in solved) if solved else None,
+            "median_inner": statistics.median(r["inner"] for r in solved) if solved else None,
+            "outer_vs_l1sqp": round(statistics.median(ratios), 3) if ratios else None,
+            "common_with_l1sqp": len(common),
+            "seconds": round(sum(r["seconds"] for r in mine), 2),
+        })
+    return summary
 
 
 def _profile(per: list[dict], problems) -> object:

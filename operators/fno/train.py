@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 import uuid
@@ -73,18 +74,25 @@ def pairs(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return as_t(x), as_t(y)
 
 
-def losses():
+def losses(periodic: bool = True):
+    """Relative L2 and H1 losses summed over the batch (one output channel: per-sample sums).
+    ``periodic=False`` uses one-sided differences at the boundary for H1."""
     from neuralop.losses import H1Loss, LpLoss
 
-    return {"l2": LpLoss(d=2, p=2, reduction="sum"), "h1": H1Loss(d=2, reduction="sum")}
+    return {"l2": LpLoss(d=2, p=2, reduction="sum"),
+            "h1": H1Loss(d=2, reduction="sum", periodic_in_x=periodic, periodic_in_y=periodic)}
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 32) -> dict[str, float]:
-    """Mean relative L2 and H1 errors over the samples (neuraloperator's LpLoss / H1Loss)."""
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 32,
+             periodic: bool = True) -> dict[str, float]:
+    """Mean relative L2 and H1 errors over the samples (neuraloperator's LpLoss / H1Loss);
+    one output channel (the losses flatten only space, so channels would be summed)."""
+    if y.shape[1] != 1:
+        raise ValueError(f"evaluate expects one output channel, got {y.shape[1]}")
     model.eval()
     device = next(model.parameters()).device
-    fns, tot = losses(), {"l2": 0.0, "h1": 0.0}
+    fns, tot = losses(periodic), {"l2": 0.0, "h1": 0.0}
     for i in range(0, len(x), batch_size):
         xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
         out = model(xb)
@@ -99,11 +107,20 @@ def weights(model: torch.nn.Module) -> dict:
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
+    """Write to a temporary name, fsync, rename, fsync the folder: never a partial file under ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -170,7 +187,7 @@ def train(
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         history, start = list(ckpt["history"]), int(ckpt["epoch"])
-    loss_fn = losses()[config.loss]
+    loss_fn = losses(periodic)[config.loss]
     gen = torch.Generator().manual_seed(config.seed)
     for _ in range(start):  # same shuffles as an uninterrupted run
         torch.randperm(len(x), generator=gen)
@@ -193,12 +210,17 @@ def train(
             opt.step()
             total += float(loss.detach())
         seconds = time.perf_counter() - t0
+        lr = opt.param_groups[0]["lr"]  # the rate this epoch used
         sched.step()
-        row = {"epoch": epoch, "loss": total / len(x), "lr": opt.param_groups[0]["lr"], "seconds": seconds}
+        if not (math.isfinite(total) and all(torch.isfinite(p).all() for p in model.parameters())):
+            raise TrainingDivergedError(
+                f"non-finite weights after epoch {epoch}; not checkpointed, the last good checkpoint "
+                f"({'epoch ' + str(epoch - 1) if epoch > 1 else 'none'}) is kept. Lower lr (now {config.lr}).")
+        row = {"epoch": epoch, "loss": total / len(x), "lr": lr, "seconds": seconds}
         if device.type == "cuda":
             row["peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
         if test_xy is not None:
-            err = evaluate(model, *test_xy)
+            err = evaluate(model, *test_xy, periodic=periodic)
             row.update(test_l2=err["l2"], test_h1=err["h1"])
         history.append(row)
         if path is not None:

@@ -32,6 +32,8 @@ from data.pdes import darcy
 from data.pdes.grid import fv_operator
 from data.pdes.random_fields import grf
 
+from .derivatives import NonFiniteError
+
 _OFFSETS = ((0, 0), (0, 1), (0, -1), (1, 0), (-1, 0))  # 5-point stencil, (dy, dx)
 
 
@@ -80,10 +82,10 @@ def _stencil_matrix(compressed: np.ndarray, n: int) -> sp.csr_matrix:
 
 @dataclass
 class DarcyInverse:
-    """The problem on an ``n x n`` grid, as a :class:`~solvers.optim.derivatives.Derivatives`.
+    """The problem on a ``grid x grid`` mesh, as a :class:`~solvers.optim.derivatives.Derivatives`.
 
     Attributes:
-        n: cells per side; ``self.n_var = 2 n^2`` variables, ``self.m = n^2`` constraints.
+        grid: cells per side; ``self.n = 2 grid^2`` variables, ``self.m = grid^2`` constraints.
         d: observations ``(n, n)``; m_true: the true log-coefficient ``(n, n)``; beta: regularization.
     """
 
@@ -115,7 +117,10 @@ class DarcyInverse:
         return np.concatenate([u0.ravel(), np.zeros(self._N)])
 
     def _A(self, m: np.ndarray) -> sp.csr_matrix:
-        return fv_operator(np.exp(m))
+        a = np.exp(m)
+        if not (np.all(np.isfinite(a)) and np.all(a > 0)):
+            raise NonFiniteError(f"exp(m) overflows or underflows (max |m| = {np.max(np.abs(m)):.3g})")
+        return fv_operator(a)
 
     def f(self, x):
         u, m = self.split(x)
@@ -131,9 +136,7 @@ class DarcyInverse:
         u, m = self.split(x)
         c = self._A(m) @ u.ravel() - 1.0
         if not np.all(np.isfinite(c)):
-            from .derivatives import NonFiniteError
-
-            raise NonFiniteError("c(x) is not finite (exp(m) overflowed?)")
+            raise NonFiniteError("c(x) is not finite")
         return c
 
     def _dm(self, m: np.ndarray, w: np.ndarray) -> sp.csr_matrix:

@@ -5,8 +5,10 @@ Optimization via Exact Augmented Lagrangian and Randomized Iterative Sketching" 
 Algorithm 1. Each iteration:
 
 1. Newton (KKT) system ``[[B, G^T], [G, 0]] (dx, dlam) = -(grad_x L, c)`` with ``B`` the Hessian of
-   the Lagrangian, shifted by ``t I`` (``t = xi_B + ||H||``) when the reduced Hessian
-   ``Z^T H Z`` is not positive definite (the paper's assumption ``Z^T B Z >= xi_B I``).
+   the Lagrangian, shifted by ``t I`` when the reduced Hessian ``Z^T H Z`` is not positive definite
+   (the reference tests ``lambda_min(Z^T H Z) < 1e-6``; see the deviations for ``t``). Between
+   ``1e-6`` and ``xi_B`` no shift is made, as in the reference, so the paper's ``Z^T B Z >= xi_B I``
+   holds only approximately there.
 2. Solved inexactly by a randomized sketching solver (:mod:`.sketch`) until the adaptive accuracy
    condition ``||K|| psi ||r|| <= theta delta ||(grad_x L, c)||`` holds, with
    ``psi = 20 max(||B||^2, 1) / (min(xi_G, 1) min(xi_B, 1))``, ``xi_G = lambda_min(G G^T)`` and
@@ -252,6 +254,8 @@ def _finish(d, s: _State, method, t0, nit, tol, message, inner, history) -> Opti
     converged = kkt <= tol
     if converged:
         message = f"KKT residual {kkt:.2e} <= tol {tol:.0e}"
+    else:
+        message = f"{message} (KKT residual {kkt:.2e} > tol {tol:.0e})"
     return OptimizeResult(x=s.x, lam=s.lam, fun=s.f, kkt=kkt, nit=nit, converged=converged,
                           seconds=time.perf_counter() - t0, method=method, message=message,
                           inner_iterations=inner, constraint_violation=float(np.linalg.norm(s.c)),
@@ -270,6 +274,7 @@ def _adasketch(d, x, lam, method, sketch, tol, max_iter, seed, P: ALParams, max_
     s = _State(d, x, lam)
     history, inner_total, k, message = [], 0, 0, ""
     dense = d.n <= DENSE_LIMIT
+    sparse_shift = 0.0
     while s.kkt > tol:
         if k >= max_iter:
             message = f"max_iter = {max_iter} reached"
@@ -285,6 +290,8 @@ def _adasketch(d, x, lam, method, sketch, tol, max_iter, seed, P: ALParams, max_
         t_shift = _hessian_shift(s.H, s.G, P.xi_B) if dense else 0.0
         b = -np.concatenate([s.gL, s.c])
         bn = float(np.linalg.norm(b))
+        if not dense:
+            t_shift = sparse_shift  # the last accepted shift is the first guess
         for _attempt in range(8):  # sparse path: re-solve with a larger shift while the step shows no curvature
             B = _shifted(s.H, t_shift)
             psi = 20.0 * max(_fro(B) ** 2, 1.0) / (min(xi_G, 1.0) * min(P.xi_B, 1.0))
@@ -297,28 +304,32 @@ def _adasketch(d, x, lam, method, sketch, tol, max_iter, seed, P: ALParams, max_
             K = _kkt_matrix(B, s.G)
             K_norm = _fro(K)
             solver = SketchSolver(K, b, sketch, rng)
-            while True:  # adaptive accuracy + descent loop (Algorithm 1, inner loop)
-                solver.run(P.theta * delta * bn / (K_norm * psi), P.max_inner)
-                z = solver.z
-                q = float(_merit_grad(s, mu, nu) @ z)
-                if q <= -0.5 * nu * bn ** 2:
-                    break
-                if mu > 1e8 or nu < 1e-8:  # reference's numerical guard
-                    break
-                if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
-                    break
-                mu, nu = mu * P.rho ** 2, nu / P.rho
-                delta = max(min(delta / P.rho ** 4, delta_trial(mu, nu)), P.delta_floor)
-            dx = z[: d.n]
+            solver.run(P.theta * delta * bn / (K_norm * psi), P.max_inner)
+            dx = solver.z[: d.n]
             rayleigh = float(dx @ (s.H @ dx)) / max(float(dx @ dx), 1e-300)
-            if dense or rayleigh + t_shift >= 1e-6:
+            if dense or rayleigh + t_shift >= 1e-6:  # curvature checked before any penalty update
                 break
+            inner_total += solver.steps
             t_shift = max(P.xi_B - rayleigh, 2.0 * t_shift)  # smallest shift giving curvature xi_B on dx
+        sparse_shift = t_shift
+        while True:  # adaptive accuracy + descent loop (Algorithm 1, inner loop)
+            z = solver.z
+            q = float(_merit_grad(s, mu, nu) @ z)
+            if q <= -0.5 * nu * bn ** 2:
+                break
+            if mu > 1e8 or nu < 1e-8:  # reference's numerical guard
+                break
+            if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
+                break
+            mu, nu = mu * P.rho ** 2, nu / P.rho
+            delta = max(min(delta / P.rho ** 4, delta_trial(mu, nu)), P.delta_floor)
+            solver.run(P.theta * delta * bn / (K_norm * psi), P.max_inner)
+        dx = z[: d.n]
         inner_total += solver.steps
         if q > -0.5 * nu * bn ** 2 and max_seconds is not None and time.perf_counter() - t0 > max_seconds:
             message = f"time budget of {max_seconds} s used inside the sketching loop; stalled with KKT {s.kkt:.3e}"
             break
-        if q >= 0:
+        if not q < 0:  # also catches NaN
             message = (f"no descent direction for the merit function (mu = {mu:.1e}, nu = {nu:.1e}); "
                        f"stalled with KKT {s.kkt:.3e}, ||c|| = {np.linalg.norm(s.c):.3e}")
             break
@@ -361,7 +372,7 @@ def _gmres(K, b, rtol: float, deadline: float | None = None):
 
 
 def _l1_sqp(d, x, lam, tol, max_iter, max_seconds, callback, kappa=0.1, tau=0.1, eta=1e-8, xi_B=0.1):
-    """Inexact l1-penalty SQP: KKT step by GMRES to relative residual ``kappa`` (tightened by 10x
+    """Inexact l1-penalty SQP (dense problems get the reduced-Hessian shift; sparse ones none): KKT step by GMRES to relative residual ``kappa`` (tightened by 10x
     while the step gives no model reduction), penalty ``pi >= (g.dx + dx^T B dx / 2) /
     ((1 - tau)(||c||_1 - ||c + G dx||_1))`` (Byrd-Curtis-Nocedal), Armijo on ``f + pi ||c||_1``."""
     t0 = time.perf_counter()
@@ -429,13 +440,21 @@ def _l1_sqp(d, x, lam, tol, max_iter, max_seconds, callback, kappa=0.1, tau=0.1,
 
 def _scipy(d, x, method, tol, max_iter, max_seconds):
     """SciPy's SLSQP / trust-constr with exact first (and, for trust-constr, second) derivatives.
-    The KKT residual is measured at the returned point with least-squares multipliers."""
+    The KKT residual is measured at the returned point with least-squares multipliers (the most
+    favourable multipliers for that point; the other methods report their own iterate's)."""
     from scipy.optimize import NonlinearConstraint, minimize
 
     t0 = time.perf_counter()
+    out_of_time = [False]
+
+    def budget(intermediate_result):  # SciPy stops on StopIteration from a new-style callback
+        if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
+            out_of_time[0] = True
+            raise StopIteration
+
     if method == "slsqp":
         cons = [{"type": "eq", "fun": d.c, "jac": lambda x: _dense(d.jac(x))}]
-        res = minimize(d.f, x, jac=d.grad, constraints=cons, method="SLSQP",
+        res = minimize(d.f, x, jac=d.grad, constraints=cons, method="SLSQP", callback=budget,
                        options={"maxiter": max_iter, "ftol": 1e-12})
         inner = 0
     else:
@@ -443,11 +462,13 @@ def _scipy(d, x, method, tol, max_iter, max_seconds):
         hess_c = lambda x, v: d.hess_lag(x, v) - d.hess_lag(x, np.zeros_like(v))  # noqa: E731
         con = NonlinearConstraint(d.c, zero, zero, jac=d.jac, hess=hess_c)
         res = minimize(d.f, x, jac=d.grad, hess=lambda x: d.hess_lag(x, np.zeros(d.m)), constraints=[con],
-                       method="trust-constr", options={"maxiter": max_iter, "gtol": tol, "xtol": 1e-14})
+                       method="trust-constr", callback=budget,
+                       options={"maxiter": max_iter, "gtol": tol, "xtol": 1e-14})
         inner = int(getattr(res, "cg_niter", 0))
     xs = np.asarray(res.x, dtype=np.float64)
     s = _State(d, xs, least_squares_multipliers(d.grad(xs), d.jac(xs)), with_hessian=False)
-    return _finish(d, s, method, t0, int(getattr(res, "nit", 0)), tol, str(res.message), inner, [])
+    message = f"time budget of {max_seconds} s used" if out_of_time[0] else f"SciPy: {res.message}"
+    return _finish(d, s, method, t0, int(getattr(res, "nit", 0)), tol, message, inner, [])
 
 
 def _dense(A):
