@@ -262,6 +262,19 @@ def _finish(d, s: _State, method, t0, nit, tol, message, inner, history) -> Opti
                           history=history)
 
 
+def _stop_reason(s: _State, k: int, max_iter: int, t0: float, max_seconds: float | None) -> tuple[str, float]:
+    """Why an outer loop must stop before iteration ``k + 1`` (empty if it may go on), and
+    ``lambda_min(G G^T)`` (needed by the step when it goes on)."""
+    if k >= max_iter:
+        return f"max_iter = {max_iter} reached", 0.0
+    if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
+        return f"time budget of {max_seconds} s used", 0.0
+    xi_G = _min_eig_GGt(s.G)
+    if xi_G <= 1e-12 * max(1.0, _fro(s.G) ** 2):
+        return _rank_deficient(s, xi_G), xi_G
+    return "", xi_G
+
+
 def _rank_deficient(s: _State, xi_G: float) -> str:
     return (f"the constraint Jacobian is rank deficient at this point (lambda_min(G G^T) = {xi_G:.2e}): "
             f"the constraints are inconsistent or degenerate; stalled with ||c(x)|| = {np.linalg.norm(s.c):.3e}")
@@ -276,15 +289,8 @@ def _adasketch(d, x, lam, method, sketch, tol, max_iter, seed, P: ALParams, max_
     dense = d.n <= DENSE_LIMIT
     sparse_shift = 0.0
     while s.kkt > tol:
-        if k >= max_iter:
-            message = f"max_iter = {max_iter} reached"
-            break
-        if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
-            message = f"time budget of {max_seconds} s used"
-            break
-        xi_G = _min_eig_GGt(s.G)
-        if xi_G <= 1e-12 * max(1.0, _fro(s.G) ** 2):
-            message = _rank_deficient(s, xi_G)
+        message, xi_G = _stop_reason(s, k, max_iter, t0, max_seconds)
+        if message:
             break
         H_norm = _fro(s.H)
         t_shift = _hessian_shift(s.H, s.G, P.xi_B) if dense else 0.0
@@ -380,15 +386,8 @@ def _l1_sqp(d, x, lam, tol, max_iter, max_seconds, callback, kappa=0.1, tau=0.1,
     pi, k, inner, history, message = 1.0, 0, 0, [], ""
     dense = d.n <= DENSE_LIMIT
     while s.kkt > tol:
-        if k >= max_iter:
-            message = f"max_iter = {max_iter} reached"
-            break
-        if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
-            message = f"time budget of {max_seconds} s used"
-            break
-        xi_G = _min_eig_GGt(s.G)
-        if xi_G <= 1e-12 * max(1.0, _fro(s.G) ** 2):
-            message = _rank_deficient(s, xi_G)
+        message, xi_G = _stop_reason(s, k, max_iter, t0, max_seconds)
+        if message:
             break
         t_shift = _hessian_shift(s.H, s.G, xi_B) if dense else 0.0
         B = _shifted(s.H, t_shift)
