@@ -296,8 +296,6 @@ def _adasketch(d, x, lam, method, sketch, tol, max_iter, seed, P: ALParams, max_
         t_shift = _hessian_shift(s.H, s.G, P.xi_B) if dense else 0.0
         b = -np.concatenate([s.gL, s.c])
         bn = float(np.linalg.norm(b))
-        if not dense:
-            t_shift = sparse_shift  # the last accepted shift is the first guess
         for _attempt in range(8):  # sparse path: re-solve with a larger shift while the step shows no curvature
             B = _shifted(s.H, t_shift)
             psi = 20.0 * max(_fro(B) ** 2, 1.0) / (min(xi_G, 1.0) * min(P.xi_B, 1.0))
@@ -316,8 +314,11 @@ def _adasketch(d, x, lam, method, sketch, tol, max_iter, seed, P: ALParams, max_
             if dense or rayleigh + t_shift >= 1e-6:  # curvature checked before any penalty update
                 break
             inner_total += solver.steps
-            t_shift = max(P.xi_B - rayleigh, 2.0 * t_shift)  # smallest shift giving curvature xi_B on dx
-        sparse_shift = t_shift
+            # smallest shift giving curvature xi_B on dx; after a failed unshifted try, start from the
+            # last shift that worked (unshifted Newton is tried first each iteration: a carried-over
+            # shift would damp every later step)
+            t_shift = max(P.xi_B - rayleigh, 2.0 * t_shift, sparse_shift)
+        sparse_shift = max(sparse_shift, t_shift) if t_shift > 0 else sparse_shift
         while True:  # adaptive accuracy + descent loop (Algorithm 1, inner loop)
             z = solver.z
             q = float(_merit_grad(s, mu, nu) @ z)
