@@ -359,12 +359,8 @@ def _lv_hba(F, f, g, h, x, y, project, project_theta, max_iter, tol, *, alpha, b
             feas = _infeasibility(g, h, x, y)
             done = done and feas <= tol
         if k % log_every == 0 or done or k == max_iter - 1:
-            row = dict(k=k, F=float(Fv), c=ck, step=step, ll_gap=ll_gap, inner=inner, infeas=feas)
-            tm = time.perf_counter()
-            if monitor is not None:
-                row.update({key: float(v) for key, v in monitor(x, y).items()})
-            monitor_s += time.perf_counter() - tm
-            history.append(row)
+            monitor_s += _log_row(history, monitor, x, y, k=k, F=float(Fv), c=ck, step=step, ll_gap=ll_gap,
+                                  inner=inner, infeas=feas)
         if done:
             converged, message = True, f"stopping rule met at iteration {k}"
             break
@@ -375,6 +371,16 @@ def _lv_hba(F, f, g, h, x, y, project, project_theta, max_iter, tol, *, alpha, b
         F_end = float(F(x, y))
     return BilevelResult(x=x, y=y, F=F_end, nit=k + 1, converged=converged, seconds=seconds,
                          method="lv-hba", history=history, message=message, theta=theta, lam=lam, z=z)
+
+
+def _log_row(history: list, monitor, x: Tensor, y: Tensor, **row) -> float:
+    """Append ``row`` (plus the user's ``monitor(x, y)`` values) to ``history``; returns the
+    seconds spent in the monitor, which are not charged to the method."""
+    tm = time.perf_counter()
+    if monitor is not None:
+        row.update({key: float(v) for key, v in monitor(x, y).items()})
+    history.append(row)
+    return time.perf_counter() - tm
 
 
 def _infeasibility(g, h, x: Tensor, y: Tensor) -> float:
@@ -477,12 +483,7 @@ def _implicit(F, x, y0, lower, project_x, max_iter, tol, lr, log_every, monitor)
         x_prev, x, y = x, x_new, y.detach()
         done = step <= tol
         if k % log_every == 0 or done or k == max_iter - 1:
-            row = dict(k=k, F=float(Fv), step=step)
-            tm = time.perf_counter()
-            if monitor is not None:
-                row.update({key: float(v) for key, v in monitor(x_prev, y).items()})
-            monitor_s += time.perf_counter() - tm
-            history.append(row)
+            monitor_s += _log_row(history, monitor, x_prev, y, k=k, F=float(Fv), step=step)
         if done:
             converged, message = True, f"stopping rule met at iteration {k}"
             break

@@ -275,6 +275,15 @@ def _stop_reason(s: _State, k: int, max_iter: int, t0: float, max_seconds: float
     return "", xi_G
 
 
+def _record(history: list, callback, s: _State, k: int, alpha: float, inner: int, t0: float, **extra) -> None:
+    """Append iteration ``k``'s summary to ``history`` and pass it to the user's callback."""
+    info = {"nit": k, "kkt": s.kkt, "fun": s.f, "alpha": alpha, "inner": inner, **extra,
+            "seconds": time.perf_counter() - t0}
+    history.append(info)
+    if callback is not None:
+        callback(info)
+
+
 def _rank_deficient(s: _State, xi_G: float) -> str:
     return (f"the constraint Jacobian is rank deficient at this point (lambda_min(G G^T) = {xi_G:.2e}): "
             f"the constraints are inconsistent or degenerate; stalled with ||c(x)|| = {np.linalg.norm(s.c):.3e}")
@@ -351,11 +360,7 @@ def _adasketch(d, x, lam, method, sketch, tol, max_iter, seed, P: ALParams, max_
             break
         s = _State(d, s.x + alpha * dx, s.lam + alpha * dlam)
         k += 1
-        info = {"nit": k, "kkt": s.kkt, "fun": s.f, "alpha": alpha, "inner": solver.steps, "mu": mu, "nu": nu,
-                "shift": t_shift, "seconds": time.perf_counter() - t0}
-        history.append(info)
-        if callback is not None:
-            callback(info)
+        _record(history, callback, s, k, alpha, solver.steps, t0, mu=mu, nu=nu, shift=t_shift)
     return _finish(d, s, method, t0, k, tol, message, inner_total, history)
 
 
@@ -430,11 +435,7 @@ def _l1_sqp(d, x, lam, tol, max_iter, max_seconds, callback, kappa=0.1, tau=0.1,
             break
         s = _State(d, s.x + alpha * dx, s.lam + alpha * dlam)
         k += 1
-        info = {"nit": k, "kkt": s.kkt, "fun": s.f, "alpha": alpha, "inner": its, "pi": pi,
-                "seconds": time.perf_counter() - t0}
-        history.append(info)
-        if callback is not None:
-            callback(info)
+        _record(history, callback, s, k, alpha, its, t0, pi=pi)
     return _finish(d, s, "l1-sqp", t0, k, tol, message, inner, history)
 
 
