@@ -365,9 +365,7 @@ _add(
 
 # The SIF flips the sign of x2 in the paper's second constraint; the result is HS39.
 _add(
-    "bt9", 4, 2,
-    lambda x: -x[0],
-    lambda x: _c(x[1] - x[0] ** 3 - x[2] ** 2, x[0] ** 2 - x[1] - x[3] ** 2),
+    "bt9", 4, 2, PROBLEMS["hs039"].f, PROBLEMS["hs039"].c,
     (2.0, 2.0, 2.0, 2.0), -1.0, (1.0, 1.0, 0.0, 0.0), _bt(9),
 )
 

@@ -166,6 +166,25 @@ def _merit(d: Derivatives, x, lam, mu, nu) -> float:
     return f + lam @ c + 0.5 * mu * (c @ c) + 0.5 * nu * (gL @ gL)
 
 
+def _l1_merit(d: Derivatives, x, pi) -> float:
+    """``f + pi ||c||_1``; inf where undefined."""
+    try:
+        return d.f(x) + pi * float(np.abs(d.c(x)).sum())
+    except NonFiniteError:
+        return float("inf")
+
+
+def _armijo(merit_at: Callable[[float], float], m0: float, slope: float, c1: float, max_halvings: int) -> float | None:
+    """Backtracking from ``alpha = 1`` until ``merit_at(alpha) <= m0 + c1 alpha slope``; None if
+    ``max_halvings`` halvings do not get there."""
+    alpha = 1.0
+    for _ in range(max_halvings):
+        if merit_at(alpha) <= m0 + c1 * alpha * slope:
+            return alpha
+        alpha *= 0.5
+    return None
+
+
 def _merit_value(s: _State, mu, nu) -> float:
     return s.f + s.lam @ s.c + 0.5 * mu * (s.c @ s.c) + 0.5 * nu * (s.gL @ s.gL)
 
@@ -349,13 +368,10 @@ def _adasketch(d, x, lam, method, sketch, tol, max_iter, seed, P: ALParams, max_
             message = (f"no descent direction for the merit function (mu = {mu:.1e}, nu = {nu:.1e}); "
                        f"stalled with KKT {s.kkt:.3e}, ||c|| = {np.linalg.norm(s.c):.3e}")
             break
-        m0, alpha = _merit_value(s, mu, nu), 1.0
         dlam = z[d.n:]
-        for _ in range(P.max_line_search):
-            if _merit(d, s.x + alpha * dx, s.lam + alpha * dlam, mu, nu) <= m0 + alpha * P.beta * q:
-                break
-            alpha *= 0.5
-        else:
+        alpha = _armijo(lambda a: _merit(d, s.x + a * dx, s.lam + a * dlam, mu, nu), _merit_value(s, mu, nu), q,
+                        P.beta, P.max_line_search)
+        if alpha is None:
             message = f"line search failed after {P.max_line_search} halvings; stalled with KKT {s.kkt:.3e}"
             break
         s = _State(d, s.x + alpha * dx, s.lam + alpha * dlam)
@@ -421,17 +437,9 @@ def _l1_sqp(d, x, lam, tol, max_iter, max_seconds, callback, kappa=0.1, tau=0.1,
         if mred <= 0:
             message = f"no model reduction even with exact KKT solves; stalled with KKT {s.kkt:.3e}"
             break
-        phi0, alpha = s.f + pi * c1, 1.0
-        for _ in range(60):
-            try:
-                xt = s.x + alpha * dx
-                if d.f(xt) + pi * float(np.abs(d.c(xt)).sum()) <= phi0 - eta * alpha * mred:
-                    break
-            except NonFiniteError:
-                pass
-            alpha *= 0.5
-        else:
-            message = f"line search failed; stalled with KKT {s.kkt:.3e}"
+        alpha = _armijo(lambda a: _l1_merit(d, s.x + a * dx, pi), s.f + pi * c1, -mred, eta, 60)
+        if alpha is None:
+            message = f"line search failed after 60 halvings; stalled with KKT {s.kkt:.3e}"
             break
         s = _State(d, s.x + alpha * dx, s.lam + alpha * dlam)
         k += 1
