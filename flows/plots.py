@@ -31,8 +31,8 @@ def dataset_samples(dataset, n: int = 3):
         ax.legend(fontsize=7, ncol=2)
         fig.subplots_adjust(left=0.1, right=0.97, bottom=0.15, top=0.95)
         return fig
-    if family in ("heat", "navier_stokes"):
-        u = arr["u"] if family == "heat" else np.swapaxes(arr["w"], -1, -2)  # NS axes are (x, y): rows = y
+    if family in ("heat", "navier_stokes", "diffusion_sorption"):
+        u = arr["u"] if "u" in arr else np.swapaxes(arr["w"], -1, -2)  # NS axes are (x, y): rows = y
         k = min(n, u.shape[0])
         fig, axes = plt.subplots(1, k, figsize=(4 * k, 3.2), squeeze=False)
         for i in range(k):

@@ -15,6 +15,7 @@ FAMILY_MODULES = {
     "heat": "data.pdes.heat",
     "lotka_volterra": "data.pdes.lotka_volterra",
     "navier_stokes": "data.pdes.navier_stokes",
+    "diffusion_sorption": "data.pdes.diffusion_sorption",
 }
 
 

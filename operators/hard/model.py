@@ -1,0 +1,162 @@
+"""Soft-constraint PINN, single hard constraint (PI-HC) and PI-HC-MoE behind one model class.
+
+The basis network is neuraloperator's FNO on the space-time grid, as in the reference
+(``configs/models/fno2d-64-8m-hard-constraint*.yaml``: FNO producing ``N = 16`` basis channels; the
+input is the normalized grid coordinates and the initial condition broadcast along time,
+``neptune/models/sequential.py::prepare_input``).
+
+* ``mode="soft"``: the FNO outputs ``u`` itself; the PDE, initial and boundary conditions are only
+  penalties in the training loss (the PINN-style baseline).
+* ``mode="hard"``: the FNO outputs ``N`` basis functions ``phi``; ``u = phi w`` with ``w`` from the
+  constraint solve (:mod:`operators.hard.layer`) on points sampled afresh every forward pass.
+  ``experts = (1, ..., 1)`` is the single hard constraint (PI-HC); more experts is PI-HC-MoE.
+  As in the reference, one network gives the basis for the whole domain and the experts differ in
+  their constraint points and coefficients (``SequentialModel`` + ``SpatialTemporalMoE``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from .layer import LeastSquares, SolveInfo, solve
+from .moe import Router
+from .pdes import HardPDE
+
+
+class HardModelConfig(BaseModel):
+    """One model of the benchmark. Shown as a form in the Prefect UI."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    mode: Literal["soft", "hard"] = Field("hard", description="soft: PINN penalties only; hard: constraint layer")
+    n_basis: int = Field(16, ge=1, le=512, description="N, basis functions per expert (reference: 16; 64 for NS)")
+    experts: tuple[int, ...] = Field((1, 1), description="experts per grid axis (time first, then space); "
+                                     "all ones: single hard constraint; e.g. (1, 4): 4 blocks along x")
+    assignment: Literal["blocks", "random"] = Field("blocks", description="blocks (the paper) or random points (ablation)")
+    points: int = Field(1000, ge=1, le=100_000_000, description="constraint points per forward pass, over all experts")
+    backend: Literal["auto", "cholesky", "cvxpylayers", "lm"] = Field(
+        "auto", description="auto: cholesky for linear PDEs, lm (Levenberg-Marquardt) otherwise")
+    ridge: float = Field(1e-4, ge=0, le=1e3, description="coefficient of w in the residual (reference 1e-4)")
+    lm_tol: float = Field(1e-4, gt=0, le=1.0, description="LM relative tolerance (reference 1e-4)")
+    lm_max_iter: int = Field(50, ge=1, le=10_000, description="LM iteration cap (reference 50-100)")
+    hidden: int = Field(32, ge=1, le=1024, description="FNO width")
+    modes: tuple[int, ...] = Field((8, 8), description="Fourier modes per grid axis")
+    n_layers: int = Field(4, ge=1, le=32, description="FNO layers")
+    domain_padding: float = Field(0.125, ge=0, le=1, description="FNO domain padding fraction (non-periodic grid)")
+    loss: Literal["reference", "mse"] = Field("reference", description="outer loss weighting (see loss_terms)")
+
+    @property
+    def n_experts(self) -> int:
+        return math.prod(self.experts)
+
+    def check(self, pde: HardPDE) -> None:
+        """Raise ValueError when the config does not fit the PDE's grid."""
+        d = len(pde.grid)
+        if len(self.modes) != d:
+            raise ValueError(f"modes {self.modes} has {len(self.modes)} entries; the {pde.name} grid {pde.grid} has {d} axes")
+        if len(self.experts) != d:
+            raise ValueError(f"experts {self.experts} has {len(self.experts)} entries; the {pde.name} grid "
+                             f"{pde.grid} has {d} axes (time first)")
+        if self.backend in ("cholesky", "cvxpylayers") and not pde.linear:
+            raise ValueError(f"backend {self.backend!r} solves linear PDEs only; {pde.name} is nonlinear: use 'lm'")
+
+
+@dataclass
+class HardOutput:
+    """``u``: ``(B, *grid)`` float64; ``w``: ``(B, K, N)`` (hard only); ``points``: ``(K, m)`` sampled flat indices."""
+
+    u: Tensor
+    w: Tensor | None = None
+    points: Tensor | None = None
+    info: SolveInfo | None = None
+    phi: Tensor | None = field(default=None, repr=False)
+
+
+class HardConstraintModel(nn.Module):
+    """``forward(u0 (B, *space)) -> HardOutput`` with ``u`` on the PDE's ``(nt, *space)`` grid."""
+
+    def __init__(self, cfg: HardModelConfig, pde: HardPDE, seed: int = 0):
+        super().__init__()
+        from neuralop.models import FNO
+
+        cfg.check(pde)
+        self.cfg, self.pde = cfg, pde
+        d = len(pde.grid)
+        self.net = FNO(n_modes=tuple(cfg.modes), in_channels=d + 1, out_channels=cfg.n_basis if cfg.mode == "hard" else 1,
+                       hidden_channels=cfg.hidden, n_layers=cfg.n_layers, positional_embedding=None,
+                       domain_padding=cfg.domain_padding or None)
+        self.register_buffer("coords", pde.coords(), persistent=False)
+        self.router = Router(pde.grid, cfg.experts, pde.residual_mask(), cfg.assignment, seed) if cfg.mode == "hard" else None
+
+    def backbone(self, u0: Tensor) -> Tensor:
+        """Network output ``(B, *grid, C)`` (C = N basis functions, or 1 for soft)."""
+        self.pde.check_u0(u0)
+        B = u0.shape[0]
+        grid = self.pde.grid
+        ic = u0.to(self.coords).unsqueeze(1).expand(B, grid[0], *grid[1:]).unsqueeze(1)
+        x = torch.cat([self.coords.unsqueeze(0).expand(B, *self.coords.shape), ic], dim=1)
+        return torch.movedim(self.net(x), 1, -1)
+
+    def forward(self, u0: Tensor, generator: torch.Generator | None = None) -> HardOutput:
+        out = self.backbone(u0)
+        if self.cfg.mode == "soft":
+            return HardOutput(u=out[..., 0].double())
+        return self.constrain(out.double(), u0.double(), generator)
+
+    def constrain(self, phi: Tensor, u0: Tensor, generator: torch.Generator | None = None) -> HardOutput:
+        """The hard-constraint layer on a basis ``phi (B, *grid, N)`` (float64)."""
+        cfg, pde, router = self.cfg, self.pde, self.router
+        B, N, K = phi.shape[0], phi.shape[-1], router.K
+        terms = pde.terms(phi)
+        Krows, c = pde.condition_rows(phi, u0)
+        pts = router.sample(cfg.points, generator).to(phi.device)
+        cmask = router.condition_mask(pde.condition_points()).to(phi)
+        m, R = pts.shape[1], Krows.shape[1]
+        sel = {k: v[:, pts].reshape(B * K, m, N) for k, v in terms.items()}
+        Kr = (Krows.unsqueeze(1) * cmask[None, :, :, None]).reshape(B * K, R, N)
+        cr = (c.unsqueeze(1) * cmask[None]).reshape(B * K, R)
+        backend = cfg.backend if cfg.backend != "auto" else ("cholesky" if pde.linear else "lm")
+        if backend in ("cholesky", "cvxpylayers"):
+            A_pde = sum(coef * sel[k] for k, coef in pde.coefficients().items())
+            system = LeastSquares(A=torch.cat([A_pde, Kr], 1), b=torch.cat([torch.zeros_like(A_pde[..., 0]), cr], 1))
+        else:
+            names = list(sel)
+
+            def residual(w: Tensor, d: dict[str, Tensor]) -> Tensor:
+                r_pde = pde.residual({k: d[k] @ w for k in names})
+                return torch.cat([r_pde, d["K"] @ w - d["c"]])
+
+            system = LeastSquares(residual=residual, data={**sel, "K": Kr, "c": cr}, n=N)
+        w, info = solve(system, backend, ridge=cfg.ridge, w0=pde.w0, tol=cfg.lm_tol, max_iter=cfg.lm_max_iter)
+        w = w.reshape(B, K, N)
+        phi_flat = phi.reshape(B, -1, N)
+        u = router.stitch(phi_flat, w).reshape(B, *pde.grid)
+        return HardOutput(u=u, w=w, points=pts, info=info, phi=phi_flat)
+
+
+def loss_terms(pde: HardPDE, u: Tensor, u0: Tensor, weighting: str = "reference") -> dict[str, Tensor]:
+    """The outer training loss's terms, PDE + initial/boundary with weights 1 (reference
+    ``configs/training/ds.yaml``), each a scalar tensor, from the stitched solution ``u (B, *grid)``:
+
+    * ``"reference"`` (``trainers/train_utils.py::gen_compute_loss``, ``losses/pde_loss.py``): the
+      2-norm over the grid of the residual in physical units (not squared), averaged over the
+      batch; the violations of the conditions as a relative mean square. The reference's right
+      boundary term compares with the *true* solution there; ours uses the boundary condition
+      itself, so no solution data enters training.
+    * ``"mse"``: mean squares of the non-dimensional residual and of the violations.
+    """
+    r = pde.full_residual(u)
+    v = pde.condition_violation(u, u0)
+    if weighting == "mse":
+        return {"pde": r.pow(2).mean(), "conditions": v.pow(2).mean()}
+    if weighting != "reference":
+        raise ValueError(f"loss weighting must be 'reference' or 'mse', got {weighting!r}")
+    _, c = pde.condition_rows(u.unsqueeze(-1)[:1], u0[:1])
+    scale = c.pow(2).mean().clamp_min(1e-12)
+    return {"pde": (r / pde.t_final).norm(dim=1).mean(), "conditions": v.pow(2).mean() / scale}

@@ -1,0 +1,261 @@
+"""PDEs as the hard-constraint layer sees them: grid-wise derivative operators applied to basis functions.
+
+As in the PI-HC-MoE reference code (``neptune/pdes/*.py``, ``pdes/finite_differences.py``), the
+basis network outputs ``N`` channels on the space-time grid of the data, and derivatives of the
+basis are finite differences along grid axes. Every derivative is linear in ``w``, so for
+``u = Phi w``: ``u_t = (D_t Phi) w``, ``u_xx = (D_xx Phi) w``; only the PDE's own nonlinearity
+(diffusion-sorption's retardation ``R(u)``) makes the constraint nonlinear in ``w``.
+
+Deviations from the reference, all for accuracy or conditioning:
+
+* second-order stencils everywhere (the reference: first-order one-sided at the grid ends and
+  ``u_xx`` as ``D_x(D_x u)``); PDE rows only where the stencil is centred in space;
+* PDE rows in non-dimensional time (multiplied by ``t_final``) so they weigh like the initial and
+  boundary rows; the reference uses physical units (rows ~1e-3) and divides the initial rows by
+  ``u0`` (unbounded for ``u0 -> 0``), so its solve enforces the initial condition almost exactly
+  and the PDE hardly at all;
+* 2D heat: the homogeneous Dirichlet condition lives in the Laplacian stencil (ghost cell
+  ``-u``, the same cell-centred operator PETSc integrated), so it has no boundary rows.
+
+Shapes: a grid is ``(nt, *space)`` (time first, then the data's space axes); a basis is
+``(B, nt, *space, N)``; ``P = prod(grid)`` points are flattened C-order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def lagrange_weights(nodes: np.ndarray, at: float, deriv: int) -> np.ndarray:
+    """Weights ``c`` with ``sum_j c_j f(nodes_j) = f^(deriv)(at)`` exactly for polynomials of degree < len(nodes)."""
+    nodes = np.asarray(nodes, dtype=np.float64)
+    k = len(nodes)
+    V = np.vander(nodes - at, k, increasing=True).T  # V[p, j] = (x_j - at)^p
+    rhs = np.zeros(k)
+    rhs[deriv] = float(np.prod(np.arange(1, deriv + 1)))
+    return np.linalg.solve(V, rhs)
+
+
+def derivative_matrix(z: np.ndarray, deriv: int) -> np.ndarray:
+    """``(n, n)`` matrix of 3-point (second-order for deriv 1) stencils on nodes ``z``, one-sided at the ends."""
+    z = np.asarray(z, dtype=np.float64)
+    n = len(z)
+    if n < 3:
+        raise ValueError(f"need at least 3 grid points along an axis for derivatives, got {n}")
+    D = np.zeros((n, n))
+    for i in range(n):
+        j0 = min(max(i - 1, 0), n - 3)
+        D[i, j0:j0 + 3] = lagrange_weights(z[j0:j0 + 3], z[i], deriv)
+    return D
+
+
+def _along(op: Tensor, phi: Tensor, axis: int) -> Tensor:
+    """Apply the matrix ``op`` (n x n) along grid axis ``axis`` of ``phi`` (B, *grid, N)."""
+    return torch.movedim(torch.tensordot(phi, op.T, dims=([axis + 1], [0])), -1, axis + 1)
+
+
+@dataclass
+class HardPDE:
+    """Base: grid, coordinates and the residual. Subclasses define the terms and the rows."""
+
+    name: ClassVar[str] = ""
+    linear: ClassVar[bool] = True
+    w0: ClassVar[float] = 0.0  # LM start (reference: 1 for diffusion-sorption, 0 otherwise)
+
+    t: np.ndarray  # (nt,) output times
+    t_final: float
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def coords(self) -> Tensor:
+        """``(d + 1, *grid)`` normalized coordinate channels (t / t_final, then space in [0, 1])."""
+        raise NotImplementedError
+
+    def terms(self, phi: Tensor) -> dict[str, Tensor]:
+        """Basis terms on the whole grid, each ``(B, P, N)`` (e.g. u, u_t, u_xx)."""
+        raise NotImplementedError
+
+    def residual(self, v: Mapping[str, Tensor]) -> Tensor:
+        """Non-dimensional PDE residual from term values (any shape, elementwise)."""
+        raise NotImplementedError
+
+    def coefficients(self) -> dict[str, float]:
+        """Linear PDEs: residual = sum_k coefficients[k] * v[k]."""
+        raise NotImplementedError
+
+    def condition_rows(self, phi: Tensor, u0: Tensor) -> tuple[Tensor, Tensor]:
+        """Initial and boundary rows ``(K (B, R, N), c (B, R))``: the conditions are ``K w = c``."""
+        raise NotImplementedError
+
+    def residual_mask(self) -> np.ndarray:
+        """``(P,)`` bool: points where the PDE residual is defined (constraint-point candidates)."""
+        raise NotImplementedError
+
+    def condition_points(self) -> np.ndarray:
+        """``(R,)`` flat grid index each condition row sits at, ``-1`` for rows every expert receives."""
+        raise NotImplementedError
+
+    def check_u0(self, u0: Tensor) -> None:
+        if tuple(u0.shape[1:]) != self.grid[1:]:
+            raise ValueError(f"{self.name}: initial condition has spatial shape {tuple(u0.shape[1:])}, "
+                             f"the problem's grid is {self.grid[1:]} (mismatched dataset and PDE parameters)")
+
+    def dt(self) -> Tensor:
+        return torch.as_tensor(derivative_matrix(self.t, 1))
+
+    def full_residual(self, u: Tensor) -> Tensor:
+        """Residual of a solution ``u`` (B, *grid) on its residual points: ``(B, P_res)``."""
+        terms = self.terms(u.unsqueeze(-1))
+        mask = torch.as_tensor(self.residual_mask(), device=u.device)
+        return self.residual({k: v[:, mask, 0] for k, v in terms.items()})
+
+    def condition_violation(self, u: Tensor, u0: Tensor) -> Tensor:
+        """``K u - c`` of a solution ``u`` (B, *grid): ``(B, R)``."""
+        K, c = self.condition_rows(u.unsqueeze(-1), u0)
+        return K[..., 0] - c
+
+
+@dataclass
+class DiffusionSorption(HardPDE):
+    """``u_t = D / R(u) u_xx`` on (0, 1), ``u(0, t) = 1``, ``u(1, t) = -D u_x(1, t)`` (PDEBench).
+
+    ``R(u) = 1 + (1 - phi)/phi rho_s k n_f u^(n_f - 1)``, with the reference's guard for ``u <= 0``
+    (``(u + floor)^(n_f - 1)`` for ``u > 0``, ``floor^(n_f - 1)`` otherwise, floor 1e-6).
+    The right condition has the sign of PDEBench's generator and of our data
+    (:class:`data.spec.DiffusionSorptionSpec`); the reference's constraint code writes
+    ``u - D u_x`` (the PDEBench paper's typo). With D = 5e-4 both say ``u(1, t) ~ 0``. Grid ``(nt, nx)``,
+    ``x`` the data's cell centres; boundary values and ``u_x(1)`` by quadratic extrapolation from
+    the three nearest cells.
+    """
+
+    name: ClassVar[str] = "diffusion-sorption"
+    linear: ClassVar[bool] = False
+    w0: ClassVar[float] = 1.0
+
+    x: np.ndarray = None  # (nx,)
+    D: float = 5e-4
+    phi: float = 0.29
+    rho_s: float = 2880.0
+    k: float = 3.5e-4
+    n_f: float = 0.874
+    u_floor: float = 1e-6
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        return (len(self.t), len(self.x))
+
+    def coords(self) -> Tensor:
+        T, X = np.meshgrid(self.t / self.t_final, self.x, indexing="ij")
+        return torch.as_tensor(np.stack([T, X]), dtype=torch.float32)
+
+    def terms(self, phi: Tensor) -> dict[str, Tensor]:
+        B, N = phi.shape[0], phi.shape[-1]
+        dt, dxx = self.dt().to(phi), torch.as_tensor(derivative_matrix(self.x, 2)).to(phi)
+        flat = lambda a: a.reshape(B, -1, N)  # noqa: E731
+        return {"u": flat(phi), "u_t": flat(_along(dt, phi, 0)), "u_xx": flat(_along(dxx, phi, 1))}
+
+    def retardation(self, u: Tensor) -> Tensor:
+        safe = torch.where(u > 0, u, torch.zeros_like(u))
+        power = torch.where(u > 0, (safe + self.u_floor) ** (self.n_f - 1),
+                            torch.full_like(u, self.u_floor ** (self.n_f - 1)))
+        return 1.0 + (1.0 - self.phi) / self.phi * self.rho_s * self.k * self.n_f * power
+
+    def residual(self, v: Mapping[str, Tensor]) -> Tensor:
+        return self.t_final * (v["u_t"] - self.D / self.retardation(v["u"]) * v["u_xx"])
+
+    def residual_mask(self) -> np.ndarray:
+        m = np.zeros(self.grid, dtype=bool)
+        m[1:, 1:-1] = True
+        return m.reshape(-1)
+
+    def condition_points(self) -> np.ndarray:
+        return np.full(len(self.x) + 2 * (len(self.t) - 1), -1)  # global, replicated (reference)
+
+    def condition_rows(self, phi: Tensor, u0: Tensor) -> tuple[Tensor, Tensor]:
+        self.check_u0(u0)
+        x = self.x
+        left = torch.as_tensor(lagrange_weights(x[:3], 0.0, 0)).to(phi)
+        right = torch.as_tensor(lagrange_weights(x[-3:], 1.0, 0) + self.D * lagrange_weights(x[-3:], 1.0, 1)).to(phi)
+        ic = phi[:, 0]                                             # (B, nx, N): u(x, 0) = u0
+        lb = torch.einsum("btjn,j->btn", phi[:, 1:, :3], left)     # u(0, t) = 1, t > 0
+        rb = torch.einsum("btjn,j->btn", phi[:, 1:, -3:], right)   # u(1, t) + D u_x(1, t) = 0
+        K = torch.cat([ic, lb, rb], dim=1)
+        nt1 = lb.shape[1]
+        c = torch.cat([u0.to(phi), torch.ones(phi.shape[0], nt1).to(phi), torch.zeros(phi.shape[0], nt1).to(phi)], 1)
+        return K, c
+
+
+@dataclass
+class Heat2D(HardPDE):
+    """``u_t = kappa lap u`` on the unit square, ``u = 0`` on the boundary (``data.pdes.heat``, dim 2).
+
+    Grid ``(nt, n, n)`` (axes time, y, x), cell centres; the Laplacian is the data's cell-centred
+    Dirichlet stencil, so the constraint rows are the PDE at the sampled points and the initial
+    condition. Linear: the closed-form and cvxpylayers backends apply.
+    """
+
+    name: ClassVar[str] = "heat-2d"
+    linear: ClassVar[bool] = True
+
+    n: int = 16
+    kappa: float = 0.01
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        return (len(self.t), self.n, self.n)
+
+    def coords(self) -> Tensor:
+        c = (np.arange(self.n) + 0.5) / self.n
+        T, Y, X = np.meshgrid(self.t / self.t_final, c, c, indexing="ij")
+        return torch.as_tensor(np.stack([T, Y, X]), dtype=torch.float32)
+
+    def _lap1d(self) -> np.ndarray:
+        from data.pdes.grid import fv_operator
+
+        return -fv_operator(np.ones(self.n)).toarray()
+
+    def terms(self, phi: Tensor) -> dict[str, Tensor]:
+        B, N = phi.shape[0], phi.shape[-1]
+        L = torch.as_tensor(self._lap1d()).to(phi)
+        lap = _along(L, phi, 1) + _along(L, phi, 2)
+        return {"u_t": _along(self.dt().to(phi), phi, 0).reshape(B, -1, N), "lap": lap.reshape(B, -1, N)}
+
+    def coefficients(self) -> dict[str, float]:
+        return {"u_t": self.t_final, "lap": -self.t_final * self.kappa}
+
+    def residual(self, v: Mapping[str, Tensor]) -> Tensor:
+        return sum(c * v[k] for k, c in self.coefficients().items())
+
+    def residual_mask(self) -> np.ndarray:
+        m = np.zeros(self.grid, dtype=bool)
+        m[1:] = True
+        return m.reshape(-1)
+
+    def condition_points(self) -> np.ndarray:
+        return np.arange(self.n * self.n)  # the t = 0 slice: each row goes to the expert owning its cell
+
+    def condition_rows(self, phi: Tensor, u0: Tensor) -> tuple[Tensor, Tensor]:
+        self.check_u0(u0)
+        B = phi.shape[0]
+        return phi[:, 0].reshape(B, -1, phi.shape[-1]), u0.to(phi).reshape(B, -1)
+
+
+def from_dataset(family: str, spec, shared: Mapping[str, np.ndarray]) -> HardPDE:
+    """The constraint PDE for a stored dataset (its spec and shared arrays ``t``, ``x``)."""
+    t = np.asarray(shared["t"], dtype=np.float64)
+    if family == "diffusion_sorption":
+        return DiffusionSorption(t=t, t_final=float(spec.t_final), x=np.asarray(shared["x"], dtype=np.float64),
+                                 D=spec.D, phi=spec.phi, rho_s=spec.rho_s, k=spec.k, n_f=spec.n_f,
+                                 u_floor=spec.u_floor)
+    if family == "heat":
+        if spec.dim != 2:
+            raise ValueError(f"heat: the hard-constraint problem is the 2D one, the dataset has dim={spec.dim}")
+        return Heat2D(t=t, t_final=float(spec.t_final), n=spec.n, kappa=spec.kappa)
+    raise ValueError(f"no hard-constraint PDE for family {family!r}; choose 'diffusion_sorption' or 'heat'")
