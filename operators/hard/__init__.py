@@ -12,12 +12,12 @@ ICLR 2024. Public API:
 
 from .layer import BACKENDS, ConstraintSolveError, LeastSquares, SolveInfo, solve
 from .model import HardConstraintModel, HardModelConfig, HardOutput, loss_terms
-from .moe import ExpertLayoutError, Router, expert_index
+from .moe import ExpertLayoutError, Router, expert_index, layout_for
 from .pdes import DiffusionSorption, Heat2D, HardPDE, from_dataset
 from .train import HardTrainConfig, evaluate, model_from_checkpoint, train
 
 __all__ = [
     "BACKENDS", "ConstraintSolveError", "DiffusionSorption", "ExpertLayoutError", "HardConstraintModel",
     "HardModelConfig", "HardOutput", "HardPDE", "HardTrainConfig", "Heat2D", "LeastSquares", "Router", "SolveInfo",
-    "evaluate", "expert_index", "from_dataset", "loss_terms", "model_from_checkpoint", "solve", "train",
+    "evaluate", "expert_index", "layout_for", "from_dataset", "loss_terms", "model_from_checkpoint", "solve", "train",
 ]

@@ -161,8 +161,9 @@ def _cvxpy_layer(m: int, n: int, ridge: float):
 def _cvxpy_solve(A: Tensor, b: Tensor, ridge: float, solver_args: Mapping | None) -> tuple[Tensor, SolveInfo]:
     E, m, n = A.shape
     layer = _cvxpy_layer(m, n, ridge)
-    # SCS at eps 1e-12 matches the closed form to ~1e-13; diffcp's Clarabel path stalls near 1e-5
-    args = {"solve_method": "SCS", "eps": 1e-12, "max_iters": 200_000, **(solver_args or {})}
+    # SCS at eps 1e-12 matches the closed form to ~1e-13 (diffcp's Clarabel path stalls near 1e-5);
+    # dense derivatives: the default iterative (LSQR) adjoint is only good to ~1e-6
+    args = {"solve_method": "SCS", "eps": 1e-12, "max_iters": 200_000, "mode": "dense", **(solver_args or {})}
     (w,) = layer(A.double(), b.double(), solver_args=args)
     G = A.double().transpose(-1, -2) @ A.double() + ridge**2 * torch.eye(n, dtype=torch.float64, device=A.device)
     return w, SolveInfo("cvxpylayers", condition=float(torch.linalg.cond(G.detach()).max()), damping=ridge**2)

@@ -103,19 +103,22 @@ class HardConstraintModel(nn.Module):
         x = torch.cat([self.coords.unsqueeze(0).expand(B, *self.coords.shape), ic], dim=1)
         return torch.movedim(self.net(x), 1, -1)
 
-    def forward(self, u0: Tensor, generator: torch.Generator | None = None) -> HardOutput:
+    def forward(self, u0: Tensor, generator: torch.Generator | None = None, points: Tensor | None = None) -> HardOutput:
+        """``u0``: ``(B, *space)`` initial conditions. ``points``: optional ``(K, m)`` flat grid indices of
+        the constraint points (default: ``cfg.points`` drawn at random, afresh each call)."""
         out = self.backbone(u0)
         if self.cfg.mode == "soft":
             return HardOutput(u=out[..., 0].double())
-        return self.constrain(out.double(), u0.double(), generator)
+        return self.constrain(out.double(), u0.double(), generator, points)
 
-    def constrain(self, phi: Tensor, u0: Tensor, generator: torch.Generator | None = None) -> HardOutput:
+    def constrain(self, phi: Tensor, u0: Tensor, generator: torch.Generator | None = None,
+                  points: Tensor | None = None) -> HardOutput:
         """The hard-constraint layer on a basis ``phi (B, *grid, N)`` (float64)."""
         cfg, pde, router = self.cfg, self.pde, self.router
         B, N, K = phi.shape[0], phi.shape[-1], router.K
         terms = pde.terms(phi)
         Krows, c = pde.condition_rows(phi, u0)
-        pts = router.sample(cfg.points, generator).to(phi.device)
+        pts = (router.sample(cfg.points, generator) if points is None else router.check_points(points)).to(phi.device)
         cmask = router.condition_mask(pde.condition_points()).to(phi)
         m, R = pts.shape[1], Krows.shape[1]
         sel = {k: v[:, pts].reshape(B * K, m, N) for k, v in terms.items()}

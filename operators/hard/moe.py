@@ -5,8 +5,8 @@ sampled points and its coefficients predict the solution on its own points; the 
 stitched from the experts (reference: ``neptune/models/MoE/spatial_temporal_router.py``, equal
 non-overlapping blocks per axis, ``dimension_partition`` / ``dimension_unpartition``).
 
-* ``assignment="blocks"``: the paper's router: ``splits[a]`` contiguous blocks along grid axis
-  ``a`` (``np.array_split``, so uneven axis lengths are allowed), ``K = prod(splits)``.
+* ``assignment="blocks"``: the paper's router: ``splits[a]`` equal contiguous blocks along grid
+  axis ``a`` (the axis length must divide), ``K = prod(splits)``.
 * ``assignment="random"``: the reviewers' ablation: every grid point goes to a random expert
   (balanced: a seeded permutation dealt round-robin), same ``K``.
 
@@ -41,6 +41,9 @@ def expert_index(grid: tuple[int, ...], splits: tuple[int, ...], assignment: Ass
     for a, (s, n) in enumerate(zip(splits, grid)):
         if not 1 <= s <= n:
             raise ExpertLayoutError(f"expert layout: {s} experts along axis {a} of length {n} (need 1 <= split <= {n})")
+        if assignment == "blocks" and n % s:
+            raise ExpertLayoutError(f"expert layout {tuple(splits)}: {s} experts do not divide axis {a} of length {n} "
+                                    "into equal blocks")
     K, P = math.prod(splits), math.prod(grid)
     if assignment == "random":
         perm = np.random.default_rng(seed).permutation(P)
@@ -57,6 +60,35 @@ def expert_index(grid: tuple[int, ...], splits: tuple[int, ...], assignment: Ass
         ids.append(axis_id)
     mesh = np.meshgrid(*ids, indexing="ij")
     return np.ravel_multi_index([m.reshape(-1) for m in mesh], splits)
+
+
+def layout_for(k: int, grid: tuple[int, ...], axes: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """Split ``k`` experts over the spatial axes (default: all but time) as evenly as possible, later
+    axes first: ``layout_for(4, (41, 64)) == (1, 4)`` (4 blocks along x, the reference's
+    diffusion-sorption layout); ``layout_for(4, (11, 16, 16)) == (1, 2, 2)`` (2 x 2 in space, its
+    Navier-Stokes layout). Raises if the blocks cannot be equal."""
+    if k < 1:
+        raise ExpertLayoutError(f"the number of experts must be >= 1, got {k}")
+    axes = tuple(range(1, len(grid))) if axes is None else axes
+    splits = [1] * len(grid)
+    for p in _prime_factors(k):
+        # give the factor to the axis with the most cells per block that it divides
+        best = max((a for a in axes if (grid[a] // splits[a]) % p == 0), key=lambda a: (grid[a] // splits[a], a),
+                   default=None)
+        if best is None:
+            raise ExpertLayoutError(f"{k} experts cannot split the grid {tuple(grid)} into equal blocks along axes {axes}")
+        splits[best] *= p
+    return tuple(splits)
+
+
+def _prime_factors(k: int) -> list[int]:
+    out, p = [], 2
+    while p * p <= k:
+        while k % p == 0:
+            out.append(p)
+            k //= p
+        p += 1
+    return out + ([k] if k > 1 else [])
 
 
 class Router:
@@ -85,6 +117,28 @@ class Router:
         m = self.points_per_expert(total)
         out = [torch.as_tensor(c)[torch.randperm(len(c), generator=generator)[:m]] for c in self.candidates]
         return torch.stack(out)
+
+    def check_points(self, points: Tensor) -> Tensor:
+        """Validate user-given constraint points ``(K, m)`` (flat grid indices): each must be a residual
+        point of its own expert's subdomain."""
+        points = torch.as_tensor(points)
+        if points.ndim != 2 or points.shape[0] != self.K or points.dtype not in (torch.int32, torch.int64):
+            raise ExpertLayoutError(f"constraint points must be an integer tensor (K={self.K}, m), got "
+                                    f"{points.dtype} {tuple(points.shape)}")
+        flat = points.reshape(-1).cpu().numpy()
+        P = len(self.expert)
+        outside = (flat < 0) | (flat >= P)
+        if outside.any():
+            raise ExpertLayoutError(f"constraint point index {int(flat[outside][0])} is outside the domain "
+                                    f"(grid {self.grid}, {P} points)")
+        if not self.residual_mask[flat].all():
+            bad = int(flat[~self.residual_mask[flat]][0])
+            raise ExpertLayoutError(f"constraint point {np.unravel_index(bad, self.grid)} is not an interior "
+                                    "residual point (initial time or boundary)")
+        owner = self.expert[points.cpu().numpy()]
+        if (owner != np.arange(self.K)[:, None]).any():
+            raise ExpertLayoutError("constraint points row e must lie in expert e's subdomain")
+        return points
 
     def condition_mask(self, row_points: np.ndarray) -> Tensor:
         """``(K, R)`` 0/1 weights: row r belongs to expert e (global rows, ``-1``, to all)."""
