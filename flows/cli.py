@@ -26,7 +26,7 @@ from data.spec import FAMILIES  # noqa: E402
 
 from .scales import SCALES  # noqa: E402
 
-BENCHMARKS = ("datagen", "linear", "neural-odes", "operators", "optimizers")
+BENCHMARKS = ("datagen", "linear", "neural-odes", "operators", "hard-constraints", "optimizers")
 
 
 def _field_type(annotation):

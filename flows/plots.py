@@ -132,3 +132,48 @@ def operator_predictions(x, y, preds: dict, n: int = 3):
             _imshow(axes[i, 3 + 2 * k], (p[i, 0] - y[i, 0]).abs().numpy(), f"|error| {name}")
     fig.tight_layout()
     return fig
+
+
+def space_time_predictions(u_true, preds: dict, grid: tuple, title: str = ""):
+    """Truth and each model's prediction and |error| for one test sample. 1D problems (grid ``(nt, nx)``):
+    space-time images; 2D (``(nt, n, n)``): the final time slice. Tensors of shape ``grid``."""
+    cols = 1 + len(preds)
+    fig, axes = plt.subplots(2, cols, figsize=(2.6 * cols, 4.6), squeeze=False)
+
+    def show(ax, a, name):
+        a = a.detach().cpu().numpy()
+        img = a.T if len(grid) == 2 else a[-1]
+        im = ax.imshow(img, origin="lower", aspect="auto")
+        ax.set_title(name, fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        plt.colorbar(im, ax=ax, fraction=0.046)
+
+    show(axes[0, 0], u_true, "truth (PETSc)" + (" u(x, t)" if len(grid) == 2 else " u(T)"))
+    axes[1, 0].axis("off")
+    for k, (name, p) in enumerate(preds.items()):
+        show(axes[0, k + 1], p, name)
+        show(axes[1, k + 1], (p.double() - u_true.double()).abs(), f"|error| {name}")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def step_time_scaling(curves: dict):
+    """Seconds per training step against constraint points, one line per (problem, K); log-log with a
+    linear-growth guide. ``curves``: problem -> rows with ``experts``, ``points``, ``s_per_step``."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    for i, (problem, rows) in enumerate(curves.items()):
+        for k, style in zip(sorted({r["experts"] for r in rows}), ("-", "--", ":")):
+            pts = sorted((r["points"], r["s_per_step"]) for r in rows if r["experts"] == k)
+            ax.plot(*zip(*pts), style, marker="o", color=f"C{i}", label=f"{problem}, K={k}")
+        first = min(r["points"] for r in rows), min(r["s_per_step"] for r in rows if r["points"] == min(r["points"] for r in rows))
+        xs = np.array(sorted({r["points"] for r in rows}))
+        ax.plot(xs, first[1] * xs / first[0], color=f"C{i}", alpha=0.3, linewidth=4, label=f"{problem}, linear growth")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("constraint points per step (all experts)")
+    ax.set_ylabel("seconds per training step")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -246,6 +246,29 @@ def test_train_operator_flow_logs_epochs_registers_and_reuses():
     assert again["checkpoint"] == row["checkpoint"] and again["test_l2"] == row["test_l2"]
 
 
+def test_train_hard_constraint_flow_logs_steps_and_reuses():
+    from data.spec import DiffusionSorptionSpec
+    from flows.hard_constraint import train_hard_constraint
+    from operators.hard import HardModelConfig, HardTrainConfig
+
+    spec = DiffusionSorptionSpec(n=16, n_times=8, n_train=4, n_test=2)
+    cfg = HardTrainConfig(model=HardModelConfig(experts=(1, 2), points=40, hidden=8, n_layers=2, modes=(4, 4), n_basis=6),
+                          steps=4, batch_size=2, checkpoint_every=2)
+    state = train_hard_constraint(dataset=spec, config=cfg, return_state=True)
+    assert state.is_completed(), state
+    row = state.result()
+    assert 0 < row["rel_l2"] < 10 and row["jump_max"] >= 0
+    run = _mlflow_run_for(str(state.state_details.flow_run_id))
+    client = MlflowClient()
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4]
+    assert client.get_metric_history(run.info.run_id, "lm_iterations")
+    assert {"predictions.png", "checkpoint"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    again = train_hard_constraint(dataset=spec, config=cfg)  # finished checkpoint: no training
+    assert again["checkpoint"] == row["checkpoint"]
+    with pytest.raises(Exception, match="2D one"):
+        train_hard_constraint(dataset={"family": "heat", "dim": 1, "n": 8, "n_train": 2, "n_test": 1}, config=cfg)
+
+
 def test_optimize_flow_rejects_unknown_problem_before_running():
     from flows.optimize import optimize
 

@@ -16,6 +16,7 @@ BENCHMARKS = {
     "linear": "flows.benchmarks.linear",
     "neural-odes": "flows.benchmarks.neural_odes",
     "operators": "flows.benchmarks.operators",
+    "hard-constraints": "flows.benchmarks.hard_constraints",
     "optimizers": "flows.benchmarks.optimizers",
 }
 

@@ -61,7 +61,8 @@ def train(
     """Train on initial conditions ``u0_train (N, *space)``; resume from ``checkpoint`` if it exists.
 
     Returns ``(model, history)``; each history row (every ``log_every`` steps and the last) has
-    ``step``, ``loss``, ``pde``, ``conditions``, ``seconds`` (median seconds per step so far) and,
+    ``step``, ``loss``, ``pde``, ``conditions``, ``seconds`` (median seconds per step so far),
+    ``step_seconds`` (this step's) and,
     for hard models, ``lm_iterations`` and ``condition``.
 
     Raises:
@@ -113,7 +114,8 @@ def train(
             raise TrainingDivergedError(f"non-finite weights after step {step}; not checkpointed")
         if step % log_every == 0 or step == config.steps:
             row = {"step": step, "loss": loss.item(), "pde": terms["pde"].item(),
-                   "conditions": terms["conditions"].item(), "seconds": statistics.median(times)}
+                   "conditions": terms["conditions"].item(), "seconds": statistics.median(times),
+                   "step_seconds": times[-1]}
             if out.info is not None:
                 row.update(lm_iterations=out.info.iterations, condition=out.info.condition)
             history.append(row)
