@@ -1,8 +1,8 @@
 """``nightly-benchmark`` flow: every stage of the project at one scale, in one tracked run.
 
-Stages so far: PETSc data generation for each PDE family, the linear-solver benchmark (DCDM vs
-CG / ICPCG / DPCG / GAMG), the neural-ODE regularization benchmark and the constrained-optimizer
-benchmark. Later stages (neural operators, hard constraints) join here as their issues land. The flow run is the parent MLflow run; each
+Stages: PETSc data generation for each PDE family, the linear-solver benchmark (DCDM vs
+CG / ICPCG / DPCG / GAMG), the neural-ODE regularization benchmark, the constrained-optimizer
+benchmark and the hard-constraint benchmark (soft PINN vs PI-HC vs PI-HC-MoE). The flow run is the parent MLflow run; each
 stage's flow run is nested under it.
 """
 
@@ -88,6 +88,18 @@ def _optimizer_stage(scale: str, run_id: str) -> list[dict]:
     ]
 
 
+def _hard_constraint_stage(scale: str, run_id: str) -> list[dict]:
+    """Run benchmark-hard-constraints; one row per problem and model (soft / PI-HC / PI-HC-MoE)."""
+    from .hard_constraint import benchmark_hard_constraints
+
+    keep = ("rel_l2", "l2_vs_soft", "l2_vs_hc", "residual", "jump_mean", "s_per_step", "step_vs_hc", "infer_s")
+    return [
+        {"stage": "benchmark-hard-constraints", "problem": r["problem"], "scale": scale, "method": r["method"],
+         **{k: r[k] for k in keep}}
+        for r in benchmark_hard_constraints(scale=scale, parent_run_id=run_id) if r["part"] == "models"
+    ]
+
+
 @flow(name="nightly-benchmark", validate_parameters=True)
 def nightly_benchmark(scale: Scale = "smoke", chunk_size: int = 16) -> list[dict]:
     """Run every stage at ``scale`` ("smoke": seconds, "small": minutes on 2 CPU cores,
@@ -117,6 +129,7 @@ def nightly_benchmark(scale: Scale = "smoke", chunk_size: int = 16) -> list[dict
         rows += _linear_stage(scale, run_id)
         rows += _neural_ode_stage(scale, run_id)
         rows += _optimizer_stage(scale, run_id)
+        rows += _hard_constraint_stage(scale, run_id)
         tracking.log_metrics(run_id, {"rows": len(rows), "seconds_total": time.perf_counter() - t_start})
         publish(f"nightly-{scale}", rows, {"scale": scale}, run_id, description=f"nightly benchmark at scale={scale}")
         logger.info("nightly results\n%s", format_by(rows, "stage"))

@@ -87,8 +87,35 @@ def operators(path: str | Path = "results/operators-small.json") -> str:
             + "\n\n![input / truth / prediction / error](results/operators-small-predictions.png)")
 
 
+HC_COLS = ["method", "problem", "experts", "rel_l2", "l2_vs_soft", "l2_vs_hc", "residual", "conditions", "jump_mean",
+           "jump_max", "s_per_step", "step_vs_hc", "infer_s", "infer_vs_hc", "lm_iters"]
+HC_BACKEND_COLS = ["points", "w_rel_diff", "grad_rel_diff", "s_cholesky", "s_cvxpylayers", "cvxpylayers_vs_cholesky"]
+
+
+def hard_constraints(path: str | Path = "results/hard-constraints-small.json") -> str:
+    rows = _rows(path)
+    scaling = []
+    for problem in dict.fromkeys(r["problem"] for r in rows if r["part"] == "scaling"):
+        pts = {}
+        for r in rows:
+            if r["part"] == "scaling" and r["problem"] == problem:
+                pts.setdefault(r["points"], {})[r["experts"]] = r["s_per_step"]
+        for m, by_k in sorted(pts.items()):
+            scaling.append({"problem": problem, "points": m, "s_per_step_k1": by_k.get(1), "s_per_step_k4": by_k.get(4),
+                            "k4_vs_k1": round(by_k[4] / by_k[1], 3) if 1 in by_k and 4 in by_k else None})
+    return "\n\n".join([
+        format_table([r for r in rows if r["part"] == "models"], HC_COLS),
+        "Seconds per training step against constraint points (all experts together):\n\n"
+        + format_table(scaling, ["problem", "points", "s_per_step_k1", "s_per_step_k4", "k4_vs_k1"]),
+        "![step time vs constraint points](results/hard-constraints-small-step_time_scaling.png)",
+        "cvxpylayers against the closed-form (Cholesky) layer on the same 2D-heat rows (ridge 1e-2):\n\n"
+        + format_table([r for r in rows if r["part"] == "backends"], HC_BACKEND_COLS),
+        "![diffusion-sorption: truth, predictions, errors](results/hard-constraints-small-diffusion-sorption-predictions.png)",
+    ])
+
+
 TABLES = {"datagen": datagen, "linear": linear, "neural-odes": neural_odes, "operators": operators,
-          "optimizers": optimizers}
+          "hard-constraints": hard_constraints, "optimizers": optimizers}
 
 
 def write(readme: str | Path = "README.md") -> None:

@@ -150,9 +150,11 @@ def test_nightly_smoke_chains_the_stages():
     children = MlflowClient().search_runs(
         [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
     )
-    assert len(children) == 6 and all(c.info.status == "FINISHED" for c in children)
+    assert len(children) == 7 and all(c.info.status == "FINISHED" for c in children)
     optim = [r for r in rows if r["stage"] == "benchmark-optimizers"]
     assert {r["method"] for r in optim} >= {"al-sketch", "newton-sqp", "trust-constr", "lv-hba", "implicit"}
+    hard = [r for r in rows if r["stage"] == "benchmark-hard-constraints"]
+    assert {(r["problem"], r["method"]) for r in hard} >= {("diffusion-sorption", "soft-pinn"), ("heat-2d", "pi-hc-moe-k4")}
     odes = [r for r in rows if r["stage"] == "benchmark-neural-odes"]
     assert {(r["problem"], r["method"]) for r in odes} >= {("digits", "local-unbiased"), ("lotka-volterra", "global")}
     bench = next(c for c in children if c.data.tags["sciflow.stage"] == "bench-linear")

@@ -1,9 +1,10 @@
 """Hard-constraint benchmark: soft-constraint PINN vs single hard constraint (PI-HC) vs PI-HC-MoE.
 
 Chalapathi, Du & Krishnapriyan, ICLR 2024. One run, same FNO basis network, data, optimizer and
-step budget for every model, on two problems generated with PETSc TS: 1D diffusion-sorption
+step budget for every model, on problems generated with PETSc TS: 1D diffusion-sorption
 (PDEBench's setting, nonlinear: Levenberg-Marquardt layer) and 2D heat (linear: closed-form
-Cholesky layer). Per model: relative L2 error against the PETSc trajectories on the test split,
+Cholesky layer); at ``paper`` scale also the paper's 2D Navier-Stokes setting (Re 1e4, 256^2 x 64,
+N = 64, quadratic: LM). Per model: relative L2 error against the PETSc trajectories on the test split,
 RMS PDE residual on held-out points, RMS initial/boundary violation, seconds per training step
 (median), inference seconds per sample, and for MoE the jump between neighbouring experts at their
 interfaces; ratios against the soft constraint and against the single hard constraint.
@@ -20,7 +21,7 @@ import time
 
 import numpy as np
 
-from data.spec import DiffusionSorptionSpec, HeatSpec
+from data.spec import DiffusionSorptionSpec, HeatSpec, NavierStokesSpec
 
 PROBLEMS = {
     "smoke": {
@@ -35,8 +36,12 @@ PROBLEMS = {
     "paper": {
         "diffusion-sorption": DiffusionSorptionSpec(n=1024, n_times=100, n_train=9000, n_test=1000, seed=0),
         "heat-2d": HeatSpec(n=64, dim=2, kappa=0.01, t_final=1.0, n_times=32, n_train=1000, n_test=100, seed=0),
+        # the paper's 2D setting: Re = 1e4 (nu = 1e-4), 256^2, 64 time steps, N = 64 basis functions
+        "navier-stokes-2d": NavierStokesSpec(n=256, viscosity=1e-4, horizon=1.0, n_times=63, dt=1e-3, n_train=1000,
+                                             n_test=100, seed=0),
     },
 }
+OVERRIDES = {"navier-stokes-2d": dict(n_basis=64, points=10000)}  # per problem, over the scale's config
 CONFIGS = {
     "smoke": dict(steps=3, batch_size=2, points=48, hidden=8, n_layers=2, modes=4, n_basis=8, experts=(1, 2, 4),
                   scaling_points=(32, 64), scaling_steps=2, oracle_points=(16,)),
@@ -62,11 +67,11 @@ def _label(mc: dict) -> str:
     return f"pi-hc-moe-k{k}" + ("-random" if mc.get("assignment") == "random" else "")
 
 
-def model_configs(scale: str, grid: tuple[int, ...]) -> list[dict]:
+def model_configs(scale: str, grid: tuple[int, ...], problem: str = "") -> list[dict]:
     """Model config fields for every compared model (soft, K = 1, the MoE Ks, the random ablation)."""
     from operators.hard import layout_for
 
-    c = CONFIGS[scale]
+    c = {**CONFIGS[scale], **OVERRIDES.get(problem, {})}
     net = dict(hidden=c["hidden"], n_layers=c["n_layers"], modes=(min(c["modes"], grid[0] // 2),)
                + tuple(min(c["modes"], n // 2) for n in grid[1:]), n_basis=c["n_basis"])
     out = [dict(mode="soft", experts=(1,) * len(grid), **net)]
@@ -86,8 +91,9 @@ def _load(spec):
     ref = data.generate(spec, progress=False)
     tr, te = data.load(ref, "train"), data.load(ref, "test")
     pde = from_dataset(spec.family, spec, tr.arrays)
-    u0 = torch.as_tensor(tr["u"][:, 0], dtype=torch.float32)
-    return pde, u0, torch.as_tensor(te["u"][:, 0], dtype=torch.float32), torch.as_tensor(te["u"]), ref
+    key = "w" if spec.family == "navier_stokes" else "u"
+    u0 = torch.as_tensor(tr[key][:, 0], dtype=torch.float32)
+    return pde, u0, torch.as_tensor(te[key][:, 0], dtype=torch.float32), torch.as_tensor(te[key]), ref
 
 
 def step_times(pde, u0, scale: str, points: tuple[int, ...], ks=(1, 4)) -> list[dict]:
@@ -101,7 +107,7 @@ def step_times(pde, u0, scale: str, points: tuple[int, ...], ks=(1, 4)) -> list[
     rows = []
     for k in ks:
         for m in points:
-            cfg = HardTrainConfig(model=HardModelConfig(**{**model_configs(scale, pde.grid)[1], "points": m,
+            cfg = HardTrainConfig(model=HardModelConfig(**{**model_configs(scale, pde.grid, pde.name)[1], "points": m,
                                                            "experts": layout_for(k, pde.grid)}),
                                   steps=c["scaling_steps"] + 1, batch_size=c["batch_size"])
             torch.manual_seed(0)
@@ -165,7 +171,7 @@ def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
             tracking.log_dataset(run_id, ref, "training")
         log(f"{problem}: grid {pde.grid}, {len(u0)} train / {len(u0_test)} test, data in {time.perf_counter() - t0:.1f} s")
         found, preds = {}, {}
-        for mc in model_configs(scale, pde.grid):
+        for mc in model_configs(scale, pde.grid, problem):
             label = _label(mc)
             cfg = HardTrainConfig(model=HardModelConfig(**mc), steps=c["steps"], batch_size=c["batch_size"], seed=0)
             t1 = time.perf_counter()

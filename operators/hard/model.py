@@ -118,6 +118,9 @@ class HardConstraintModel(nn.Module):
         B, N, K = phi.shape[0], phi.shape[-1], router.K
         terms = pde.terms(phi)
         Krows, c = pde.condition_rows(phi, u0)
+        rw = pde.row_weights(u0)  # (B, R): the reference's relative initial rows for diffusion-sorption
+        Krows, c = Krows * rw[..., None], c * rw
+        scale = 1.0 / pde.t_final  # PDE rows in physical units, as the reference
         pts = (router.sample(cfg.points, generator) if points is None else router.check_points(points)).to(phi.device)
         cmask = router.condition_mask(pde.condition_points()).to(phi)
         m, R = pts.shape[1], Krows.shape[1]
@@ -126,16 +129,17 @@ class HardConstraintModel(nn.Module):
         cr = (c.unsqueeze(1) * cmask[None]).reshape(B * K, R)
         backend = cfg.backend if cfg.backend != "auto" else ("cholesky" if pde.linear else "lm")
         if backend in ("cholesky", "cvxpylayers"):
-            A_pde = sum(coef * sel[k] for k, coef in pde.coefficients().items())
+            A_pde = sum(scale * coef * sel[k] for k, coef in pde.coefficients().items())
             system = LeastSquares(A=torch.cat([A_pde, Kr], 1), b=torch.cat([torch.zeros_like(A_pde[..., 0]), cr], 1))
         else:
             names = list(sel)
+            known = {k: v.to(phi).unsqueeze(0).expand(B, K, m).reshape(B * K, m) for k, v in pde.point_data(pts).items()}
 
             def residual(w: Tensor, d: dict[str, Tensor]) -> Tensor:
-                r_pde = pde.residual({k: d[k] @ w for k in names})
+                r_pde = scale * pde.residual({**{k: d[k] @ w for k in names}, **{k: d[k] for k in known}})
                 return torch.cat([r_pde, d["K"] @ w - d["c"]])
 
-            system = LeastSquares(residual=residual, data={**sel, "K": Kr, "c": cr}, n=N)
+            system = LeastSquares(residual=residual, data={**sel, **known, "K": Kr, "c": cr}, n=N)
         w, info = solve(system, backend, ridge=cfg.ridge, w0=pde.w0, tol=cfg.lm_tol, max_iter=cfg.lm_max_iter)
         w = w.reshape(B, K, N)
         phi_flat = phi.reshape(B, -1, N)

@@ -10,10 +10,12 @@ Deviations from the reference, all for accuracy or conditioning:
 
 * second-order stencils everywhere (the reference: first-order one-sided at the grid ends and
   ``u_xx`` as ``D_x(D_x u)``); PDE rows only where the stencil is centred in space;
-* PDE rows in non-dimensional time (multiplied by ``t_final``) so they weigh like the initial and
-  boundary rows; the reference uses physical units (rows ~1e-3) and divides the initial rows by
-  ``u0`` (unbounded for ``u0 -> 0``), so its solve enforces the initial condition almost exactly
-  and the PDE hardly at all;
+* row weights as the reference's diffusion-sorption objective: PDE rows in physical units
+  (:meth:`residual` is non-dimensional, ``t_final`` times larger; the layer divides it back),
+  initial rows relative to ``u0`` (:meth:`row_weights`, floored at 1e-3 where the reference has no
+  floor), boundary rows plain; the initial condition is thereby enforced far more tightly than
+  the PDE. Heat and Navier-Stokes keep plain initial rows (their ``u0`` changes sign; the
+  reference's Navier-Stokes model builds the initial condition into the basis instead);
 * 2D heat: the homogeneous Dirichlet condition lives in the Laplacian stencil (ghost cell
   ``-u``, the same cell-centred operator PETSc integrated), so it has no boundary rows.
 
@@ -102,10 +104,18 @@ class HardPDE:
         """``(R,)`` flat grid index each condition row sits at, ``-1`` for rows every expert receives."""
         raise NotImplementedError
 
+    def row_weights(self, u0: Tensor) -> Tensor:
+        """``(B, R)`` weights of the condition rows in the constraint solve (default 1)."""
+        return torch.ones(u0.shape[0], len(self.condition_points()), dtype=torch.float64, device=u0.device)
+
     def check_u0(self, u0: Tensor) -> None:
         if tuple(u0.shape[1:]) != self.grid[1:]:
             raise ValueError(f"{self.name}: initial condition has spatial shape {tuple(u0.shape[1:])}, "
                              f"the problem's grid is {self.grid[1:]} (mismatched dataset and PDE parameters)")
+
+    def point_data(self, points: Tensor) -> dict[str, Tensor]:
+        """Known per-point inputs of the residual (e.g. a forcing) at flat grid indices ``points``."""
+        return {}
 
     def dt(self) -> Tensor:
         return torch.as_tensor(derivative_matrix(self.t, 1))
@@ -114,7 +124,9 @@ class HardPDE:
         """Residual of a solution ``u`` (B, *grid) on its residual points: ``(B, P_res)``."""
         terms = self.terms(u.unsqueeze(-1))
         mask = torch.as_tensor(self.residual_mask(), device=u.device)
-        return self.residual({k: v[:, mask, 0] for k, v in terms.items()})
+        v = {k: t[:, mask, 0] for k, t in terms.items()}
+        v.update({k: d.to(u) for k, d in self.point_data(torch.nonzero(mask).squeeze(1)).items()})
+        return self.residual(v)
 
     def condition_violation(self, u: Tensor, u0: Tensor) -> Tensor:
         """``K u - c`` of a solution ``u`` (B, *grid): ``(B, R)``."""
@@ -177,6 +189,12 @@ class DiffusionSorption(HardPDE):
 
     def condition_points(self) -> np.ndarray:
         return np.full(len(self.x) + 2 * (len(self.t) - 1), -1)  # global, replicated (reference)
+
+    def row_weights(self, u0: Tensor) -> Tensor:
+        """Initial rows relative to ``u0`` (the reference's ``ic_loss / u0``), floored at 1e-3."""
+        w = super().row_weights(u0)
+        w[:, :len(self.x)] = 1.0 / u0.double().abs().clamp_min(1e-3)
+        return w
 
     def condition_rows(self, phi: Tensor, u0: Tensor) -> tuple[Tensor, Tensor]:
         self.check_u0(u0)
@@ -247,6 +265,71 @@ class Heat2D(HardPDE):
         return phi[:, 0].reshape(B, -1, phi.shape[-1]), u0.to(phi).reshape(B, -1)
 
 
+@dataclass
+class NavierStokes2D(HardPDE):
+    """Vorticity form on the periodic unit torus (``data.pdes.navier_stokes``, the paper's 2D setting):
+
+        w_t + u . grad w = nu lap w + f,   u = (psi_y, -psi_x),   -lap psi = w
+
+    Grid ``(nt, n, n)`` (axes time, x, y; nodes ``j / n``). Space derivatives of the basis are
+    spectral (FFT along x and y, the data's own operators without dealiasing), time derivatives
+    finite differences. The residual is quadratic in ``w`` (advection), so the layer is LM. No
+    boundary rows (periodic); the initial rows go to the expert owning each cell, as the reference
+    partitions the Navier-Stokes initial condition. PDE rows are scaled by the horizon.
+    """
+
+    name: ClassVar[str] = "navier-stokes-2d"
+    linear: ClassVar[bool] = False
+
+    n: int = 64
+    viscosity: float = 1e-3
+    f: np.ndarray = None  # (n, n) forcing
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        return (len(self.t), self.n, self.n)
+
+    def coords(self) -> Tensor:
+        c = np.arange(self.n) / self.n
+        T, X, Y = np.meshgrid((self.t - self.t[0]) / self.t_final, c, c, indexing="ij")
+        return torch.as_tensor(np.stack([T, X, Y]), dtype=torch.float32)
+
+    def terms(self, phi: Tensor) -> dict[str, Tensor]:
+        B, N, n = phi.shape[0], phi.shape[-1], self.n
+        k = torch.fft.fftfreq(n, 1.0 / n, dtype=torch.float64, device=phi.device)
+        k = torch.where(k.abs() == n // 2, torch.zeros_like(k), k)  # Nyquist: no real derivative
+        kx, ky = k[:, None, None], k[None, :, None]  # phi layout (..., x, y, N)
+        lap = -4 * np.pi**2 * (kx**2 + ky**2)
+        inv = torch.where(lap != 0, -1.0 / torch.where(lap != 0, lap, torch.ones_like(lap)), torch.zeros_like(lap))
+        w_hat = torch.fft.fft2(phi, dim=(2, 3))
+        back = lambda sym: torch.fft.ifft2(sym * w_hat, dim=(2, 3)).real.reshape(B, -1, N)  # noqa: E731
+        dx, dy = 2j * np.pi * kx, 2j * np.pi * ky
+        return {"w": phi.reshape(B, -1, N), "w_t": _along(self.dt().to(phi), phi, 0).reshape(B, -1, N),
+                "w_x": back(dx), "w_y": back(dy), "psi_x": back(dx * inv), "psi_y": back(dy * inv),
+                "lap": back(lap.to(w_hat.dtype))}
+
+    def point_data(self, points: Tensor) -> dict[str, Tensor]:
+        f = torch.as_tensor(self.f, dtype=torch.float64, device=points.device).reshape(-1)
+        return {"f": f[points % (self.n * self.n)]}
+
+    def residual(self, v: Mapping[str, Tensor]) -> Tensor:
+        adv = v["psi_y"] * v["w_x"] - v["psi_x"] * v["w_y"]
+        return self.t_final * (v["w_t"] + adv - self.viscosity * v["lap"] - v["f"])
+
+    def residual_mask(self) -> np.ndarray:
+        m = np.zeros(self.grid, dtype=bool)
+        m[1:] = True
+        return m.reshape(-1)
+
+    def condition_points(self) -> np.ndarray:
+        return np.arange(self.n * self.n)
+
+    def condition_rows(self, phi: Tensor, u0: Tensor) -> tuple[Tensor, Tensor]:
+        self.check_u0(u0)
+        B = phi.shape[0]
+        return phi[:, 0].reshape(B, -1, phi.shape[-1]), u0.to(phi).reshape(B, -1)
+
+
 def from_dataset(family: str, spec, shared: Mapping[str, np.ndarray]) -> HardPDE:
     """The constraint PDE for a stored dataset (its spec and shared arrays ``t``, ``x``)."""
     t = np.asarray(shared["t"], dtype=np.float64)
@@ -258,4 +341,8 @@ def from_dataset(family: str, spec, shared: Mapping[str, np.ndarray]) -> HardPDE
         if spec.dim != 2:
             raise ValueError(f"heat: the hard-constraint problem is the 2D one, the dataset has dim={spec.dim}")
         return Heat2D(t=t, t_final=float(spec.t_final), n=spec.n, kappa=spec.kappa)
-    raise ValueError(f"no hard-constraint PDE for family {family!r}; choose 'diffusion_sorption' or 'heat'")
+    if family == "navier_stokes":
+        return NavierStokes2D(t=t, t_final=float(spec.horizon), n=spec.n, viscosity=spec.viscosity,
+                              f=np.asarray(shared["f"], dtype=np.float64))
+    raise ValueError(f"no hard-constraint PDE for family {family!r}; choose 'diffusion_sorption', 'heat' or "
+                     "'navier_stokes'")
