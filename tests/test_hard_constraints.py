@@ -178,6 +178,26 @@ def test_constraint_rows_are_consistent_with_the_petsc_solutions(store, monkeypa
     assert hp.condition_violation(uh, uh[:, 0]).abs().max() == 0
 
 
+def test_navier_stokes_rows_hold_on_the_petsc_data_and_the_moe_layer_trains(store, monkeypatch):
+    from data.spec import NavierStokesSpec
+    from operators.hard import NavierStokes2D
+
+    monkeypatch.setenv("SCIFLOW_HOME", str(store))
+    ds = _dataset(NavierStokesSpec(n=16, viscosity=1e-3, horizon=0.5, n_times=25, n_train=2, n_test=0))
+    pde = from_dataset("navier_stokes", ds.spec, ds.arrays)
+    w = torch.as_tensor(ds["w"], dtype=torch.float64)
+    r = pde.full_residual(w).pow(2).mean().sqrt()
+    unforced = NavierStokes2D(t=pde.t, t_final=pde.t_final, n=pde.n, viscosity=pde.viscosity, f=0 * pde.f)
+    assert r < 0.01 < unforced.full_residual(w).pow(2).mean().sqrt()
+    model = HardConstraintModel(HardModelConfig(points=64, experts=layout_for(4, pde.grid), modes=(4, 4, 4),
+                                                **SMALL_NET), pde)
+    out = model(w[:, 0].float())
+    assert out.w.shape == (2, 4, 6) and out.info.backend == "lm"
+    loss = sum(loss_terms(pde, out.u, w[:, 0]).values())
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
 # ----------------------------------------------------------------------------- experts
 
 
@@ -284,9 +304,9 @@ def test_heat_with_the_cvxpylayers_backend_matches_cholesky():
     models = {}
     for backend in ("cholesky", "cvxpylayers"):
         torch.manual_seed(0)
-        models[backend] = HardConstraintModel(HardModelConfig(backend=backend, points=24, experts=(1, 2, 1), ridge=0.05,
+        models[backend] = HardConstraintModel(HardModelConfig(backend=backend, points=72, experts=(1, 2, 1), ridge=0.1,
                                                               modes=(2, 3, 3), **SMALL_NET), pde)
-    pts = models["cholesky"].router.sample(24, torch.Generator().manual_seed(0))
+    pts = models["cholesky"].router.sample(72, torch.Generator().manual_seed(0))
     outs = {k: m(u0, points=pts) for k, m in models.items()}
     assert torch.allclose(outs["cvxpylayers"].u, outs["cholesky"].u, atol=1e-6 * float(outs["cholesky"].u.detach().abs().max()))
     losses = {k: sum(loss_terms(pde, o.u, u0.double()).values()) for k, o in outs.items()}
@@ -294,7 +314,8 @@ def test_heat_with_the_cvxpylayers_backend_matches_cholesky():
     for k, m in models.items():
         losses[k].backward()
         grads[k] = torch.cat([p.grad.reshape(-1) for p in m.parameters() if p.grad is not None])
-    assert torch.allclose(grads["cvxpylayers"], grads["cholesky"], rtol=1e-5, atol=1e-6 * float(grads["cholesky"].abs().max()))
+    # float32 network gradients, SCS at eps 1e-10: agreement to 1e-4 of the largest entry
+    assert (grads["cvxpylayers"] - grads["cholesky"]).abs().max() <= 1e-4 * grads["cholesky"].abs().max()
 
 
 def test_checkpoint_resume_and_refusals(tmp_path):

@@ -18,7 +18,7 @@ Backends (one interface, :func:`solve`), all batched over a leading axis ``E`` (
   ``cholesky_solve`` *is* the implicit gradient of (1). A failed factorization (singular or
   numerically indefinite system) is retried with a larger damping, which is reported.
 * ``"cvxpylayers"`` -- the same convex problem through cvxpylayers (a cone program solved by
-  SCS at eps 1e-12, differentiated by diffcp). Slow at many rows; the correctness oracle and the option for
+  SCS at eps 1e-10, differentiated by diffcp). Slow at many rows; the correctness oracle and the option for
   users who add convex constraints.
 * ``"lm"`` -- nonlinear ``r(w)``: batched float64 Levenberg-Marquardt (the reference uses
   optimistix' LM: rtol/atol 1e-4, 50-100 steps, ``w0 = 1`` for diffusion-sorption). The backward
@@ -138,7 +138,8 @@ def _normal_solve(A: Tensor, b: Tensor, ridge: float) -> tuple[Tensor, SolveInfo
     w = torch.cholesky_solve(rhs, L).squeeze(-1)
     cond = float(torch.linalg.cond((G + lam * eye).detach()).max())
     if notes:
-        warnings.warn(notes[-1], RuntimeWarning, stacklevel=3)
+        warnings.warn("Cholesky failed (singular or ill-conditioned normal matrix); solved with more damping "
+                      "(SolveInfo.damping, .notes)", RuntimeWarning, stacklevel=3)
     return w, SolveInfo("cholesky", condition=cond, damping=lam, notes=notes)
 
 
@@ -151,22 +152,32 @@ def _cvxpy_layer(m: int, n: int, ridge: float):
         import cvxpy as cp
         from cvxpylayers.torch import CvxpyLayer
 
-        A, b, w = cp.Parameter((m, n)), cp.Parameter(m), cp.Variable(n)
-        prob = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(A @ w - b) + 0.5 * ridge**2 * cp.sum_squares(w)))
+        A, b, w, r = cp.Parameter((m, n)), cp.Parameter(m), cp.Variable(n), cp.Variable(m)
+        # residual as a variable: a QP with a quadratic objective and equality constraints, which SCS
+        # solves far more accurately than the second-order-cone form of sum_squares(A w - b)
+        prob = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(r) + 0.5 * ridge**2 * cp.sum_squares(w)), [A @ w - r == b])
         assert prob.is_dpp()
         _CVX_CACHE[key] = CvxpyLayer(prob, parameters=[A, b], variables=[w])
     return _CVX_CACHE[key]
 
 
 def _cvxpy_solve(A: Tensor, b: Tensor, ridge: float, solver_args: Mapping | None) -> tuple[Tensor, SolveInfo]:
-    E, m, n = A.shape
+    _, m, n = A.shape
     layer = _cvxpy_layer(m, n, ridge)
-    # SCS at eps 1e-12 matches the closed form to ~1e-13 (diffcp's Clarabel path stalls near 1e-5);
-    # dense derivatives: the default iterative (LSQR) adjoint is only good to ~1e-6
-    args = {"solve_method": "SCS", "eps": 1e-12, "max_iters": 200_000, "mode": "dense", **(solver_args or {})}
-    (w,) = layer(A.double(), b.double(), solver_args=args)
+    # SCS at eps 1e-10 matches the closed form to ~1e-9 on well-posed rows (diffcp's Clarabel path
+    # stalls near 1e-5; SCS at 1e-12 runs out of iterations on ill-conditioned rows and returns an
+    # inaccurate point); dense derivatives: the default iterative (LSQR) adjoint is only good to ~1e-6
+    args = {"solve_method": "SCS", "eps": 1e-10, "max_iters": 200_000, "mode": "dense", **(solver_args or {})}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (w,) = layer(A.double(), b.double(), solver_args=args)
+    notes = [str(c.message) for c in caught if "naccurate" in str(c.message)]
     G = A.double().transpose(-1, -2) @ A.double() + ridge**2 * torch.eye(n, dtype=torch.float64, device=A.device)
-    return w, SolveInfo("cvxpylayers", condition=float(torch.linalg.cond(G.detach()).max()), damping=ridge**2)
+    cond = float(torch.linalg.cond(G.detach()).max())
+    if notes:
+        notes = [f"cvxpylayers/SCS: {notes[0]} (condition {cond:.3g}); loosen eps or use the closed form"]
+        warnings.warn(notes[0], RuntimeWarning, stacklevel=3)
+    return w, SolveInfo("cvxpylayers", condition=cond, damping=ridge**2, converged=not notes, notes=notes)
 
 
 def _lm(system: LeastSquares, w0: Tensor, ridge: float, tol: float, max_iter: int) -> tuple[Tensor, SolveInfo]:
@@ -223,7 +234,8 @@ def _lm(system: LeastSquares, w0: Tensor, ridge: float, tol: float, max_iter: in
             shift = float((-evals.min() + 1e-8 * evals.abs().max()).clamp_min(1e-12))
             H_damped = Hx + shift * eye
             notes.append(f"Hessian at w* not positive definite; IFT backward damped by {shift:.3g}")
-            warnings.warn(notes[-1], RuntimeWarning, stacklevel=3)
+            warnings.warn("Hessian at w* not positive definite; the implicit backward is damped (SolveInfo.notes)",
+                          RuntimeWarning, stacklevel=3)
         cond = float(torch.linalg.cond(H_damped).max())
     # IFT: value w*, derivative -H^{-1} dg/dtheta (one Newton step with H, w* detached)
     g = vmap(grad(loss))(w, data64)

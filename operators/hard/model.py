@@ -105,11 +105,24 @@ class HardConstraintModel(nn.Module):
 
     def forward(self, u0: Tensor, generator: torch.Generator | None = None, points: Tensor | None = None) -> HardOutput:
         """``u0``: ``(B, *space)`` initial conditions. ``points``: optional ``(K, m)`` flat grid indices of
-        the constraint points (default: ``cfg.points`` drawn at random, afresh each call)."""
+        the constraint points (default: ``cfg.points`` drawn at random, afresh each call).
+
+        PDEs with ``ic_ansatz`` (initial fields that vary in space: heat, Navier-Stokes) use the
+        reference's mollifier (``sequential.py::basis_mollifier``): ``u = u0 + (t / T) * net``, so the
+        initial condition holds exactly for the soft and the hard models alike and the constraint
+        rows are the PDE's only (the reference also subtracts the basis' spatial mean, which keeps a
+        torus vorticity's zero mean; not done here)."""
         out = self.backbone(u0)
+        if self.pde.ic_ansatz:
+            out = out * self.coords[0].unsqueeze(-1)  # t / T, zero at the initial time
         if self.cfg.mode == "soft":
-            return HardOutput(u=out[..., 0].double())
+            u = out[..., 0].double()
+            return HardOutput(u=u + self._offset(u0) if self.pde.ic_ansatz else u)
         return self.constrain(out.double(), u0.double(), generator, points)
+
+    def _offset(self, u0: Tensor) -> Tensor:
+        """``u0`` broadcast over the time axis: ``(B, *grid)`` float64."""
+        return u0.double().unsqueeze(1).expand(u0.shape[0], *self.pde.grid)
 
     def constrain(self, phi: Tensor, u0: Tensor, generator: torch.Generator | None = None,
                   points: Tensor | None = None) -> HardOutput:
@@ -117,33 +130,46 @@ class HardConstraintModel(nn.Module):
         cfg, pde, router = self.cfg, self.pde, self.router
         B, N, K = phi.shape[0], phi.shape[-1], router.K
         terms = pde.terms(phi)
-        Krows, c = pde.condition_rows(phi, u0)
-        rw = pde.row_weights(u0)  # (B, R): the reference's relative initial rows for diffusion-sorption
-        Krows, c = Krows * rw[..., None], c * rw
+        if pde.ic_ansatz:  # u = u0 + phi w: the offset's terms enter every row, no condition rows
+            offset = self._offset(u0)
+            off_terms = {k: v[..., 0] for k, v in pde.terms(offset.unsqueeze(-1)).items()}
+            Krows, c = phi.new_zeros(B, 0, N), phi.new_zeros(B, 0)
+        else:
+            offset, off_terms = None, {k: torch.zeros_like(v[..., 0]) for k, v in terms.items()}
+            Krows, c = pde.condition_rows(phi, u0)
+            rw = pde.row_weights(u0)  # (B, R): the reference's relative initial rows for diffusion-sorption
+            Krows, c = Krows * rw[..., None], c * rw
         scale = 1.0 / pde.t_final  # PDE rows in physical units, as the reference
         pts = (router.sample(cfg.points, generator) if points is None else router.check_points(points)).to(phi.device)
-        cmask = router.condition_mask(pde.condition_points()).to(phi)
+        cmask = (router.condition_mask(pde.condition_points()).to(phi) if not pde.ic_ansatz
+                 else phi.new_zeros(K, 0))
         m, R = pts.shape[1], Krows.shape[1]
         sel = {k: v[:, pts].reshape(B * K, m, N) for k, v in terms.items()}
+        osel = {k: v[:, pts].reshape(B * K, m) for k, v in off_terms.items()}
         Kr = (Krows.unsqueeze(1) * cmask[None, :, :, None]).reshape(B * K, R, N)
         cr = (c.unsqueeze(1) * cmask[None]).reshape(B * K, R)
         backend = cfg.backend if cfg.backend != "auto" else ("cholesky" if pde.linear else "lm")
         if backend in ("cholesky", "cvxpylayers"):
             A_pde = sum(scale * coef * sel[k] for k, coef in pde.coefficients().items())
-            system = LeastSquares(A=torch.cat([A_pde, Kr], 1), b=torch.cat([torch.zeros_like(A_pde[..., 0]), cr], 1))
+            b_pde = -sum(scale * coef * osel[k] for k, coef in pde.coefficients().items())
+            system = LeastSquares(A=torch.cat([A_pde, Kr], 1), b=torch.cat([b_pde, cr], 1))
         else:
             names = list(sel)
             known = {k: v.to(phi).unsqueeze(0).expand(B, K, m).reshape(B * K, m) for k, v in pde.point_data(pts).items()}
+            offs = {f"offset:{k}": v for k, v in osel.items()}
 
             def residual(w: Tensor, d: dict[str, Tensor]) -> Tensor:
-                r_pde = scale * pde.residual({**{k: d[k] @ w for k in names}, **{k: d[k] for k in known}})
+                v = {k: d[k] @ w + d[f"offset:{k}"] for k in names}
+                r_pde = scale * pde.residual({**v, **{k: d[k] for k in known}})
                 return torch.cat([r_pde, d["K"] @ w - d["c"]])
 
-            system = LeastSquares(residual=residual, data={**sel, **known, "K": Kr, "c": cr}, n=N)
+            system = LeastSquares(residual=residual, data={**sel, **offs, **known, "K": Kr, "c": cr}, n=N)
         w, info = solve(system, backend, ridge=cfg.ridge, w0=pde.w0, tol=cfg.lm_tol, max_iter=cfg.lm_max_iter)
         w = w.reshape(B, K, N)
         phi_flat = phi.reshape(B, -1, N)
         u = router.stitch(phi_flat, w).reshape(B, *pde.grid)
+        if offset is not None:
+            u = u + offset
         return HardOutput(u=u, w=w, points=pts, info=info, phi=phi_flat)
 
 

@@ -17,7 +17,9 @@ Deviations from the reference, all for accuracy or conditioning:
   the PDE. Heat and Navier-Stokes keep plain initial rows (their ``u0`` changes sign; the
   reference's Navier-Stokes model builds the initial condition into the basis instead);
 * 2D heat: the homogeneous Dirichlet condition lives in the Laplacian stencil (ghost cell
-  ``-u``, the same cell-centred operator PETSc integrated), so it has no boundary rows.
+  ``-u``, the same cell-centred operator PETSc integrated), so it has no boundary rows; like the
+  reference's Navier-Stokes model, heat and Navier-Stokes build the initial field into the ansatz
+  (``ic_ansatz``: ``u = u0 + (t/T) phi w``), so their only rows are the PDE's.
 
 Shapes: a grid is ``(nt, *space)`` (time first, then the data's space axes); a basis is
 ``(B, nt, *space, N)``; ``P = prod(grid)`` points are flattened C-order.
@@ -68,6 +70,7 @@ class HardPDE:
     name: ClassVar[str] = ""
     linear: ClassVar[bool] = True
     w0: ClassVar[float] = 0.0  # LM start (reference: 1 for diffusion-sorption, 0 otherwise)
+    ic_ansatz: ClassVar[bool] = False  # u = u0 + (t/T) phi w (the reference's mollifier) instead of initial rows
 
     t: np.ndarray  # (nt,) output times
     t_final: float
@@ -221,6 +224,7 @@ class Heat2D(HardPDE):
 
     name: ClassVar[str] = "heat-2d"
     linear: ClassVar[bool] = True
+    ic_ansatz: ClassVar[bool] = True
 
     n: int = 16
     kappa: float = 0.01
@@ -280,6 +284,7 @@ class NavierStokes2D(HardPDE):
 
     name: ClassVar[str] = "navier-stokes-2d"
     linear: ClassVar[bool] = False
+    ic_ansatz: ClassVar[bool] = True
 
     n: int = 64
     viscosity: float = 1e-3
