@@ -34,6 +34,8 @@ from .spec import GENERATOR_VERSION, canonical_json, parse_spec, spec_hash
 SPLIT_IDS = {"train": 0, "test": 1}
 MANIFEST = "manifest.json"
 DEFAULT_CHUNK_SIZE = 16
+#: dtype kinds an array in a dataset file may have: bool, signed / unsigned int, float, complex
+NUMERIC_KINDS = "biufc"
 
 
 class DatasetError(RuntimeError):
@@ -119,13 +121,18 @@ def atomic_path(final: Path, durable: bool = True) -> Iterator[Path]:
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):  # disk full, quota, I/O error: say which file and what survived
+            exc.add_note(f"while writing {final}; nothing was written under that name (a previous version is unchanged)")
         raise
 
 
 def write_h5(path: Path, arrays: dict[str, np.ndarray], attrs: dict[str, str], durable: bool = True) -> str:
     """Atomically write ``arrays`` (+ ``attrs``, + the digest) to an HDF5 file; return the digest."""
+    for name, arr in arrays.items():
+        if np.asarray(arr).dtype.kind not in NUMERIC_KINDS:
+            raise TypeError(f"array {name!r} has non-numeric dtype {np.asarray(arr).dtype}; datasets hold numeric arrays only")
     digest = array_digest(arrays)
     with atomic_path(path, durable) as tmp:
         with h5py.File(tmp, "w") as fh:
@@ -146,6 +153,12 @@ def read_h5(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
             attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in fh.attrs.items()}
     except (OSError, KeyError) as exc:
         raise DatasetError(f"dataset file {path} is unreadable (truncated or not HDF5): {exc}") from exc
+    for name, arr in arrays.items():
+        if arr.dtype.kind not in NUMERIC_KINDS:  # object / string / opaque / compound: never a dataset array
+            raise DatasetError(
+                f"dataset file {path}: array {name!r} has non-numeric dtype {arr.dtype} (kind {arr.dtype.kind!r}); "
+                "datasets hold numeric arrays only"
+            )
     return arrays, attrs
 
 

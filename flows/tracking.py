@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 from contextlib import contextmanager
@@ -44,7 +45,7 @@ def client() -> MlflowClient:
         try:
             urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5)
         except OSError as exc:
-            raise TrackingUnavailableError(f"MLflow tracking server at {uri} is not reachable ({exc}); "
+            raise TrackingUnavailableError(f"MLflow tracking server at {redact_text(uri)} is not reachable ({exc}); "
                                            "start it (sciflow stack up) or unset MLFLOW_TRACKING_URI for the local store") from exc
         _checked.add(uri)
     return MlflowClient()
@@ -99,17 +100,58 @@ def standard_tags() -> dict[str, str]:
     return tags
 
 
+REDACTED = "***"
+_SECRET_WORDS = frozenset({"password", "passwd", "pwd", "passphrase", "secret", "secrets", "token", "tokens", "auth",
+                           "authorization", "credential", "credentials", "apikey"})
+_KEY_QUALIFIERS = frozenset({"api", "access", "private", "secret", "signing", "encryption", "ssh", "auth", "account",
+                             "client", "master"})
+_URL_USERINFO = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/@\s:]*):[^/@\s]*@", re.IGNORECASE)
+
+
+def is_secret(name: str) -> bool:
+    """Whether a parameter name looks like a credential: a dotted segment containing a word such as
+    password, token, secret, auth, credentials, or ``key`` alone / after api, access, private, ...
+    (``api_key``, ``db.password``, ``authToken``: yes; ``config_key``, ``spec_hash``, ``k``: no)."""
+    for segment in name.split("."):
+        words = re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", segment).lower())
+        words = [w for w in words if w]
+        if any(w in _SECRET_WORDS for w in words) or words == ["key"]:
+            return True
+        if any(w == "key" and i > 0 and words[i - 1] in _KEY_QUALIFIERS for i, w in enumerate(words)):
+            return True
+    return False
+
+
+def redact_text(text: str) -> str:
+    """Mask the password of ``scheme://user:password@host`` URLs inside ``text``."""
+    return _URL_USERINFO.sub(lambda m: f"{m['head']}:{REDACTED}@", text)
+
+
+def _scrub(value: Any) -> Any:
+    """Redact secret-looking keys and URL passwords inside lists / dicts before JSON-encoding."""
+    if isinstance(value, Mapping):
+        return {k: REDACTED if is_secret(str(k)) else _scrub(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scrub(v) for v in value]
+    return redact_text(value) if isinstance(value, str) else value
+
+
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``; values JSON-encoded when not scalar."""
+    """``{"a": {"b": 1}}`` -> ``{"a.b": "1"}``; values JSON-encoded when not scalar.
+
+    Secrets never reach MLflow params: the value of a secret-looking name (:func:`is_secret`) is
+    replaced by ``***``, and URL passwords (``scheme://user:***@host``) are masked."""
     out: dict[str, str] = {}
     for key, value in d.items():
         name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
+        if is_secret(name):
+            out[name] = REDACTED
+        elif isinstance(value, Mapping) and value:
             out.update(flatten(value, name + "."))
         elif isinstance(value, (str, int, float, bool)) or value is None:
-            out[name] = str(value)
+            out[name] = redact_text(str(value))
         else:
-            out[name] = json.dumps(value, default=str)
+            out[name] = json.dumps(_scrub(value), default=str)
     return {k: v[:_MAX_PARAM] for k, v in out.items()}
 
 
@@ -192,7 +234,7 @@ def mlflow_run(
 
         status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit, TerminationSignal)) else "FAILED"
         try:
-            c.set_tag(run_id, "sciflow.error", f"{type(exc).__name__}: {exc}"[:5000])
+            c.set_tag(run_id, "sciflow.error", redact_text(f"{type(exc).__name__}: {exc}")[:5000])
         finally:
             c.set_terminated(run_id, status)
         raise

@@ -121,6 +121,9 @@ def _save_atomic(obj: dict, path: Path) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+    except OSError as exc:  # disk full, quota, I/O error: say which file and what survived
+        exc.add_note(f"while writing checkpoint {path}; the previous checkpoint (if any) is unchanged")
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -128,9 +131,13 @@ def _save_atomic(obj: dict, path: Path) -> None:
 def load_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint with ``weights_only=True`` (no pickled code runs)."""
     try:
-        return torch.load(Path(path), map_location="cpu", weights_only=True)
+        ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated file, a pickle with code, not a torch file
         raise CheckpointMismatchError(f"unreadable checkpoint {path}: {exc}") from exc
+    missing = [k for k in ("config", "model") if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointMismatchError(f"{path} is not a sciflow training checkpoint (missing {missing})")
+    return ckpt
 
 
 def _check_config(ckpt: dict, config: OperatorTrainConfig, path: Path) -> None:
@@ -169,6 +176,8 @@ def train(
     x, y = train_xy
     if x.ndim != 4 or y.ndim != 4 or len(x) != len(y):
         raise ValueError(f"train inputs/targets must be (N, C, n, n) of equal N, got {tuple(x.shape)} / {tuple(y.shape)}")
+    if len(x) == 0 or (test_xy is not None and len(test_xy[0]) == 0):
+        raise ValueError(f"the {'train' if len(x) == 0 else 'test'} data are empty (0 samples)")
     if x.shape[1] != config.model.in_channels or y.shape[1] != config.model.out_channels:
         raise ValueError(f"data has {x.shape[1]} input / {y.shape[1]} output channels; the model config "
                          f"expects {config.model.in_channels} / {config.model.out_channels}")
