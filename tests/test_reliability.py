@@ -702,3 +702,24 @@ def test_retry_policy_retries_transient_errors_and_fails_fast_on_permanent_ones(
         assert _transient(None, None, SimpleNamespace(data=exc)), exc
     for exc in permanent:
         assert not _transient(None, None, SimpleNamespace(data=exc)), exc
+
+
+def test_gaps_found_by_the_suite_are_closed():
+    import scipy.sparse as sp
+    from types import SimpleNamespace
+
+    from flows.generate import _transient
+    from operators.dcdm.train import DCDMTrainConfig
+    from solvers.linear import solve
+    from solvers.ode.train import ODETrainConfig
+
+    A = sp.diags([2.0] * 5).tocsr()
+    with pytest.raises(ValueError, match="maxiter must be >= 1"):
+        solve(A, np.ones(5), maxiter=-1)
+    with pytest.raises(ValueError, match="x0 .* NaN or inf"):
+        solve(A, np.ones(5), x0=np.full(5, np.nan))
+    with pytest.raises(ValueError, match="n must be even"):
+        DCDMTrainConfig(n=33)
+    with pytest.raises(ValueError, match="w_start"):
+        ODETrainConfig(w_start=float("inf"))
+    assert not _transient(None, None, SimpleNamespace(data=OSError(errno.ENOSPC, "No space left on device")))

@@ -23,7 +23,7 @@ from typing import Callable, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from solvers.linear import GridSystem, ritz_pairs
 
@@ -50,6 +50,13 @@ class DCDMTrainConfig(BaseModel):
     filters: int = Field(16, ge=1, le=256)
     levels: tuple[int, int, int] = (4, 6, 4)
     seed: int = Field(0, ge=0)
+
+    @field_validator("n")
+    @classmethod
+    def _even(cls, v: int) -> int:
+        if v % 2:
+            raise ValueError(f"n must be even (the network halves the grid), got {v}")
+        return v
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]

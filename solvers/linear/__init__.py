@@ -74,6 +74,14 @@ def solve(
     b = check_rhs(system, b)
     if check:
         check_spd(system.A)
+    if maxiter is not None and maxiter < 1:
+        raise ValueError(f"maxiter must be >= 1, got {maxiter}")
+    if x0 is not None:
+        x0 = np.asarray(x0, dtype=np.float64)
+        if x0.shape != b.shape:
+            raise ValueError(f"x0 has shape {x0.shape}, b has {b.shape}")
+        if not np.isfinite(x0).all():
+            raise ValueError("x0 (initial guess) contains NaN or inf")
     maxiter = int(maxiter or system.n)
     if method == "cg":
         return pcg(system, b, tol, maxiter, x0=x0)

@@ -33,7 +33,7 @@ from .regularize import REGULARIZERS, CountedFunc, Regularizer, integrate
 class ODETrainConfig(BaseModel):
     """One training run (typed: a Prefect form; bad values fail naming the field)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     task: Literal["digits", "lotka-volterra", "spiral"] = "digits"
     regularizer: Regularizer = "none"
