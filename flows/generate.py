@@ -5,13 +5,24 @@ persisted, so running the same spec twice does no PETSc work the second time. Ch
 path + digest (:class:`data.ChunkRef`), never arrays. The flow run is one MLflow run: params =
 the spec, the dataset as a run input with its digest, a PNG of samples, throughput metrics.
 
+Chunks run one at a time in the flow's process by default (PETSc is not thread-safe). With
+``runner="dask"`` they fan out through Prefect's Dask task runner (``prefect-dask``): a
+``LocalCluster`` of ``dask_workers`` single-threaded worker processes, or the scheduler at
+``dask_address`` / ``$SCIFLOW_DASK_ADDRESS``. Sample ``i`` is drawn from its own seed and the
+chunking is the same, so the dataset (and its digest) is bit-identical either way.
+
 Run it: ``python -m flows.generate darcy --n 64 --n-train 32`` or the same after ``sciflow generate``.
 """
 
 from __future__ import annotations
 
+import errno
+
+import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator, Literal
 
 from . import settings
 
@@ -36,6 +47,8 @@ def _transient(task, task_run, state) -> bool:
     """Retry only what may succeed on a second try (I/O, a briefly unreachable server); a solver
     that diverged or a bad input fails fast, with its reason."""
     exc = state.data if isinstance(getattr(state, "data", None), BaseException) else None
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return False  # a full or read-only disk does not heal in seconds
     return not isinstance(exc, (data.SolverDivergedError, data.DatasetError, ValueError, TypeError))
 
 
@@ -73,6 +86,61 @@ def assemble_dataset(spec: PDESpec, chunks: list[ChunkRef], root: str) -> Datase
     return data.assemble(spec, chunks, root)
 
 
+DASK_ADDRESS_ENV = "SCIFLOW_DASK_ADDRESS"
+
+
+def _logger():
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return get_logger("sciflow.generate")
+
+
+def dask_task_runner(address: str | None = None, n_workers: int = 2):
+    """Prefect's Dask task runner: the scheduler at ``address`` (else ``$SCIFLOW_DASK_ADDRESS``),
+    else a fresh ``LocalCluster`` of ``n_workers`` single-threaded processes on 127.0.0.1 (one
+    PETSc solve per process at a time).
+
+    Dask workers report task runs to the Prefect API named by ``PREFECT_API_URL``; without one,
+    each would start its own temporary server on the same SQLite database (slow, and it locks).
+    LocalCluster workers are therefore handed the API this flow run talks to, the temporary one
+    included; a remote cluster's workers need ``PREFECT_API_URL`` (and ``MLFLOW_TRACKING_URI``,
+    ``SCIFLOW_HOME`` on shared storage) in their own environment.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect_dask import DaskTaskRunner
+
+    address = address or os.environ.get(DASK_ADDRESS_ENV) or None
+    if address:
+        if not os.environ.get("PREFECT_API_URL"):
+            _logger().warning("Dask scheduler %s with no PREFECT_API_URL: remote workers cannot reach this "
+                                     "process's temporary Prefect server; point PREFECT_API_URL at a real one", address)
+        return DaskTaskRunner(address=address)
+    with get_client(sync_client=True) as client:
+        api_url = str(client.api_url)
+    env = {"PREFECT_API_URL": api_url} if api_url.startswith(("http://", "https://")) and "ephemeral-prefect" not in api_url else {}
+    return DaskTaskRunner(cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1, "processes": True,
+                                          "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0", "env": env})
+
+
+@contextmanager
+def _chunk_submitter(runner: str, address: str | None, n_workers: int) -> Iterator[Callable]:
+    """``submit(spec, split, start, stop, root, run_id) -> PrefectFuture`` on the chosen runner:
+    the flow's own (one thread) or a Dask cluster that lives for this block."""
+    if runner == "threads":
+        yield generate_chunk.submit
+        return
+    with dask_task_runner(address, n_workers) as dask:
+        def submit(spec, split, start, stop, root, run_id):
+            params = {"spec": spec, "split": split, "start": start, "stop": stop, "root": root, "run_id": run_id}
+            return dask.submit(generate_chunk, params)
+
+        yield submit
+
+
 def _ensure_chunk(spec, split, start, stop, root, fut) -> ChunkRef:
     """A cached task result whose file was removed from disk is recomputed, not trusted."""
     ref = fut.result()
@@ -91,6 +159,9 @@ def generate_dataset(
     chunk_size: Annotated[int, Field(ge=1, le=100_000, description="samples per cached task")] = 16,
     root: str | None = None,
     parent_run_id: str | None = None,
+    runner: Literal["threads", "dask"] = "threads",
+    dask_address: str | None = None,
+    dask_workers: Annotated[int, Field(ge=1, le=1024, description="LocalCluster worker processes")] = 2,
 ) -> DatasetRef:
     """Generate (or reuse) the PETSc dataset for ``spec``; returns its path and SHA-256 digest.
 
@@ -99,24 +170,30 @@ def generate_dataset(
         chunk_size: samples per task; the unit of caching, retries and parallel work.
         root: dataset store root (default ``$SCIFLOW_HOME``).
         parent_run_id: MLflow run to nest this run under (set by the nightly flow).
+        runner: where chunk tasks run: ``threads`` (the flow's process, one at a time) or
+            ``dask`` (Prefect's Dask task runner).
+        dask_address: Dask scheduler (``tcp://host:8786``) for ``runner="dask"``; default
+            ``$SCIFLOW_DASK_ADDRESS``, else a LocalCluster of ``dask_workers`` processes.
+        dask_workers: LocalCluster size when no address is given.
     """
     logger = get_run_logger()
     for orphan in tracking.reap_orphans():
         logger.warning("ended MLflow run %s left RUNNING by a dead process (status KILLED)", orphan)
     root = str(Path(root).resolve()) if root else str(data.home())
-    params = {"spec": spec.model_dump(mode="json"), "chunk_size": chunk_size, "spec_hash": data.spec_hash(spec)}
+    params = {"spec": spec.model_dump(mode="json"), "chunk_size": chunk_size, "spec_hash": data.spec_hash(spec), "runner": runner}
     with tracking.mlflow_run(f"generate-{spec.family}", params, {"sciflow.stage": "generate-dataset"}, parent_run_id) as run_id:
         t0 = time.perf_counter()
         plan = data.plan_chunks(spec, chunk_size)
         total = sum(stop - start for _, start, stop in plan)
         logger.info("%s: %d samples in %d chunks (spec %s)", spec.family, total, len(plan), data.spec_hash(spec)[:12])
-        futures = {generate_chunk.submit(spec, split, start, stop, root, run_id): (split, start, stop) for split, start, stop in plan}
         chunks, done = [], 0
-        for fut in as_completed(list(futures)):
-            split, start, stop = futures[fut]
-            chunks.append(_ensure_chunk(spec, split, start, stop, root, fut))
-            done += stop - start
-            logger.info("progress %d/%d samples (%.0f%%)", done, total, 100.0 * done / total)
+        with _chunk_submitter(runner, dask_address, dask_workers) as submit:
+            futures = {submit(spec, split, start, stop, root, run_id): (split, start, stop) for split, start, stop in plan}
+            for fut in as_completed(list(futures)):
+                split, start, stop = futures[fut]
+                chunks.append(_ensure_chunk(spec, split, start, stop, root, fut))
+                done += stop - start
+                logger.info("progress %d/%d samples (%.0f%%)", done, total, 100.0 * done / total)
         ref = assemble_dataset(spec, chunks, root)
         seconds = time.perf_counter() - t0
         tracking.log_dataset(run_id, ref)

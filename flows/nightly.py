@@ -4,21 +4,29 @@ Stages: PETSc data generation for each PDE family, the linear-solver benchmark (
 CG / ICPCG / DPCG / GAMG), the neural-ODE regularization benchmark, the constrained-optimizer
 benchmark and the hard-constraint benchmark (soft PINN vs PI-HC vs PI-HC-MoE). The flow run is the parent MLflow run; each
 stage's flow run is nested under it.
+
+After the stages, every key metric is compared with the previous successful night at the same
+scale (:mod:`flows.regression`): the report goes to a Prefect markdown artifact and to the MLflow
+run as ``report.md``; a regression beyond ``regression_threshold`` fails the flow run (and ends
+the parent MLflow run FAILED with the list) unless ``fail_on_regression`` is off.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 from . import settings
 
 settings.configure()
 
 from prefect import flow, get_run_logger  # noqa: E402
+from pydantic import Field  # noqa: E402
+from typing_extensions import Annotated  # noqa: E402
 
 from data.spec import DarcySpec, HeatSpec, PoissonSpec  # noqa: E402
 
-from . import tracking  # noqa: E402
+from . import regression, tracking  # noqa: E402
 from .generate import generate_dataset  # noqa: E402
 from .results import format_by, publish  # noqa: E402
 from .scales import Scale  # noqa: E402
@@ -100,19 +108,76 @@ def _hard_constraint_stage(scale: str, run_id: str) -> list[dict]:
     ]
 
 
+class RegressionError(RuntimeError):
+    """A metric got worse than the previous successful night by more than the threshold."""
+
+
+def _regression_check(scale: str, rows: list[dict], run_id: str, threshold: float) -> list[dict]:
+    """Compare ``rows`` with the previous successful nightly run at ``scale``; write the report
+    (Prefect markdown artifact ``nightly-<scale>-regressions``, MLflow ``report.md``) and return
+    the comparison. Wall-clock metrics are left out at ``smoke`` scale (milliseconds of noise)."""
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.runtime import flow_run
+
+    logger = get_run_logger()
+    client = tracking.client()
+    previous = regression.find_previous_run(client, tracking.experiment_id(), scale, exclude_run_id=run_id)
+    prev_rows: list[dict] = []
+    if previous is not None:
+        try:
+            prev_rows = regression.previous_rows(client, previous.info.run_id, scale)
+        except Exception as exc:  # an old run without the artifact, or an unreadable one: no baseline
+            logger.warning("previous night %s has no readable %s (%s); not comparing", previous.info.run_id,
+                           regression.results_artifact(scale), exc)
+            previous = None
+    metrics = regression.METRICS if scale != "smoke" else regression.without_timings()
+    comparison = regression.compare(rows, prev_rows, threshold, metrics) if previous is not None else []
+    label = lambda run: f"`{run.info.run_name}` ({run.info.run_id})"  # noqa: E731
+    current = client.get_run(run_id)
+    report = regression.render_markdown(
+        comparison, threshold, title=f"Nightly regression report (scale={scale})", current=label(current),
+        previous=label(previous) if previous is not None else None, current_rows=rows, previous_rows=prev_rows)
+    if scale == "smoke":
+        report += "\nWall-clock metrics are not compared at scale=smoke.\n"
+    client.log_text(run_id, report, "report.md")
+    bad = regression.regressions(comparison)
+    tracking.log_metrics(run_id, {"regressions": len(bad)})
+    client.set_tag(run_id, "sciflow.regressions", str(len(bad)))
+    if previous is not None:
+        client.set_tag(run_id, "sciflow.baseline_run_id", previous.info.run_id)
+    if flow_run.id:
+        create_markdown_artifact(markdown=report, key=f"nightly-{scale}-regressions",
+                                 description=f"nightly-benchmark scale={scale}: tonight vs the previous successful night")
+    return comparison
+
+
 @flow(name="nightly-benchmark", validate_parameters=True)
-def nightly_benchmark(scale: Scale = "smoke", chunk_size: int = 16) -> list[dict]:
+def nightly_benchmark(
+    scale: Scale = "smoke",
+    chunk_size: int = 16,
+    regression_threshold: Annotated[float, Field(gt=0, le=100, description="relative change that counts as a regression (0.2 = 20%)")] = 0.2,
+    fail_on_regression: bool = True,
+    datagen_runner: Literal["threads", "dask"] = "threads",
+) -> list[dict]:
     """Run every stage at ``scale`` ("smoke": seconds, "small": minutes on 2 CPU cores,
-    "paper": the papers' sizes on a GPU worker); returns and publishes the results table."""
+    "paper": the papers' sizes on a GPU worker); returns and publishes the results table.
+
+    Then compares each stage's key metrics with the previous successful night at the same
+    scale; with ``fail_on_regression`` a regression beyond ``regression_threshold`` fails the
+    run (the report is written either way). ``datagen_runner="dask"`` fans the data-generation
+    chunks out through Dask (see ``generate-dataset``).
+    """
     logger = get_run_logger()
     for orphan in tracking.reap_orphans():
         logger.warning("ended MLflow run %s left RUNNING by a dead process (status KILLED)", orphan)
     rows: list[dict] = []
     t_start = time.perf_counter()
-    with tracking.mlflow_run(f"nightly-{scale}", {"scale": scale, "chunk_size": chunk_size}, {"sciflow.stage": "nightly"}) as run_id:
+    params = {"scale": scale, "chunk_size": chunk_size, "regression_threshold": regression_threshold,
+              "fail_on_regression": fail_on_regression, "datagen_runner": datagen_runner}
+    with tracking.mlflow_run(f"nightly-{scale}", params, {"sciflow.stage": "nightly"}) as run_id:
         for spec in DATASETS[scale]:
             t0 = time.perf_counter()
-            ref = generate_dataset(spec=spec, chunk_size=chunk_size, parent_run_id=run_id)
+            ref = generate_dataset(spec=spec, chunk_size=chunk_size, parent_run_id=run_id, runner=datagen_runner)
             seconds = time.perf_counter() - t0
             n = spec.n_train + spec.n_test
             rows.append(
@@ -133,6 +198,15 @@ def nightly_benchmark(scale: Scale = "smoke", chunk_size: int = 16) -> list[dict
         tracking.log_metrics(run_id, {"rows": len(rows), "seconds_total": time.perf_counter() - t_start})
         publish(f"nightly-{scale}", rows, {"scale": scale}, run_id, description=f"nightly benchmark at scale={scale}")
         logger.info("nightly results\n%s", format_by(rows, "stage"))
+        comparison = _regression_check(scale, rows, run_id, regression_threshold)
+        bad = regression.regressions(comparison)
+        if bad:
+            message = regression.summary(comparison, regression_threshold)
+            if fail_on_regression:
+                raise RegressionError(message)  # the parent MLflow run ends FAILED with it in sciflow.error
+            logger.warning("%s\n(fail_on_regression is off: the run completes)", message)
+        elif comparison:
+            logger.info("no regressions against the previous night (%d metrics compared)", len(comparison))
     return rows
 
 
