@@ -135,7 +135,7 @@ class HardConstraintModel(nn.Module):
             off_terms = {k: v[..., 0] for k, v in pde.terms(offset.unsqueeze(-1)).items()}
             Krows, c = phi.new_zeros(B, 0, N), phi.new_zeros(B, 0)
         else:
-            offset, off_terms = None, {k: torch.zeros_like(v[..., 0]) for k, v in terms.items()}
+            offset, off_terms = None, {}
             Krows, c = pde.condition_rows(phi, u0)
             rw = pde.row_weights(u0)  # (B, R): the reference's relative initial rows for diffusion-sorption
             Krows, c = Krows * rw[..., None], c * rw
@@ -151,7 +151,8 @@ class HardConstraintModel(nn.Module):
         backend = cfg.backend if cfg.backend != "auto" else ("cholesky" if pde.linear else "lm")
         if backend in ("cholesky", "cvxpylayers"):
             A_pde = sum(scale * coef * sel[k] for k, coef in pde.coefficients().items())
-            b_pde = -sum(scale * coef * osel[k] for k, coef in pde.coefficients().items())
+            b_pde = -sum(scale * coef * osel[k] for k, coef in pde.coefficients().items()) if osel else (
+                torch.zeros_like(A_pde[..., 0]))
             system = LeastSquares(A=torch.cat([A_pde, Kr], 1), b=torch.cat([b_pde, cr], 1))
         else:
             names = list(sel)
@@ -159,7 +160,7 @@ class HardConstraintModel(nn.Module):
             offs = {f"offset:{k}": v for k, v in osel.items()}
 
             def residual(w: Tensor, d: dict[str, Tensor]) -> Tensor:
-                v = {k: d[k] @ w + d[f"offset:{k}"] for k in names}
+                v = {k: d[k] @ w + d[f"offset:{k}"] if f"offset:{k}" in d else d[k] @ w for k in names}
                 r_pde = scale * pde.residual({**v, **{k: d[k] for k in known}})
                 return torch.cat([r_pde, d["K"] @ w - d["c"]])
 
