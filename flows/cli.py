@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
         _add_spec_options(p, model)
         p.add_argument("--chunk-size", type=int, default=16)
         p.add_argument("--no-flow", action="store_true", help="library call only (no Prefect/MLflow), with a progress bar")
+        p.add_argument("--runner", choices=["threads", "dask"], default="threads",
+                       help="where the chunk tasks run: threads (default) or Dask (a LocalCluster, or "
+                            "$SCIFLOW_DASK_ADDRESS / --dask-address)")
+        p.add_argument("--dask-address", default=None, help="scheduler address of a running Dask cluster")
 
     bench = sub.add_parser("bench", help="run a benchmark; writes {rows, meta} JSON")
     bench.add_argument("name", choices=BENCHMARKS)
@@ -138,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from .generate import generate_dataset
 
-            ref = generate_dataset(spec=spec, chunk_size=args.chunk_size)
+            ref = generate_dataset(spec=spec, chunk_size=args.chunk_size, runner=args.runner,
+                                   dask_address=args.dask_address)
         print(f"dataset: {ref.path}\nsha256:  {ref.digest}")
         return 0
     if args.command == "optimize":
