@@ -10,8 +10,6 @@ import json
 import os
 import pickle
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +20,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from procs import free_port, stop
 
 import data
 from data import store
@@ -30,25 +29,11 @@ from data.spec import DarcySpec, canonical_json
 BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _start(args: list, env: dict, log: Path) -> subprocess.Popen:
     return subprocess.Popen([str(a) for a in args], env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True)
 
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def _wait(url: str, proc: subprocess.Popen, log: Path, seconds: float = 120) -> float:
@@ -116,7 +101,7 @@ def test_servers_bind_to_loopback_by_default():
 @pytest.mark.slow
 def test_prefect_server_with_an_auth_string_refuses_unauthenticated_requests(tmp_path):
     auth = f"admin:{secrets.token_urlsafe(16)}"
-    port = _free_port()
+    port = free_port()
     env = {**_base_env(tmp_path), "PREFECT_SERVER_API_AUTH_STRING": auth}
     log = tmp_path / "prefect.log"
     proc = _start([BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", port], env, log)
@@ -149,7 +134,7 @@ def test_prefect_server_with_an_auth_string_refuses_unauthenticated_requests(tmp
                     client.read_flows()
         print(f"\n[security] Prefect server with auth string up in {startup:.1f} s; anonymous 401, authenticated 200")
     finally:
-        _stop(proc)
+        stop(proc)
     assert proc.poll() is not None
     assert auth.split(":", 1)[1] not in log.read_text()  # the password is not in the server log
 
@@ -166,7 +151,7 @@ authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 def test_mlflow_basic_auth_app_refuses_unauthenticated_requests(tmp_path, monkeypatch):
     password = secrets.token_urlsafe(16)
     (tmp_path / "auth.ini").write_text(MLFLOW_AUTH_INI.format(db=tmp_path / "auth.db"))
-    port = _free_port()
+    port = free_port()
     env = {**_base_env(tmp_path), "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "auth.ini"),
            "MLFLOW_AUTH_ADMIN_PASSWORD": password,
            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_urlsafe(32)}  # the auth app's CSRF key: required
@@ -205,7 +190,7 @@ def test_mlflow_basic_auth_app_refuses_unauthenticated_requests(tmp_path, monkey
         print(f"\n[security] MLflow basic-auth server up in {startup:.1f} s; anonymous 401, admin 200, "
               "other user 403 on the admin's experiment")
     finally:
-        _stop(proc)
+        stop(proc)
     assert proc.poll() is not None
 
 

@@ -3,8 +3,6 @@ deployment end to end, as a user would with `prefect deployment run`."""
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,31 +10,19 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from procs import free_port, stop
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("stack")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "SCIFLOW_HOME": str(tmp / "sciflow"),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
            "SCIFLOW_MLFLOW_ARTIFACTS": (tmp / "mlartifacts").as_uri(), "COLUMNS": "250"}
@@ -56,7 +42,7 @@ def stack(tmp_path_factory):
         env.update(PREFECT_API_URL=url, SCIFLOW_REPO=str(ROOT))
         yield env, tmp
     finally:
-        _stop(server)
+        stop(server)
 
 
 def _prefect(env, *args, timeout=120) -> str:
@@ -79,6 +65,6 @@ def test_deploy_and_run_through_a_worker(stack):
                        "-p", "chunk_size=2", "--watch", "--watch-timeout", "240", timeout=300)
         assert "Completed" in out, out[-2000:]
     finally:
-        _stop(worker)
+        stop(worker)
     datasets = list((tmp / "sciflow" / "datasets").glob("darcy-*/manifest.json"))
     assert len(datasets) == 1

@@ -339,9 +339,12 @@ def from_dataset(family: str, spec, shared: Mapping[str, np.ndarray]) -> HardPDE
     """The constraint PDE for a stored dataset (its spec and shared arrays ``t``, ``x``)."""
     t = np.asarray(shared["t"], dtype=np.float64)
     if family == "diffusion_sorption":
+        from dataclasses import asdict
+
+        from data.pdes.diffusion_sorption import SorptionParams
+
         return DiffusionSorption(t=t, t_final=float(spec.t_final), x=np.asarray(shared["x"], dtype=np.float64),
-                                 D=spec.D, phi=spec.phi, rho_s=spec.rho_s, k=spec.k, n_f=spec.n_f,
-                                 u_floor=spec.u_floor)
+                                 **asdict(SorptionParams.of(spec)))
     if family == "heat":
         if spec.dim != 2:
             raise ValueError(f"heat: the hard-constraint problem is the 2D one, the dataset has dim={spec.dim}")
