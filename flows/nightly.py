@@ -13,6 +13,7 @@ the parent MLflow run FAILED with the list) unless ``fail_on_regression`` is off
 
 from __future__ import annotations
 
+import importlib
 import time
 from typing import Literal
 
@@ -50,13 +51,95 @@ DATASETS = {
 }
 
 
-def _linear_stage(scale: str, run_id: str) -> list[dict]:
-    """Run benchmark-linear-solvers; summarise it as one row per method (largest grid, GRF
-    right-hand side, tightest tolerance) with the iteration growth across grid sizes."""
-    from .benchmarks.linear import SIZES, TOLS
-    from .dcdm import benchmark_linear_solvers
+Stage = Literal["benchmark-linear-solvers", "benchmark-operators", "benchmark-neural-odes", "benchmark-optimizers",
+                "benchmark-hard-constraints"]
 
-    rows = benchmark_linear_solvers(scale=scale, parent_run_id=run_id)
+#: Stage (= flow name) -> (module:function of the flow, benchmark name in ``flows.benchmarks``).
+STAGES: dict[str, tuple[str, str]] = {
+    "benchmark-linear-solvers": ("flows.dcdm:benchmark_linear_solvers", "linear"),
+    "benchmark-operators": ("flows.operator:benchmark_operators", "operators"),
+    "benchmark-neural-odes": ("flows.neural_ode:benchmark_neural_odes", "neural-odes"),
+    "benchmark-optimizers": ("flows.optimize:benchmark_optimizers", "optimizers"),
+    "benchmark-hard-constraints": ("flows.hard_constraint:benchmark_hard_constraints", "hard-constraints"),
+}
+
+#: Deployment name of each stage's flow on the ``gpu`` pool (infra/cluster/prefect.yaml); the
+#: ``local`` deployments (infra/prefect.yaml) are named after their flow.
+GPU_DEPLOYMENT = "gpu"
+
+
+class StageError(RuntimeError):
+    """A dispatched stage did not complete (failed, crashed, cancelled or timed out)."""
+
+
+def deployment_for(stage: str, gpu_stages: list[str]) -> str:
+    """``<flow>/<deployment>`` that runs ``stage``: ``<flow>/gpu`` for a GPU stage, else ``<flow>/<flow>``."""
+    return f"{stage}/{GPU_DEPLOYMENT if stage in gpu_stages else stage}"
+
+
+def _stage_results_run(client, flow_run_id: str, benchmark: str):
+    """The MLflow run a dispatched benchmark flow run logged its table to (tagged with its
+    Prefect flow-run id by ``flows.tracking``)."""
+    runs = client.search_runs(
+        [tracking.experiment_id()],
+        filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}' and tags.`sciflow.stage` = 'bench-{benchmark}'",
+        max_results=2,
+    )
+    if len(runs) != 1:
+        raise StageError(f"flow run {flow_run_id} completed but {len(runs)} MLflow runs carry its results "
+                         f"(tag prefect.flow_run_id, stage bench-{benchmark}); expected exactly one")
+    return runs[0]
+
+
+def _dispatch(stage: str, scale: str, run_id: str, deployment: str, timeout_s: float) -> list[dict]:
+    """Run ``stage`` as a flow run of ``deployment`` (a child of this flow run, picked up by
+    whichever worker serves that deployment's pool), wait for it, and read its result rows
+    back from its MLflow run, where every worker writes (the tracking server is the shared
+    store: no Prefect result storage needs to be shared between pools).
+
+    A child that has not finished after ``timeout_s`` is cancelled, so nothing keeps running
+    unattended; one that ends in any state but COMPLETED raises :class:`StageError` with its
+    state and message."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.states import Cancelling
+
+    logger = get_run_logger()
+    benchmark = STAGES[stage][1]
+    logger.info("dispatching %s to deployment %s", stage, deployment)
+    child = run_deployment(name=deployment, parameters={"scale": scale, "parent_run_id": run_id},
+                           timeout=timeout_s, poll_interval=2, as_subflow=True)
+    state = child.state
+    if state is None or not state.is_final():
+        with get_client(sync_client=True) as prefect_client:
+            prefect_client.set_flow_run_state(child.id, Cancelling(message=f"stage timeout ({timeout_s:.0f} s) in nightly-benchmark"),
+                                              force=True)
+        raise StageError(f"{stage}: flow run {child.name} ({child.id}) of {deployment} was still "
+                         f"{state.name if state else 'unscheduled'} after {timeout_s:.0f} s (is a worker serving its "
+                         f"pool?); cancelled it")
+    if not state.is_completed():
+        raise StageError(f"{stage}: flow run {child.name} ({child.id}) of {deployment} ended {state.name}: {state.message}")
+    client = tracking.client()
+    run = _stage_results_run(client, str(child.id), benchmark)
+    rows = regression.run_rows(client, run.info.run_id, f"results/bench-{benchmark}-{scale}.json")
+    logger.info("%s: flow run %s completed, %d rows (MLflow run %s)", stage, child.name, len(rows), run.info.run_id)
+    return rows
+
+
+def _stage_rows(stage: str, scale: str, run_id: str, dispatch: str, gpu_stages: list[str], timeout_s: float) -> list[dict]:
+    """The stage's full result rows: from the flow called in this process (a subflow) or from a
+    flow run of its deployment."""
+    if dispatch == "deployments":
+        return _dispatch(stage, scale, run_id, deployment_for(stage, gpu_stages), timeout_s)
+    module, function = STAGES[stage][0].split(":")
+    return getattr(importlib.import_module(module), function)(scale=scale, parent_run_id=run_id)
+
+
+def _linear_summary(rows: list[dict], scale: str) -> list[dict]:
+    """One row per method (largest grid, GRF right-hand side, tightest tolerance) with the
+    iteration growth across grid sizes."""
+    from .benchmarks.linear import SIZES, TOLS
+
     hi = SIZES[scale][-1]
     growth = {r["method"]: r["growth"] for r in rows if r["problem"].startswith("growth-")}
     return [
@@ -68,44 +151,53 @@ def _linear_stage(scale: str, run_id: str) -> list[dict]:
     ]
 
 
-def _neural_ode_stage(scale: str, run_id: str) -> list[dict]:
-    """Run benchmark-neural-odes; one row per task and regularizer."""
-    from .neural_ode import benchmark_neural_odes
+def _operator_summary(rows: list[dict], scale: str) -> list[dict]:
+    """One row per model (dense FNO, TFNO, MG-TFNO): error, compression and speed vs FNO."""
+    keep = ("params", "test_l2", "test_l2_2x", "compression_vs_fno", "l2_vs_fno", "input_domain", "sec_per_epoch")
+    return [{"stage": "benchmark-operators", "problem": r["problem"], "scale": scale, "method": r["method"],
+             **{k: r[k] for k in keep if k in r}} for r in rows]
 
+
+def _neural_ode_summary(rows: list[dict], scale: str) -> list[dict]:
+    """One row per task and regularizer."""
     return [
         {"stage": "benchmark-neural-odes", "problem": r["problem"], "scale": scale, "method": r["method"],
          "metric": r["metric"], "value": r["value"], "predict_nfe": r["predict_nfe"], "nfe_ratio": r["nfe_ratio"],
          "seconds": r["train_seconds"]}
-        for r in benchmark_neural_odes(scale=scale, parent_run_id=run_id)
+        for r in rows
     ]
 
 
-def _optimizer_stage(scale: str, run_id: str) -> list[dict]:
-    """Run benchmark-optimizers; one row per method for the HS set (solved fraction, median
-    outer iterations), per method and grid for the inverse problem, per method for the bilevel
-    problems."""
-    from .optimize import benchmark_optimizers
-
+def _optimizer_summary(rows: list[dict], scale: str) -> list[dict]:
+    """One row per method for the HS set (solved fraction, median outer iterations), per method
+    and grid for the inverse problem, per method for the bilevel problems."""
     keep = ("n_solved", "solved_fraction", "median_outer", "outer_vs_l1sqp", "converged", "kkt", "outer", "time_vs_trust_constr",
             "distance", "test_accuracy", "time_vs_implicit", "seconds")
     return [
         {"stage": "benchmark-optimizers", "problem": r["problem"], "scale": scale, "method": r["method"],
          **{k: r[k] for k in keep if k in r}}
-        for r in benchmark_optimizers(scale=scale, parent_run_id=run_id)
+        for r in rows
         if r["part"] != "hs" or "solved_fraction" in r
     ]
 
 
-def _hard_constraint_stage(scale: str, run_id: str) -> list[dict]:
-    """Run benchmark-hard-constraints; one row per problem and model (soft / PI-HC / PI-HC-MoE)."""
-    from .hard_constraint import benchmark_hard_constraints
-
+def _hard_constraint_summary(rows: list[dict], scale: str) -> list[dict]:
+    """One row per problem and model (soft / PI-HC / PI-HC-MoE)."""
     keep = ("rel_l2", "l2_vs_soft", "l2_vs_hc", "residual", "jump_mean", "s_per_step", "step_vs_hc", "infer_s")
     return [
         {"stage": "benchmark-hard-constraints", "problem": r["problem"], "scale": scale, "method": r["method"],
          **{k: r[k] for k in keep}}
-        for r in benchmark_hard_constraints(scale=scale, parent_run_id=run_id) if r["part"] == "models"
+        for r in rows if r["part"] == "models"
     ]
+
+
+SUMMARIES = {
+    "benchmark-linear-solvers": _linear_summary,
+    "benchmark-operators": _operator_summary,
+    "benchmark-neural-odes": _neural_ode_summary,
+    "benchmark-optimizers": _optimizer_summary,
+    "benchmark-hard-constraints": _hard_constraint_summary,
+}
 
 
 class RegressionError(RuntimeError):
@@ -158,22 +250,37 @@ def nightly_benchmark(
     regression_threshold: Annotated[float, Field(gt=0, le=100, description="relative change that counts as a regression (0.2 = 20%)")] = 0.2,
     fail_on_regression: bool = True,
     datagen_runner: Literal["threads", "dask"] = "threads",
+    dispatch: Annotated[Literal["inline", "deployments"], Field(
+        description="inline: each benchmark runs as a subflow in this process; deployments: each runs as a flow "
+                    "run of its deployment, on the pool that deployment names")] = "inline",
+    gpu_stages: Annotated[list[Stage], Field(
+        description="stages sent to their `gpu` deployment (pool `gpu`, infra/cluster/prefect.yaml); needs "
+                    "dispatch=deployments")] = [],  # noqa: B006 (pydantic copies defaults)
+    stage_timeout_minutes: Annotated[float, Field(gt=0, description="a dispatched stage still running after this is cancelled and fails the run")] = 720,
 ) -> list[dict]:
     """Run every stage at ``scale`` ("smoke": seconds, "small": minutes on 2 CPU cores,
     "paper": the papers' sizes on a GPU worker); returns and publishes the results table.
 
+    Data generation runs in this flow run (``datagen_runner="dask"`` fans its chunks out through
+    Dask, see ``generate-dataset``). Each benchmark stage (:data:`STAGES`) runs either inline, as
+    a subflow, or with ``dispatch="deployments"`` as a flow run of its deployment: the ``local``
+    pool's ``<flow>/<flow>``, or ``<flow>/gpu`` on the ``gpu`` pool for the stages listed in
+    ``gpu_stages``; this run waits for each and reads its table back from MLflow.
+
     Then compares each stage's key metrics with the previous successful night at the same
     scale; with ``fail_on_regression`` a regression beyond ``regression_threshold`` fails the
-    run (the report is written either way). ``datagen_runner="dask"`` fans the data-generation
-    chunks out through Dask (see ``generate-dataset``).
+    run (the report is written either way).
     """
+    if gpu_stages and dispatch != "deployments":
+        raise ValueError(f"gpu_stages {gpu_stages} need dispatch='deployments' (inline stages run in this process)")
     logger = get_run_logger()
     for orphan in tracking.reap_orphans():
         logger.warning("ended MLflow run %s left RUNNING by a dead process (status KILLED)", orphan)
     rows: list[dict] = []
     t_start = time.perf_counter()
     params = {"scale": scale, "chunk_size": chunk_size, "regression_threshold": regression_threshold,
-              "fail_on_regression": fail_on_regression, "datagen_runner": datagen_runner}
+              "fail_on_regression": fail_on_regression, "datagen_runner": datagen_runner, "dispatch": dispatch,
+              "gpu_stages": ",".join(gpu_stages) or "none"}
     with tracking.mlflow_run(f"nightly-{scale}", params, {"sciflow.stage": "nightly"}) as run_id:
         for spec in DATASETS[scale]:
             t0 = time.perf_counter()
@@ -191,10 +298,9 @@ def nightly_benchmark(
                     "digest": ref.digest[:12],
                 }
             )
-        rows += _linear_stage(scale, run_id)
-        rows += _neural_ode_stage(scale, run_id)
-        rows += _optimizer_stage(scale, run_id)
-        rows += _hard_constraint_stage(scale, run_id)
+        for stage in STAGES:
+            stage_rows = _stage_rows(stage, scale, run_id, dispatch, gpu_stages, 60 * stage_timeout_minutes)
+            rows += SUMMARIES[stage](stage_rows, scale)
         tracking.log_metrics(run_id, {"rows": len(rows), "seconds_total": time.perf_counter() - t_start})
         publish(f"nightly-{scale}", rows, {"scale": scale}, run_id, description=f"nightly benchmark at scale={scale}")
         logger.info("nightly results\n%s", format_by(rows, "stage"))

@@ -57,6 +57,11 @@ METRICS: dict[str, Metric] = {
     "solved_fraction": Metric(HIGHER, 0.0, strict=True),
     "accuracy": Metric(HIGHER, 1e-3),  # neural-ODE rows: {"metric": "accuracy", "value": ...}
     "test_accuracy": Metric(HIGHER, 1e-3),
+    # neural operators (the table's errors are relative L2; compression is parameters vs dense FNO)
+    "test_l2": Metric(LOWER, 1e-3),
+    "test_l2_2x": Metric(LOWER, 1e-3),
+    "l2_vs_fno": Metric(LOWER, 1e-3),
+    "compression_vs_fno": Metric(HIGHER, 1e-3),
     # speed (wall clock: the floors keep scheduler noise of short runs out)
     "seconds": Metric(LOWER, 0.5),
     "s_per_step": Metric(LOWER, 5e-3),
@@ -64,10 +69,11 @@ METRICS: dict[str, Metric] = {
     "step_vs_hc": Metric(LOWER, 0.25),
     "time_vs_trust_constr": Metric(LOWER, 0.5),
     "time_vs_implicit": Metric(LOWER, 0.5),
+    "sec_per_epoch": Metric(LOWER, 0.05),
 }
 
 TIMINGS: frozenset[str] = frozenset({"seconds", "s_per_step", "infer_s", "step_vs_hc", "time_vs_trust_constr",
-                                     "time_vs_implicit"})
+                                     "time_vs_implicit", "sec_per_epoch"})
 
 
 def without_timings(metrics: Mapping[str, Metric] = METRICS) -> dict[str, Metric]:
@@ -294,12 +300,17 @@ def results_artifact(scale: str) -> str:
     return f"results/nightly-{scale}.json"
 
 
-def previous_rows(client, run_id: str, scale: str) -> list[dict]:
-    """The result rows a nightly run logged as ``results/nightly-<scale>.json``."""
+def run_rows(client, run_id: str, artifact: str) -> list[dict]:
+    """The result rows a run logged as the JSON ``artifact`` (``flows.results.publish``)."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = client.download_artifacts(run_id, results_artifact(scale), tmp)
+        path = client.download_artifacts(run_id, artifact, tmp)
         return list(json.loads(Path(path).read_text())["rows"])
 
 
+def previous_rows(client, run_id: str, scale: str) -> list[dict]:
+    """The result rows a nightly run logged as ``results/nightly-<scale>.json``."""
+    return run_rows(client, run_id, results_artifact(scale))
+
+
 __all__ = ["METRICS", "Metric", "TIMINGS", "without_timings", "compare", "classify", "regressions", "summary", "render_markdown", "find_previous_run",
-           "previous_rows", "describe"]
+           "previous_rows", "run_rows", "describe"]

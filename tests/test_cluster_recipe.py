@@ -413,17 +413,36 @@ def test_gpu_worker_dockerfile():
     assert ".venv" in (CLUSTER / "Dockerfile.gpu-worker.dockerignore").read_text().split()
 
 
-def test_cluster_deployments_point_at_flows_on_known_pools():
-    spec = yaml.safe_load((CLUSTER / "prefect.yaml").read_text())
-    pools = {"local", "gpu"}
-    names = set()
-    for dep in spec["deployments"]:
-        path, attr = dep["entrypoint"].split(":")
-        flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), attr)
+def _deployments(path: Path) -> dict[tuple[str, str], dict]:
+    """(flow name, deployment name) -> the deployment's entry, checking each entrypoint is a flow."""
+    out = {}
+    for dep in yaml.safe_load(path.read_text())["deployments"]:
+        module, attr = dep["entrypoint"].split(":")
+        flow = getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), attr)
         assert isinstance(flow, Flow), dep["entrypoint"]
-        assert dep["work_pool"]["name"] in pools
         assert set(dep.get("parameters", {})) <= set(flow.parameters.properties), dep["name"]
-        names.add(dep["name"])
-    paper = next(d for d in spec["deployments"] if d["name"] == "nightly-paper")
-    assert paper["work_pool"]["name"] == "gpu" and paper["parameters"]["scale"] == "paper"
-    assert not {"nightly", "generate-dataset"} & names  # no clash with infra/prefect.yaml
+        key = (flow.name, dep["name"])
+        assert key not in out, f"{key} deployed twice"
+        out[key] = {**dep, "flow": flow}
+    return out
+
+
+def test_cluster_deployments_point_at_flows_on_known_pools():
+    from flows.nightly import STAGES, deployment_for
+
+    cluster = _deployments(CLUSTER / "prefect.yaml")
+    local = _deployments(ROOT / "infra" / "prefect.yaml")
+    assert all(dep["work_pool"]["name"] in {"local", "gpu"} for dep in cluster.values())
+    assert not set(cluster) & set(local)  # no clash with infra/prefect.yaml
+    paper = cluster["nightly-benchmark", "nightly-paper"]
+    params = paper["parameters"]
+    assert paper["work_pool"]["name"] == "local" and params["scale"] == "paper" and params["dispatch"] == "deployments"
+    assert paper["flow"].validate_parameters(params)  # the values pass the flow's own parameter model
+    # every stage the nightly dispatches has a deployment of that name, on the right pool
+    for stage in STAGES:
+        flow, name = deployment_for(stage, params["gpu_stages"]).split("/")
+        dep = {**local, **cluster}[flow, name]
+        assert dep["work_pool"]["name"] == ("gpu" if stage in params["gpu_stages"] else "local"), stage
+        assert dep["flow"].name == stage
+        assert local[flow, flow]["work_pool"]["name"] == "local"  # and a CPU deployment for the local nights
+    assert local["nightly-benchmark", "nightly"]["parameters"]["dispatch"] == "deployments"

@@ -150,7 +150,9 @@ def test_nightly_smoke_chains_the_stages():
     children = MlflowClient().search_runs(
         [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
     )
-    assert len(children) == 7 and all(c.info.status == "FINISHED" for c in children)
+    assert len(children) == 8 and all(c.info.status == "FINISHED" for c in children)
+    ops = [r for r in rows if r["stage"] == "benchmark-operators"]
+    assert {r["method"] for r in ops} >= {"fno", "tfno-r0.02", "mg-tfno-r0.02"} and all(r["params"] > 0 for r in ops)
     optim = [r for r in rows if r["stage"] == "benchmark-optimizers"]
     assert {r["method"] for r in optim} >= {"al-sketch", "newton-sqp", "trust-constr", "lv-hba", "implicit"}
     hard = [r for r in rows if r["stage"] == "benchmark-hard-constraints"]

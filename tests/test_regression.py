@@ -159,10 +159,9 @@ def test_nightly_fails_on_a_regression_and_records_why(monkeypatch, tmp_path):
     exp = client.create_experiment(f"nightly-regression-{tmp_path.name}", artifact_location=(tmp_path / "artifacts").as_uri())
     monkeypatch.setattr(tracking, "experiment_id", lambda name=None: exp)
     monkeypatch.setitem(nightly.DATASETS, "smoke", [])
-    for stage in ("_neural_ode_stage", "_optimizer_stage", "_hard_constraint_stage"):
-        monkeypatch.setattr(nightly, stage, lambda scale, run_id: [])
     tonight = {"rows": []}
-    monkeypatch.setattr(nightly, "_linear_stage", lambda scale, run_id: [dict(r) for r in tonight["rows"]])
+    monkeypatch.setattr(nightly, "_stage_rows", lambda stage, *args: [])
+    monkeypatch.setitem(nightly.SUMMARIES, "benchmark-linear-solvers", lambda rows, scale: [dict(r) for r in tonight["rows"]])
 
     def night(iterations, **params):
         tonight["rows"] = [_row(iterations=iterations, converged=True, scale="smoke"), _row("gamg", iterations=3, scale="smoke")]

@@ -57,6 +57,14 @@ def test_deploy_and_run_through_a_worker(stack):
     _prefect(env, "deploy", "--all", "--prefect-file", "infra/prefect.yaml")
     listing = _prefect(env, "deployment", "ls")
     assert "nightly-benchmark/nightly" in listing and "generate-dataset/generate-dataset" in listing
+    # the cluster file on top: its `gpu` pool (Kubernetes type, the committed base job template)
+    _prefect(env, "work-pool", "create", "gpu", "--type", "kubernetes", "--base-job-template",
+             "infra/cluster/k8s-gpu-job-template.json")
+    _prefect(env, "deploy", "--all", "--prefect-file", "infra/cluster/prefect.yaml")
+    listing = _prefect(env, "deployment", "ls")
+    for stage in ("benchmark-linear-solvers", "benchmark-operators", "benchmark-neural-odes", "benchmark-hard-constraints"):
+        assert f"{stage}/gpu" in listing
+    assert "nightly-benchmark/nightly-paper" in listing
     worker = subprocess.Popen([BIN / "prefect", "worker", "start", "--pool", "local"], env=env, cwd=ROOT,
                               stdout=open(tmp / "worker.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
