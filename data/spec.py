@@ -3,7 +3,9 @@
 One pydantic model per PDE family; :data:`PDESpec` is their union, discriminated by ``family``.
 A spec fully determines a dataset: its canonical JSON (sorted keys) is hashed into
 :func:`spec_hash`, which names the dataset folder and keys every cache. Bad values fail at
-construction with a message naming the field and the allowed range.
+construction with a message naming the field and the allowed range. Optional fields whose
+empty value is left out of the canonical JSON (``petsc_fallbacks``) keep the hashes of specs
+written before they existed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,24 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator,
 GENERATOR_VERSION = 1
 
 PetscOptions = dict[str, str]
+
+#: PDE families whose generator solves with :class:`data.petsc.KSPSolver`, the ones that accept
+#: ``petsc_fallbacks``; the others run their KSP inside a PETSc TS (see :class:`_KSPSpec`).
+KSP_FAMILIES = ("poisson", "darcy")
+
+
+def _stringify_petsc_options(v: object, where: str = "") -> object:
+    """A PETSc options mapping with names stripped of leading '-' and values as strings (None: a
+    flag, ''); other input is returned unchanged for pydantic to refuse with its own message."""
+    if isinstance(v, dict):
+        out = {}
+        for k, val in v.items():
+            key = str(k).lstrip("-")
+            if not key or any(c.isspace() for c in key):
+                raise ValueError(f"invalid PETSc option name {k!r}{where}")
+            out[key] = "" if val is None else str(val)
+        return out
+    return v
 
 
 class _SpecBase(BaseModel):
@@ -38,15 +58,22 @@ class _SpecBase(BaseModel):
     @field_validator("petsc_options", mode="before")
     @classmethod
     def _stringify_options(cls, v: object) -> object:
-        if isinstance(v, dict):
-            out = {}
-            for k, val in v.items():
-                key = str(k).lstrip("-")
-                if not key or any(c.isspace() for c in key):
-                    raise ValueError(f"invalid PETSc option name {k!r}")
-                out[key] = "" if val is None else str(val)
-            return out
-        return v
+        return _stringify_petsc_options(v)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fallbacks_only_for_ksp_families(cls, data: object) -> object:
+        """``petsc_fallbacks`` on a family without it: empty is dropped, anything else refused."""
+        if isinstance(data, dict) and "petsc_fallbacks" in data and "petsc_fallbacks" not in cls.model_fields:
+            if data["petsc_fallbacks"] in ([], (), None):
+                return {k: v for k, v in data.items() if k != "petsc_fallbacks"}
+            family = cls.model_fields["family"].default if "family" in cls.model_fields else cls.__name__
+            raise ValueError(
+                f"petsc_fallbacks: not supported by the {family} family, which solves with a PETSc TS "
+                f"(its KSP runs inside the time stepper); fallbacks apply to {', '.join(KSP_FAMILIES)}. "
+                "Choose this family's solver with petsc_options"
+            )
+        return data
 
     @property
     def splits(self) -> dict[str, int]:
@@ -61,7 +88,40 @@ class _SpecBase(BaseModel):
         return {**self.default_petsc_options(), **self.petsc_options}
 
 
-class PoissonSpec(_SpecBase):
+def _no_fallbacks(v: list) -> bool:
+    return not v
+
+
+class _KSPSpec(_SpecBase):
+    """Families solved by one reused PETSc KSP (:class:`data.petsc.KSPSolver`): they accept
+    ``petsc_fallbacks``. An empty list is left out of the canonical JSON, so a spec without
+    fallbacks hashes exactly as it did before the field existed."""
+
+    petsc_fallbacks: list[PetscOptions] = Field(
+        default_factory=list,
+        exclude_if=_no_fallbacks,
+        description="PETSc options mappings tried in order when a KSP solve diverges or fails "
+        "(a negative KSPConvergedReason such as KSP_DIVERGED_ITS, or a PETSc error): each is merged "
+        "over the solver options (family defaults + petsc_options) and the same right-hand side is "
+        "solved again; the first that works is kept for the rest of the chunk. E.g. "
+        "[{'pc_type': 'lu', 'ksp_type': 'preonly'}] or [{'pc_type': 'gamg'}, {'pc_type': 'lu'}]. "
+        "Empty (the default): a divergence fails at once. Part of the spec hash when not empty",
+    )
+
+    @field_validator("petsc_fallbacks", mode="before")
+    @classmethod
+    def _stringify_fallbacks(cls, v: object) -> object:
+        if isinstance(v, (list, tuple)):
+            out = []
+            for i, item in enumerate(v):
+                if isinstance(item, dict) and not item:
+                    raise ValueError(f"fallback {i} is empty: it would retry the same options")
+                out.append(_stringify_petsc_options(item, where=f" in fallback {i}"))
+            return out
+        return v
+
+
+class PoissonSpec(_KSPSpec):
     """-lap u = b on the unit square/cube, cell-centred 5-point (2D) / 7-point (3D) stencil.
 
     One matrix per dataset (fixed grid and obstacle mask); samples are right-hand sides ``b``
@@ -86,7 +146,7 @@ class PoissonSpec(_SpecBase):
         return {"ksp_type": "cg", "pc_type": "gamg", "ksp_rtol": "1e-10", "ksp_norm_type": "unpreconditioned"}
 
 
-class DarcySpec(_SpecBase):
+class DarcySpec(_KSPSpec):
     """-div(a grad u) = f on the unit square, u = 0 on the boundary (the FNO Darcy benchmark).
 
     ``a`` is piecewise constant: ``a_high`` where a Gaussian random field with covariance

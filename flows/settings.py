@@ -29,6 +29,8 @@ def configure() -> Path:
         "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
         "SCIFLOW_MLFLOW_ARTIFACTS": (root / "mlartifacts").as_uri(),
         "GIT_PYTHON_REFRESH": "quiet",
+        # the library's own loggers (e.g. data.petsc's fallback warnings) reach the flow-run logs
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "data,solvers,operators",
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)

@@ -187,3 +187,44 @@ def test_nightly_fails_on_a_regression_and_records_why(monkeypatch, tmp_path):
     # the failed night is not a baseline; switched off, the same regression is reported but does not fail
     state, run, report = night(20, fail_on_regression=False)
     assert state.is_completed() and run.data.tags["sciflow.regressions"] == "1" and "11 -> 20" in report
+
+
+# ---------------------------------------------------------------------------------------------
+# dispatch="deployments": a stage no worker picks up is cancelled at the timeout and fails the night
+
+
+def test_a_dispatched_stage_nobody_runs_is_cancelled_at_the_timeout(monkeypatch, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    from flows import nightly, tracking
+
+    client = tracking.client()
+    exp = client.create_experiment(f"nightly-dispatch-{tmp_path.name}", artifact_location=(tmp_path / "artifacts").as_uri())
+    monkeypatch.setattr(tracking, "experiment_id", lambda name=None: exp)
+    monkeypatch.setitem(nightly.DATASETS, "smoke", [])
+    monkeypatch.setattr(nightly, "STAGES", {"benchmark-operators": nightly.STAGES["benchmark-operators"]})
+    with get_client(sync_client=True) as prefect:
+        prefect.create_work_pool(WorkPoolCreate(name=f"idle-{tmp_path.name}"[:50], type="process"))
+        flow_id = prefect.create_flow_from_name("benchmark-operators")
+        prefect.create_deployment(flow_id=flow_id, name="benchmark-operators", work_pool_name=f"idle-{tmp_path.name}"[:50],
+                                  entrypoint="flows/operator.py:benchmark_operators")
+        state = nightly.nightly_benchmark(scale="smoke", dispatch="deployments", stage_timeout_minutes=0.05, return_state=True)
+        assert state.is_failed()
+        assert "benchmark-operators/benchmark-operators was still Scheduled after 3 s" in state.message
+        assert "is a worker serving its pool?" in state.message
+        child_id = state.message.split("(")[1].split(")")[0]
+        child = prefect.read_flow_run(child_id)
+        assert child.state.type.value in ("CANCELLED", "CANCELLING")  # nothing is left queued
+        assert child.parent_task_run_id is not None  # it was this night's child
+    run = client.search_runs([exp], filter_string=f"tags.`prefect.flow_run_id` = '{state.state_details.flow_run_id}'")[0]
+    assert run.info.status == "FAILED" and "StageError" in run.data.tags["sciflow.error"]
+
+
+def test_gpu_stages_need_dispatch_to_deployments():
+    from flows.nightly import nightly_benchmark
+
+    state = nightly_benchmark(scale="smoke", gpu_stages=["benchmark-operators"], return_state=True)
+    assert state.is_failed() and "need dispatch='deployments'" in state.message
+    state = nightly_benchmark(scale="smoke", gpu_stages=["benchmark-everything"], return_state=True)
+    assert state.is_failed() and "gpu_stages" in state.message

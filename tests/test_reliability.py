@@ -86,9 +86,10 @@ def _valid_value(field) -> st.SearchStrategy:
     if ann is float:
         return st.floats(lo, hi, exclude_min=lo_strict and lo is not None, exclude_max=hi_strict and hi is not None,
                          allow_nan=False, allow_infinity=False)
-    # petsc_options: option names without whitespace, any string values
+    # petsc_options: option names without whitespace, any string values; petsc_fallbacks: a list of them
     name = st.text("abcdefghijklmnopqrstuvwxyz_0123456789", min_size=1, max_size=12)
-    return st.dictionaries(name, st.text(max_size=8), max_size=3)
+    options = st.dictionaries(name, st.text(max_size=8), max_size=3)
+    return st.lists(options.filter(bool), max_size=2) if typing.get_origin(ann) is list else options
 
 
 def _repair(family: str, kw: dict) -> dict:

@@ -9,7 +9,7 @@ Arrays written per split: ``a`` and ``u``, shape ``(N, n, n)``, axes ``sample, y
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -23,13 +23,23 @@ DEFAULT_OPTIONS = DarcySpec.model_construct().default_petsc_options()
 
 
 class DarcySolver:
-    """Solves many Darcy problems of one resolution with one reused PETSc KSP."""
+    """Solves many Darcy problems of one resolution with one reused PETSc KSP.
 
-    def __init__(self, n: int, petsc_options: Mapping[str, str] | None = None):
+    ``petsc_fallbacks``: options mappings merged over the solver options and tried in order when
+    a solve diverges (see :class:`data.petsc.KSPSolver`); the one that works is kept."""
+
+    def __init__(
+        self,
+        n: int,
+        petsc_options: Mapping[str, str] | None = None,
+        petsc_fallbacks: Sequence[Mapping[str, str]] = (),
+    ):
         self.n = n
         A = fv_operator(np.ones((n, n)))
         self._M, self._da = dmda_matrix(A, n, 2)
-        self._ksp = KSPSolver(self._M, {**DEFAULT_OPTIONS, **(petsc_options or {})}, dm=self._da)
+        self._ksp = KSPSolver(
+            self._M, {**DEFAULT_OPTIONS, **(petsc_options or {})}, dm=self._da, fallbacks=petsc_fallbacks
+        )
         self._first = True
 
     def solve(self, a: np.ndarray, f: float | np.ndarray = 1.0) -> np.ndarray:
@@ -43,6 +53,11 @@ class DarcySolver:
     @property
     def iterations(self) -> int:
         return self._ksp.iterations
+
+    @property
+    def fallbacks_used(self) -> int:
+        """How many times the solver switched to a fallback (0: the first options served)."""
+        return self._ksp.fallbacks_used
 
     def close(self) -> None:
         self._ksp.close()
@@ -69,7 +84,12 @@ def _check_coefficient(a: np.ndarray, n: int | None = None) -> np.ndarray:
     return a
 
 
-def solve(a: np.ndarray, f: float | np.ndarray = 1.0, petsc_options: Mapping[str, str] | None = None) -> np.ndarray:
+def solve(
+    a: np.ndarray,
+    f: float | np.ndarray = 1.0,
+    petsc_options: Mapping[str, str] | None = None,
+    petsc_fallbacks: Sequence[Mapping[str, str]] = (),
+) -> np.ndarray:
     """Solve one Darcy problem.
 
     Args:
@@ -77,15 +97,18 @@ def solve(a: np.ndarray, f: float | np.ndarray = 1.0, petsc_options: Mapping[str
             ``((i + 1/2)/n, (j + 1/2)/n)``), positive and finite.
         f: forcing, a scalar or an ``(n, n)`` array of cell values.
         petsc_options: PETSc options overriding the defaults (CG + GAMG, rtol 1e-10).
+        petsc_fallbacks: options mappings merged over those and tried in order if the solve
+            diverges, e.g. ``[{"ksp_type": "preonly", "pc_type": "lu"}]``.
 
     Returns:
         ``u`` at the cell centres, shape ``(n, n)``, float64.
 
     Raises:
-        ValueError: bad shape or values. SolverDivergedError: the KSP did not converge.
+        ValueError: bad shape or values. SolverDivergedError: the KSP did not converge (with
+        every fallback, each attempt and its reason listed).
     """
     a = _check_coefficient(a)
-    with DarcySolver(a.shape[0], petsc_options) as solver:
+    with DarcySolver(a.shape[0], petsc_options, petsc_fallbacks) as solver:
         return solver.solve(a, f)
 
 
@@ -100,7 +123,7 @@ def shared_arrays(spec: DarcySpec) -> dict[str, np.ndarray]:
 
 def sample_arrays(spec: DarcySpec, rngs: list[np.random.Generator]) -> dict[str, np.ndarray]:
     a_list, u_list = [], []
-    with DarcySolver(spec.n, spec.solver_options()) as solver:
+    with DarcySolver(spec.n, spec.solver_options(), spec.petsc_fallbacks) as solver:
         for rng in rngs:
             a = coefficient(spec, rng)
             a_list.append(a)

@@ -64,7 +64,7 @@ def obstacle_mask(kind: str, n: int, dim: int, seed: int = 0) -> np.ndarray | No
         for _ in range(4):
             p = rng.uniform(0.2, 0.8, dim)
             r = rng.uniform(0.06, 0.12)
-            mask |= sum((c - pk) ** 2 for c, pk in zip(centres, p)) < r**2
+            mask |= sum((c - pk) ** 2 for c, pk in zip(centres, p, strict=True)) < r**2
         _, n_parts = ndimage.label(~mask)
         if n_parts == 1 and mask.any():
             return mask
@@ -95,13 +95,14 @@ def shared_arrays(spec: PoissonSpec) -> dict[str, np.ndarray]:
 
 def sample_arrays(spec: PoissonSpec, rngs: list[np.random.Generator]) -> dict[str, np.ndarray]:
     """Right-hand sides from a smooth random field (zero on solid cells, compatible with the
-    Neumann null space) and their PETSc solutions. One KSP serves the whole chunk."""
+    Neumann null space) and their PETSc solutions. One KSP serves the whole chunk; if it diverges,
+    ``spec.petsc_fallbacks`` are tried in order and the one that works serves the rest of it."""
     mask = obstacle_mask(spec.obstacle, spec.n, spec.dim, spec.seed)
     A = assemble(spec.n, spec.dim, spec.bc, mask)
     M, da = dmda_matrix(A, spec.n, spec.dim)
     shape = (spec.n,) * spec.dim
     bs, xs = [], []
-    with KSPSolver(M, spec.solver_options(), nullspace=null_vector(spec, mask), dm=da) as ksp:
+    with KSPSolver(M, spec.solver_options(), nullspace=null_vector(spec, mask), dm=da, fallbacks=spec.petsc_fallbacks) as ksp:
         for rng in rngs:
             b = grf(rng, spec.n, spec.dim, alpha=2.0, tau=3.0)
             b /= np.abs(b).max()
