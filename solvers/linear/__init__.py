@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Mapping
 
 import numpy as np
+import scipy.sparse as sp
 
 from .dcdm import dcdm
 from .krylov import SolveResult, dpcg, gamg_petsc_options, ic0_petsc_options, pcg, petsc_ksp
@@ -32,6 +33,15 @@ def as_system(A) -> GridSystem:
         from data.petsc import mat_to_csr
 
         A = mat_to_csr(A)
+    if not sp.issparse(A):
+        A = np.asarray(A)
+        if A.ndim != 2 or not np.issubdtype(A.dtype, np.number):
+            raise ValueError(f"A must be a square numeric matrix, got a {A.ndim}-D {A.dtype} array")
+        A = sp.csr_matrix(A)
+    if A.shape[0] != A.shape[1]:
+        raise ValueError(f"A must be square, got shape {A.shape}")
+    if not np.isfinite(A.data).all():
+        raise ValueError(f"the matrix A contains NaN or inf ({int((~np.isfinite(A.data)).sum())} stored entries)")
     n = A.shape[0]
     side = int(round(np.sqrt(n)))
     return GridSystem(A=A, shape=(side, side) if side * side == n else (n,))
