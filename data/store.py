@@ -16,8 +16,11 @@ so the data do not depend on how generation was chunked.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
+import re
+import socket
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -105,6 +108,57 @@ def array_digest(arrays: dict[str, np.ndarray]) -> str:
     return _combine({k: (v.dtype.str, v.shape, _sha(v).hexdigest()) for k, v in arrays.items()})
 
 
+_HOST = "".join(c for c in socket.gethostname() if c.isalnum())[:24] or "host"
+_TMP = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<host>[A-Za-z0-9]+)\.(?P<pid>\d+)\.[0-9a-f]+$")
+
+
+def temporary_name(final: Path) -> Path:
+    """The hidden temporary beside ``final`` that a writer fills before renaming it into place:
+    ``.<name>.tmp-<host>.<pid>.<random>``. Host and PID let :func:`sweep_temporaries` tell
+    the litter of a killed writer from a write in progress."""
+    return final.with_name(f".{final.name}.tmp-{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:12]}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def sweep_temporaries(folder: str | os.PathLike, max_age_s: float = 86400.0) -> list[Path]:
+    """Remove the temporaries (:func:`temporary_name`) a killed writer left in ``folder``:
+    those of a process of this host that no longer exists, and any untouched for ``max_age_s``
+    (a writer on another host sharing the folder). Returns the paths removed. Files that do
+    not match the pattern are never touched."""
+    import time
+
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        m = _TMP.match(entry.name)
+        if not m or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+        except FileNotFoundError:  # renamed into place meanwhile
+            continue
+        if (m["host"] == _HOST and not _pid_alive(int(m["pid"]))) or age > max_age_s:
+            try:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+            except FileNotFoundError:
+                pass
+    return removed
+
+
 @contextmanager
 def atomic_path(final: Path, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; on success (fsync if ``durable``) rename it into
@@ -114,7 +168,7 @@ def atomic_path(final: Path, durable: bool = True) -> Iterator[Path]:
     crashed machine. Chunk files skip it: they are a cache whose digest is checked on every use."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:12]}")
+    tmp = temporary_name(final)
     try:
         yield tmp
         if durable:
@@ -226,6 +280,7 @@ def generate_chunk(spec, split: str, start: int, stop: int, root=None) -> ChunkR
     if split not in spec.splits or not (0 <= start < stop <= spec.splits[split]):
         raise ValueError(f"chunk {split}[{start}:{stop}] is outside the spec's splits {spec.splits}")
     path = chunk_path(spec, split, start, stop, root)
+    sweep_temporaries(path.parent)  # litter of a killed earlier attempt
     if path.exists():
         try:
             arrays, attrs = read_h5(path)
@@ -276,6 +331,7 @@ def assemble(spec, chunks: list[ChunkRef], root=None) -> DatasetRef:
     """Concatenate verified chunks into one HDF5 file per split and write the manifest last."""
     spec = parse_spec(spec)
     out_dir = dataset_dir(spec, root)
+    sweep_temporaries(out_dir)
     module = family_module(spec.family)
     shared = module.shared_arrays(spec)
     files = {}
@@ -283,7 +339,7 @@ def assemble(spec, chunks: list[ChunkRef], root=None) -> DatasetRef:
         parts = sorted((c for c in chunks if c.split == split), key=lambda c: c.start)
         covered = [(c.start, c.stop) for c in parts]
         if not parts or parts[0].start != 0 or parts[-1].stop != n or any(
-            a[1] != b[0] for a, b in zip(covered, covered[1:])
+            a[1] != b[0] for a, b in itertools.pairwise(covered)
         ):
             raise DatasetError(f"chunks for split {split!r} do not cover 0..{n}: {covered}")
         attrs = {

@@ -383,9 +383,44 @@ def test_sigkill_during_generation_loses_at_most_one_chunk_and_recovers(tmp_path
     clean = data.generate(spec, root=tmp_path / "clean", chunk_size=chunk, progress=False)
     full = time.perf_counter() - t0
     assert ref.digest == clean.digest  # the recovered dataset is the uninterrupted one, bit for bit
+    assert _temporaries(root) == []  # the rerun swept the killed writer's litter
     print(f"\n[reliability] generation SIGKILL: {len(done)}/{n_chunks} chunks done at the kill; rerun reused "
           f"{chunk * len(done)}/{spec.n_train} samples and re-solved {sum(solved)} (at most one chunk in flight lost); "
           f"recovery run {recovery:.2f} s vs uninterrupted {full:.2f} s; hidden temporaries left: {len(litter)}")
+
+
+def test_litter_of_killed_writers_is_swept_and_nothing_else(tmp_path):
+    """A killed writer's temporary (its PID gone) is removed by the next write in that folder; a
+    live writer's temporary, an old one from another host, and unrelated files are handled as
+    documented in ``store.sweep_temporaries``."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    final = tmp_path / "train.h5"
+    killed = store.temporary_name(final).with_name(store.temporary_name(final).name.replace(f".{os.getpid()}.", f".{dead.pid}."))
+    live = store.temporary_name(final)  # this process: a write in progress
+    other_host_new = tmp_path / ".train.h5.tmp-otherhost.1.abc123"
+    other_host_old = tmp_path / ".x.pt.tmp-otherhost.1.def456"
+    unrelated = [tmp_path / ".hidden", tmp_path / "notes.tmp", tmp_path / ".a.tmp-bad name.1.0"]
+    for f in (killed, live, other_host_new, other_host_old, *unrelated):
+        f.write_bytes(b"partial")
+    os.utime(other_host_old, (time.time() - 2 * 86400, time.time() - 2 * 86400))
+    assert set(store.sweep_temporaries(tmp_path)) == {killed, other_host_old}
+    assert all(f.exists() for f in (live, other_host_new, *unrelated))
+    # the sweep runs where the writers write: a chunk folder, a dataset folder, a checkpoint folder
+    spec = DarcySpec(n=8, n_train=2, n_test=0)
+    chunk_dir = store.chunk_path(spec, "train", 0, 2, tmp_path / "root").parent
+    chunk_dir.mkdir(parents=True)
+    litter = chunk_dir / killed.name
+    litter.write_bytes(b"partial")
+    data.generate(spec, root=tmp_path / "root", chunk_size=2, progress=False)
+    assert not litter.exists()
+    from operators.fno.train import _save_atomic
+
+    ckpt_litter = tmp_path / "ck" / killed.name.replace("train.h5", "ck.pt")
+    ckpt_litter.parent.mkdir()
+    ckpt_litter.write_bytes(b"partial")
+    _save_atomic({"epoch": 1}, tmp_path / "ck" / "ck.pt")
+    assert not ckpt_litter.exists() and (tmp_path / "ck" / "ck.pt").exists()
 
 
 def test_sigkill_during_training_resumes_from_the_last_checkpoint(tmp_path):

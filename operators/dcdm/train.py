@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from data.store import sweep_temporaries, temporary_name
 from solvers.linear import GridSystem, ritz_pairs
 
 from ..device import default_device
@@ -112,7 +112,8 @@ def dcdm_loss(model: torch.nn.Module, b: torch.Tensor, A: torch.Tensor, shape: t
 
 def _atomic_save(obj: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    sweep_temporaries(path.parent)  # litter of a writer killed mid-save
+    tmp = temporary_name(path)
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)

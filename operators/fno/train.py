@@ -17,13 +17,14 @@ import json
 import math
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import Callable, Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+
+from data.store import sweep_temporaries, temporary_name
 
 from ..device import default_device
 from .models import OperatorModelConfig, build_model
@@ -109,7 +110,8 @@ def weights(model: torch.nn.Module) -> dict:
 def _save_atomic(obj: dict, path: Path) -> None:
     """Write to a temporary name, fsync, rename, fsync the folder: never a partial file under ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    sweep_temporaries(path.parent)  # litter of a writer killed mid-save
+    tmp = temporary_name(path)
     try:
         with open(tmp, "wb") as fh:
             torch.save(obj, fh)
