@@ -29,7 +29,7 @@ from data.spec import DarcySpec, HeatSpec, PoissonSpec  # noqa: E402
 
 from . import regression, tracking  # noqa: E402
 from .generate import generate_dataset  # noqa: E402
-from .results import format_by, publish  # noqa: E402
+from .results import format_by, format_table, publish  # noqa: E402
 from .scales import Scale  # noqa: E402
 
 DATASETS = {
@@ -200,6 +200,33 @@ SUMMARIES = {
 }
 
 
+def _results_section(client, rows: list[dict], scale: str, run_id: str) -> str:
+    """The report's second half: the overview figure (logged beside ``report.md`` as
+    ``nightly-<scale>.png``), every stage's table, and where each stage's own plots are."""
+    from .plots import nightly_overview
+
+    lines = ["", f"# Results (scale={scale})", ""]
+    fig = nightly_overview(rows, title=f"nightly-benchmark, scale={scale}")
+    if fig is not None:
+        tracking.log_figure(run_id, fig, f"nightly-{scale}.png")
+        fig.clf()
+        lines += [f"![overview: one headline metric per stage](nightly-{scale}.png)", ""]
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["stage"], []).append(row)
+    for stage, group in groups.items():
+        lines += [f"## {stage}", "", format_table([{k: v for k, v in r.items() if k not in ("stage", "scale")} for r in group]), ""]
+    plots = []
+    children = client.search_runs([tracking.experiment_id()], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
+    for child in sorted(children, key=lambda r: r.info.start_time or 0):
+        pngs = [a.path for a in client.list_artifacts(child.info.run_id) if a.path.endswith(".png")]
+        if pngs:
+            plots.append(f"- {child.info.run_name} (MLflow run `{child.info.run_id}`): " + ", ".join(f"`{p}`" for p in pngs))
+    if plots:
+        lines += ["## Plots of each stage", "", *plots, ""]
+    return "\n".join(lines)
+
+
 class RegressionError(RuntimeError):
     """A metric got worse than the previous successful night by more than the threshold."""
 
@@ -231,6 +258,7 @@ def _regression_check(scale: str, rows: list[dict], run_id: str, threshold: floa
         previous=label(previous) if previous is not None else None, current_rows=rows, previous_rows=prev_rows)
     if scale == "smoke":
         report += "\nWall-clock metrics are not compared at scale=smoke.\n"
+    report += _results_section(client, rows, scale, run_id)
     client.log_text(run_id, report, "report.md")
     bad = regression.regressions(comparison)
     tracking.log_metrics(run_id, {"regressions": len(bad)})

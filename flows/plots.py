@@ -177,3 +177,47 @@ def step_time_scaling(curves: dict):
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+#: The one number per row that the nightly overview plots for each stage, and what it means.
+NIGHTLY_HEADLINES: dict[str, tuple[str, str]] = {
+    "generate-dataset": ("samples_per_s", "PETSc samples / s"),
+    "benchmark-linear-solvers": ("iterations", "iterations to the tightest tolerance (largest grid)"),
+    "benchmark-operators": ("test_l2", "test relative L2 error"),
+    "benchmark-neural-odes": ("predict_nfe", "function evaluations per prediction"),
+    "benchmark-optimizers": ("median_outer", "outer iterations (HS set: median)"),
+    "benchmark-hard-constraints": ("rel_l2", "test relative L2 error"),
+}
+
+
+def nightly_overview(rows: list[dict], title: str = ""):
+    """One horizontal bar panel per nightly stage: its headline metric (:data:`NIGHTLY_HEADLINES`)
+    for every (problem, method) row that has it; a log axis when the values span > 30x.
+    Returns None when no row has a headline value."""
+    panels = []
+    for stage, (metric, label) in NIGHTLY_HEADLINES.items():
+        fallback = "outer" if metric == "median_outer" else None
+        bars = [(f"{r.get('problem', '')} · {r.get('method', '')}".strip(" ·"), r.get(metric, r.get(fallback)))
+                for r in rows if r.get("stage") == stage]
+        bars = [(name, float(v)) for name, v in bars if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)]
+        if bars:
+            panels.append((stage, label, bars))
+    if not panels:
+        return None
+    heights = [max(1.2, 0.22 * len(bars) + 0.8) for _, _, bars in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7.5, sum(heights)), gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for ax, (stage, label, bars) in zip(axes[:, 0], panels, strict=True):
+        names, values = zip(*bars, strict=True)
+        y = np.arange(len(values))
+        ax.barh(y, values, color=[f"C{i % 10}" for i in range(len(values))])
+        ax.set_yticks(y, names, fontsize=7)
+        ax.invert_yaxis()
+        positive = [v for v in values if v > 0]
+        if positive and len(positive) == len(values) and max(positive) / min(positive) > 30:
+            ax.set_xscale("log")
+        ax.set_title(f"{stage}: {label}", fontsize=9, loc="left")
+        ax.tick_params(axis="x", labelsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -161,6 +161,10 @@ def test_nightly_smoke_chains_the_stages():
     assert {(r["problem"], r["method"]) for r in odes} >= {("digits", "local-unbiased"), ("lotka-volterra", "global")}
     bench = next(c for c in children if c.data.tags["sciflow.stage"] == "bench-linear")
     assert {"residuals.png", "results"} <= {a.path for a in MlflowClient().list_artifacts(bench.info.run_id)}
+    # one comparison: the overview figure and every stage's table in report.md, with where the plots are
+    assert {"report.md", "nightly-smoke.png", "results"} <= {a.path for a in MlflowClient().list_artifacts(parent.info.run_id)}
+    report = open(MlflowClient().download_artifacts(parent.info.run_id, "report.md")).read()
+    assert "![overview" in report and "## benchmark-operators" in report and "`residuals.png`" in report
 
 
 def test_train_dcdm_registers_and_resumes():
