@@ -8,6 +8,7 @@ artifacts. Any variable already set in the environment wins (point ``PREFECT_API
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -29,9 +30,35 @@ def configure() -> Path:
         "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
         "SCIFLOW_MLFLOW_ARTIFACTS": (root / "mlartifacts").as_uri(),
         "GIT_PYTHON_REFRESH": "quiet",
-        # the library's own loggers (e.g. data.petsc's fallback warnings) reach the flow-run logs
-        "PREFECT_LOGGING_EXTRA_LOGGERS": "data,solvers,operators",
     }
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+    route_library_logs()
     return root
+
+
+LIBRARY_LOGGERS = ("data", "solvers", "operators")
+
+
+class _RunLogsHandler(logging.Handler):
+    """Forwards a library record to Prefect's API handlers (those of ``prefect.extra``) when it is
+    emitted inside a flow or task run; outside one (plain library use) it does nothing, where
+    ``PREFECT_LOGGING_EXTRA_LOGGERS`` would warn about a missing flow run on every record."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from prefect.context import FlowRunContext, TaskRunContext
+
+        if FlowRunContext.get() is None and TaskRunContext.get() is None:
+            return
+        for handler in logging.getLogger("prefect.extra").handlers:
+            if record.levelno >= handler.level:
+                handler.handle(record)
+
+
+def route_library_logs() -> None:
+    """Send the records of :data:`LIBRARY_LOGGERS` (e.g. the PETSc fallback warnings of
+    ``data.petsc``) to the logs of the flow or task run they happen in. Idempotent."""
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, _RunLogsHandler) for h in logger.handlers):
+            logger.addHandler(_RunLogsHandler())
