@@ -5,7 +5,8 @@
     sciflow bench datagen --scale small --out results/datagen-small.json
     sciflow optimize --problem darcy-inverse --n 32 --method al-sketch --max-seconds 60
     sciflow ui
-    sciflow stack up|status|down
+    sciflow stack up|status|down [--backend sqlite|postgres]
+    sciflow loadtest --runs 16
 
 Each command runs the same functions that back the Prefect flows. Bad parameters exit with
 status 2 and a message naming the field.
@@ -96,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("ui", help="print how to open the MLflow UI on this project's runs")
     stack = sub.add_parser("stack", help="local Prefect server + MLflow server + worker on 127.0.0.1")
     stack.add_argument("action", choices=["up", "status", "down"])
+    stack.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite",
+                       help="up: where Prefect and MLflow keep their state (postgres: a server started on 127.0.0.1)")
+    load = sub.add_parser("loadtest", help="N concurrent optimize flow runs against the running stack, checked in MLflow")
+    load.add_argument("--runs", type=int, default=16)
+    load.add_argument("--timeout", type=float, default=600, help="seconds to wait for all runs to finish")
+    load.add_argument("--out", type=Path, default=None, help="write the report as JSON")
     return parser
 
 
@@ -132,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "stack":
         from .stack import main as stack_main
 
-        return stack_main(args.action)
+        return stack_main(args.action, args.backend)
+    if args.command == "loadtest":
+        from .loadtest import main as load_main
+
+        return load_main(args.runs, args.out, args.timeout)
     if args.command == "generate":
         spec = _spec_from_args(args)
         if args.no_flow:

@@ -1,6 +1,7 @@
 """A local stack on 127.0.0.1: Prefect server, MLflow tracking server and a process worker.
 
     sciflow stack up       # start all three, create the `local` pool, deploy infra/prefect.yaml
+    sciflow stack up --backend postgres   # the same on a PostgreSQL server it starts (see below)
     sciflow stack status   # which are running, and their addresses
     sciflow stack down     # stop exactly what `up` started (by PID)
 
@@ -9,12 +10,25 @@ State lives in ``$SCIFLOW_HOME/stack/``: one ``<name>.pid`` and ``<name>.log`` p
 MLflow server uses the same SQLite store and artifact folder as the embedded mode, so runs made
 by ``make run`` appear in its UI too. Everything binds to 127.0.0.1; exposing the servers needs
 authentication (the reliability/security issue).
+
+``--backend postgres`` runs Debian's PostgreSQL (``/usr/lib/postgresql/<version>/bin``, newest
+version found) with its cluster in ``stack/pg/``: 127.0.0.1 on a free port, Unix socket in the same
+folder, password authentication (a random password in ``stack/pg.secret``, mode 0600), databases
+``prefect`` and ``mlflow``. The database URLs reach the two servers through environment variables,
+never a command line (``ps`` would show the password). PostgreSQL refuses to run as root, so as
+root initdb and postgres run as the ``postgres`` system user that Debian's package creates
+(``$SCIFLOW_PG_USER`` to choose another) through ``setpriv`` (util-linux), which execs in place: the
+PID in ``postgres.pid`` is the postmaster's. That user needs search permission on the folders
+above ``$SCIFLOW_HOME``; ``up`` checks it and says so. Postgres is for concurrency (many workers,
+many flow runs at once): see RELIABILITY.md "Concurrent load".
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pwd
+import secrets
 import signal
 import socket
 import subprocess
@@ -27,7 +41,8 @@ from .settings import configure
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-SERVICES = ("prefect", "mlflow", "worker")
+SERVICES = ("postgres", "prefect", "mlflow", "worker")  # started in this order, stopped in reverse
+BACKENDS = ("sqlite", "postgres")
 
 
 def _dir() -> Path:
@@ -75,6 +90,86 @@ def _wait_http(url: str, seconds: float, name: str) -> None:
     raise RuntimeError(f"{name} did not answer at {url} within {seconds:.0f} s; see {_dir() / (name + '.log')}")
 
 
+def _pg_bin() -> Path:
+    """The newest ``/usr/lib/postgresql/<version>/bin`` with a server (``$SCIFLOW_PG_BIN`` wins)."""
+    if os.environ.get("SCIFLOW_PG_BIN"):
+        return Path(os.environ["SCIFLOW_PG_BIN"])
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"),
+                   key=lambda p: [int(x) for x in p.parts[-3].split(".") if x.isdigit()])
+    if not found:
+        raise RuntimeError("no PostgreSQL server under /usr/lib/postgresql/*/bin: install Debian's postgresql "
+                           "(infra/setup.sh does), or set SCIFLOW_PG_BIN")
+    return found[-1].parent
+
+
+def _pg_user() -> pwd.struct_passwd | None:
+    """The user PostgreSQL runs as when we are root (it refuses root); None when we are not."""
+    if os.geteuid() != 0:
+        return None
+    name = os.environ.get("SCIFLOW_PG_USER", "postgres")
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        raise RuntimeError(f"PostgreSQL will not run as root and there is no user {name!r} to run it as: install "
+                           "Debian's postgresql (it creates 'postgres') or set SCIFLOW_PG_USER") from None
+
+
+def _as(user: pwd.struct_passwd | None) -> list[str]:
+    """Command prefix that runs as ``user`` (setpriv execs in place, so the PID stays the server's)."""
+    return [] if user is None else ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups", "--"]
+
+
+def _pg_url(ports: dict, db: str, driver: str = "") -> str:
+    password = (_dir() / "pg.secret").read_text().strip()
+    return f"postgresql{driver}://sciflow:{password}@127.0.0.1:{ports['postgres']}/{db}"
+
+
+def _start_postgres(port: int, timeout: float) -> None:
+    """initdb once (user ``sciflow``, password auth on 127.0.0.1), start postgres, create the databases."""
+    d, pg, user, bin_ = _dir(), _dir() / "pg", _pg_user(), _pg_bin()
+    prefix = _as(user)
+    fresh = not (pg / "data" / "PG_VERSION").exists()
+    if fresh:
+        pg.mkdir(mode=0o700, exist_ok=True)
+        secret = d / "pg.secret"
+        if not secret.exists():
+            secret.touch(mode=0o600)
+            secret.write_text(secrets.token_urlsafe(24))
+        if user is not None:
+            os.chown(pg, user.pw_uid, user.pw_gid)
+            if subprocess.run([*prefix, "test", "-w", str(pg)], capture_output=True).returncode != 0:
+                raise RuntimeError(f"user {user.pw_name!r} (PostgreSQL does not run as root) cannot reach {pg}: a folder "
+                                   "above it is private; give it search permission (chmod o+x) or set SCIFLOW_HOME elsewhere")
+        pwfile = pg / "initdb.pw"  # readable by the server user for initdb only
+        pwfile.touch(mode=0o600)
+        pwfile.write_text(secret.read_text())
+        if user is not None:
+            os.chown(pwfile, user.pw_uid, user.pw_gid)
+        try:
+            init = subprocess.run([*prefix, bin_ / "initdb", "-D", pg / "data", "-U", "sciflow", f"--pwfile={pwfile}",
+                                   "--auth-local=scram-sha-256", "--auth-host=scram-sha-256", "-E", "UTF8",
+                                   "--locale=C.UTF-8"], capture_output=True, text=True)
+        finally:
+            pwfile.unlink()
+        if init.returncode != 0:
+            raise RuntimeError(f"initdb failed:\n{init.stdout[-2000:]}{init.stderr[-2000:]}")
+    sockets = str(pg) if len(str(pg)) < 90 else ""  # a Unix socket path is limited to 107 bytes
+    _start("postgres", [*prefix, bin_ / "postgres", "-D", pg / "data", "-p", port, "-c", "listen_addresses=127.0.0.1",
+                        "-c", f"unix_socket_directories={sockets}"], dict(os.environ))
+    env = {**os.environ, "PGPASSWORD": (d / "pg.secret").read_text().strip()}
+    where = ["-h", "127.0.0.1", "-p", str(port), "-U", "sciflow"]
+    deadline = time.time() + timeout
+    while subprocess.run([bin_ / "pg_isready", *where, "-d", "postgres", "-q"], env=env).returncode != 0:
+        if time.time() > deadline or not _pid("postgres"):
+            raise RuntimeError(f"postgres did not start; see {d / 'postgres.log'}")
+        time.sleep(0.3)
+    if fresh:
+        for db in ("prefect", "mlflow"):
+            made = subprocess.run([bin_ / "createdb", *where, db], env=env, capture_output=True, text=True)
+            if made.returncode != 0:
+                raise RuntimeError(f"createdb {db} failed: {made.stderr.strip()}")
+
+
 def _start(name: str, args: list, env: dict) -> int:
     log = open(_dir() / f"{name}.log", "ab")
     proc = subprocess.Popen([str(a) for a in args], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
@@ -92,21 +187,35 @@ def env_for(ports: dict) -> dict[str, str]:
     }
 
 
-def up(prefect_port: int = 4200, mlflow_port: int = 5000, timeout: float = 120) -> dict:
-    """Start what is not running yet; returns the addresses."""
+def up(prefect_port: int = 4200, mlflow_port: int = 5000, timeout: float = 120, backend: str = "sqlite") -> dict:
+    """Start what is not running yet; returns the addresses. ``backend``: where Prefect and MLflow
+    keep their state, ``sqlite`` (files under $SCIFLOW_HOME) or ``postgres`` (a server started here)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     home = configure()
     d = _dir()
-    ports = json.loads((d / "ports.json").read_text()) if (d / "ports.json").exists() and any(map(_pid, SERVICES)) else {
+    running = (d / "ports.json").exists() and any(map(_pid, SERVICES))
+    ports = json.loads((d / "ports.json").read_text()) if running else {
         "prefect": _free_port(prefect_port), "mlflow": _free_port(mlflow_port)}
+    if ports.setdefault("backend", "sqlite") != backend and running:
+        raise RuntimeError(f"the stack is running on {ports['backend']}; `sciflow stack down` first to switch to {backend}")
+    ports["backend"] = backend
+    if backend == "postgres" and "postgres" not in ports:
+        ports["postgres"] = _free_port(5432)
     (d / "ports.json").write_text(json.dumps(ports))
     base = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
     stack_env = {**base, **env_for(ports)}
+    prefect_env, mlflow_env = dict(base), {**base, "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{home / 'mlflow.db'}"}
+    if backend == "postgres":
+        if not _pid("postgres"):
+            _start_postgres(ports["postgres"], timeout)
+        prefect_env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = _pg_url(ports, "prefect", "+asyncpg")
+        mlflow_env["MLFLOW_BACKEND_STORE_URI"] = _pg_url(ports, "mlflow", "+psycopg2")
     if not _pid("prefect"):
-        _start("prefect", [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", ports["prefect"]], base)
-    if not _pid("mlflow"):
+        _start("prefect", [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", ports["prefect"]], prefect_env)
+    if not _pid("mlflow"):  # the store URI comes from MLFLOW_BACKEND_STORE_URI: a password stays off the command line
         _start("mlflow", [BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", ports["mlflow"], "--workers", "1",
-                          "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
-                          "--default-artifact-root", (home / "mlartifacts").as_uri()], base)
+                          "--default-artifact-root", (home / "mlartifacts").as_uri()], mlflow_env)
     _wait_http(f"{stack_env['PREFECT_API_URL']}/health", timeout, "prefect")
     _wait_http(f"{stack_env['MLFLOW_TRACKING_URI']}/health", timeout, "mlflow")
     prefect = [BIN / "prefect", "--no-prompt"]
@@ -127,8 +236,10 @@ def up(prefect_port: int = 4200, mlflow_port: int = 5000, timeout: float = 120) 
 def status() -> dict:
     d = _dir()
     ports = json.loads((d / "ports.json").read_text()) if (d / "ports.json").exists() else {}
-    out = {name: {"pid": _pid(name), "log": str(d / f"{name}.log")} for name in SERVICES}
+    names = SERVICES if ports.get("backend") == "postgres" or _pid("postgres") else SERVICES[1:]
+    out = {name: {"pid": _pid(name), "log": str(d / f"{name}.log")} for name in names}
     if ports:
+        out["backend"] = ports.get("backend", "sqlite")
         out["prefect"]["ui"] = f"http://127.0.0.1:{ports['prefect']}"
         out["mlflow"]["ui"] = f"http://127.0.0.1:{ports['mlflow']}"
         out["env"] = str(d / "stack.env")
@@ -141,7 +252,10 @@ def down(timeout: float = 20) -> list[str]:
     for name in reversed(SERVICES):
         pid = _pid(name)
         if pid:
-            os.killpg(pid, signal.SIGTERM)
+            if name == "postgres":  # SIGINT to the postmaster: its "fast" shutdown, it stops its own backends
+                os.kill(pid, signal.SIGINT)
+            else:
+                os.killpg(pid, signal.SIGTERM)
             deadline = time.time() + timeout
             while _alive(pid) and time.time() < deadline:
                 time.sleep(0.2)
@@ -152,10 +266,16 @@ def down(timeout: float = 20) -> list[str]:
     return stopped
 
 
-def main(action: str) -> int:
+def main(action: str, backend: str = "sqlite") -> int:
     if action == "up":
-        info = up()
+        try:
+            info = up(backend=backend)
+        except RuntimeError as exc:  # a clear message, no traceback; `sciflow stack down` cleans up
+            print(f"sciflow stack up: {exc}", file=sys.stderr)
+            return 1
         print(f"Prefect UI: {info['prefect']['ui']}\nMLflow UI:  {info['mlflow']['ui']}\n"
+              f"backend: {info['backend']}" + (f" (postgres pid {info['postgres']['pid']}, data in "
+                                              f"{_dir() / 'pg'})\n" if backend == "postgres" else "\n") +
               f"worker pid {info['worker']['pid']} on pool 'local'; deployments from infra/prefect.yaml\n"
               f"point clients at it:  source {info['env']}\n"
               f"then e.g.: prefect deployment run nightly-benchmark/nightly -p scale=smoke")

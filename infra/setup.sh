@@ -16,7 +16,7 @@ say() { printf '[setup] %s\n' "$*"; }
 need_root() { if [ "$(id -u)" != 0 ]; then echo "sudo"; fi; }
 
 # 1. System packages (Debian). Skipped when already installed.
-apt_pkgs=(petsc-dev libopenblas-dev openmpi-bin)  # openmpi-bin: mpiexec for the scale-out tests
+apt_pkgs=(petsc-dev libopenblas-dev openmpi-bin postgresql)  # openmpi-bin: mpiexec for the scale-out tests; postgresql: stack --backend postgres
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -1,4 +1,5 @@
 """`sciflow stack up|status|down` with the deployed nightly benchmark: real servers on 127.0.0.1,
+both deployment files (infra/prefect.yaml by `up`, infra/cluster/prefect.yaml on top),
 `prefect deployment run 'nightly-benchmark/nightly' --param scale=smoke` as a user types it, the
 result checked through MLflow's and Prefect's REST APIs, then everything stopped by PID."""
 
@@ -56,6 +57,18 @@ def test_stack_up_deployed_nightly_smoke_down(tmp_path):
         assert "Prefect UI: http://127.0.0.1:" in up.stdout and "MLflow UI:  http://127.0.0.1:" in up.stdout
         stack_env = dict(line.removeprefix("export ").split("=", 1)
                          for line in (tmp_path / "home" / "stack" / "stack.env").read_text().splitlines())
+        # the cluster file on top of what `up` deployed: its `gpu` pool (Kubernetes type, the
+        # committed base job template) and the gpu deployments the nightly dispatches to
+        prefect_cli = [str(BIN / "prefect"), "--no-prompt"]
+        for args in (["work-pool", "create", "gpu", "--type", "kubernetes", "--base-job-template",
+                      "infra/cluster/k8s-gpu-job-template.json"],
+                     ["deploy", "--all", "--prefect-file", "infra/cluster/prefect.yaml"], ["deployment", "ls"]):
+            done = subprocess.run([*prefect_cli, *args], env={**env, **stack_env}, cwd=ROOT, capture_output=True, text=True,
+                                  timeout=180)
+            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        for name in ["generate-dataset/generate-dataset", "nightly-benchmark/nightly", "nightly-benchmark/nightly-paper",
+                     *(f"{stage}/{stage}" for stage in STAGES), *(f"{stage}/gpu" for stage in STAGES if stage != "benchmark-optimizers")]:
+            assert name in done.stdout, name
         t0 = time.perf_counter()
         out = subprocess.run([str(BIN / "prefect"), "deployment", "run", "nightly-benchmark/nightly", "--param", "scale=smoke",
                               "--watch", "--watch-timeout", "540"],
