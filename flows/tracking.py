@@ -166,14 +166,30 @@ def _process_token(pid: int) -> str | None:
     return f"{socket.gethostname()}:{pid}:{start}"
 
 
+def _crash_flow_run(prefect_client, flow_run_id: str, why: str) -> None:
+    """Mark a Prefect flow run whose process is gone CRASHED if it still claims to be running
+    (a killed process never reports; nothing else on a local stack notices)."""
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import Crashed
+
+    try:
+        state = prefect_client.read_flow_run(flow_run_id).state
+    except ObjectNotFound:
+        return
+    if state is not None and not state.is_final():
+        prefect_client.set_flow_run_state(flow_run_id, Crashed(message=f"sciflow: {why}; marked crashed by a later run"),
+                                          force=True)
+
+
 def reap_orphans(experiment: str = EXPERIMENT) -> list[str]:
     """End MLflow runs left RUNNING by a process that died (SIGKILL, OOM, lost node).
 
     A run is an orphan when the process that opened it (tag ``sciflow.process``, this host
     only) is gone, or when its Prefect flow run (tag ``prefect.flow_run_id``) is in a final
     state (crashed, failed, cancelled, completed) or no longer exists. The ephemeral Prefect API
-    dies with its process and never marks the flow run crashed, hence the process check. It is
-    ended KILLED with the reason in ``sciflow.error``. Returns the ids it ended.
+    dies with its process and never marks the flow run crashed, hence the process check; such a
+    flow run, still RUNNING in Prefect, is marked CRASHED. The MLflow run is ended KILLED with
+    the reason in ``sciflow.error``. Returns the ids it ended.
     """
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
@@ -193,6 +209,8 @@ def reap_orphans(experiment: str = EXPERIMENT) -> list[str]:
                 if _process_token(int(pid.split(":")[0])) == owner:
                     continue  # its process is alive: not an orphan
                 why = f"process {owner} that ran it is gone"
+                if flow_run_id:
+                    _crash_flow_run(prefect_client, flow_run_id, why)
             elif flow_run_id:
                 try:
                     state = prefect_client.read_flow_run(flow_run_id).state

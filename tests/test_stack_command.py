@@ -106,6 +106,24 @@ def test_stack_up_deployed_nightly_smoke_down(tmp_path):
             f"{mlflow}/get-artifact?" + urllib.parse.urlencode({"path": "results/nightly-smoke.json", "run_uuid": parent["info"]["run_id"]}),
             timeout=30).read())["rows"]
         assert len(rows) == metrics["rows"] and {r["stage"] for r in rows} == {"generate-dataset", *STAGES}
+        assert [r["problem"].split("-")[0] for r in rows[:3]] == ["poisson", "darcy", "heat"]
+        by_stage = lambda stage: [r for r in rows if r["stage"] == stage]  # noqa: E731
+        linear = by_stage("benchmark-linear-solvers")
+        assert {r["method"] for r in linear} == {"dcdm-k2", "dcdm-k0", "cg", "icpcg", "dpcg", "gamg"}
+        assert all(r["converged"] for r in linear if not r["method"].startswith("dcdm"))
+        ops = by_stage("benchmark-operators")
+        assert {r["method"] for r in ops} >= {"fno", "tfno-r0.02", "mg-tfno-r0.02"} and all(r["params"] > 0 for r in ops)
+        assert {r["method"] for r in by_stage("benchmark-optimizers")} >= {"al-sketch", "newton-sqp", "trust-constr", "lv-hba", "implicit"}
+        assert {(r["problem"], r["method"]) for r in by_stage("benchmark-hard-constraints")} >= {
+            ("diffusion-sorption", "soft-pinn"), ("heat-2d", "pi-hc-moe-k4")}
+        assert {(r["problem"], r["method"]) for r in by_stage("benchmark-neural-odes")} >= {
+            ("digits", "local-unbiased"), ("lotka-volterra", "global")}
+        assert "residuals.png" in _artifacts(mlflow, bench["benchmark-linear-solvers"]["info"]["run_id"])
+        # one comparison: the overview figure and every stage's table in report.md, with where the plots are
+        assert "nightly-smoke.png" in _artifacts(mlflow, parent["info"]["run_id"])
+        report = urllib.request.urlopen(f"{mlflow}/get-artifact?" + urllib.parse.urlencode(
+            {"path": "report.md", "run_uuid": parent["info"]["run_id"]}), timeout=30).read().decode()
+        assert "![overview" in report and "## benchmark-operators" in report and "`residuals.png`" in report
         pids = [int((tmp_path / "home" / "stack" / f"{n}.pid").read_text()) for n in ("prefect", "mlflow", "worker")]
     finally:
         down = subprocess.run([*sciflow, "down"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
