@@ -268,10 +268,22 @@ def main(runs: int, out: Path | None, timeout: float) -> int:
     if not os.environ.get("PREFECT_API_URL", "").startswith("http") or not os.environ.get("MLFLOW_TRACKING_URI", "").startswith("http"):
         raise SystemExit("sciflow loadtest: point PREFECT_API_URL and MLFLOW_TRACKING_URI at a stack first "
                          f"(sciflow stack up; source {settings.sciflow_home() / 'stack' / 'stack.env'})")
+    if runs < 1 or not timeout > 0:
+        raise SystemExit(f"sciflow loadtest: --runs must be >= 1 and --timeout > 0 (got {runs}, {timeout})")
+    import urllib.request
+
+    for name, url in (("Prefect", os.environ["PREFECT_API_URL"] + "/health"), ("MLflow", os.environ["MLFLOW_TRACKING_URI"] + "/health")):
+        try:
+            urllib.request.urlopen(url, timeout=5)
+        except OSError as exc:
+            raise SystemExit(f"sciflow loadtest: the {name} server at {url} does not answer ({exc}); is the stack up?") from None
     report = run_load(runs, timeout)
     print(format_report(report))
     if out:
-        Path(out).write_text(json.dumps(report, indent=2))
+        from data.store import atomic_path
+
+        with atomic_path(Path(out)) as tmp:
+            tmp.write_text(json.dumps(report, indent=2))
     return 0 if report["ok"] else 1
 
 

@@ -120,3 +120,14 @@ def test_log_scan_counts_locks_and_errors_but_not_the_handled_experiment_race(tm
     locked, errors, handled = _errors(tmp_path, since)
     assert (locked, len(errors), handled) == (1, 2, 1)
     assert _peak([(0, 10), (1, 4), (3, 11), (10.5, 12)]) == 3  # at t = 3.5
+
+
+def test_loadtest_refuses_bad_arguments_and_a_dead_stack(monkeypatch):
+    from flows.loadtest import main
+
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # port 9 (discard): nothing listens
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    with pytest.raises(SystemExit, match="--runs must be >= 1"):
+        main(0, None, 60)
+    with pytest.raises(SystemExit, match="Prefect server at http://127.0.0.1:9/api/health does not answer"):
+        main(2, None, 60)
