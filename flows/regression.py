@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
+from .results import _fmt as _cell
+
 LOWER, HIGHER = "lower", "higher"
 
 
@@ -187,15 +189,8 @@ def regressions(comparison: Sequence[Mapping[str, Any]]) -> list[Mapping[str, An
 
 
 def _fmt(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
-            return f"{value:.3e}"
-        return f"{value:.4g}"
-    return str(value)
+    """A table cell as in :func:`flows.results.format_table`; a missing value is a dash."""
+    return "–" if value is None else _cell(value)
 
 
 def _fmt_change(change: float | None) -> str:
