@@ -51,9 +51,6 @@ DATASETS = {
 }
 
 
-Stage = Literal["benchmark-linear-solvers", "benchmark-operators", "benchmark-neural-odes", "benchmark-optimizers",
-                "benchmark-hard-constraints"]
-
 #: Stage (= flow name) -> (module:function of the flow, benchmark name in ``flows.benchmarks``).
 STAGES: dict[str, tuple[str, str]] = {
     "benchmark-linear-solvers": ("flows.dcdm:benchmark_linear_solvers", "linear"),
@@ -62,6 +59,9 @@ STAGES: dict[str, tuple[str, str]] = {
     "benchmark-optimizers": ("flows.optimize:benchmark_optimizers", "optimizers"),
     "benchmark-hard-constraints": ("flows.hard_constraint:benchmark_hard_constraints", "hard-constraints"),
 }
+
+#: A stage name, as a flow parameter (a choice list in the Prefect UI form).
+Stage = Literal[tuple(STAGES)]  # type: ignore[valid-type]
 
 #: Deployment name of each stage's flow on the ``gpu`` pool (infra/cluster/prefect.yaml); the
 #: ``local`` deployments (infra/prefect.yaml) are named after their flow.
