@@ -13,6 +13,7 @@ import torch
 from operators.hard import (ConstraintSolveError, DiffusionSorption, ExpertLayoutError, HardConstraintModel,
                             HardModelConfig, HardTrainConfig, Heat2D, LeastSquares, Router, evaluate, expert_index,
                             from_dataset, layout_for, loss_terms, model_from_checkpoint, solve, train)
+from operators.hard.layer import SCS_EPS
 from operators.hard.pdes import derivative_matrix, lagrange_weights
 
 torch.set_default_dtype(torch.float32)
@@ -87,13 +88,19 @@ def test_implicit_gradient_of_the_nonlinear_solve_matches_finite_differences():
 
     phi = phi0.clone().requires_grad_()
     grad = torch.autograd.grad(value(phi), phi)[0]
-    eps = 1e-6
+    # Central differences of full re-solves. LM accepts steps by comparing float64 costs, so a re-solve
+    # pins w* down to ~1e-11 (not to machine precision): the difference quotient carries noise
+    # ~1e-11 / eps plus truncation ~eps^2. eps = 1e-4 balances them (measured: <= 1e-7 of the largest
+    # gradient entry); the bound is taken against the largest entry, since entries ~1e-5 of it are
+    # dominated by that noise. eps = 1e-6 measured LM's stopping noise, not the gradient.
+    eps = 1e-4
+    scale = float(grad.abs().max())
     for idx in [(0, 2, 3, 1), (0, 4, 7, 0), (0, 0, 0, 2), (0, 5, 11, 3)]:
         hi, lo = phi0.clone(), phi0.clone()
         hi[idx] += eps
         lo[idx] -= eps
         fd = (value(hi) - value(lo)) / (2 * eps)
-        assert float(grad[idx]) == pytest.approx(float(fd), rel=1e-4, abs=1e-7)
+        assert abs(float(grad[idx]) - float(fd)) <= 1e-5 * scale, idx
 
 
 def test_singular_system_falls_back_to_damping_and_reports_the_condition():
@@ -300,7 +307,7 @@ def test_every_model_trains_and_evaluates_on_diffusion_sorption(mc):
 
 def test_heat_with_the_cvxpylayers_backend_matches_cholesky():
     pde = _heat()
-    u0 = torch.randn(2, 6, 6)
+    u0 = torch.randn(2, 6, 6, generator=torch.Generator().manual_seed(0))
     models = {}
     for backend in ("cholesky", "cvxpylayers"):
         torch.manual_seed(0)
@@ -308,7 +315,12 @@ def test_heat_with_the_cvxpylayers_backend_matches_cholesky():
                                                               modes=(2, 3, 3), **SMALL_NET), pde)
     pts = models["cholesky"].router.sample(72, torch.Generator().manual_seed(0))
     outs = {k: m(u0, points=pts) for k, m in models.items()}
-    assert torch.allclose(outs["cvxpylayers"].u, outs["cholesky"].u, atol=1e-6 * float(outs["cholesky"].u.detach().abs().max()))
+    info = outs["cvxpylayers"].info
+    assert info.converged, info.notes  # SCS met its tolerance (no "Solved/Inaccurate")
+    # a first-order cone solver stopped at residual eps leaves a solution error up to ~cond * eps
+    # (condition of the damped normal matrix, ~8e3 here): 10x that as the bound
+    bound = 10 * info.condition * SCS_EPS
+    assert torch.allclose(outs["cvxpylayers"].u, outs["cholesky"].u, atol=bound * float(outs["cholesky"].u.detach().abs().max()))
     losses = {k: sum(loss_terms(pde, o.u, u0.double()).values()) for k, o in outs.items()}
     grads = {}
     for k, m in models.items():
