@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 SCALE ?= smoke
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: setup run test test-fast bench bench-datagen ui stack stack-down clean
+.PHONY: lock setup run test test-fast bench bench-datagen ui stack stack-down clean
 
 setup:
 	@bash infra/setup.sh
@@ -13,7 +13,7 @@ run: setup
 	$(BIN)/sciflow run nightly --scale $(SCALE)
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
@@ -32,3 +32,9 @@ stack-down:
 
 clean:
 	rm -rf .sciflow
+
+# Re-resolve requirements.lock and infra/build.lock from pyproject.toml's ranges (after changing a
+# dependency, or to take newer releases on purpose); commit both files. A failed resolution keeps the old lock.
+lock:
+	@test -x $(BIN)/python || python3.11 -m venv $(VENV)
+	$(BIN)/python infra/lock.py lock $(BIN)/python

@@ -221,6 +221,17 @@ def _write_json(path: Path, obj: dict) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
 
 
+def lock_digest() -> str:
+    """SHA-256 of the lock files the running environment was installed from (``infra/setup.sh``
+    records it in ``<venv>/sciflow-lock.json``); ``"unlocked"`` for an environment made otherwise."""
+    import sys
+
+    try:
+        return str(json.loads((Path(sys.prefix) / "sciflow-lock.json").read_text())["lock_sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unlocked"
+
+
 def package_versions() -> dict[str, str]:
     from importlib import metadata
 
