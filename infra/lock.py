@@ -21,6 +21,8 @@ Commands (run with the project's interpreter, Python 3.11):
     Does the running environment hold exactly the locked versions? Exits 1 naming the package
     that differs; packages the lock does not list are reported (a CUDA build of torch brings
     its own ``nvidia-*`` packages, for example).
+``split LOCK NAME OTHERS CHOSEN``
+    Write LOCK's entries other than NAME's, and NAME's, to two requirement files.
 ``digest``
     SHA-256 over both lock files: the ``sciflow.lock.sha256`` tag of every MLflow run.
 
@@ -237,6 +239,23 @@ def verify() -> tuple[list[str], list[str]]:
     return mismatches, extras
 
 
+def split(path: Path, name: str, others: Path, chosen: Path) -> None:
+    """Write the entries of lock ``path`` other than ``name`` to ``others`` and ``name``'s to ``chosen``
+    (set-up installs the build tools, then builds petsc4py from its hash-checked source)."""
+    entries, current = [], []
+    for line in path.read_text().splitlines():
+        if re.match(r"^[A-Za-z0-9]", line):
+            current = [line]
+            entries.append(current)
+        elif line.startswith(" ") and current:
+            current.append(line)
+    pick = [e for e in entries if normalize(e[0].split("==")[0]) == normalize(name)]
+    if len(pick) != 1:
+        raise LockError(f"{path} pins {name} {len(pick)} times; expected once (run `make lock`)")
+    others.write_text("".join("\n".join(e) + "\n" for e in entries if e is not pick[0]))
+    chosen.write_text("\n".join(pick[0]) + "\n")
+
+
 def main(argv: list[str]) -> int:
     cmd = argv[1] if len(argv) > 1 else ""
     try:
@@ -256,6 +275,8 @@ def main(argv: list[str]) -> int:
             if mismatches:
                 print("the environment differs from the lock:\n  " + "\n  ".join(mismatches), file=sys.stderr)
                 return 1
+        elif cmd == "split" and len(argv) == 6:
+            split(Path(argv[2]), argv[3], Path(argv[4]), Path(argv[5]))
         elif cmd == "digest":
             print(digest())
         else:
