@@ -16,6 +16,8 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 import scipy.sparse as sp
 
+from .errors import SolverDivergedError
+
 _prefix_counter = itertools.count()
 log = logging.getLogger(__name__)
 
@@ -28,10 +30,6 @@ def petsc():
     from petsc4py import PETSc
 
     return PETSc
-
-
-class SolverDivergedError(RuntimeError):
-    """A PETSc KSP/TS solve did not converge; the message carries PETSc's reason."""
 
 
 def _reason_name(enum_cls, code: int) -> str:

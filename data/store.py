@@ -31,6 +31,8 @@ import h5py
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from .errors import DatasetError
+from .io import atomic_path, sweep_temporaries, temporary_name  # noqa: F401  (re-exported for the store's users)
 from .pdes import family_module
 from .spec import GENERATOR_VERSION, canonical_json, parse_spec, spec_hash
 
@@ -39,10 +41,6 @@ MANIFEST = "manifest.json"
 DEFAULT_CHUNK_SIZE = 16
 #: dtype kinds an array in a dataset file may have: bool, signed / unsigned int, float, complex
 NUMERIC_KINDS = "biufc"
-
-
-class DatasetError(RuntimeError):
-    """A dataset is missing, unreadable or fails its digest check."""
 
 
 class DatasetRef(BaseModel):
@@ -106,80 +104,6 @@ def array_digest(arrays: dict[str, np.ndarray]) -> str:
     """SHA-256 of a set of named arrays: over the names in order, each ``name|dtype|shape|``
     and the SHA-256 of the array's C-order bytes (so arrays written in slices hash alike)."""
     return _combine({k: (v.dtype.str, v.shape, _sha(v).hexdigest()) for k, v in arrays.items()})
-
-
-_HOST = "".join(c for c in socket.gethostname() if c.isalnum())[:24] or "host"
-_TMP = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<host>[A-Za-z0-9]+)\.(?P<pid>\d+)\.[0-9a-f]+$")
-
-
-def temporary_name(final: Path) -> Path:
-    """The hidden temporary beside ``final`` that a writer fills before renaming it into place:
-    ``.<name>.tmp-<host>.<pid>.<random>``. Host and PID let :func:`sweep_temporaries` tell
-    the litter of a killed writer from a write in progress."""
-    return final.with_name(f".{final.name}.tmp-{_HOST}.{os.getpid()}.{uuid.uuid4().hex[:12]}")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
-def sweep_temporaries(folder: str | os.PathLike, max_age_s: float = 86400.0) -> list[Path]:
-    """Remove the temporaries (:func:`temporary_name`) a killed writer left in ``folder``:
-    those of a process of this host that no longer exists, and any untouched for ``max_age_s``
-    (a writer on another host sharing the folder). Returns the paths removed. Files that do
-    not match the pattern are never touched."""
-    import time
-
-    removed = []
-    try:
-        entries = list(os.scandir(folder))
-    except FileNotFoundError:
-        return removed
-    now = time.time()
-    for entry in entries:
-        m = _TMP.match(entry.name)
-        if not m or not entry.is_file(follow_symlinks=False):
-            continue
-        try:
-            age = now - entry.stat(follow_symlinks=False).st_mtime
-        except FileNotFoundError:  # renamed into place meanwhile
-            continue
-        if (m["host"] == _HOST and not _pid_alive(int(m["pid"]))) or age > max_age_s:
-            try:
-                os.unlink(entry.path)
-                removed.append(Path(entry.path))
-            except FileNotFoundError:
-                pass
-    return removed
-
-
-@contextmanager
-def atomic_path(final: Path, durable: bool = True) -> Iterator[Path]:
-    """Yield a temporary path beside ``final``; on success (fsync if ``durable``) rename it into
-    place, on any error remove it. The previous ``final`` (if any) survives a failed write.
-
-    The rename alone makes the write atomic against a crashed process; the fsync also against a
-    crashed machine. Chunk files skip it: they are a cache whose digest is checked on every use."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_name(final)
-    try:
-        yield tmp
-        if durable:
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):  # disk full, quota, I/O error: say which file and what survived
-            exc.add_note(f"while writing {final}; nothing was written under that name (a previous version is unchanged)")
-        raise
 
 
 def write_h5(path: Path, arrays: dict[str, np.ndarray], attrs: dict[str, str], durable: bool = True) -> str:
