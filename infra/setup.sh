@@ -23,6 +23,7 @@ need_root() { if [ "$(id -u)" != 0 ]; then echo "sudo"; fi; }
 # pip prints a warning per package for index folders it does not find; keep the log readable
 pip_q() { "$@" 2> >(grep -v "^WARNING: Location '.*' is ignored" >&2); }
 t_start=$SECONDS
+trap 'say "failed (exit $?) at infra/setup.sh line $LINENO: $BASH_COMMAND"' ERR
 
 # 1. System packages (Debian). Skipped when already installed.
 apt_pkgs=(petsc-dev libopenblas-dev openmpi-bin postgresql)  # openmpi-bin: mpiexec for the scale-out tests; postgresql: stack --backend postgres
@@ -80,7 +81,7 @@ if [ ! -f "$stamp" ] || ! grep -q "\"$digest\"" "$stamp"; then
   changed=1
   pip_q "${PIP[@]}" install -q --no-deps --require-hashes -r "$LOCK"
   # packages an older lock installed and this one no longer lists
-  stale=$("$PY" infra/lock.py verify 2>&1 >/dev/null | sed -n 's/^\[setup\] installed but not locked: //p' | tr -d ',')
+  stale=$({ "$PY" infra/lock.py verify 2>&1 >/dev/null || true; } | sed -n 's/^\[setup\] installed but not locked: //p' | tr -d ',')
   stale=$(for p in $stale; do case $p in petsc4py|nvidia-*|triton) ;; *) echo "$p";; esac; done)
   if [ -n "$stale" ]; then
     say "removing packages the lock no longer lists: $(echo $stale)"
