@@ -15,7 +15,8 @@ function and one entry there.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import numpy as np
 import scipy.sparse as sp
@@ -154,7 +155,5 @@ def solve(
     return SOLVERS[method](system, b, tol, maxiter, x0=x0, model=model, petsc_options=petsc_options, n_orth=n_orth)
 
 
-__all__ = [
-    "GridSystem", "LinearSolver", "METHODS", "NotSPDError", "SOLVERS", "SolveResult", "as_system", "dcdm", "dpcg",
-    "pcg", "petsc_ksp", "ritz_pairs", "solve",
-]
+__all__ = ["METHODS", "SOLVERS", "GridSystem", "LinearSolver", "NotSPDError", "SolveResult", "as_system", "dcdm",
+           "dpcg", "pcg", "petsc_ksp", "ritz_pairs", "solve"]

@@ -8,8 +8,8 @@ records the residual norm after each iteration (``residuals[0]`` is the initial 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 import numpy as np
 import scipy.sparse.linalg as spla
