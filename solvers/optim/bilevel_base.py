@@ -57,6 +57,8 @@ class BilevelInputError(InputError):
 
 
 def as_vector(name: str, v) -> Tensor:
+    """``v`` (array or tensor) as a fresh float64 1-D tensor; :class:`BilevelInputError` naming
+    ``name`` if it is empty, not 1-D or not finite."""
     t = torch.as_tensor(np.asarray(v.detach().cpu() if isinstance(v, Tensor) else v), dtype=DTYPE)
     if t.ndim != 1 or t.numel() == 0:
         raise BilevelInputError(f"{name} must be a non-empty 1-D vector, got shape {tuple(t.shape)}")
@@ -66,6 +68,7 @@ def as_vector(name: str, v) -> Tensor:
 
 
 def positive(name: str, value: float, upper: float = math.inf) -> float:
+    """``float(value)`` if it lies in ``(0, upper)``; else :class:`BilevelInputError` naming ``name``."""
     value = float(value)
     if not (0.0 < value < upper) or not math.isfinite(value):
         bound = f"(0, {upper})" if math.isfinite(upper) else "(0, inf)"
@@ -74,6 +77,7 @@ def positive(name: str, value: float, upper: float = math.inf) -> float:
 
 
 def check_scalar(name: str, out, where: str) -> None:
+    """Refuse an objective value ``out`` of ``name(x, y)`` that is not a finite scalar tensor."""
     if not isinstance(out, Tensor) or out.numel() != 1:
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise BilevelInputError(f"{name}(x, y) must return a scalar torch tensor, got {shape} {where}")
@@ -82,6 +86,7 @@ def check_scalar(name: str, out, where: str) -> None:
 
 
 def grads(out: Tensor, inputs: Sequence[Tensor]) -> list[Tensor]:
+    """Gradients of the scalar ``out`` with respect to ``inputs`` (zeros where it does not depend on one)."""
     gs = torch.autograd.grad(out, inputs, allow_unused=True)
     return [torch.zeros_like(i) if gi is None else gi for gi, i in zip(gs, inputs)]
 
