@@ -117,3 +117,15 @@ def test_implicit_rejects_bad_lower_levels():
                   lr=0.5, tol=1e-6)
     # min_x 1/2|x - y*(x)|^2 with y* = projection onto {sum <= 1}: any x with sum <= 1 is optimal
     assert res.converged and res.F <= 1e-8
+
+
+def test_bilevel_methods_come_from_one_registry():
+    from data.errors import InputError
+    from solvers.optim import BILEVEL_METHODS
+    from solvers.optim.bilevel import METHODS
+    from solvers.optim.implicit import implicit
+    from solvers.optim.lv_hba import lv_hba
+
+    assert METHODS == tuple(BILEVEL_METHODS) == ("lv-hba", "implicit")
+    assert BILEVEL_METHODS["lv-hba"] is lv_hba and BILEVEL_METHODS["implicit"] is implicit
+    assert issubclass(BilevelInputError, InputError) and issubclass(BilevelInputError, ValueError)

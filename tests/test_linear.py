@@ -196,3 +196,20 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         train(cfg.model_copy(update={"epochs": 2}), checkpoint=tmp_path / "c2.pt")
     assert ckpt.read_bytes() == good and sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+
+
+def test_linear_methods_come_from_one_registry_and_errors_from_one_family():
+    import ast
+
+    import solvers.linear.lanczos as lanczos
+    from data.errors import InputError
+    from solvers.linear import METHODS, SOLVERS
+
+    assert METHODS == tuple(SOLVERS) and all(callable(s) for s in SOLVERS.values())
+    assert issubclass(NotSPDError, InputError) and issubclass(NotSPDError, ValueError)
+    with pytest.raises(InputError, match="needs petsc_options"):
+        solve(sp.eye(16, format="csr"), np.ones(16), "petsc")
+    # lanczos.py imports nothing from system.py (which imports it): no circle
+    tree = ast.parse(Path(lanczos.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not any(m and m.endswith("system") for m in imported), imported

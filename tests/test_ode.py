@@ -132,3 +132,13 @@ def test_bad_input():
         ODETrainConfig(w_start=-1.0)
     with pytest.raises(ValidationError, match="regularizer"):
         ODETrainConfig(regularizer="l2")
+
+
+def test_regularizer_names_are_written_once_and_step_limit_is_a_sciflow_error():
+    from typing import get_args
+
+    from data.errors import SciflowError
+    from solvers.ode.regularize import REGULARIZERS, Regularizer
+
+    assert REGULARIZERS == get_args(Regularizer) == ("none", "global", "local-unbiased", "local-biased")
+    assert issubclass(StepLimitError, SciflowError) and issubclass(StepLimitError, RuntimeError)

@@ -213,3 +213,36 @@ def test_darcy_inverse_bad_input():
     P = make_problem(8)
     with pytest.raises(ValueError, match="x0 has 10 entries"):
         minimize_eq(None, None, np.zeros(10), derivatives=P)
+
+
+def test_method_names_come_from_one_registry():
+    from typing import get_args
+
+    from data.errors import InputError
+    from solvers.optim import MINIMIZERS, SKETCHES
+    from solvers.optim.config import OptimizeConfig
+    from solvers.optim.sketch import SKETCH_STEPS
+
+    assert METHODS == tuple(MINIMIZERS) and SKETCHES == tuple(SKETCH_STEPS)
+    fields = OptimizeConfig.model_fields
+    assert get_args(fields["method"].annotation) == METHODS
+    assert get_args(fields["sketch"].annotation) == SKETCHES
+    assert issubclass(NonFiniteError, InputError)
+    f, c = _circle()
+    with pytest.raises(InputError, match="method must be one of"):
+        minimize_eq(f, c, np.array([1.0, 0.0]), method="nope")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_registered_method_is_callable_directly(method):
+    """A registry entry takes the uniform keyword signature and gives the same answer as the entry point."""
+    from solvers.optim import ALParams, MINIMIZERS
+
+    f, c = _circle()
+    x0 = np.array([-1.2, -0.8])
+    d = AutogradDerivatives(f, c, x0)
+    direct = MINIMIZERS[method](d, x0.copy(), np.zeros(1), tol=1e-8, max_iter=100, max_seconds=None, callback=None,
+                                sketch="exact", seed=0, params=ALParams())
+    via = minimize_eq(f, c, x0, method=method, tol=1e-8, max_iter=100, sketch="exact")
+    assert direct.method == via.method == method
+    np.testing.assert_array_equal(direct.x, via.x)

@@ -7,21 +7,80 @@
 ``scipy.sparse`` matrix (a square 2D grid is assumed for grid methods), or a PETSc Mat. Every
 method stops on ``||b - A x|| <= tol ||b||`` with the true residual, and records the residual
 history. Non-convergence returns ``converged=False`` with the history; it never raises.
+
+The methods are the :data:`SOLVERS` registry (name -> function with the :class:`LinearSolver`
+signature); :data:`METHODS` and every list of method names derive from it. A new method is one
+function and one entry there.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import numpy as np
 import scipy.sparse as sp
+
+from data.errors import InputError
 
 from .dcdm import dcdm
 from .krylov import SolveResult, dpcg, gamg_petsc_options, ic0_petsc_options, pcg, petsc_ksp
 from .lanczos import ritz_pairs
 from .system import GridSystem, NotSPDError, check_rhs, check_spd
 
-METHODS = ("cg", "icpcg", "dpcg", "gamg", "petsc", "dcdm")
+
+class LinearSolver(Protocol):
+    """The signature every registered method has: the checked system and right-hand side, the
+    relative tolerance, the iteration cap, and the options some methods use."""
+
+    def __call__(self, system: GridSystem, b: np.ndarray, tol: float, maxiter: int, *, x0: np.ndarray | None,
+                 model: Any, petsc_options: Mapping[str, str] | None, n_orth: int) -> SolveResult: ...
+
+
+def _cg(system: GridSystem, b: np.ndarray, tol: float, maxiter: int, *, x0: np.ndarray | None,
+        **_: object) -> SolveResult:
+    return pcg(system, b, tol, maxiter, x0=x0)
+
+
+def _dpcg(system: GridSystem, b: np.ndarray, tol: float, maxiter: int, *, x0: np.ndarray | None,
+          **_: object) -> SolveResult:
+    return dpcg(system, b, tol, maxiter, x0=x0)
+
+
+def _icpcg(system: GridSystem, b: np.ndarray, tol: float, maxiter: int, *, x0: np.ndarray | None,
+           **_: object) -> SolveResult:
+    return petsc_ksp(system, b, tol, maxiter, ic0_petsc_options(), "icpcg", x0)
+
+
+def _gamg(system: GridSystem, b: np.ndarray, tol: float, maxiter: int, *, x0: np.ndarray | None,
+          **_: object) -> SolveResult:
+    return petsc_ksp(system, b, tol, maxiter, gamg_petsc_options(), "gamg", x0)
+
+
+def _petsc(system: GridSystem, b: np.ndarray, tol: float, maxiter: int, *, x0: np.ndarray | None,
+           petsc_options: Mapping[str, str] | None, **_: object) -> SolveResult:
+    if not petsc_options:
+        raise InputError("method='petsc' needs petsc_options, e.g. {'ksp_type': 'cg', 'pc_type': 'gamg'}")
+    return petsc_ksp(system, b, tol, maxiter, petsc_options, "petsc", x0)
+
+
+def _dcdm(system: GridSystem, b: np.ndarray, tol: float, maxiter: int, *, x0: np.ndarray | None, model: Any,
+          n_orth: int, **_: object) -> SolveResult:
+    if model is None:
+        raise InputError("method='dcdm' needs a trained model (operators.dcdm.DCDMNet)")
+    return dcdm(system, b, model, tol, maxiter, n_orth=n_orth, x0=x0)
+
+
+#: method name -> solver; the one list of linear methods (``METHODS``, CLI choices derive from it)
+SOLVERS: dict[str, LinearSolver] = {
+    "cg": _cg,
+    "icpcg": _icpcg,
+    "dpcg": _dpcg,
+    "gamg": _gamg,
+    "petsc": _petsc,
+    "dcdm": _dcdm,
+}
+METHODS = tuple(SOLVERS)
 
 
 def as_system(A) -> GridSystem:
@@ -36,12 +95,12 @@ def as_system(A) -> GridSystem:
     if not sp.issparse(A):
         A = np.asarray(A)
         if A.ndim != 2 or not np.issubdtype(A.dtype, np.number):
-            raise ValueError(f"A must be a square numeric matrix, got a {A.ndim}-D {A.dtype} array")
+            raise InputError(f"A must be a square numeric matrix, got a {A.ndim}-D {A.dtype} array")
         A = sp.csr_matrix(A)
     if A.shape[0] != A.shape[1]:
-        raise ValueError(f"A must be square, got shape {A.shape}")
+        raise InputError(f"A must be square, got shape {A.shape}")
     if not np.isfinite(A.data).all():
-        raise ValueError(f"the matrix A contains NaN or inf ({int((~np.isfinite(A.data)).sum())} stored entries)")
+        raise InputError(f"the matrix A contains NaN or inf ({int((~np.isfinite(A.data)).sum())} stored entries)")
     n = A.shape[0]
     side = int(round(np.sqrt(n)))
     return GridSystem(A=A, shape=(side, side) if side * side == n else (n,))
@@ -73,44 +132,28 @@ def solve(
         check: verify symmetry / positivity before iterating (clear error instead of garbage).
 
     Raises:
-        ValueError (NotSPDError among them): bad shapes, NaN/inf, a non-SPD matrix, a model for
+        InputError, a ValueError (NotSPDError among them): bad shapes, NaN/inf, a non-SPD matrix, a model for
         another dimension, an unknown method — always before the first iteration.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if method not in SOLVERS:
+        raise InputError(f"unknown method {method!r}; choose one of {METHODS}")
     if not (0 < tol < 1):
-        raise ValueError(f"tol must be in (0, 1), got {tol}")
+        raise InputError(f"tol must be in (0, 1), got {tol}")
     system = as_system(A)
     b = check_rhs(system, b)
     if check:
         check_spd(system.A)
     if maxiter is not None and maxiter < 1:
-        raise ValueError(f"maxiter must be >= 1, got {maxiter}")
+        raise InputError(f"maxiter must be >= 1, got {maxiter}")
     if x0 is not None:
         x0 = np.asarray(x0, dtype=np.float64)
         if x0.shape != b.shape:
-            raise ValueError(f"x0 has shape {x0.shape}, b has {b.shape}")
+            raise InputError(f"x0 has shape {x0.shape}, b has {b.shape}")
         if not np.isfinite(x0).all():
-            raise ValueError("x0 (initial guess) contains NaN or inf")
+            raise InputError("x0 (initial guess) contains NaN or inf")
     maxiter = int(maxiter or system.n)
-    if method == "cg":
-        return pcg(system, b, tol, maxiter, x0=x0)
-    if method == "dpcg":
-        return dpcg(system, b, tol, maxiter, x0=x0)
-    if method == "icpcg":
-        return petsc_ksp(system, b, tol, maxiter, ic0_petsc_options(), "icpcg", x0)
-    if method == "gamg":
-        return petsc_ksp(system, b, tol, maxiter, gamg_petsc_options(), "gamg", x0)
-    if method == "petsc":
-        if not petsc_options:
-            raise ValueError("method='petsc' needs petsc_options, e.g. {'ksp_type': 'cg', 'pc_type': 'gamg'}")
-        return petsc_ksp(system, b, tol, maxiter, petsc_options, "petsc", x0)
-    if model is None:
-        raise ValueError("method='dcdm' needs a trained model (operators.dcdm.DCDMNet)")
-    return dcdm(system, b, model, tol, maxiter, n_orth=n_orth, x0=x0)
+    return SOLVERS[method](system, b, tol, maxiter, x0=x0, model=model, petsc_options=petsc_options, n_orth=n_orth)
 
 
-__all__ = [
-    "GridSystem", "METHODS", "NotSPDError", "SolveResult", "as_system", "dcdm", "dpcg", "pcg",
-    "petsc_ksp", "ritz_pairs", "solve",
-]
+__all__ = ["METHODS", "SOLVERS", "GridSystem", "LinearSolver", "NotSPDError", "SolveResult", "as_system", "dcdm",
+           "dpcg", "pcg", "petsc_ksp", "ritz_pairs", "solve"]

@@ -23,6 +23,8 @@ from collections import deque
 import numpy as np
 import torch
 
+from data.errors import InputError
+
 from .krylov import SolveResult, initial_state
 from .system import GridSystem
 
@@ -39,9 +41,9 @@ def network_direction(model: torch.nn.Module, system: GridSystem, r: np.ndarray)
 def check_model(model: torch.nn.Module, system: GridSystem) -> None:
     dim = getattr(model, "dim", None)
     if dim is not None and dim != system.dim:
-        raise ValueError(f"the model was trained for {dim}D grids, the system is {system.dim}D {system.shape}")
+        raise InputError(f"the model was trained for {dim}D grids, the system is {system.dim}D {system.shape}")
     if any(s % 2 for s in system.shape):
-        raise ValueError(f"DCDM's network needs even grid sides, got {system.shape}")
+        raise InputError(f"DCDM's network needs even grid sides, got {system.shape}")
 
 
 def dcdm(
@@ -63,7 +65,7 @@ def dcdm(
     decreased by a relative 1e-6 in ``patience`` iterations.
     """
     if n_orth < 0:
-        raise ValueError(f"n_orth must be >= 0, got {n_orth}")
+        raise InputError(f"n_orth must be >= 0, got {n_orth}")
     check_model(model, system)
     A = system.A
     model.eval()

@@ -8,8 +8,8 @@ records the residual norm after each iteration (``residuals[0]`` is the initial 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 import numpy as np
 import scipy.sparse.linalg as spla
@@ -190,8 +190,15 @@ def petsc_ksp(
             ksp.setFromOptions()
             if x0 is not None:
                 ksp.setInitialGuessNonzero(True)
-            hist, times = [], []
-            ksp.setMonitor(lambda _ksp, _it, rnorm: (hist.append(float(rnorm)), times.append(time.perf_counter() - t0)))
+            hist: list[float] = []
+            times: list[float] = []
+            t0: float  # set just before ksp.solve, the only place the monitor runs
+
+            def monitor(_ksp, _it: int, rnorm: float) -> None:
+                hist.append(float(rnorm))
+                times.append(time.perf_counter() - t0)
+
+            ksp.setMonitor(monitor)
             xb, bb = M.createVecs()
             bb.setArray(b)
             xb.setArray(np.zeros(system.n) if x0 is None else np.asarray(x0, dtype=np.float64))
@@ -207,7 +214,7 @@ def petsc_ksp(
         finally:
             ksp.destroy()
     true = float(np.linalg.norm(b - system.A @ x))
-    converged = reason > 0 and true <= tol * np.linalg.norm(b) * 1.0001
+    converged = bool(reason > 0 and true <= tol * np.linalg.norm(b) * 1.0001)
     out = SolveResult(x, max(len(hist) - 1, 0), hist or [true], seconds, converged, method, setup_seconds=setup, times=times)
     out.info.update({"ksp": label, "reason": ksp_reason(reason), "true_residual": true})
     return out

@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
+import scipy.sparse as sp
 from scipy.linalg import eigh_tridiagonal
 
-from .system import GridSystem
+from data.errors import InputError
+
+
+class OnGrid(Protocol):
+    """What :func:`ritz_pairs` needs of a system (a :class:`~.system.GridSystem` has it):
+    the matrix, its size and the projection onto fluid cells off the null space."""
+
+    @property
+    def A(self) -> sp.csr_matrix: ...
+
+    @property
+    def n(self) -> int: ...
+
+    def project(self, v: np.ndarray) -> np.ndarray: ...
 
 
 def lanczos(A, q0: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -36,7 +52,7 @@ def lanczos(A, q0: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return alpha[:k], beta[: k - 1], Q[:, :k]
 
 
-def ritz_pairs(system: GridSystem, m: int, seed: int = 0, drop_tol: float = 1e-8) -> tuple[np.ndarray, np.ndarray]:
+def ritz_pairs(system: OnGrid, m: int, seed: int = 0, drop_tol: float = 1e-8) -> tuple[np.ndarray, np.ndarray]:
     """``m`` Lanczos steps from a random start (zero on solid cells, orthogonal to the null
     space), fully reorthogonalised; returns Ritz values ascending, shape ``(k,)``, and Ritz
     vectors, shape ``(N, k)``, with Ritz values ``<= drop_tol * max`` (the null space) dropped.
@@ -44,7 +60,7 @@ def ritz_pairs(system: GridSystem, m: int, seed: int = 0, drop_tol: float = 1e-8
     """
     m = int(min(m, system.n))
     if m < 2:
-        raise ValueError(f"need at least 2 Lanczos steps, got m={m}")
+        raise InputError(f"need at least 2 Lanczos steps, got m={m}")
     rng = np.random.default_rng(seed)
     alpha, beta, Q = lanczos(system.A, system.project(rng.standard_normal(system.n)), m)
     theta, S = eigh_tridiagonal(alpha, beta)

@@ -6,9 +6,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.linalg import eigvalsh_tridiagonal
+
+from data.errors import InputError
+
+from .lanczos import lanczos
 
 
-class NotSPDError(ValueError):
+class NotSPDError(InputError):
     """The matrix is not symmetric positive (semi)definite where a method needs it."""
 
 
@@ -34,14 +39,14 @@ class GridSystem:
         if not sp.issparse(A):
             raise TypeError(f"A must be a scipy.sparse matrix, got {type(A).__name__}")
         if A.shape[0] != A.shape[1]:
-            raise ValueError(f"A must be square, got shape {A.shape}")
+            raise InputError(f"A must be square, got shape {A.shape}")
         n = int(np.prod(self.shape))
         if A.shape[0] != n:
-            raise ValueError(f"A has {A.shape[0]} rows but the grid {self.shape} has {n} cells")
+            raise InputError(f"A has {A.shape[0]} rows but the grid {self.shape} has {n} cells")
         if self.mask is not None and np.shape(self.mask) != tuple(self.shape):
-            raise ValueError(f"mask has shape {np.shape(self.mask)}, expected {tuple(self.shape)}")
+            raise InputError(f"mask has shape {np.shape(self.mask)}, expected {tuple(self.shape)}")
         if self.null is not None and np.shape(self.null) != (n,):
-            raise ValueError(f"null vector has shape {np.shape(self.null)}, expected ({n},)")
+            raise InputError(f"null vector has shape {np.shape(self.null)}, expected ({n},)")
         object.__setattr__(self, "A", sp.csr_matrix(A, dtype=np.float64))
 
     @property
@@ -60,7 +65,7 @@ class GridSystem:
 
         mask = poisson.obstacle_mask(obstacle, n, dim, seed)
         A = poisson.assemble(n, dim, bc, mask)
-        null = poisson.null_vector(PoissonSpec(n=n, dim=dim, bc=bc), mask)
+        null = poisson.null_vector(PoissonSpec.model_validate({"n": n, "dim": dim, "bc": bc}), mask)
         return cls(A=A, shape=(n,) * dim, mask=mask, null=None if null is None else null / np.linalg.norm(null))
 
     def project(self, v: np.ndarray) -> np.ndarray:
@@ -76,14 +81,14 @@ class GridSystem:
 def check_rhs(system: GridSystem, b: np.ndarray) -> np.ndarray:
     b = np.asarray(b, dtype=np.float64)
     if b.size != system.n:
-        raise ValueError(f"b has {b.size} entries (shape {b.shape}), A has {system.n} rows")
+        raise InputError(f"b has {b.size} entries (shape {b.shape}), A has {system.n} rows")
     b = b.ravel()
     if not np.all(np.isfinite(b)):
-        raise ValueError("b contains NaN or inf")
+        raise InputError("b contains NaN or inf")
     if system.null is not None:
         comp = abs(system.null @ b)
-        if comp > 1e-8 * max(np.linalg.norm(b), 1e-300):
-            raise ValueError(
+        if comp > 1e-8 * max(float(np.linalg.norm(b)), 1e-300):
+            raise InputError(
                 f"b is not orthogonal to the null space of the singular A (component {comp:.2e}); "
                 "project it first (GridSystem.project)"
             )
@@ -106,10 +111,6 @@ def check_spd(A: sp.csr_matrix, rtol: float = 1e-10, seed: int = 0, steps: int =
     off = np.asarray(abs(A).sum(axis=1)).ravel() - np.abs(A.diagonal())
     if np.all(A.diagonal() >= off * (1 - 1e-12)):
         return
-    from scipy.linalg import eigvalsh_tridiagonal
-
-    from .lanczos import lanczos
-
     alpha, beta, _ = lanczos(A, np.random.default_rng(seed).standard_normal(A.shape[0]), steps)
     low = eigvalsh_tridiagonal(alpha, beta)[0]
     if low < -1e-8 * scale:

@@ -13,6 +13,8 @@ from torchdiffeq._impl.dopri5 import _DORMAND_PRINCE_SHAMPINE_TABLEAU
 from torchdiffeq._impl.misc import _compute_error_ratio, _rms_norm, _select_initial_step
 from torchdiffeq._impl.rk_common import _runge_kutta_step
 
+from data.errors import InputError
+
 if torchdiffeq.__version__ != "0.2.5":  # private names below are those of 0.2.5
     raise ImportError(f"solvers.ode needs torchdiffeq 0.2.5, found {torchdiffeq.__version__}")
 
@@ -35,7 +37,7 @@ def _tableau(method: str):
     try:
         return TABLEAUS[method]
     except KeyError:
-        raise ValueError(f"local error estimates need an embedded RK method; {method!r} is not one of {sorted(TABLEAUS)}") from None
+        raise InputError(f"local error estimates need an embedded RK method; {method!r} is not one of {sorted(TABLEAUS)}") from None
 
 
 def initial_step(func, t: torch.Tensor, y: torch.Tensor, method: str, rtol: float, atol: float) -> torch.Tensor:

@@ -19,18 +19,20 @@ Every function here counts function evaluations through :class:`CountedFunc`.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torchdiffeq import odeint
 
+from data.errors import InputError, SciflowError
+
 from ._rk import initial_step, one_step_error
 
 Regularizer = Literal["none", "global", "local-unbiased", "local-biased"]
-REGULARIZERS: tuple[str, ...] = ("none", "global", "local-unbiased", "local-biased")
+REGULARIZERS: tuple[str, ...] = get_args(Regularizer)
 
 
-class StepLimitError(RuntimeError):
+class StepLimitError(SciflowError, RuntimeError):
     """The adaptive solver hit its step limit; the message says where."""
 
 
@@ -66,7 +68,7 @@ class CountedFunc(torch.nn.Module):
 def check_tolerances(rtol: float, atol: float) -> None:
     for name, v in (("rtol", rtol), ("atol", atol)):
         if not (math.isfinite(v) and v > 0):
-            raise ValueError(f"{name} must be positive and finite, got {v}")
+            raise InputError(f"{name} must be positive and finite, got {v}")
 
 
 def solve(func: CountedFunc, y0: torch.Tensor, t: torch.Tensor, rtol: float, atol: float,
@@ -74,9 +76,9 @@ def solve(func: CountedFunc, y0: torch.Tensor, t: torch.Tensor, rtol: float, ato
     """``odeint`` with checked inputs and a step limit that raises :class:`StepLimitError`."""
     check_tolerances(rtol, atol)
     if not torch.isfinite(y0).all():
-        raise ValueError("initial state contains NaN or inf")
+        raise InputError("initial state contains NaN or inf")
     if t.dim() != 1 or t.numel() < 2 or not bool((t[1:] > t[:-1]).all()):
-        raise ValueError(f"output times must be a strictly increasing 1-D tensor, got {t.tolist()}")
+        raise InputError(f"output times must be a strictly increasing 1-D tensor, got {t.tolist()}")
     try:
         return odeint(func, y0, t, rtol=rtol, atol=atol, method=method, options={"max_num_steps": max_steps})
     except AssertionError as exc:
@@ -101,7 +103,7 @@ def integrate(
     """Solve ``y' = func(t, y)`` from ``t0`` to ``t1``; return ``(y(t1), R)`` with ``R`` the
     chosen regularizer (a zero tensor for ``"none"``)."""
     if regularizer not in REGULARIZERS:
-        raise ValueError(f"unknown regularizer {regularizer!r}; choose one of {REGULARIZERS}")
+        raise InputError(f"unknown regularizer {regularizer!r}; choose one of {REGULARIZERS}")
     zero = torch.zeros((), dtype=y0.dtype, device=y0.device)
     T = lambda *ts: torch.tensor(ts, dtype=torch.float64, device=y0.device)  # noqa: E731
     if regularizer == "local-unbiased":

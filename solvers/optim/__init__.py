@@ -4,14 +4,18 @@
                 tol=1e-6, max_iter=500, sketch="kaczmarz"|"block"|"exact", seed=0) -> OptimizeResult
     bilevel(F, f, g, x0, y0, *, method="lv-hba"|"implicit", ...) -> BilevelResult
 
-``minimize_eq`` is AdaSketch-Newton (Hong et al., ICML 2023) and its baselines (:mod:`.sqp`);
-``bilevel`` is LV-HBA (Yao et al., ICLR 2024) and the cvxpylayers implicit baseline (:mod:`.bilevel`).
+``minimize_eq`` (:mod:`.minimize`, registry :data:`MINIMIZERS`) is AdaSketch-Newton (Hong et al.,
+ICML 2023; :mod:`.adasketch`) and its baselines (:mod:`.l1_sqp`, :mod:`.scipy_methods`);
+``bilevel`` (:mod:`.bilevel`, registry :data:`BILEVEL_METHODS`) is LV-HBA (Yao et al., ICLR 2024;
+:mod:`.lv_hba`) and the cvxpylayers implicit baseline (:mod:`.implicit`).
 """
 
-from .bilevel import BilevelInputError, BilevelResult, CvxpyLowerLevel, bilevel
+from .adasketch import ALParams
+from .bilevel import BILEVEL_METHODS, BilevelInputError, BilevelResult, CvxpyLowerLevel, bilevel
 from .derivatives import AutogradDerivatives, Derivatives, NonFiniteError, kkt_residual
+from .minimize import METHODS, MINIMIZERS, OptimizeResult, minimize_eq
 from .sketch import SKETCHES, SketchSolver
-from .sqp import METHODS, ALParams, OptimizeResult, minimize_eq
 
-__all__ = ["ALParams", "AutogradDerivatives", "BilevelInputError", "BilevelResult", "CvxpyLowerLevel", "Derivatives", "METHODS", "NonFiniteError",
-           "OptimizeResult", "SKETCHES", "SketchSolver", "bilevel", "kkt_residual", "minimize_eq"]
+__all__ = ["BILEVEL_METHODS", "METHODS", "MINIMIZERS", "SKETCHES", "ALParams", "AutogradDerivatives",
+           "BilevelInputError", "BilevelResult", "CvxpyLowerLevel", "Derivatives", "NonFiniteError", "OptimizeResult",
+           "SketchSolver", "bilevel", "kkt_residual", "minimize_eq"]

@@ -20,6 +20,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from data.errors import InputError
+
 from .bilevel import DTYPE, BilevelResult, CvxpyLowerLevel, bilevel
 
 
@@ -50,7 +52,7 @@ class BilevelProblem:
     def distance(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """Relative distance ``|(x, y) - (x*, y*)| / |(x*, y*)|`` to the known solution."""
         if self.x_star is None or self.y_star is None:
-            raise ValueError(f"{self.name}: no known solution")
+            raise InputError(f"{self.name}: no known solution")
         d = torch.cat([x - self.x_star, y - self.y_star])
         return float(torch.linalg.vector_norm(d) / torch.linalg.vector_norm(torch.cat([self.x_star, self.y_star])))
 
@@ -96,7 +98,7 @@ def llc_problem(n: int = 100, *, seed: int | None = None) -> BilevelProblem:
     import cvxpy as cp
 
     if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+        raise InputError(f"n must be >= 1, got {n}")
     one = torch.ones(n, dtype=DTYPE)
     scale = 1.0 / math.sqrt(3 * n)
 
@@ -195,7 +197,7 @@ def _load_dataset(dataset: str):
         Z, lab = make_classification(n_samples=600, n_features=20, n_informative=8, flip_y=0.1,
                                      random_state=0)
     else:
-        raise ValueError(f"dataset must be 'breast_cancer' or 'synthetic', got {dataset!r}")
+        raise InputError(f"dataset must be 'breast_cancer' or 'synthetic', got {dataset!r}")
     return Z.astype(float), np.where(lab > 0, 1.0, -1.0)
 
 
@@ -224,7 +226,7 @@ def svm_problem(dataset: str = "breast_cancer", *, seed: int = 0, n_train: int =
     Z, lab = _load_dataset(dataset)
     perm = np.random.default_rng(seed).permutation(len(lab))
     if n_train + n_val >= len(lab):
-        raise ValueError(f"n_train + n_val must be < {len(lab)} samples")
+        raise InputError(f"n_train + n_val must be < {len(lab)} samples")
     tr, va, te = perm[:n_train], perm[n_train:n_train + n_val], perm[n_train + n_val:]
     mu, sd = Z[tr].mean(0), Z[tr].std(0) + 1e-12
     Z = (Z - mu) / sd
@@ -296,9 +298,12 @@ def svm_grid_search(problem: BilevelProblem, grid=None) -> dict[str, Any]:
 
     grid = np.linspace(-6.0, 6.0, 25) if grid is None else np.asarray(grid, dtype=float)
     lower = problem.lower
+    if lower is None or not grid.size:
+        raise InputError(f"svm_grid_search needs an SVM problem (svm_problem) and a non-empty grid; got "
+                         f"problem {problem.name!r} and {grid.size} grid points")
     (param,) = lower.parameters
     t0 = time.perf_counter()
-    best = None
+    best: tuple[tuple[float, float], float, torch.Tensor] | None = None
     for c in grid:
         param.value = np.full(param.shape, math.exp(c / 2))
         lower.problem.solve(solver=cp.CLARABEL)
@@ -308,6 +313,7 @@ def svm_grid_search(problem: BilevelProblem, grid=None) -> dict[str, Any]:
         if best is None or key < best[0]:
             best = (key, c, y)
     seconds = time.perf_counter() - t0
+    assert best is not None  # the grid is not empty
     (neg_acc, Fv), c, y = best
     return dict(c=float(c), y=y, val_acc=-neg_acc, test_acc=svm_accuracy(problem, y, "test"), F=Fv,
                 seconds=seconds, n_solves=len(grid))

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .problems import PROBLEMS
-from .sqp import METHODS, OptimizeResult, minimize_eq
+from data.errors import InputError
 
-Method = Literal["al-sketch", "newton-sqp", "l1-sqp", "slsqp", "trust-constr"]
-assert set(METHODS) == set(Method.__args__)  # type: ignore[attr-defined]
+from .minimize import METHODS, OptimizeResult, minimize_eq
+from .problems import PROBLEMS
+from .sketch import SKETCHES
+
+if TYPE_CHECKING:  # a type checker cannot read a Literal built from a tuple; it sees plain names
+    Method = str
+    Sketch = str
+else:  # the registries' names: pydantic validates them, Prefect and the CLI offer them as choices
+    Method = Literal[METHODS]
+    Sketch = Literal[SKETCHES]
 
 
 class OptimizeConfig(BaseModel):
@@ -22,7 +30,7 @@ class OptimizeConfig(BaseModel):
 
     problem: str = Field("hs007", description="'darcy-inverse' or an HS/BT name such as 'hs007', 'bt4'")
     method: Method = "al-sketch"
-    sketch: Literal["kaczmarz", "block", "exact"] = "kaczmarz"
+    sketch: Sketch = "kaczmarz"
     tol: float = Field(1e-6, gt=0, le=1.0, description="KKT residual tolerance")
     max_iter: int = Field(500, ge=1, le=100_000)
     max_seconds: float | None = Field(None, gt=0, description="wall-clock budget (None: unlimited)")
@@ -35,7 +43,7 @@ class OptimizeConfig(BaseModel):
     @classmethod
     def _known(cls, v: str) -> str:
         if v != "darcy-inverse" and v not in PROBLEMS:
-            raise ValueError(f"unknown problem {v!r}; choose 'darcy-inverse' or one of {sorted(PROBLEMS)}")
+            raise InputError(f"unknown problem {v!r}; choose 'darcy-inverse' or one of {sorted(PROBLEMS)}")
         return v
 
 
@@ -43,8 +51,8 @@ def run_optimize(config: OptimizeConfig, callback: Callable[[dict], None] | None
     """Build the problem and solve it. Returns ``(result, summary)``; ``summary`` holds the
     problem-specific quality numbers (error to the published optimum, or the recovered
     coefficient's error and the data misfit) and, for the inverse problem, the problem object."""
-    kw = dict(method=config.method, sketch=config.sketch, tol=config.tol, max_iter=config.max_iter,
-              seed=config.seed, max_seconds=config.max_seconds, callback=callback)
+    kw: dict[str, Any] = dict(method=config.method, sketch=config.sketch, tol=config.tol, max_iter=config.max_iter,
+                              seed=config.seed, max_seconds=config.max_seconds, callback=callback)
     if config.problem == "darcy-inverse":
         from .darcy_inverse import make_problem
 

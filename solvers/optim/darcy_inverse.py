@@ -28,6 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from data.errors import InputError
 from data.pdes import darcy
 from data.pdes.grid import fv_operator
 from data.pdes.random_fields import grf
@@ -186,11 +187,11 @@ def make_problem(n: int, noise: float = 0.01, beta: float = 1e-2, seed: int = 0,
         seed: seeds the true coefficient (a Gaussian random field, std ``amplitude``) and the noise.
     """
     if int(n) != n or n < 4:
-        raise ValueError(f"n must be an integer >= 4, got {n}")
+        raise InputError(f"n must be an integer >= 4, got {n}")
     if not (noise >= 0 and np.isfinite(noise)):
-        raise ValueError(f"noise must be >= 0 and finite, got {noise}")
+        raise InputError(f"noise must be >= 0 and finite, got {noise}")
     if not (beta >= 0 and np.isfinite(beta)):
-        raise ValueError(f"beta must be >= 0 and finite, got {beta}")
+        raise InputError(f"beta must be >= 0 and finite, got {beta}")
     rng = np.random.default_rng(seed)
     field = grf(rng, n)
     m_true = amplitude * field / field.std()

@@ -10,14 +10,17 @@ Darcy inverse problem) supply their own sparse derivatives.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+from data.errors import InputError
 
-class NonFiniteError(ValueError):
+
+class NonFiniteError(InputError):
     """The objective, the constraints or a derivative produced NaN or inf."""
 
 
@@ -45,28 +48,29 @@ class AutogradDerivatives:
     """Dense derivatives of torch functions ``f: (n,) -> ()`` and ``c: (n,) -> (m,)`` by autograd.
 
     ``f`` and ``c`` receive a float64 tensor of shape ``(n,)``. The shapes are checked once, at
-    construction, on ``x0``; a wrong shape raises ``ValueError`` naming the function and the shape.
+    construction, on ``x0``; a wrong shape raises ``InputError`` (a ``ValueError``) naming the
+    function and the shape.
     """
 
-    def __init__(self, f: Callable[[torch.Tensor], torch.Tensor], c: Callable[[torch.Tensor], torch.Tensor],
-                 x0: np.ndarray):
+    def __init__(self, f: Callable[[torch.Tensor], torch.Tensor] | None,
+                 c: Callable[[torch.Tensor], torch.Tensor] | None, x0: np.ndarray):
         if not callable(f) or not callable(c):
             raise TypeError("f and c must be callables mapping a torch vector to a scalar / an m-vector")
         x0 = np.asarray(x0, dtype=np.float64)
         if x0.ndim != 1 or x0.size == 0:
-            raise ValueError(f"x0 must be a non-empty 1-D vector, got shape {x0.shape}")
+            raise InputError(f"x0 must be a non-empty 1-D vector, got shape {x0.shape}")
         self.n = x0.size
         self._f, self._c = f, c
         t = torch.as_tensor(x0)
         fv = torch.as_tensor(f(t))
         if fv.numel() != 1:
-            raise ValueError(f"f must return a scalar, got shape {tuple(fv.shape)}")
+            raise InputError(f"f must return a scalar, got shape {tuple(fv.shape)}")
         cv = torch.as_tensor(c(t))
         if cv.ndim != 1 or cv.numel() == 0:
-            raise ValueError(f"c must return a non-empty 1-D vector (m,), got shape {tuple(cv.shape)}")
+            raise InputError(f"c must return a non-empty 1-D vector (m,), got shape {tuple(cv.shape)}")
         self.m = cv.numel()
         if self.m > self.n:
-            raise ValueError(f"more equality constraints (m={self.m}) than variables (n={self.n}): "
+            raise InputError(f"more equality constraints (m={self.m}) than variables (n={self.n}): "
                              "the constraint Jacobian cannot have full row rank")
         self._fs = lambda x: torch.as_tensor(f(x)).reshape(())
         self._grad = torch.func.grad(self._fs)

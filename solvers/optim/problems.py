@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
+from data.errors import InputError
+
 __all__ = ["PROBLEMS", "EqProblem", "get", "hs_set"]
 
 Tensor = torch.Tensor
@@ -408,7 +410,7 @@ def get(name: str) -> EqProblem:
     try:
         return PROBLEMS[name]
     except KeyError:
-        raise ValueError(
+        raise InputError(
             f"unknown problem {name!r}; known problems: {', '.join(sorted(PROBLEMS))}"
         ) from None
 

@@ -19,12 +19,15 @@ Kaczmarz step; the reference implementation recomputes ``K z - b`` each step (``
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-SKETCHES = ("kaczmarz", "block", "exact")
+from data.errors import InputError
 
 
 class SketchSolver:
@@ -34,7 +37,7 @@ class SketchSolver:
     Args:
         K: square matrix, dense ``(N, N)`` or ``scipy.sparse``; no zero rows.
         b: right-hand side ``(N,)``.
-        kind: one of :data:`SKETCHES`.
+        kind: one of :data:`SKETCHES` (the keys of :data:`SKETCH_STEPS`).
         rng: NumPy generator (the seed makes the run reproducible).
         block_size: rows per block for ``"block"`` (default ``ceil(sqrt(N))``).
     """
@@ -42,13 +45,13 @@ class SketchSolver:
     def __init__(self, K, b: np.ndarray, kind: str = "kaczmarz", rng: np.random.Generator | None = None,
                  block_size: int | None = None):
         if kind not in SKETCHES:
-            raise ValueError(f"sketch must be one of {SKETCHES}, got {kind!r}")
+            raise InputError(f"sketch must be one of {SKETCHES}, got {kind!r}")
         self.kind = kind
         self.sparse = sp.issparse(K)
-        self.K = K.tocsr() if self.sparse else np.ascontiguousarray(K, dtype=np.float64)
+        self.K: Any = K.tocsr() if self.sparse else np.ascontiguousarray(K, dtype=np.float64)
         N = self.K.shape[0]
         if self.K.shape != (N, N) or b.shape != (N,):
-            raise ValueError(f"K must be square and b match it, got K {self.K.shape}, b {b.shape}")
+            raise InputError(f"K must be square and b match it, got K {self.K.shape}, b {b.shape}")
         self.N, self.b = N, np.asarray(b, dtype=np.float64)
         self.rng = rng or np.random.default_rng(0)
         self.z = np.zeros(N)
@@ -65,7 +68,7 @@ class SketchSolver:
             self.gram = self.K @ self.K.T
             row_norm2 = np.diag(self.gram).copy()
         if np.any(row_norm2 <= 0):
-            raise ValueError(f"K has {int(np.sum(row_norm2 <= 0))} zero rows; the system is singular")
+            raise InputError(f"K has {int(np.sum(row_norm2 <= 0))} zero rows; the system is singular")
         self.inv_row_norm2 = 1.0 / row_norm2
         self.p = row_norm2 / row_norm2.sum()
 
@@ -77,15 +80,10 @@ class SketchSolver:
         """Step until ``||K z - b|| <= threshold`` or ``max_steps`` more steps; True when reached."""
         if self.residual_norm <= threshold:
             return True
-        if self.kind == "exact":
-            self._exact()
-        elif self.kind == "kaczmarz":
-            self._kaczmarz(threshold, max_steps)
-        else:
-            self._block(threshold, max_steps)
+        SKETCH_STEPS[self.kind](self, threshold, max_steps)
         return self.residual_norm <= threshold
 
-    def _exact(self) -> None:
+    def _exact(self, threshold: float, max_steps: int) -> None:  # one direct solve: needs neither
         if self.sparse:
             self.z = spla.splu(self.K.tocsc()).solve(self.b)
         else:
@@ -156,3 +154,12 @@ class SketchSolver:
             self._resync()
             if self.rr <= thr2:
                 break
+
+
+#: sketch name -> its steps ``(solver, threshold, max_steps)``; the one list of sketches
+SKETCH_STEPS: dict[str, Callable[[SketchSolver, float, int], None]] = {
+    "kaczmarz": SketchSolver._kaczmarz,
+    "block": SketchSolver._block,
+    "exact": SketchSolver._exact,
+}
+SKETCHES = tuple(SKETCH_STEPS)

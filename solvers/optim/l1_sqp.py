@@ -1,0 +1,99 @@
+"""Inexact SQP on the l1 merit function (``l1-sqp``), the main baseline of Hong et al. (ICML 2023).
+
+``l1-sqp`` is an inexact SQP on the l1 merit ``f + pi ||c||_1`` with GMRES solves in the spirit of
+Byrd, Curtis & Nocedal (SIAM J. Optim. 2008) -- the reference paper's main baseline.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import scipy.sparse.linalg as spla
+
+from .derivatives import Derivatives, NonFiniteError
+from .minimize_base import (DENSE_LIMIT, Callback, OptimizeResult, State, armijo, finish, hessian_shift, kkt_matrix,
+                            record, shifted, stop_reason)
+
+
+def _l1_merit(d: Derivatives, x, pi) -> float:
+    """``f + pi ||c||_1``; inf where undefined."""
+    try:
+        return d.f(x) + pi * float(np.abs(d.c(x)).sum())
+    except NonFiniteError:
+        return float("inf")
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+def _gmres(K, b, rtol: float, deadline: float | None = None):
+    """GMRES(200) on ``K z = b`` to relative residual ``rtol``; raises :class:`_OutOfTime` past ``deadline``."""
+    it = [0]
+
+    def count(_):
+        it[0] += 1
+        if deadline is not None and time.perf_counter() > deadline:
+            raise _OutOfTime
+
+    N = b.size
+    z, _ = spla.gmres(K, b, rtol=rtol, atol=0.0, restart=min(N, 200), maxiter=max(10, N),
+                      callback=count, callback_type="pr_norm")
+    return z, it[0]
+
+
+def l1_sqp(d: Derivatives, x: np.ndarray, lam: np.ndarray, *, tol: float, max_iter: int,
+           max_seconds: float | None, callback: Callback | None, kappa: float = 0.1, tau: float = 0.1,
+           eta: float = 1e-8, xi_B: float = 0.1, **_: object) -> OptimizeResult:
+    """Inexact l1-penalty SQP from the checked start ``(x, lam)`` (called by
+    :func:`~.minimize.minimize_eq`; dense problems get the reduced-Hessian shift, sparse ones
+    none): KKT step by GMRES to relative residual ``kappa`` (tightened by 10x while the step gives
+    no model reduction), penalty ``pi >= (g.dx + dx^T B dx / 2) / ((1 - tau)(||c||_1 - ||c + G dx||_1))``
+    (Byrd-Curtis-Nocedal), Armijo on ``f + pi ||c||_1``."""
+    t0 = time.perf_counter()
+    s = State(d, x, lam)
+    history: list[dict] = []
+    pi, k, inner, message = 1.0, 0, 0, ""
+    dense = d.n <= DENSE_LIMIT
+    while s.kkt > tol:
+        message, xi_G = stop_reason(s, k, max_iter, t0, max_seconds)
+        if message:
+            break
+        t_shift = hessian_shift(s.H, s.G, xi_B) if dense else 0.0
+        B = shifted(s.H, t_shift)
+        K = kkt_matrix(B, s.G)
+        b = -np.concatenate([s.gL, s.c])
+        c1 = float(np.abs(s.c).sum())
+        rtol, mred = kappa, -1.0
+        deadline = None if max_seconds is None else t0 + max_seconds
+        try:
+            while rtol >= 1e-12:
+                z, its = _gmres(K, b, rtol, deadline)
+                inner += its
+                dx, dlam = z[: d.n], z[d.n:]
+                lin = c1 - float(np.abs(s.c + s.G @ dx).sum())  # linearized infeasibility reduction
+                quad = float(s.g @ dx) + 0.5 * max(float(dx @ (B @ dx)), 0.0)
+                if lin > 0:
+                    pi = max(pi, quad / ((1.0 - tau) * lin) + 1e-4)
+                mred = -quad + pi * lin
+                if mred > 0:
+                    break
+                rtol *= 0.1
+        except _OutOfTime:
+            message = f"time budget of {max_seconds} s used inside GMRES; stalled with KKT {s.kkt:.3e}"
+            break
+        if mred <= 0:
+            message = f"no model reduction even with exact KKT solves; stalled with KKT {s.kkt:.3e}"
+            break
+        alpha = armijo(lambda a: _l1_merit(d, s.x + a * dx, pi), s.f + pi * c1, -mred, eta, 60)
+        if alpha is None:
+            message = f"line search failed after 60 halvings; stalled with KKT {s.kkt:.3e}"
+            break
+        s = State(d, s.x + alpha * dx, s.lam + alpha * dlam)
+        k += 1
+        record(history, callback, s, k, alpha, its, t0, pi=pi)
+    return finish(s, "l1-sqp", t0, k, tol, message, inner, history)
+
+
+__all__ = ["l1_sqp"]
