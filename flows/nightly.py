@@ -53,7 +53,7 @@ DATASETS = {
 
 #: Stage (= flow name) -> (module:function of the flow, benchmark name in ``flows.benchmarks``).
 STAGES: dict[str, tuple[str, str]] = {
-    "benchmark-linear-solvers": ("flows.dcdm:benchmark_linear_solvers", "linear"),
+    "benchmark-linear-solvers": ("flows.linear:benchmark_linear_solvers", "linear"),
     "benchmark-operators": ("flows.operator:benchmark_operators", "operators"),
     "benchmark-neural-odes": ("flows.neural_ode:benchmark_neural_odes", "neural-odes"),
     "benchmark-optimizers": ("flows.optimize:benchmark_optimizers", "optimizers"),
