@@ -25,6 +25,7 @@ from prefect import flow, get_run_logger  # noqa: E402
 from pydantic import Field  # noqa: E402
 from typing_extensions import Annotated  # noqa: E402
 
+from data.errors import SciflowError
 from data.spec import DarcySpec, HeatSpec, PoissonSpec  # noqa: E402
 
 from . import regression, tracking  # noqa: E402
@@ -68,7 +69,7 @@ Stage = Literal[tuple(STAGES)]  # type: ignore[valid-type]
 GPU_DEPLOYMENT = "gpu"
 
 
-class StageError(RuntimeError):
+class StageError(SciflowError, RuntimeError):
     """A dispatched stage did not complete (failed, crashed, cancelled or timed out)."""
 
 
@@ -227,7 +228,7 @@ def _results_section(client, rows: list[dict], scale: str, run_id: str) -> str:
     return "\n".join(lines)
 
 
-class RegressionError(RuntimeError):
+class RegressionError(SciflowError, RuntimeError):
     """A metric got worse than the previous successful night by more than the threshold."""
 
 
