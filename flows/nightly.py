@@ -343,11 +343,3 @@ def nightly_benchmark(
         elif comparison:
             logger.info("no regressions against the previous night (%d metrics compared)", len(comparison))
     return rows
-
-
-if __name__ == "__main__":  # python -m flows.nightly --scale smoke
-    import sys
-
-    from .cli import main
-
-    sys.exit(main(["run", "nightly", *sys.argv[1:]]))
