@@ -163,12 +163,15 @@ def test_nightly_stages_resolve_to_their_flows():
 
     from prefect import Flow
 
+    from flows.benchmarks import BENCHMARKS
     from flows.nightly import STAGES, SUMMARIES
 
-    assert set(SUMMARIES) == set(STAGES)
-    for stage, (target, _) in STAGES.items():
-        module, function = target.split(":")
+    assert list(STAGES) == [b.flow_name for b in BENCHMARKS.values() if b.stage]
+    assert set(SUMMARIES) == {b.name for b in STAGES.values()}
+    for stage, bench in STAGES.items():
+        module, function = bench.flow.split(":")
         fn = getattr(importlib.import_module(module), function)
+        assert fn is bench.load_flow()
         assert isinstance(fn, Flow) and fn.name == stage and {"scale", "parent_run_id"} <= set(fn.parameters.properties)
 
 
