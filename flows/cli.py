@@ -9,7 +9,8 @@
     sciflow loadtest --runs 16
 
 Each command runs the same functions that back the Prefect flows. Bad parameters exit with
-status 2 and a message naming the field.
+status 2 and a message naming the field (argparse's own errors, and the values the typed configs
+reject: :class:`UsageError`).
 """
 
 from __future__ import annotations
@@ -23,11 +24,30 @@ from . import settings
 
 settings.configure()
 
+from data.errors import InputError
 from data.spec import FAMILIES  # noqa: E402
 
+from .benchmarks import BENCHMARKS
 from .scales import SCALES  # noqa: E402
 
-BENCHMARKS = ("datagen", "linear", "neural-odes", "operators", "hard-constraints", "optimizers")
+#: Exit status of a command-line value that fails validation (argparse's own).
+USAGE = 2
+
+
+class UsageError(InputError):
+    """A command-line value the typed configs reject; :func:`main` prints it and exits with status 2."""
+
+
+def _positive(typ):
+    """An argparse type: ``typ`` (int or float) greater than zero."""
+    def parse(text: str):
+        value = typ(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    parse.__name__ = typ.__name__  # argparse names the type in "invalid int value"
+    return parse
 
 
 def _field_type(annotation):
@@ -64,14 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a flow")
     run.add_argument("flow", choices=["nightly", "train-dcdm"], help="nightly-benchmark, or train-dcdm with the benchmark's config for --scale")
     run.add_argument("--scale", choices=SCALES, default="smoke")
-    run.add_argument("--chunk-size", type=int, default=16)
+    run.add_argument("--chunk-size", type=_positive(int), default=16)
 
     gen = sub.add_parser("generate", help="generate a PETSc dataset through the generate-dataset flow")
     fam = gen.add_subparsers(dest="family", required=True)
     for family, model in FAMILIES.items():
         p = fam.add_parser(family, help=(model.__doc__ or "").strip().splitlines()[0])
         _add_spec_options(p, model)
-        p.add_argument("--chunk-size", type=int, default=16)
+        p.add_argument("--chunk-size", type=_positive(int), default=16)
         p.add_argument("--no-flow", action="store_true", help="library call only (no Prefect/MLflow), with a progress bar")
         p.add_argument("--runner", choices=["threads", "dask"], default="threads",
                        help="where the chunk tasks run: threads (default) or Dask (a LocalCluster, or "
@@ -79,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dask-address", default=None, help="scheduler address of a running Dask cluster")
 
     bench = sub.add_parser("bench", help="run a benchmark; writes {rows, meta} JSON")
-    bench.add_argument("name", choices=BENCHMARKS)
+    bench.add_argument("name", choices=list(BENCHMARKS))
     bench.add_argument("--scale", choices=SCALES, default="smoke")
     bench.add_argument("--out", type=Path, required=True)
 
@@ -100,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite",
                        help="up: where Prefect and MLflow keep their state (postgres: a server started on 127.0.0.1)")
     load = sub.add_parser("loadtest", help="N concurrent optimize flow runs against the running stack, checked in MLflow")
-    load.add_argument("--runs", type=int, default=16)
-    load.add_argument("--timeout", type=float, default=600, help="seconds to wait for all runs to finish")
+    load.add_argument("--runs", type=_positive(int), default=16)
+    load.add_argument("--timeout", type=_positive(float), default=600, help="seconds to wait for all runs to finish")
     load.add_argument("--out", type=Path, default=None, help="write the report as JSON")
     return parser
 
@@ -114,22 +134,31 @@ def _spec_from_args(args) -> object:
     options = {}
     for item in args.petsc_option:
         if "=" not in item:
-            raise SystemExit(f"sciflow: --petsc-option expects KEY=VALUE, got {item!r}")
+            raise UsageError(f"--petsc-option expects KEY=VALUE, got {item!r} (e.g. --petsc-option pc_type=hypre)")
         key, value = item.split("=", 1)
         options[key] = value
     try:
         return model(**values, petsc_options=options)
     except ValidationError as exc:
-        raise SystemExit(_validation_message(exc)) from None
+        raise UsageError(_validation_message(exc)) from None
 
 
 def _validation_message(exc) -> str:
     lines = [f"  {'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors()]
-    return "sciflow: invalid parameters\n" + "\n".join(lines)
+    return "invalid parameters\n" + "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``sciflow`` command; returns the exit status (2 for a bad value, as argparse)."""
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except UsageError as exc:
+        print(f"sciflow {args.command}: error: {exc}", file=sys.stderr)
+        return USAGE
+
+
+def _run(args: argparse.Namespace) -> int:
     from .results import format_by, format_table
     from .tracking import ui_hint
 
@@ -167,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             cfg = OptimizeConfig(**{k: v for k, v in vars(args).items() if k in OptimizeConfig.model_fields and v is not None})
         except ValidationError as exc:
-            raise SystemExit(_validation_message(exc)) from None
+            raise UsageError(_validation_message(exc)) from None
         row = optimize(config=cfg)
         print(format_table([{k: v for k, v in row.items() if k != "message"}]))
         print(row["message"])
@@ -192,8 +221,4 @@ def main(argv: list[str] | None = None) -> int:
         print(format_by(rows, "part") if rows and "part" in rows[0] else format_table(rows))
         print(f"\nwrote {args.out}")
         return 0
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return USAGE

@@ -1,4 +1,4 @@
-"""``train-dcdm`` and ``benchmark-linear-solvers`` flows.
+"""``train-dcdm`` flow (the linear-solver benchmark that uses it: :mod:`flows.linear`).
 
 ``train-dcdm`` trains the DCDM network for a :class:`DCDMTrainConfig`, checkpointing every epoch
 under ``$SCIFLOW_HOME/models/dcdm-<config key>/checkpoint.pt``; a rerun resumes from the last
@@ -19,7 +19,6 @@ from prefect import flow, get_run_logger  # noqa: E402
 from operators.dcdm import DCDMTrainConfig, load_checkpoint  # noqa: E402
 
 from . import plots, tracking  # noqa: E402
-from .scales import Scale  # noqa: E402
 
 
 def checkpoint_path(cfg: DCDMTrainConfig) -> Path:
@@ -67,12 +66,3 @@ def train_dcdm(config: DCDMTrainConfig = DCDMTrainConfig(), parent_run_id: str |
         if register_model:
             _register(run_id, model, config)
     return str(ckpt)
-
-
-@flow(name="benchmark-linear-solvers", validate_parameters=True)
-def benchmark_linear_solvers(scale: Scale = "smoke", out: str | None = None, parent_run_id: str | None = None) -> list[dict]:
-    """Every linear solver on the same held-out systems at ``scale``; returns the table."""
-    from .benchmarks import run_benchmark
-
-    rows, _ = run_benchmark("linear", scale, out, parent_run_id)
-    return rows

@@ -11,7 +11,7 @@ Chunks run one at a time in the flow's process by default (PETSc is not thread-s
 ``dask_address`` / ``$SCIFLOW_DASK_ADDRESS``. Sample ``i`` is drawn from its own seed and the
 chunking is the same, so the dataset (and its digest) is bit-identical either way.
 
-Run it: ``python -m flows.generate darcy --n 64 --n-train 32`` or the same after ``sciflow generate``.
+Run it: ``sciflow generate darcy --n 64 --n-train 32``.
 """
 
 from __future__ import annotations
@@ -213,10 +213,3 @@ def generate_dataset(
         logger.info("dataset %s digest %s", ref.path, ref.digest[:12])
     return ref
 
-
-if __name__ == "__main__":  # python -m flows.generate darcy --n 64 ...
-    import sys
-
-    from .cli import main
-
-    sys.exit(main(["generate", *sys.argv[1:]]))

@@ -1,9 +1,9 @@
 """``nightly-benchmark`` flow: every stage of the project at one scale, in one tracked run.
 
-Stages: PETSc data generation for each PDE family, the linear-solver benchmark (DCDM vs
-CG / ICPCG / DPCG / GAMG), the neural-ODE regularization benchmark, the constrained-optimizer
-benchmark and the hard-constraint benchmark (soft PINN vs PI-HC vs PI-HC-MoE). The flow run is the parent MLflow run; each
-stage's flow run is nested under it.
+Stages: PETSc data generation for each PDE family (:data:`DATASETS`), then every benchmark of
+:data:`flows.benchmarks.BENCHMARKS` marked as a stage (:data:`STAGES`: the linear solvers, the
+neural operators, the neural ODEs, the constrained optimizers and the hard constraints). The flow
+run is the parent MLflow run; each stage's flow run is nested under it.
 
 After the stages, every key metric is compared with the previous successful night at the same
 scale (:mod:`flows.regression`): the report goes to a Prefect markdown artifact and to the MLflow
@@ -13,7 +13,6 @@ the parent MLflow run FAILED with the list) unless ``fail_on_regression`` is off
 
 from __future__ import annotations
 
-import importlib
 import time
 from typing import Literal
 
@@ -25,14 +24,17 @@ from prefect import flow, get_run_logger  # noqa: E402
 from pydantic import Field  # noqa: E402
 from typing_extensions import Annotated  # noqa: E402
 
+from data.errors import InputError, SciflowError
 from data.spec import DarcySpec, HeatSpec, PoissonSpec  # noqa: E402
 
 from . import regression, tracking  # noqa: E402
+from .benchmarks import BENCHMARKS, Benchmark
 from .generate import generate_dataset  # noqa: E402
 from .results import format_by, format_table, publish  # noqa: E402
-from .scales import Scale  # noqa: E402
+from .scales import Scale, per_scale  # noqa: E402
 
-DATASETS = {
+#: The datasets the night generates first, per scale.
+DATASETS = per_scale({
     "smoke": [
         PoissonSpec(n=16, n_train=4, n_test=2),
         DarcySpec(n=16, n_train=4, n_test=2),
@@ -48,17 +50,12 @@ DATASETS = {
         DarcySpec(n=128, n_train=1000, n_test=100),
         HeatSpec(n=128, dim=2, n_train=1000, n_test=100, n_times=20),
     ],
-}
+}, "flows.nightly.DATASETS")
 
 
-#: Stage (= flow name) -> (module:function of the flow, benchmark name in ``flows.benchmarks``).
-STAGES: dict[str, tuple[str, str]] = {
-    "benchmark-linear-solvers": ("flows.dcdm:benchmark_linear_solvers", "linear"),
-    "benchmark-operators": ("flows.operator:benchmark_operators", "operators"),
-    "benchmark-neural-odes": ("flows.neural_ode:benchmark_neural_odes", "neural-odes"),
-    "benchmark-optimizers": ("flows.optimize:benchmark_optimizers", "optimizers"),
-    "benchmark-hard-constraints": ("flows.hard_constraint:benchmark_hard_constraints", "hard-constraints"),
-}
+#: Stage (= the benchmark's flow name) -> its benchmark, for every benchmark marked ``stage``, in
+#: registry order.
+STAGES: dict[str, Benchmark] = {b.flow_name: b for b in BENCHMARKS.values() if b.stage and b.flow_name}
 
 #: A stage name, as a flow parameter (a choice list in the Prefect UI form).
 Stage = Literal[tuple(STAGES)]  # type: ignore[valid-type]
@@ -68,7 +65,7 @@ Stage = Literal[tuple(STAGES)]  # type: ignore[valid-type]
 GPU_DEPLOYMENT = "gpu"
 
 
-class StageError(RuntimeError):
+class StageError(SciflowError, RuntimeError):
     """A dispatched stage did not complete (failed, crashed, cancelled or timed out)."""
 
 
@@ -105,7 +102,7 @@ def _dispatch(stage: str, scale: str, run_id: str, deployment: str, timeout_s: f
     from prefect.states import Cancelling
 
     logger = get_run_logger()
-    benchmark = STAGES[stage][1]
+    benchmark = STAGES[stage].name
     logger.info("dispatching %s to deployment %s", stage, deployment)
     child = run_deployment(name=deployment, parameters={"scale": scale, "parent_run_id": run_id},
                            timeout=timeout_s, poll_interval=2, as_subflow=True)
@@ -131,8 +128,7 @@ def _stage_rows(stage: str, scale: str, run_id: str, dispatch: str, gpu_stages: 
     flow run of its deployment."""
     if dispatch == "deployments":
         return _dispatch(stage, scale, run_id, deployment_for(stage, gpu_stages), timeout_s)
-    module, function = STAGES[stage][0].split(":")
-    return getattr(importlib.import_module(module), function)(scale=scale, parent_run_id=run_id)
+    return STAGES[stage].load_flow()(scale=scale, parent_run_id=run_id)
 
 
 def _linear_summary(rows: list[dict], scale: str) -> list[dict]:
@@ -143,7 +139,7 @@ def _linear_summary(rows: list[dict], scale: str) -> list[dict]:
     hi = SIZES[scale][-1]
     growth = {r["method"]: r["growth"] for r in rows if r["problem"].startswith("growth-")}
     return [
-        {"stage": "benchmark-linear-solvers", "problem": r["problem"], "scale": scale, "method": r["method"],
+        {"problem": r["problem"], "scale": scale, "method": r["method"],
          "iterations": r["iterations"], "converged": r["converged"], "iters_vs_icpcg": r["iters_vs_icpcg"],
          "iteration_growth": growth.get(r["method"]), "seconds": r["seconds"]}
         for r in rows
@@ -154,14 +150,14 @@ def _linear_summary(rows: list[dict], scale: str) -> list[dict]:
 def _operator_summary(rows: list[dict], scale: str) -> list[dict]:
     """One row per model (dense FNO, TFNO, MG-TFNO): error, compression and speed vs FNO."""
     keep = ("params", "test_l2", "test_l2_2x", "compression_vs_fno", "l2_vs_fno", "input_domain", "sec_per_epoch")
-    return [{"stage": "benchmark-operators", "problem": r["problem"], "scale": scale, "method": r["method"],
+    return [{"problem": r["problem"], "scale": scale, "method": r["method"],
              **{k: r[k] for k in keep if k in r}} for r in rows]
 
 
 def _neural_ode_summary(rows: list[dict], scale: str) -> list[dict]:
     """One row per task and regularizer."""
     return [
-        {"stage": "benchmark-neural-odes", "problem": r["problem"], "scale": scale, "method": r["method"],
+        {"problem": r["problem"], "scale": scale, "method": r["method"],
          "metric": r["metric"], "value": r["value"], "predict_nfe": r["predict_nfe"], "nfe_ratio": r["nfe_ratio"],
          "seconds": r["train_seconds"]}
         for r in rows
@@ -174,7 +170,7 @@ def _optimizer_summary(rows: list[dict], scale: str) -> list[dict]:
     keep = ("n_solved", "solved_fraction", "median_outer", "outer_vs_l1sqp", "converged", "kkt", "outer", "time_vs_trust_constr",
             "distance", "test_accuracy", "time_vs_implicit", "seconds")
     return [
-        {"stage": "benchmark-optimizers", "problem": r["problem"], "scale": scale, "method": r["method"],
+        {"problem": r["problem"], "scale": scale, "method": r["method"],
          **{k: r[k] for k in keep if k in r}}
         for r in rows
         if r["part"] != "hs" or "solved_fraction" in r
@@ -185,19 +181,24 @@ def _hard_constraint_summary(rows: list[dict], scale: str) -> list[dict]:
     """One row per problem and model (soft / PI-HC / PI-HC-MoE)."""
     keep = ("rel_l2", "l2_vs_soft", "l2_vs_hc", "residual", "jump_mean", "s_per_step", "step_vs_hc", "infer_s")
     return [
-        {"stage": "benchmark-hard-constraints", "problem": r["problem"], "scale": scale, "method": r["method"],
+        {"problem": r["problem"], "scale": scale, "method": r["method"],
          **{k: r[k] for k in keep}}
         for r in rows if r["part"] == "models"
     ]
 
 
+#: Benchmark name -> the function that turns its full rows into the night's summary rows (the
+#: night adds each row's ``stage``).
 SUMMARIES = {
-    "benchmark-linear-solvers": _linear_summary,
-    "benchmark-operators": _operator_summary,
-    "benchmark-neural-odes": _neural_ode_summary,
-    "benchmark-optimizers": _optimizer_summary,
-    "benchmark-hard-constraints": _hard_constraint_summary,
+    "linear": _linear_summary,
+    "operators": _operator_summary,
+    "neural-odes": _neural_ode_summary,
+    "optimizers": _optimizer_summary,
+    "hard-constraints": _hard_constraint_summary,
 }
+if missing := [b.name for b in STAGES.values() if b.name not in SUMMARIES]:
+    raise InputError(f"nightly stages {missing} (flows.benchmarks.BENCHMARKS, stage=True) have no summary in "
+                     "flows.nightly.SUMMARIES; add one")
 
 
 def _results_section(client, rows: list[dict], scale: str, run_id: str) -> str:
@@ -227,7 +228,7 @@ def _results_section(client, rows: list[dict], scale: str, run_id: str) -> str:
     return "\n".join(lines)
 
 
-class RegressionError(RuntimeError):
+class RegressionError(SciflowError, RuntimeError):
     """A metric got worse than the previous successful night by more than the threshold."""
 
 
@@ -300,7 +301,8 @@ def nightly_benchmark(
     run (the report is written either way).
     """
     if gpu_stages and dispatch != "deployments":
-        raise ValueError(f"gpu_stages {gpu_stages} need dispatch='deployments' (inline stages run in this process)")
+        raise InputError(f"gpu_stages={gpu_stages} need dispatch='deployments' (inline stages run in this process): "
+                         "set dispatch='deployments' or leave gpu_stages empty")
     logger = get_run_logger()
     for orphan in tracking.reap_orphans():
         logger.warning("ended MLflow run %s left RUNNING by a dead process (status KILLED)", orphan)
@@ -328,7 +330,7 @@ def nightly_benchmark(
             )
         for stage in STAGES:
             stage_rows = _stage_rows(stage, scale, run_id, dispatch, gpu_stages, 60 * stage_timeout_minutes)
-            rows += SUMMARIES[stage](stage_rows, scale)
+            rows += [{"stage": stage, **row} for row in SUMMARIES[STAGES[stage].name](stage_rows, scale)]
         tracking.log_metrics(run_id, {"rows": len(rows), "seconds_total": time.perf_counter() - t_start})
         publish(f"nightly-{scale}", rows, {"scale": scale}, run_id, description=f"nightly benchmark at scale={scale}")
         logger.info("nightly results\n%s", format_by(rows, "stage"))
@@ -342,11 +344,3 @@ def nightly_benchmark(
         elif comparison:
             logger.info("no regressions against the previous night (%d metrics compared)", len(comparison))
     return rows
-
-
-if __name__ == "__main__":  # python -m flows.nightly --scale smoke
-    import sys
-
-    from .cli import main
-
-    sys.exit(main(["run", "nightly", *sys.argv[1:]]))

@@ -3,6 +3,10 @@
     python -m flows.readme_tables            # print every table
     python -m flows.readme_tables --write    # replace the blocks between
                                              # <!-- table:NAME --> and <!-- /table:NAME --> in README.md
+
+One table per benchmark of :data:`flows.benchmarks.BENCHMARKS` (:data:`TABLES`, in registry
+order), each rendered from ``results/<name>-small.json`` by the function registered for that name
+with :func:`renders`; a benchmark without one fails at import.
 """
 
 from __future__ import annotations
@@ -10,9 +14,28 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from data.errors import InputError
+
+from .benchmarks import BENCHMARKS
 from .results import format_table
+
+_RENDERERS: dict[str, Callable[..., str]] = {}
+
+
+def renders(name: str) -> Callable[[Callable[..., str]], Callable[..., str]]:
+    """Register the decorated ``fn(path=None) -> str`` as the table of benchmark ``name``."""
+    if name not in BENCHMARKS:
+        raise InputError(f"renders({name!r}): not a benchmark in flows.benchmarks.BENCHMARKS {list(BENCHMARKS)}")
+
+    def register(fn: Callable[..., str]) -> Callable[..., str]:
+        _RENDERERS[name] = fn
+        return fn
+
+    return register
+
 
 DATAGEN_COLS = ["method", "problem", "samples", "seconds", "samples_per_s", "ratio_to_bare"]
 GAMG_COLS = ["method", "problem", "unknowns", "iterations", "seconds", "solve_seconds", "us_per_unknown", "ratio_to_smallest"]
@@ -21,18 +44,25 @@ ODE_COLS = ["method", "problem", "metric", "value", "metric_delta", "predict_nfe
             "train_seconds", "train_time_ratio", "train_time_vs_global"]
 
 
-def _rows(path: str | Path) -> list[dict]:
-    return json.loads(Path(path).read_text())["rows"]
+def results_path(name: str, scale: str = "small") -> Path:
+    """Where ``sciflow bench NAME --scale SCALE`` results are committed."""
+    return Path("results") / f"{name}-{scale}.json"
 
 
-def datagen(path: str | Path = "results/datagen-small.json") -> str:
-    rows = _rows(path)
+def _rows(name: str, path: str | Path | None) -> list[dict]:
+    return json.loads(Path(path or results_path(name)).read_text())["rows"]
+
+
+@renders("datagen")
+def datagen(path: str | Path | None = None) -> str:
+    rows = _rows("datagen", path)
     return (format_table([r for r in rows if "ratio_to_bare" in r], DATAGEN_COLS) + "\n\n"
             + format_table([r for r in rows if "ratio_to_smallest" in r], GAMG_COLS))
 
 
-def linear(path: str | Path = "results/linear-small.json") -> str:
-    rows = _rows(path)
+@renders("linear")
+def linear(path: str | Path | None = None) -> str:
+    rows = _rows("linear", path)
     main = [r for r in rows if not r["problem"].startswith("growth") and r["rhs"] == "grf"]
     other = [r for r in rows if r["method"] in ("dcdm-k2", "icpcg") and r["rhs"] in ("ritz", "divergence") and r["tol"] == 1e-6]
     growth = [r for r in rows if r["problem"].startswith("growth")]
@@ -44,8 +74,9 @@ def linear(path: str | Path = "results/linear-small.json") -> str:
     ])
 
 
-def neural_odes(path: str | Path = "results/neural-odes-small.json") -> str:
-    return format_table(_rows(path), ODE_COLS) + "\n\n![prediction NFE over training](results/neural-odes-small-nfe_over_training.png)"
+@renders("neural-odes")
+def neural_odes(path: str | Path | None = None) -> str:
+    return format_table(_rows("neural-odes", path), ODE_COLS) + "\n\n![prediction NFE over training](results/neural-odes-small-nfe_over_training.png)"
 
 
 OPT_HS_COLS = ["method", "problem", "n_solved", "solved_fraction", "median_outer", "median_inner", "outer_vs_l1sqp",
@@ -56,8 +87,9 @@ OPT_BL_COLS = ["method", "problem", "distance", "test_accuracy", "accuracy_vs_im
                "time_vs_implicit", "converged"]
 
 
-def optimizers(path: str | Path = "results/optimizers-small.json") -> str:
-    rows = _rows(path)
+@renders("optimizers")
+def optimizers(path: str | Path | None = None) -> str:
+    rows = _rows("optimizers", path)
     hs = [r for r in rows if r["part"] == "hs" and "solved_fraction" in r]
     per = [r for r in rows if r["part"] == "hs" and "solved_fraction" not in r]
     failed = sorted({(r["problem"], r["method"]) for r in per if not r["solved"]})
@@ -82,8 +114,9 @@ OPERATOR_COLS = ["method", "problem", "params", "compression_vs_fno", "test_l2",
                  "l2_2x_vs_fno", "test_h1_2x", "sec_per_epoch", "time_vs_fno", "peak_mib", "input_domain"]
 
 
-def operators(path: str | Path = "results/operators-small.json") -> str:
-    return (format_table(_rows(path), OPERATOR_COLS)
+@renders("operators")
+def operators(path: str | Path | None = None) -> str:
+    return (format_table(_rows("operators", path), OPERATOR_COLS)
             + "\n\n![input / truth / prediction / error](results/operators-small-predictions.png)")
 
 
@@ -92,8 +125,9 @@ HC_COLS = ["method", "problem", "experts", "rel_l2", "l2_vs_soft", "l2_vs_hc", "
 HC_BACKEND_COLS = ["points", "w_rel_diff", "grad_rel_diff", "s_cholesky", "s_cvxpylayers", "cvxpylayers_vs_cholesky"]
 
 
-def hard_constraints(path: str | Path = "results/hard-constraints-small.json") -> str:
-    rows = _rows(path)
+@renders("hard-constraints")
+def hard_constraints(path: str | Path | None = None) -> str:
+    rows = _rows("hard-constraints", path)
     scaling = []
     for problem in dict.fromkeys(r["problem"] for r in rows if r["part"] == "scaling"):
         pts = {}
@@ -114,8 +148,11 @@ def hard_constraints(path: str | Path = "results/hard-constraints-small.json") -
     ])
 
 
-TABLES = {"datagen": datagen, "linear": linear, "neural-odes": neural_odes, "operators": operators,
-          "hard-constraints": hard_constraints, "optimizers": optimizers}
+if missing := [name for name in BENCHMARKS if name not in _RENDERERS]:
+    raise InputError(f"benchmarks {missing} have no docs table in flows.readme_tables; add a @renders(NAME) function")
+
+#: Benchmark name -> its table renderer, in registry order.
+TABLES: dict[str, Callable[..., str]] = {name: _RENDERERS[name] for name in BENCHMARKS}
 
 
 def write(readme: str | Path = "README.md") -> None:

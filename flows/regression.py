@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
-from .results import _fmt as _cell
+from .results import format_cell
 
 LOWER, HIGHER = "lower", "higher"
 
@@ -190,7 +190,7 @@ def regressions(comparison: Sequence[Mapping[str, Any]]) -> list[Mapping[str, An
 
 def _fmt(value: Any) -> str:
     """A table cell as in :func:`flows.results.format_table`; a missing value is a dash."""
-    return "–" if value is None else _cell(value)
+    return "–" if value is None else format_cell(value)
 
 
 def _fmt_change(change: float | None) -> str:

@@ -9,10 +9,11 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from data.store import atomic_path
+from data.io import atomic_path
 
 
-def _fmt(v: Any) -> str:
+def format_cell(v: Any) -> str:
+    """One table cell: floats to 4 significant digits (scientific below 1e-3 and from 1e5), anything else as ``str``."""
     if isinstance(v, float):
         if math.isnan(v):
             return "nan"
@@ -27,7 +28,7 @@ def format_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> 
     if not rows:
         return "(no rows)"
     cols = list(columns or dict.fromkeys(k for r in rows for k in r))
-    cells = [[_fmt(r.get(c, "")) for c in cols] for r in rows]
+    cells = [[format_cell(r.get(c, "")) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
     line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
@@ -69,7 +70,7 @@ def publish(name: str, rows: Sequence[dict], meta: dict, run_id: str | None = No
         from prefect.artifacts import create_table_artifact
 
         create_table_artifact(
-            table=[{k: _fmt(v) for k, v in r.items()} for r in rows],
+            table=[{k: format_cell(v) for k, v in r.items()} for r in rows],
             key=artifact_key(name),
             description=description or f"{name} results",
         )

@@ -24,11 +24,13 @@ import mlflow  # noqa: E402
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param  # noqa: E402
 
+from data.errors import SciflowError
+
 EXPERIMENT = os.environ.get("SCIFLOW_EXPERIMENT", "sciflow")
 _MAX_PARAM = 6000
 
 
-class TrackingUnavailableError(RuntimeError):
+class TrackingUnavailableError(SciflowError, RuntimeError):
     """The MLflow tracking server does not answer."""
 
 

@@ -161,7 +161,7 @@ def test_nightly_fails_on_a_regression_and_records_why(monkeypatch, tmp_path):
     monkeypatch.setitem(nightly.DATASETS, "smoke", [])
     tonight = {"rows": []}
     monkeypatch.setattr(nightly, "_stage_rows", lambda stage, *args: [])
-    monkeypatch.setitem(nightly.SUMMARIES, "benchmark-linear-solvers", lambda rows, scale: [dict(r) for r in tonight["rows"]])
+    monkeypatch.setitem(nightly.SUMMARIES, "linear", lambda rows, scale: [dict(r) for r in tonight["rows"]])
 
     def night(iterations, **params):
         tonight["rows"] = [_row(iterations=iterations, converged=True, scale="smoke"), _row("gamg", iterations=3, scale="smoke")]

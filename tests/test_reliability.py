@@ -537,7 +537,7 @@ FLOW_CASES = [
      "chunk_size: Input should be greater than or equal to 1"),
     ("nightly-unknown-scale", "flows.nightly", "nightly_benchmark", {"scale": "huge"},
      "scale: Input should be 'smoke', 'small' or 'paper'"),
-    ("bench-linear-unknown-scale", "flows.dcdm", "benchmark_linear_solvers", {"scale": "paper!"},
+    ("bench-linear-unknown-scale", "flows.linear", "benchmark_linear_solvers", {"scale": "paper!"},
      "scale: Input should be 'smoke', 'small' or 'paper'"),
     ("operator-epochs-negative", "flows.operator", "train_operator", {"config": {"epochs": -1}},
      "config.epochs: Input should be greater than or equal to 1"),

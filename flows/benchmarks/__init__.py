@@ -1,24 +1,108 @@
-"""Benchmarks by name. Each module's ``run(scale, run_id)`` returns ``(rows, figures)``; :func:`run_benchmark` writes the JSON,
-logs it to MLflow and publishes a Prefect table artifact when inside a flow run."""
+"""The benchmark registry, and the runner behind ``sciflow bench`` and every ``benchmark-*`` flow.
+
+:data:`BENCHMARKS` is the one list of benchmarks. Everything else that names them is derived
+from it: the ``sciflow bench`` choices (:mod:`flows.cli`), the nightly stages and their ``Stage``
+parameter type (:mod:`flows.nightly`), the docs tables (:mod:`flows.readme_tables`); the
+deployments in ``infra/prefect.yaml`` and ``infra/cluster/prefect.yaml`` are checked against it
+(``tests/test_infra.py``).
+
+Each benchmark's module has ``run(scale, run_id) -> (rows, figures)`` and optionally ``META``;
+:func:`run_benchmark` writes the JSON, logs it to MLflow and publishes a Prefect table artifact
+when inside a flow run. To add a benchmark: write ``flows/benchmarks/<name>.py``, a thin
+``benchmark-<name>`` flow beside the others, one :class:`Benchmark` line here, its deployments,
+a nightly summary if it is a stage, and a docs table.
+"""
 
 from __future__ import annotations
 
 import importlib
+import os
 import platform
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from data.errors import InputError
 
 from ..scales import check_scale
 
-BENCHMARKS = {
-    "datagen": "flows.benchmarks.datagen",
-    "linear": "flows.benchmarks.linear",
-    "neural-odes": "flows.benchmarks.neural_odes",
-    "operators": "flows.benchmarks.operators",
-    "hard-constraints": "flows.benchmarks.hard_constraints",
-    "optimizers": "flows.benchmarks.optimizers",
-}
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark.
+
+    Attributes:
+        name: ``sciflow bench NAME``; also names its results (``results/<name>-<scale>.json``,
+            MLflow run ``bench-<name>-<scale>``, tag ``sciflow.stage=bench-<name>``).
+        module: the module with ``run(scale, run_id) -> (rows, figures)`` (imported on use:
+            benchmark modules import torch, PETSc, ...).
+        flow: ``module:function`` of the Prefect flow that runs it, or None (run by the CLI only).
+        flow_name: that flow's name: the nightly stage name, and its deployment's name in
+            ``infra/prefect.yaml`` (deployment ``<flow_name>/<flow_name>`` on the ``local`` pool).
+        stage: the nightly runs it as a stage (needs a flow, and a summary in :mod:`flows.nightly`).
+        gpu: its flow also has a ``gpu`` deployment (``infra/cluster/prefect.yaml``), and the
+            paper-scale night sends it there.
+    """
+
+    name: str
+    module: str
+    flow: str | None = None
+    flow_name: str | None = None
+    stage: bool = False
+    gpu: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.flow is None) != (self.flow_name is None):
+            raise InputError(f"benchmark {self.name!r}: give both flow and flow_name, or neither")
+        if (self.stage or self.gpu) and self.flow is None:
+            raise InputError(f"benchmark {self.name!r}: a nightly stage or gpu deployment needs a flow")
+
+    @property
+    def entrypoint(self) -> str | None:
+        """The flow as a Prefect deployment entrypoint, ``flows/<module>.py:<function>``."""
+        if self.flow is None:
+            return None
+        module, function = self.flow.split(":")
+        return f"{module.replace('.', '/')}.py:{function}"
+
+    def load(self) -> ModuleType:
+        """The benchmark's module (``run``, ``META`` and its per-scale tables)."""
+        return importlib.import_module(self.module)
+
+    def load_flow(self) -> Callable[..., Any]:
+        """The Prefect flow object named by :attr:`flow`."""
+        if self.flow is None:
+            raise InputError(f"benchmark {self.name!r} has no flow; run it with `sciflow bench {self.name}`")
+        module, function = self.flow.split(":")
+        return getattr(importlib.import_module(module), function)
+
+
+#: Every benchmark by name, in the order the nightly runs its stages.
+BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
+    Benchmark("datagen", "flows.benchmarks.datagen"),
+    Benchmark("linear", "flows.benchmarks.linear", "flows.linear:benchmark_linear_solvers", "benchmark-linear-solvers",
+              stage=True, gpu=True),
+    Benchmark("operators", "flows.benchmarks.operators", "flows.operator:benchmark_operators", "benchmark-operators",
+              stage=True, gpu=True),
+    Benchmark("neural-odes", "flows.benchmarks.neural_odes", "flows.neural_ode:benchmark_neural_odes",
+              "benchmark-neural-odes", stage=True, gpu=True),
+    Benchmark("optimizers", "flows.benchmarks.optimizers", "flows.optimize:benchmark_optimizers", "benchmark-optimizers",
+              stage=True),
+    Benchmark("hard-constraints", "flows.benchmarks.hard_constraints", "flows.hard_constraint:benchmark_hard_constraints",
+              "benchmark-hard-constraints", stage=True, gpu=True),
+)}
+
+
+def get(name: str) -> Benchmark:
+    """The benchmark called ``name``; an unknown name is an :class:`~data.errors.InputError` listing the known ones."""
+    try:
+        return BENCHMARKS[name]
+    except KeyError:
+        raise InputError(f"benchmark={name!r} is unknown; choose one of {list(BENCHMARKS)}") from None
 
 
 class PeakRSS:
@@ -26,8 +110,6 @@ class PeakRSS:
     ``/proc/self/statm`` (tracemalloc would slow the Python-level sketch loops several-fold)."""
 
     def __enter__(self):
-        import os
-
         self._page = os.sysconf("SC_PAGE_SIZE")
         self._base = self._peak = self._rss()
         self._stop = threading.Event()
@@ -69,9 +151,7 @@ def run_benchmark(name: str, scale: str, out: str | Path | None = None, parent_r
     from ..results import publish, write_json
 
     check_scale(scale)
-    if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; choose one of {sorted(BENCHMARKS)}")
-    module = importlib.import_module(BENCHMARKS[name])
+    module = get(name).load()
     with tracking.mlflow_run(f"bench-{name}-{scale}", {"benchmark": name, "scale": scale},
                              {"sciflow.stage": f"bench-{name}"}, parent_run_id) as run_id:
         t0 = time.perf_counter()
@@ -80,7 +160,7 @@ def run_benchmark(name: str, scale: str, out: str | Path | None = None, parent_r
             "benchmark": name,
             "scale": scale,
             "seconds": round(time.perf_counter() - t0, 2),
-            "machine": {"cpu_count": __import__("os").cpu_count(), "platform": platform.platform()},
+            "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
             "git_commit": tracking.git_commit(),
             "mlflow_run_id": run_id,
             **getattr(module, "META", {}),
