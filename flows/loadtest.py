@@ -280,7 +280,7 @@ def main(runs: int, out: Path | None, timeout: float) -> int:
     report = run_load(runs, timeout)
     print(format_report(report))
     if out:
-        from data.store import atomic_path
+        from data.io import atomic_path
 
         with atomic_path(Path(out)) as tmp:
             tmp.write_text(json.dumps(report, indent=2))

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from data.store import atomic_path
+from data.io import atomic_path
 
 
 def _fmt(v: Any) -> str:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import data
-from data import store
+from data import hdf5
 from data.pdes import darcy, poisson
 from data.spec import DarcySpec, HeatSpec, LotkaVolterraSpec, PoissonSpec
 
@@ -82,10 +82,10 @@ def test_second_generate_does_no_petsc_work(store, monkeypatch):
 
 def test_failed_write_leaves_no_file_and_keeps_the_previous(tmp_path):
     target = tmp_path / "x.h5"
-    store.write_h5(target, {"v": np.arange(3.0)}, {})
+    hdf5.write_h5(target, {"v": np.arange(3.0)}, {})
     good = target.read_bytes()
     with pytest.raises(TypeError):
-        store.write_h5(target, {"v": np.arange(3.0), "bad": np.array([object()])}, {})
+        hdf5.write_h5(target, {"v": np.arange(3.0), "bad": np.array([object()])}, {})
     assert target.read_bytes() == good
     assert _files(tmp_path) == ["x.h5"]  # no temporary left behind
 
@@ -143,8 +143,8 @@ def test_h5_round_trip_preserves_arrays_and_digest(tmp_path, arrays, seed):
     rng = np.random.default_rng(seed)
     arrs = {k: (rng.standard_normal(shape) * 100).astype(dt) for k, (dt, shape) in arrays.items()}
     path = tmp_path / f"rt-{seed}.h5"
-    digest = store.write_h5(path, arrs, {"note": "x"})
-    back, attrs = store.read_h5(path)
-    assert attrs["sha256"] == digest == store.array_digest(back)
+    digest = hdf5.write_h5(path, arrs, {"note": "x"})
+    back, attrs = hdf5.read_h5(path)
+    assert attrs["sha256"] == digest == hdf5.array_digest(back)
     for k, v in arrs.items():
         assert back[k].dtype == v.dtype and back[k].shape == v.shape and np.array_equal(back[k], v)
