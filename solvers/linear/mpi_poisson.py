@@ -37,6 +37,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from data.pdes import random_fields
 from data.petsc import SolverDivergedError, ksp_reason, options_scope, petsc
 
 DEFAULT_OPTIONS = {"ksp_type": "cg", "pc_type": "gamg", "ksp_rtol": "1e-8", "ksp_norm_type": "unpreconditioned",
@@ -49,12 +50,8 @@ def darcy_field(x: np.ndarray, y: np.ndarray, seed: int = 0, alpha: float = 2.0,
     """Gaussian random field (covariance ``tau^(2a-2) (-lap + tau²)^(-a)``, Neumann cosine basis)
     at cell centres ``x`` (shape ``(nx,)``) and ``y`` (``(ny,)``); returns ``(ny, nx)``. The
     ``DARCY_MODES²`` coefficients are drawn from ``seed`` identically on every rank."""
-    k = np.arange(DARCY_MODES)
-    lam = np.pi**2 * (k[:, None] ** 2 + k[None, :] ** 2)
-    coef = tau ** (alpha - 1.0) * (lam + tau**2) ** (-alpha / 2.0)
-    c = coef * np.random.default_rng(seed).standard_normal((DARCY_MODES, DARCY_MODES))
-    c[0, 0] = 0.0  # mean zero
-    return np.cos(np.pi * np.outer(y, k)) @ c @ np.cos(np.pi * np.outer(k, x))
+    c = random_fields.cosine_coefficients(np.random.default_rng(seed), DARCY_MODES, 2, alpha, tau)
+    return random_fields.cosine_series(c, x, y)
 
 
 def coefficient(problem: str, x: np.ndarray, y: np.ndarray, seed: int = 0) -> np.ndarray:
