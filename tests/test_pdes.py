@@ -78,6 +78,24 @@ def test_poisson_matrix_structure_and_obstacles():
     assert poisson.assemble(5, 3).shape == (125, 125)
 
 
+@pytest.mark.parametrize("dim, n", [(1, 7), (2, 9), (3, 5)])
+@pytest.mark.parametrize("bc", ["dirichlet", "neumann"])
+def test_dmda_local_rows_are_the_global_operator_bit_for_bit(dim, n, bc):
+    """One stencil: the per-rank assembly (data.pdes.grid.dmda_local_csr, used by the MPI solver)
+    gives fv_operator's matrix exactly on one rank, ghost layer included."""
+    rng = np.random.default_rng(dim)
+    a = np.where(rng.random((n + 2,) * dim) > 0.5, 12.0, 3.0) * np.exp(0.1 * rng.standard_normal((n + 2,) * dim))
+    da = grid.dmda(n, dim)
+    try:
+        indptr, cols, vals = grid.dmda_local_csr(da, a, bc)
+    finally:
+        da.destroy()
+    local = sp.csr_matrix((vals, cols, indptr), shape=(n**dim, n**dim))
+    A = grid.fv_operator(a[(slice(1, -1),) * dim], bc)
+    assert np.array_equal(local.indptr, A.indptr) and np.array_equal(local.indices, A.indices)
+    assert np.array_equal(local.data, A.data)
+
+
 @pytest.mark.parametrize(
     "call, match",
     [
