@@ -53,17 +53,23 @@ AXES = {"u": "sample,time,x", "t": "time", "x": "x"}
 U_LEFT = 1.0
 
 
+def _spec_default(name: str) -> float:
+    return float(DiffusionSorptionSpec.model_fields[name].default)
+
+
 @dataclass(frozen=True)
 class SorptionParams:
-    """The physical coefficients of the PDE (the fields of :class:`DiffusionSorptionSpec` that
-    define it, with the same names and defaults)."""
+    """The physical coefficients of the PDE: the fields of :class:`DiffusionSorptionSpec` that
+    define it, with the same names and the spec's defaults (the one place their values and
+    allowed ranges are written). Every user of the coefficients (this module, the hard-constraint
+    PDE :class:`operators.hard.pdes.DiffusionSorption`) takes them from here."""
 
-    D: float = 5e-4
-    phi: float = 0.29
-    rho_s: float = 2880.0
-    k: float = 3.5e-4
-    n_f: float = 0.874
-    u_floor: float = 1e-6
+    D: float = _spec_default("D")
+    phi: float = _spec_default("phi")
+    rho_s: float = _spec_default("rho_s")
+    k: float = _spec_default("k")
+    n_f: float = _spec_default("n_f")
+    u_floor: float = _spec_default("u_floor")
 
     @classmethod
     def of(cls, p: "SorptionParams | DiffusionSorptionSpec") -> "SorptionParams":
