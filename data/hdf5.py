@@ -10,8 +10,8 @@ opaque data, so reading one never deserialises a Python object) and string attri
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import h5py
 import numpy as np
@@ -46,7 +46,7 @@ def array_bytes(arr: np.ndarray) -> memoryview:
     return np.ascontiguousarray(arr).reshape(-1).view(np.uint8).data
 
 
-def array_sha256(arr: np.ndarray) -> "hashlib._Hash":
+def array_sha256(arr: np.ndarray) -> hashlib._Hash:
     """A ``hashlib`` SHA-256 object fed with the array's C-order bytes (update it with
     :func:`array_bytes` of further slices to hash an array written in parts)."""
     return hashlib.sha256(array_bytes(arr))
@@ -70,12 +70,11 @@ def write_h5(path: Path, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, s
                 f"array {name!r} has non-numeric dtype {np.asarray(arr).dtype}; datasets hold numeric arrays only"
             )
     digest = array_digest(arrays)
-    with atomic_path(path, durable) as tmp:
-        with h5py.File(tmp, "w") as fh:
-            for name, arr in arrays.items():
-                fh.create_dataset(name, data=arr)
-            for key, value in {**attrs, "sha256": digest}.items():
-                fh.attrs[key] = value
+    with atomic_path(path, durable) as tmp, h5py.File(tmp, "w") as fh:
+        for name, arr in arrays.items():
+            fh.create_dataset(name, data=arr)
+        for key, value in {**attrs, "sha256": digest}.items():
+            fh.attrs[key] = value
     return digest
 
 
@@ -92,7 +91,7 @@ def read_h5(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         raise DatasetError(f"dataset file {path} does not exist")
     try:
         with h5py.File(path, "r") as fh:
-            arrays = {name: fh[name][()] for name in fh.keys()}
+            arrays = {name: fh[name][()] for name in fh}
             attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in fh.attrs.items()}
     except (OSError, KeyError) as exc:
         raise DatasetError(f"dataset file {path} is unreadable (truncated or not HDF5): {exc}") from exc

@@ -22,9 +22,10 @@ import hashlib
 import itertools
 import json
 import os
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import h5py
 import numpy as np

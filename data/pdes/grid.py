@@ -71,9 +71,15 @@ def fv_stencil(
     diag = np.zeros(tuple(m - 2 for m in a.shape))
     faces = []
     for axis in range(dim):
-        # padded-array slices along ``axis`` (box cells on the other axes), and face-array slices
-        along = lambda sl, axis=axis: box[:axis] + (sl,) + box[axis + 1:]  # noqa: E731
-        at = lambda sl, axis=axis: (slice(None),) * axis + (sl,)  # noqa: E731
+
+        def along(sl: slice, axis: int = axis) -> tuple[slice, ...]:
+            """``sl`` along ``axis`` of the padded arrays, the box cells on the other axes."""
+            return box[:axis] + (sl,) + box[axis + 1:]
+
+        def at(sl: slice, axis: int = axis) -> tuple[slice, ...]:
+            """``sl`` along ``axis`` of a face array."""
+            return (slice(None),) * axis + (sl,)
+
         lo, hi = along(slice(0, -1)), along(slice(1, None))  # the two cells of every face
         t = 2.0 * a[lo] * a[hi] / (a[lo] + a[hi]) / h2  # interior faces: harmonic mean
         t = np.where(inside[lo] & inside[hi] & fluid[lo] & fluid[hi], t, 0.0)

@@ -40,7 +40,8 @@ from typing import Mapping
 
 import numpy as np
 
-from ..petsc import SolverDivergedError, TimeStepper, petsc
+from ..errors import InputError, SolverDivergedError
+from ..petsc import TimeStepper, petsc
 from ..spec import NavierStokesSpec
 from .random_fields import grf
 
@@ -67,7 +68,7 @@ class VorticityRHS:
 
     def __init__(self, n: int, nu: float, f: np.ndarray | None = None):
         if n % 2:
-            raise ValueError(f"n must be even, got {n}")
+            raise InputError(f"n must be even, got {n}")
         self.n, self.nu = n, float(nu)
         kx = np.fft.fftfreq(n, 1.0 / n)[:, None]  # full axis 0 (x), half axis 1 (y) for rfft2
         ky = np.fft.rfftfreq(n, 1.0 / n)[None, :]
@@ -83,7 +84,7 @@ class VorticityRHS:
         self.dealias[0, 0] = False  # the advection term has zero mean (it is div(u w))
         f = np.zeros((n, n)) if f is None else np.asarray(f, dtype=np.float64)
         if f.shape != (n, n):
-            raise ValueError(f"forcing has shape {f.shape}, expected {(n, n)}")
+            raise InputError(f"forcing has shape {f.shape}, expected {(n, n)}")
         self.f_hat = np.fft.rfft2(f)
 
     def velocity(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -116,7 +117,7 @@ class VorticityTS(TimeStepper):
         self.w = PETSc.Vec().createSeq(n * n, comm=PETSc.COMM_SELF)
         self.ts.setProblemType(PETSc.TS.ProblemType.NONLINEAR)
         self.ts.setRHSFunction(self._rhs, self.w.duplicate())
-        self.ts.setFromOptions()
+        self.configure()
 
     def _rhs(self, ts, t, w, F) -> None:
         with np.errstate(over="ignore", invalid="ignore"):  # a blow-up is reported by integrate()
@@ -126,7 +127,7 @@ class VorticityTS(TimeStepper):
         """Vorticity at ``times`` (``times[0]``: the time of ``w0``), shape ``(len(times), n, n)``."""
         w0 = np.asarray(w0, dtype=np.float64)
         if w0.shape != (self.n, self.n):
-            raise ValueError(f"w0 has shape {w0.shape}, expected {(self.n, self.n)}")
+            raise InputError(f"w0 has shape {w0.shape}, expected {(self.n, self.n)}")
         W = self.trajectory(self.w, w0, np.asarray(times, dtype=np.float64), dt).reshape(len(times), self.n, self.n)
         if not np.all(np.isfinite(W)):  # an explicit scheme past its stability limit overflows silently
             bad = int(np.argmin(np.isfinite(W).all(axis=(1, 2))))
@@ -149,7 +150,7 @@ def simulate(
     ``f`` (grid values; None: unforced). Returns ``w`` at ``times``, shape ``(len(times), n, n)``."""
     w0 = np.asarray(w0, dtype=np.float64)
     if w0.ndim != 2 or w0.shape[0] != w0.shape[1]:
-        raise ValueError(f"w0 must have shape (n, n), got {w0.shape}")
+        raise InputError(f"w0 must have shape (n, n), got {w0.shape}")
     with VorticityTS(w0.shape[0], nu, f, petsc_options) as ts:
         return ts.integrate(w0, times, dt)
 
