@@ -99,9 +99,10 @@ def known_types(key: str) -> tuple[str, list[str]]:
     A known value may still be missing from this PETSc build (an external package)."""
     for suffix, noun, cls, attr in _TYPE_REGISTRIES:
         if key == suffix or key.endswith("_" + suffix):
-            registry = getattr(getattr(petsc(), cls), attr, None)
-            values = {v for k, v in vars(registry).items() if not k.startswith("_") and isinstance(v, str)}
-            return noun, sorted(values)
+            registry = getattr(getattr(petsc(), cls, None), attr, None)
+            if registry is None:
+                return noun, []
+            return noun, sorted({v for k, v in vars(registry).items() if not k.startswith("_") and isinstance(v, str)})
     return "", []
 
 
@@ -526,3 +527,8 @@ class TimeStepper:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+__all__ = ["OPTION_ERROR_CODES", "KSPSolver", "PetscOptionError", "SciflowError", "SolverDivergedError", "TimeStepper",
+           "known_types", "ksp_reason", "mat_from_csr", "mat_to_csr", "option_error_message", "options_scope", "petsc",
+           "petsc_error_code", "translate_error", "ts_reason"]
