@@ -122,8 +122,12 @@ def test_missing_and_mismatched_datasets(store):
 
 
 def test_chunk_outside_the_spec_is_refused(store):
-    with pytest.raises(ValueError, match="outside the spec's splits"):
+    with pytest.raises(data.InputError, match="outside the spec's splits"):
         data.generate_chunk(DarcySpec(n=8, n_train=2), "train", 1, 5, store)
+    with pytest.raises(data.InputError, match="chunk_size must be >= 1, got 0"):
+        data.plan_chunks(DarcySpec(n=8), 0)
+    with pytest.raises(data.InputError, match="needs a 'path' key"):
+        data.load({"digest": "0" * 64})
     with pytest.raises(data.DatasetError, match="do not cover"):
         spec = DarcySpec(n=8, n_train=4, n_test=0)
         data.assemble(spec, [data.generate_chunk(spec, "train", 0, 2, store)], store)
@@ -148,3 +152,14 @@ def test_h5_round_trip_preserves_arrays_and_digest(tmp_path, arrays, seed):
     assert attrs["sha256"] == digest == hdf5.array_digest(back)
     for k, v in arrs.items():
         assert back[k].dtype == v.dtype and back[k].shape == v.shape and np.array_equal(back[k], v)
+
+
+def test_one_state_root_for_the_store_and_the_flows(tmp_path, monkeypatch):
+    from flows.settings import sciflow_home
+
+    monkeypatch.setenv("SCIFLOW_HOME", str(tmp_path / "state"))
+    assert data.home() == sciflow_home() == (tmp_path / "state").resolve()
+    assert data.store.dataset_dir(DarcySpec(n=8)).is_relative_to(tmp_path / "state" / "datasets")
+    monkeypatch.delenv("SCIFLOW_HOME")
+    monkeypatch.chdir(tmp_path)
+    assert data.home() == sciflow_home() == (tmp_path / ".sciflow").resolve()
