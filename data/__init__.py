@@ -9,20 +9,19 @@ Public API (stable names, other tools call them)::
 """
 
 from . import pdes
+from .errors import DatasetError, InputError, PetscOptionError, SciflowError, SolverDivergedError
+from .paths import home
 from .pdes import darcy, heat, poisson  # noqa: F401  (data.pdes.poisson etc. importable as attributes)
-from .petsc import SolverDivergedError
 from .spec import (FAMILIES, DarcySpec, HeatSpec, LotkaVolterraSpec, NavierStokesSpec, PDESpec, PoissonSpec, parse_spec,
                    spec_hash)
 from .store import (
     ChunkRef,
     Dataset,
-    DatasetError,
     DatasetRef,
     assemble,
     find,
     generate,
     generate_chunk,
-    home,
     load,
     plan_chunks,
 )
@@ -35,10 +34,13 @@ __all__ = [
     "DatasetError",
     "DatasetRef",
     "HeatSpec",
+    "InputError",
     "LotkaVolterraSpec",
     "NavierStokesSpec",
     "PDESpec",
+    "PetscOptionError",
     "PoissonSpec",
+    "SciflowError",
     "SolverDivergedError",
     "assemble",
     "find",

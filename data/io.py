@@ -44,9 +44,9 @@ def sweep_temporaries(folder: str | os.PathLike, max_age_s: float = 86400.0) -> 
     not match the pattern are never touched."""
     import time
 
-    removed = []
+    removed: list[Path] = []
     try:
-        entries = list(os.scandir(folder))
+        entries = list(os.scandir(os.fspath(folder)))
     except FileNotFoundError:
         return removed
     now = time.time()

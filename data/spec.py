@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Mapping, Union, cast
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+
+from .errors import InputError
 
 #: Version of the on-disk layout and of the generators; part of every spec hash, so a change
 #: in how samples are produced never reuses stale caches.
@@ -314,10 +316,9 @@ class DiffusionSorptionSpec(_SpecBase):
         }
 
 
-PDESpec = Annotated[
-    Union[PoissonSpec, DarcySpec, HeatSpec, LotkaVolterraSpec, NavierStokesSpec, DiffusionSorptionSpec],
-    Field(discriminator="family"),
-]
+#: any one family's spec (for annotations); :data:`PDESpec` is the same union, discriminated by ``family``
+AnySpec = Union[PoissonSpec, DarcySpec, HeatSpec, LotkaVolterraSpec, NavierStokesSpec, DiffusionSorptionSpec]
+PDESpec = Annotated[AnySpec, Field(discriminator="family")]
 FAMILIES: dict[str, type[_SpecBase]] = {
     "poisson": PoissonSpec, "darcy": DarcySpec, "heat": HeatSpec, "lotka_volterra": LotkaVolterraSpec,
     "navier_stokes": NavierStokesSpec, "diffusion_sorption": DiffusionSorptionSpec,
@@ -326,14 +327,14 @@ FAMILIES: dict[str, type[_SpecBase]] = {
 _ADAPTER: TypeAdapter = TypeAdapter(PDESpec)
 
 
-def parse_spec(obj: dict | str | _SpecBase) -> PoissonSpec | DarcySpec | HeatSpec:
+def parse_spec(obj: Mapping[str, Any] | str | _SpecBase) -> AnySpec:
     """Validate a dict / JSON string / spec into a spec model (unknown family: clear error)."""
     if isinstance(obj, _SpecBase):
-        return obj  # type: ignore[return-value]
+        return cast(AnySpec, obj)
     if isinstance(obj, str):
         obj = json.loads(obj)
     if isinstance(obj, dict) and obj.get("family") not in FAMILIES:
-        raise ValueError(f"family: unknown PDE family {obj.get('family')!r}; choose one of {sorted(FAMILIES)}")
+        raise InputError(f"family: unknown PDE family {obj.get('family')!r}; choose one of {sorted(FAMILIES)}")
     return _ADAPTER.validate_python(obj)
 
 

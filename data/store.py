@@ -1,4 +1,4 @@
-"""The dataset store: chunked generation, atomic HDF5 writes, manifests and verified loads.
+"""The dataset store: specs -> datasets by chunked generation, manifests, find and verified loads.
 
 Layout under the store root (``$SCIFLOW_HOME``, default ``./.sciflow``)::
 
@@ -11,6 +11,9 @@ Every file is written to a temporary name in the same folder, fsynced, then rena
 never leaves a partial file under a real name. A dataset exists iff its manifest does (the
 manifest is written last). Sample ``i`` of split ``s`` is drawn from ``SeedSequence([seed, s, i])``,
 so the data do not depend on how generation was chunked.
+
+The file format (:mod:`data.hdf5`), atomic writes (:mod:`data.io`), the store root
+(:mod:`data.paths`) and the recorded versions (:mod:`data.provenance`) live in their own modules.
 """
 
 from __future__ import annotations
@@ -19,28 +22,26 @@ import hashlib
 import itertools
 import json
 import os
-import re
-import socket
-import uuid
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any
 
 import h5py
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from .errors import DatasetError
-from .io import atomic_path, sweep_temporaries, temporary_name  # noqa: F401  (re-exported for the store's users)
+from .errors import DatasetError, InputError
+from .hdf5 import DigestEntry, array_bytes, array_digest, array_sha256, combine_digests, read_h5, write_h5
+from .io import atomic_path, sweep_temporaries
+from .paths import home
 from .pdes import family_module
-from .spec import GENERATOR_VERSION, canonical_json, parse_spec, spec_hash
+from .provenance import package_versions
+from .spec import GENERATOR_VERSION, PDESpec, canonical_json, parse_spec, spec_hash
 
 SPLIT_IDS = {"train": 0, "test": 1}
 MANIFEST = "manifest.json"
 DEFAULT_CHUNK_SIZE = 16
-#: dtype kinds an array in a dataset file may have: bool, signed / unsigned int, float, complex
-NUMERIC_KINDS = "biufc"
 
 
 class DatasetRef(BaseModel):
@@ -69,7 +70,7 @@ class Dataset:
     """One loaded split: ``arrays`` (name -> ndarray), the validated ``spec`` and the file attrs."""
 
     arrays: dict[str, np.ndarray]
-    spec: object
+    spec: PDESpec
     split: str
     digest: str
     path: Path
@@ -78,110 +79,28 @@ class Dataset:
         return self.arrays[name]
 
 
-def home() -> Path:
-    """The store root: ``$SCIFLOW_HOME`` or ``./.sciflow``."""
-    return Path(os.environ.get("SCIFLOW_HOME", ".sciflow")).resolve()
+Root = str | os.PathLike | None
 
 
-def dataset_dir(spec, root: str | os.PathLike | None = None) -> Path:
-    root = Path(root) if root is not None else home()
-    return root / "datasets" / f"{spec.family}-{spec_hash(spec)[:16]}"
+def dataset_dir(spec: PDESpec, root: Root = None) -> Path:
+    """The folder of ``spec``'s dataset under ``root`` (default :func:`data.paths.home`)."""
+    base = Path(root) if root is not None else home()
+    return base / "datasets" / f"{spec.family}-{spec_hash(spec)[:16]}"
 
 
-def _combine(entries: dict[str, tuple[str, tuple, str]]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(entries):
-        dtype, shape, sha = entries[name]
-        h.update(f"{name}|{dtype}|{tuple(shape)}|{sha};".encode())
-    return h.hexdigest()
-
-
-def _sha(arr: np.ndarray) -> "hashlib._Hash":
-    return hashlib.sha256(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
-
-
-def array_digest(arrays: dict[str, np.ndarray]) -> str:
-    """SHA-256 of a set of named arrays: over the names in order, each ``name|dtype|shape|``
-    and the SHA-256 of the array's C-order bytes (so arrays written in slices hash alike)."""
-    return _combine({k: (v.dtype.str, v.shape, _sha(v).hexdigest()) for k, v in arrays.items()})
-
-
-def write_h5(path: Path, arrays: dict[str, np.ndarray], attrs: dict[str, str], durable: bool = True) -> str:
-    """Atomically write ``arrays`` (+ ``attrs``, + the digest) to an HDF5 file; return the digest."""
-    for name, arr in arrays.items():
-        if np.asarray(arr).dtype.kind not in NUMERIC_KINDS:
-            raise TypeError(f"array {name!r} has non-numeric dtype {np.asarray(arr).dtype}; datasets hold numeric arrays only")
-    digest = array_digest(arrays)
-    with atomic_path(path, durable) as tmp:
-        with h5py.File(tmp, "w") as fh:
-            for name, arr in arrays.items():
-                fh.create_dataset(name, data=arr)
-            for key, value in {**attrs, "sha256": digest}.items():
-                fh.attrs[key] = value
-    return digest
-
-
-def read_h5(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    path = Path(path)
-    if not path.exists():
-        raise DatasetError(f"dataset file {path} does not exist")
-    try:
-        with h5py.File(path, "r") as fh:
-            arrays = {name: fh[name][()] for name in fh.keys()}
-            attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in fh.attrs.items()}
-    except (OSError, KeyError) as exc:
-        raise DatasetError(f"dataset file {path} is unreadable (truncated or not HDF5): {exc}") from exc
-    for name, arr in arrays.items():
-        if arr.dtype.kind not in NUMERIC_KINDS:  # object / string / opaque / compound: never a dataset array
-            raise DatasetError(
-                f"dataset file {path}: array {name!r} has non-numeric dtype {arr.dtype} (kind {arr.dtype.kind!r}); "
-                "datasets hold numeric arrays only"
-            )
-    return arrays, attrs
-
-
-def _write_json(path: Path, obj: dict) -> None:
+def _write_json(path: Path, obj: Mapping[str, Any]) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-
-
-def lock_digest() -> str:
-    """SHA-256 of the lock files the running environment was installed from (``infra/setup.sh``
-    records it in ``<venv>/sciflow-lock.json``); ``"unlocked"`` for an environment made otherwise."""
-    import sys
-
-    try:
-        return str(json.loads((Path(sys.prefix) / "sciflow-lock.json").read_text())["lock_sha256"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return "unlocked"
-
-
-def package_versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {}
-    for pkg in ("sciflow", "numpy", "scipy", "h5py", "petsc4py", "torch", "prefect", "mlflow"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    try:
-        from .petsc import petsc
-
-        out["petsc"] = ".".join(map(str, petsc().Sys.getVersion()))
-    except Exception:  # petsc4py missing: reported by its absence
-        pass
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
 # chunks
 
 
-def plan_chunks(spec, chunk_size: int = DEFAULT_CHUNK_SIZE) -> list[tuple[str, int, int]]:
+def plan_chunks(spec: PDESpec, chunk_size: int = DEFAULT_CHUNK_SIZE) -> list[tuple[str, int, int]]:
     """``(split, start, stop)`` for every chunk of every split."""
     if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
     return [
         (split, start, min(start + chunk_size, n))
         for split, n in spec.splits.items()
@@ -189,11 +108,12 @@ def plan_chunks(spec, chunk_size: int = DEFAULT_CHUNK_SIZE) -> list[tuple[str, i
     ]
 
 
-def sample_rngs(spec, split: str, start: int, stop: int) -> list[np.random.Generator]:
+def sample_rngs(spec: PDESpec, split: str, start: int, stop: int) -> list[np.random.Generator]:
+    """One generator per sample ``start:stop`` of ``split``, seeded by ``(spec.seed, split, i)``."""
     return [np.random.default_rng(np.random.SeedSequence([spec.seed, SPLIT_IDS[split], i])) for i in range(start, stop)]
 
 
-def single_threaded_blas():
+def single_threaded_blas() -> Any:
     """Limit BLAS/OpenMP pools to one thread: sequential PETSc gains nothing from them, and
     their spinning threads compete with the solver for the cores."""
     from threadpoolctl import threadpool_limits
@@ -201,19 +121,20 @@ def single_threaded_blas():
     return threadpool_limits(limits=1)
 
 
-def chunk_path(spec, split: str, start: int, stop: int, root=None) -> Path:
-    root = Path(root) if root is not None else home()
-    return root / "chunks" / spec_hash(spec)[:16] / f"{split}-{start:07d}-{stop:07d}.h5"
+def chunk_path(spec: PDESpec, split: str, start: int, stop: int, root: Root = None) -> Path:
+    """The cache file of samples ``start:stop`` of ``split``."""
+    base = Path(root) if root is not None else home()
+    return base / "chunks" / spec_hash(spec)[:16] / f"{split}-{start:07d}-{stop:07d}.h5"
 
 
-def generate_chunk(spec, split: str, start: int, stop: int, root=None) -> ChunkRef:
+def generate_chunk(spec: PDESpec | Mapping[str, Any] | str, split: str, start: int, stop: int, root: Root = None) -> ChunkRef:
     """Solve samples ``start:stop`` of ``split`` with PETSc and store them as a chunk file.
 
     An existing chunk file whose digest verifies is reused (no PETSc work).
     """
     spec = parse_spec(spec)
     if split not in spec.splits or not (0 <= start < stop <= spec.splits[split]):
-        raise ValueError(f"chunk {split}[{start}:{stop}] is outside the spec's splits {spec.splits}")
+        raise InputError(f"chunk {split}[{start}:{stop}] is outside the spec's splits {spec.splits}")
     path = chunk_path(spec, split, start, stop, root)
     sweep_temporaries(path.parent)  # litter of a killed earlier attempt
     if path.exists():
@@ -233,13 +154,16 @@ def generate_chunk(spec, split: str, start: int, stop: int, root=None) -> ChunkR
 # datasets
 
 
-def _write_split(path: Path, parts: list[ChunkRef], n: int, shared: dict, attrs: dict) -> tuple[str, dict]:
+def _write_split(
+    path: Path, parts: list[ChunkRef], n: int, shared: Mapping[str, np.ndarray], attrs: Mapping[str, str]
+) -> tuple[str, dict[str, tuple[str, tuple[int, ...]]]]:
     """Stream verified chunks into one split file (no concatenated copy in memory); returns
     the file's digest and ``{name: (dtype, shape)}``."""
-    entries: dict[str, tuple[str, tuple, str]] = {}
+    entries: dict[str, DigestEntry] = {}
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as fh:
-            hashers, offset = {}, 0
+            hashers: dict[str, hashlib._Hash] = {}
+            offset = 0
             for c in parts:
                 arrays, _ = read_h5(Path(c.path))
                 if array_digest(arrays) != c.digest:
@@ -249,27 +173,27 @@ def _write_split(path: Path, parts: list[ChunkRef], n: int, shared: dict, attrs:
                         fh.create_dataset(name, shape=(n, *arr.shape[1:]), dtype=arr.dtype)
                         hashers[name] = hashlib.sha256()
                     fh[name][offset : offset + arr.shape[0]] = arr
-                    hashers[name].update(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
+                    hashers[name].update(array_bytes(arr))
                 offset += c.stop - c.start
             for name, h in hashers.items():
                 entries[name] = (fh[name].dtype.str, fh[name].shape, h.hexdigest())
             for name, arr in shared.items():
                 fh.create_dataset(name, data=arr)
-                entries[name] = (arr.dtype.str, arr.shape, _sha(arr).hexdigest())
-            digest = _combine(entries)
+                entries[name] = (arr.dtype.str, arr.shape, array_sha256(arr).hexdigest())
+            digest = combine_digests(entries)
             for key, value in {**attrs, "sha256": digest}.items():
                 fh.attrs[key] = value
     return digest, {k: (v[0], v[1]) for k, v in entries.items()}
 
 
-def assemble(spec, chunks: list[ChunkRef], root=None) -> DatasetRef:
+def assemble(spec: PDESpec | Mapping[str, Any] | str, chunks: Iterable[ChunkRef], root: Root = None) -> DatasetRef:
     """Concatenate verified chunks into one HDF5 file per split and write the manifest last."""
     spec = parse_spec(spec)
     out_dir = dataset_dir(spec, root)
     sweep_temporaries(out_dir)
     module = family_module(spec.family)
     shared = module.shared_arrays(spec)
-    files = {}
+    files: dict[str, dict[str, Any]] = {}
     for split, n in spec.splits.items():
         parts = sorted((c for c in chunks if c.split == split), key=lambda c: c.start)
         covered = [(c.start, c.stop) for c in parts]
@@ -305,7 +229,7 @@ def assemble(spec, chunks: list[ChunkRef], root=None) -> DatasetRef:
     return DatasetRef(path=str(out_dir), digest=overall, family=spec.family, spec_hash=spec_hash(spec))
 
 
-def find(spec, root=None) -> DatasetRef | None:
+def find(spec: PDESpec | Mapping[str, Any] | str, root: Root = None) -> DatasetRef | None:
     """The stored dataset for ``spec`` if its manifest exists and names every split file."""
     spec = parse_spec(spec)
     out_dir = dataset_dir(spec, root)
@@ -321,8 +245,8 @@ def find(spec, root=None) -> DatasetRef | None:
 
 
 def generate(
-    spec,
-    root=None,
+    spec: PDESpec | Mapping[str, Any] | str,
+    root: Root = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: bool | Callable[[int, int], None] = True,
 ) -> DatasetRef:
@@ -330,7 +254,7 @@ def generate(
 
     Args:
         spec: a spec model or a dict with ``family``.
-        root: store root (default :func:`home`).
+        root: store root (default :func:`data.paths.home`).
         chunk_size: samples per chunk (chunks are the unit of caching and of parallel work).
         progress: True for a console progress bar, or a callback ``(done, total)``.
 
@@ -344,12 +268,13 @@ def generate(
         return found
     plan = plan_chunks(spec, chunk_size)
     total = sum(stop - start for _, start, stop in plan)
-    bar = None
+    bar: Any = None
     if progress is True:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, desc=f"{spec.family} samples", unit="sample")
-    chunks, done = [], 0
+    chunks: list[ChunkRef] = []
+    done = 0
     try:
         for split, start, stop in plan:
             chunks.append(generate_chunk(spec, split, start, stop, root))
@@ -364,7 +289,10 @@ def generate(
     return assemble(spec, chunks, root)
 
 
-def head(path_or_ref, split: str = "train", n: int = 3) -> Dataset:
+PathOrRef = DatasetRef | Mapping[str, Any] | str | os.PathLike
+
+
+def head(path_or_ref: PathOrRef, split: str = "train", n: int = 3) -> Dataset:
     """The first ``n`` samples of a split, read without the digest check (previews, plots).
 
     Per-sample arrays (those whose axes start with ``sample``) are sliced; shared ones are whole.
@@ -382,15 +310,19 @@ def head(path_or_ref, split: str = "train", n: int = 3) -> Dataset:
     return Dataset(arrays=arrays, spec=spec, split=split, digest=manifest["files"][f"{split}.h5"]["sha256"], path=path)
 
 
-def _resolve(path_or_ref) -> tuple[Path, str | None]:
+def _resolve(path_or_ref: PathOrRef) -> tuple[Path, str | None]:
     if isinstance(path_or_ref, DatasetRef):
         return Path(path_or_ref.path), path_or_ref.digest
-    if isinstance(path_or_ref, dict) and "path" in path_or_ref:
-        return Path(path_or_ref["path"]), path_or_ref.get("digest")
+    if isinstance(path_or_ref, Mapping):
+        if "path" in path_or_ref:
+            return Path(path_or_ref["path"]), path_or_ref.get("digest")
+        raise InputError(
+            f"path_or_ref: a mapping needs a 'path' key (a DatasetRef as a dict), got keys {sorted(path_or_ref)}"
+        )
     return Path(path_or_ref), None
 
 
-def load(path_or_ref, split: str = "train", verify: bool = True) -> Dataset:
+def load(path_or_ref: PathOrRef, split: str = "train", verify: bool = True) -> Dataset:
     """Load one split of a stored dataset, verifying its SHA-256 against the manifest (and
     against the ref's digest when given a :class:`DatasetRef`).
 

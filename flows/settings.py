@@ -12,9 +12,12 @@ import logging
 import os
 from pathlib import Path
 
+from data.paths import home
+
 
 def sciflow_home() -> Path:
-    return Path(os.environ.get("SCIFLOW_HOME", ".sciflow")).resolve()
+    """The state root: ``$SCIFLOW_HOME`` or ``./.sciflow`` (:func:`data.paths.home`, the one resolver)."""
+    return home()
 
 
 def configure() -> Path:

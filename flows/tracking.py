@@ -95,7 +95,7 @@ def prefect_tags() -> dict[str, str]:
 
 
 def standard_tags() -> dict[str, str]:
-    from data.store import lock_digest, package_versions
+    from data.provenance import lock_digest, package_versions
 
     tags = {"git.commit": git_commit(), **prefect_tags(), "sciflow.process": _process_token(os.getpid()) or "unknown"}
     tags.update({f"version.{k}": v for k, v in package_versions().items()})

@@ -135,10 +135,21 @@ def test_options_that_cannot_be_set_up_fall_back_too(options_db_unchanged):
     A, M, da = _poisson_system()
     b = np.ones(A.shape[0])
     with KSPSolver(M, {"pc_type": "no_such_pc"}, dm=da, fallbacks=[LU]) as ksp:  # e.g. hypre missing
-        assert ksp.attempt == 1 and "Unable to find requested PC type no_such_pc" in ksp.failures[0]
+        assert ksp.attempt == 1 and "pc_type=no_such_pc: unknown PC type (PETSc error 86" in ksp.failures[0]
         assert np.abs(A @ ksp.solve(b) - b).max() < 1e-10
-    with pytest.raises(petsc().Error):  # no fallbacks: PETSc's own error, and no options left behind
-        KSPSolver(M, {"pc_type": "no_such_pc"}, dm=da)
+    with pytest.raises(data.PetscOptionError, match="pc_type=no_such_pc"):  # no fallbacks: the option named,
+        KSPSolver(M, {"pc_type": "no_such_pc"}, dm=da)  # and no options left behind
+
+
+def test_when_every_attempt_fails_on_a_refused_option_the_error_is_an_option_error(options_db_unchanged):
+    A, M, da = _poisson_system()
+    with pytest.raises(data.PetscOptionError) as err:
+        KSPSolver(M, {"ksp_rtol": "abc"}, dm=da, fallbacks=[{"ksp_type": "no_such_ksp"}])
+    msg = str(err.value)
+    assert "all 1 fallbacks (2 attempts)" in msg
+    first, second = msg.split("; [")
+    assert "ksp_rtol=abc: PETSc cannot use this value (PETSc error 63: Input string abc has no numeric value)" in first
+    assert "ksp_type=no_such_ksp: unknown KSP type (PETSc error 86" in second
 
 
 def test_darcy_fallback_matches_the_default_solution(options_db_unchanged):
@@ -192,7 +203,8 @@ def test_when_every_fallback_fails_the_error_lists_each_attempt(store, options_d
     first, second, third = msg.split("; [")
     assert "options {" in first and "cg/none did not converge: DIVERGED_" in first
     assert "fallback 1/2 {'pc_type': 'jacobi'}] PETSc KSP cg/jacobi did not converge: DIVERGED_" in second
-    assert "fallback 2/2 {'pc_type': 'no_such_pc'}] KSP setup failed: Unable to find requested PC type no_such_pc" in third
+    assert "fallback 2/2 {'pc_type': 'no_such_pc'}] KSP setup failed: pc_type=no_such_pc: unknown PC type" in third
+    assert "Unable to find requested PC type no_such_pc" in third  # PETSc's own words
     assert data.find(spec, root=store) is None
     assert not _h5_files(store)
 

@@ -4,6 +4,7 @@ constraint PDEs are consistent with the PETSc data, the MoE router, training and
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 import pickle
 
 import numpy as np
@@ -171,7 +172,7 @@ def test_constraint_rows_are_consistent_with_the_petsc_solutions(store, monkeypa
     late = slice(4 * 62, None)  # after the first tenth of the time: the initial layer is unresolved by
     r = pde.full_residual(u)[:, late]  # time differences over 12.5 s outputs (RMS ~0.2 with it)
     v = pde.condition_violation(u, u[:, 0])
-    wrong = DiffusionSorption(t=pde.t, t_final=pde.t_final, x=pde.x, D=-pde.D)
+    wrong = DiffusionSorption(t=pde.t, t_final=pde.t_final, x=pde.x, params=replace(pde.params, D=-pde.params.D))
     assert r.pow(2).mean().sqrt() < 5e-3 and wrong.full_residual(u)[:, late].pow(2).mean().sqrt() > 0.3
     assert v.abs().max() < 1e-2
 

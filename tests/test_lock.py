@@ -37,7 +37,7 @@ def test_the_committed_lock_matches_pyproject_and_this_environment():
 
 
 def test_the_lock_digest_is_in_the_environment_and_in_mlflow_tags():
-    from data.store import lock_digest
+    from data.provenance import lock_digest
     from flows.tracking import standard_tags
 
     assert lock_digest() == lock.digest()

@@ -7,6 +7,7 @@ from pydantic import ValidationError
 
 import data
 from data.pdes import family_module, navier_stokes as ns
+from data.pdes.random_fields import grf
 from data.petsc import SolverDivergedError
 from data.spec import FAMILIES, NavierStokesSpec, parse_spec, spec_hash
 
@@ -62,7 +63,7 @@ def test_rhs_advection_and_forcing_are_exact():
 def test_periodic_grf_matches_the_fno_covariance():
     n, alpha, tau = 16, 2.5, 7.0
     rng = np.random.default_rng(0)
-    samples = np.stack([ns.periodic_grf(rng, n, alpha, tau) for _ in range(400)])
+    samples = np.stack([grf(rng, n, 2, alpha, tau, bc="periodic") for _ in range(400)])
     assert np.abs(samples.mean(axis=(1, 2))).max() < 1e-12  # mean zero, exactly
     k = np.fft.fftfreq(n, 1.0 / n)
     k2 = k[:, None] ** 2 + k[None, :] ** 2
@@ -70,7 +71,7 @@ def test_periodic_grf_matches_the_fno_covariance():
     lam[0, 0] = 0.0
     expected_var = 2 * tau ** (2 * alpha - 2) * lam.sum()  # sigma = tau^(alpha - 1), sqrt(2) on each mode
     assert abs(samples.var(axis=(1, 2)).mean() / expected_var - 1) < 0.1
-    a, b = (ns.periodic_grf(np.random.default_rng(5), n) for _ in range(2))
+    a, b = (grf(np.random.default_rng(5), n, 2, 2.5, 7.0, bc="periodic") for _ in range(2))
     np.testing.assert_array_equal(a, b)
 
 
@@ -110,7 +111,7 @@ def test_generate_round_trip_and_reproducibility(tmp_path):
     assert np.abs(w[:, -1] - w[:, 0]).max() > 1e-2  # the flow moved
     # the input is the GRF drawn from the sample's seed; the target is its trajectory
     rng = data.store.sample_rngs(spec, "train", 1, 2)[0]
-    w0 = ns.periodic_grf(rng, 32)
+    w0 = grf(rng, 32, 2, 2.5, 7.0, bc="periodic")
     np.testing.assert_array_equal(w[1, 0], w0)
     np.testing.assert_allclose(w[1], ns.simulate(w0, spec.viscosity, train["t"], train["f"], dt=1e-3), rtol=0, atol=1e-12)
     assert data.load(ref, split="test")["w"].shape == (1, 3, 32, 32)
@@ -126,12 +127,12 @@ def test_spin_up_to_t0():
     spec = NavierStokesSpec(n=16, n_train=1, n_test=0, t0=0.5, horizon=0.25)
     w = ns.sample_arrays(spec, data.store.sample_rngs(spec, "train", 0, 1))["w"]
     np.testing.assert_allclose(ns.shared_arrays(spec)["t"], [0.5, 0.75])
-    w0 = ns.periodic_grf(data.store.sample_rngs(spec, "train", 0, 1)[0], 16)
+    w0 = grf(data.store.sample_rngs(spec, "train", 0, 1)[0], 16, 2, 2.5, 7.0, bc="periodic")
     full = ns.simulate(w0, spec.viscosity, [0.0, 0.5, 0.75], ns.forcing(16, 0.1))
     np.testing.assert_allclose(w[0], full[1:], rtol=0, atol=1e-12)
 
 
 def test_blow_up_is_a_clear_error():
-    w0 = ns.periodic_grf(np.random.default_rng(0), 16)
+    w0 = grf(np.random.default_rng(0), 16, 2, 2.5, 7.0, bc="periodic")
     with pytest.raises(SolverDivergedError, match="stability limit"):
         ns.simulate(w0, 1.0, [0.0, 0.5, 1.0], dt=0.01, petsc_options=RK4)

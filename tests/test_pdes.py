@@ -78,6 +78,24 @@ def test_poisson_matrix_structure_and_obstacles():
     assert poisson.assemble(5, 3).shape == (125, 125)
 
 
+@pytest.mark.parametrize("dim, n", [(1, 7), (2, 9), (3, 5)])
+@pytest.mark.parametrize("bc", ["dirichlet", "neumann"])
+def test_dmda_local_rows_are_the_global_operator_bit_for_bit(dim, n, bc):
+    """One stencil: the per-rank assembly (data.pdes.grid.dmda_local_csr, used by the MPI solver)
+    gives fv_operator's matrix exactly on one rank, ghost layer included."""
+    rng = np.random.default_rng(dim)
+    a = np.where(rng.random((n + 2,) * dim) > 0.5, 12.0, 3.0) * np.exp(0.1 * rng.standard_normal((n + 2,) * dim))
+    da = grid.dmda(n, dim)
+    try:
+        indptr, cols, vals = grid.dmda_local_csr(da, a, bc)
+    finally:
+        da.destroy()
+    local = sp.csr_matrix((vals, cols, indptr), shape=(n**dim, n**dim))
+    A = grid.fv_operator(a[(slice(1, -1),) * dim], bc)
+    assert np.array_equal(local.indptr, A.indptr) and np.array_equal(local.indices, A.indices)
+    assert np.array_equal(local.data, A.data)
+
+
 @pytest.mark.parametrize(
     "call, match",
     [
@@ -93,7 +111,9 @@ def test_poisson_matrix_structure_and_obstacles():
     ],
 )
 def test_bad_input_is_a_clear_error(call, match):
-    with pytest.raises(ValueError, match=match):
+    from data.errors import InputError
+
+    with pytest.raises(InputError, match=match):
         call()
 
 
@@ -109,6 +129,56 @@ def test_petsc_options_are_scoped():
     before = petsc().Options().getAll()
     darcy.solve(np.ones((8, 8)), petsc_options={"ksp_type": "gmres"})
     assert petsc().Options().getAll() == before
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"ksp_type": "nosuchksp"}, r"^ksp_type=nosuchksp: unknown KSP type \(PETSc error 86: .*\); known types include .*\bcg\b.*gmres"),
+        ({"pc_type": "nosuchpc"}, r"^pc_type=nosuchpc: unknown PC type \(PETSc error 86: .*\); known types include .*gamg"),
+        ({"ksp_type": "gmers"}, r"did you mean 'gmres'"),
+        ({"ksp_rtol": "abc"}, r"^ksp_rtol=abc: PETSc cannot use this value \(PETSc error 63: Input string abc has no numeric value\)$"),
+        ({"ksp_max_it": "1.5"}, r"^ksp_max_it=1.5: .*no integer value"),
+        ({"ksp_norm_type": "bogus"}, r"^ksp_norm_type=bogus: .*Unknown option bogus for -ksp_norm_type. Available options: none"),
+        ({"pc_gamg_threshold": "x", "pc_type": "gamg"}, r"^pc_gamg_threshold=x: "),  # read once pc_type enables it
+        ({"pc_type": "lu", "ksp_type": "preonly", "pc_factor_mat_solver_type": "nosuch"},
+         r"^pc_factor_mat_solver_type=nosuch: .*PETSc error 92: Could not locate solver type nosuch"),  # at set-up
+    ],
+)
+def test_options_petsc_refuses_are_named_with_their_value(options, match):
+    """The issue's example: darcy.solve(a, petsc_options={"ksp_type": "nosuchksp"}) raised a raw
+    ``petsc4py.PETSc.Error: error code 86``; now the option, its value and the fix are named."""
+    from data.errors import InputError, PetscOptionError
+    from data.petsc import petsc
+
+    before = petsc().Options().getAll()
+    with pytest.raises(PetscOptionError, match=match) as err:
+        darcy.solve(np.ones((8, 8)), petsc_options=options)
+    assert isinstance(err.value, InputError) and isinstance(err.value, ValueError)
+    assert isinstance(err.value.__cause__, petsc().Error)  # PETSc's own error stays attached
+    assert "sciflow" not in str(err.value)  # no private option prefixes
+    assert petsc().Options().getAll() == before
+
+
+@pytest.mark.parametrize("options, match", [({"ts_type": "nosuchts"}, r"^ts_type=nosuchts: unknown TS type"),
+                                            ({"ts_rtol": "abc"}, r"^ts_rtol=abc: "),
+                                            ({"ksp_type": "nosuchksp"}, r"^ksp_type=nosuchksp: unknown KSP type")])
+def test_time_stepper_options_petsc_refuses_are_named(options, match):
+    from data.errors import PetscOptionError
+    from data.petsc import petsc
+
+    before = petsc().Options().getAll()
+    with pytest.raises(PetscOptionError, match=match):
+        heat.simulate(np.ones(8), 1.0, 1.0, petsc_options=options)
+    assert petsc().Options().getAll() == before
+
+
+def test_a_petsc_failure_in_the_solve_is_a_solver_error_with_petscs_code():
+    A = sp.csr_matrix(np.array([[0.0, 1.0], [1.0, 0.0]]))  # no diagonal entries: LU cannot start
+    with KSPSolver(A, {"ksp_type": "preonly", "pc_type": "lu", "pc_factor_mat_ordering_type": "natural"}) as ksp:
+        with pytest.raises(SolverDivergedError,
+                           match=r"^PETSc KSP preonly/lu failed \(PETSc error 73\): Matrix is missing diagonal entry 0; options"):
+            ksp.solve(np.ones(2))
 
 
 def test_lotka_volterra_conserves_its_first_integral():

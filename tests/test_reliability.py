@@ -32,7 +32,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 import data
-from data import store
+from data import hdf5, store
+from data import io as dio
 from data.pdes import darcy
 from data.spec import FAMILIES, DarcySpec, canonical_json, parse_spec, spec_hash
 
@@ -163,7 +164,7 @@ def test_out_of_range_values_raise_a_validation_error_naming_the_field(family, d
 def _dataset_dir(root: Path, arrays: dict[str, np.ndarray]) -> Path:
     """A minimal stored dataset (one split + manifest) around arbitrary arrays."""
     spec = DarcySpec(n=8, n_train=1, n_test=0)
-    digest = store.write_h5(root / "train.h5", arrays, {"spec": canonical_json(spec), "split": "train"})
+    digest = hdf5.write_h5(root / "train.h5", arrays, {"spec": canonical_json(spec), "split": "train"})
     manifest = {"spec": json.loads(canonical_json(spec)), "digest": digest, "files": {"train.h5": {"sha256": digest}}}
     (root / "manifest.json").write_text(json.dumps(manifest))
     return root
@@ -200,7 +201,7 @@ def test_dataset_round_trip_keeps_every_bit_and_a_flipped_bit_is_detected(arrays
             byte = fh.read(1)[0]
             fh.seek(pos)
             fh.write(bytes([byte ^ (1 << bit)]))
-        assert store.read_h5(path / "train.h5")[0][name].tobytes() != arrays[name].tobytes()  # the flip hit the data
+        assert hdf5.read_h5(path / "train.h5")[0][name].tobytes() != arrays[name].tobytes()  # the flip hit the data
         with pytest.raises(data.DatasetError, match="corrupted: SHA-256"):
             data.load(path)
 
@@ -224,7 +225,7 @@ def _fail_second_create_dataset(monkeypatch, seen: list):
 @pytest.mark.parametrize("fail", ["h5-write-part-way", "fsync", "rename"])
 def test_disk_full_while_writing_a_dataset_file_keeps_the_previous_file(tmp_path, monkeypatch, fail):
     target = tmp_path / "train.h5"
-    store.write_h5(target, {"a": np.arange(4.0), "u": np.ones(3)}, {"note": "good"})
+    hdf5.write_h5(target, {"a": np.arange(4.0), "u": np.ones(3)}, {"note": "good"})
     good = target.read_bytes()
     seen: list[Path] = []
     if fail == "h5-write-part-way":
@@ -234,11 +235,11 @@ def test_disk_full_while_writing_a_dataset_file_keeps_the_previous_file(tmp_path
     else:
         monkeypatch.setattr(os, "replace", _enospc)
     with pytest.raises(OSError) as err:
-        store.write_h5(target, {"a": np.arange(400.0), "u": np.zeros(300)}, {"note": "new"})
+        hdf5.write_h5(target, {"a": np.arange(400.0), "u": np.zeros(300)}, {"note": "new"})
     monkeypatch.undo()
     assert err.value.errno == errno.ENOSPC and "No space left on device" in str(err.value)
     assert any(str(target) in note for note in getattr(err.value, "__notes__", [])), "the error names the file"
-    assert target.read_bytes() == good and store.read_h5(target)[1]["note"] == "good"
+    assert target.read_bytes() == good and hdf5.read_h5(target)[1]["note"] == "good"
     assert sorted(_files(tmp_path)) == ["train.h5"], "a temporary file was left behind"
     if fail == "h5-write-part-way":
         assert seen and seen[0].name.startswith(".train.h5.tmp-")  # it failed in a temporary, not in train.h5
@@ -367,8 +368,8 @@ def test_sigkill_during_generation_loses_at_most_one_chunk_and_recovers(tmp_path
     assert 3 <= len(done) < n_chunks, f"the kill did not land mid-generation ({len(done)} chunks)"
     assert data.find(spec, root=root) is None and not list(root.rglob("manifest.json"))
     for f in done:  # everything under a real name is whole and verifies
-        arrays, attrs = store.read_h5(f)
-        assert store.array_digest(arrays) == attrs["sha256"] and arrays["u"].shape[0] == chunk
+        arrays, attrs = hdf5.read_h5(f)
+        assert hdf5.array_digest(arrays) == attrs["sha256"] and arrays["u"].shape[0] == chunk
     litter = _temporaries(root)  # a SIGKILL mid-write can leave a hidden temporary, never a real name
 
     solved = []
@@ -392,19 +393,19 @@ def test_sigkill_during_generation_loses_at_most_one_chunk_and_recovers(tmp_path
 def test_litter_of_killed_writers_is_swept_and_nothing_else(tmp_path):
     """A killed writer's temporary (its PID gone) is removed by the next write in that folder; a
     live writer's temporary, an old one from another host, and unrelated files are handled as
-    documented in ``store.sweep_temporaries``."""
+    documented in ``dio.sweep_temporaries``."""
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     final = tmp_path / "train.h5"
-    killed = store.temporary_name(final).with_name(store.temporary_name(final).name.replace(f".{os.getpid()}.", f".{dead.pid}."))
-    live = store.temporary_name(final)  # this process: a write in progress
+    killed = dio.temporary_name(final).with_name(dio.temporary_name(final).name.replace(f".{os.getpid()}.", f".{dead.pid}."))
+    live = dio.temporary_name(final)  # this process: a write in progress
     other_host_new = tmp_path / ".train.h5.tmp-otherhost.1.abc123"
     other_host_old = tmp_path / ".x.pt.tmp-otherhost.1.def456"
     unrelated = [tmp_path / ".hidden", tmp_path / "notes.tmp", tmp_path / ".a.tmp-bad name.1.0"]
     for f in (killed, live, other_host_new, other_host_old, *unrelated):
         f.write_bytes(b"partial")
     os.utime(other_host_old, (time.time() - 2 * 86400, time.time() - 2 * 86400))
-    assert set(store.sweep_temporaries(tmp_path)) == {killed, other_host_old}
+    assert set(dio.sweep_temporaries(tmp_path)) == {killed, other_host_old}
     assert all(f.exists() for f in (live, other_host_new, *unrelated))
     # the sweep runs where the writers write: a chunk folder, a dataset folder, a checkpoint folder
     spec = DarcySpec(n=8, n_train=2, n_test=0)
@@ -717,8 +718,8 @@ def test_a_truncated_chunk_is_regenerated_not_trusted(tmp_path):
 
 
 def store_digest_ok(path: Path) -> bool:
-    arrays, attrs = store.read_h5(path)
-    return store.array_digest(arrays) == attrs["sha256"]
+    arrays, attrs = hdf5.read_h5(path)
+    return hdf5.array_digest(arrays) == attrs["sha256"]
 
 
 def test_retry_policy_retries_transient_errors_and_fails_fast_on_permanent_ones():

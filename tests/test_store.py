@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import data
-from data import store
+from data import hdf5
 from data.pdes import darcy, poisson
 from data.spec import DarcySpec, HeatSpec, LotkaVolterraSpec, PoissonSpec
 
@@ -82,10 +82,10 @@ def test_second_generate_does_no_petsc_work(store, monkeypatch):
 
 def test_failed_write_leaves_no_file_and_keeps_the_previous(tmp_path):
     target = tmp_path / "x.h5"
-    store.write_h5(target, {"v": np.arange(3.0)}, {})
+    hdf5.write_h5(target, {"v": np.arange(3.0)}, {})
     good = target.read_bytes()
     with pytest.raises(TypeError):
-        store.write_h5(target, {"v": np.arange(3.0), "bad": np.array([object()])}, {})
+        hdf5.write_h5(target, {"v": np.arange(3.0), "bad": np.array([object()])}, {})
     assert target.read_bytes() == good
     assert _files(tmp_path) == ["x.h5"]  # no temporary left behind
 
@@ -122,8 +122,12 @@ def test_missing_and_mismatched_datasets(store):
 
 
 def test_chunk_outside_the_spec_is_refused(store):
-    with pytest.raises(ValueError, match="outside the spec's splits"):
+    with pytest.raises(data.InputError, match="outside the spec's splits"):
         data.generate_chunk(DarcySpec(n=8, n_train=2), "train", 1, 5, store)
+    with pytest.raises(data.InputError, match="chunk_size must be >= 1, got 0"):
+        data.plan_chunks(DarcySpec(n=8), 0)
+    with pytest.raises(data.InputError, match="needs a 'path' key"):
+        data.load({"digest": "0" * 64})
     with pytest.raises(data.DatasetError, match="do not cover"):
         spec = DarcySpec(n=8, n_train=4, n_test=0)
         data.assemble(spec, [data.generate_chunk(spec, "train", 0, 2, store)], store)
@@ -143,8 +147,19 @@ def test_h5_round_trip_preserves_arrays_and_digest(tmp_path, arrays, seed):
     rng = np.random.default_rng(seed)
     arrs = {k: (rng.standard_normal(shape) * 100).astype(dt) for k, (dt, shape) in arrays.items()}
     path = tmp_path / f"rt-{seed}.h5"
-    digest = store.write_h5(path, arrs, {"note": "x"})
-    back, attrs = store.read_h5(path)
-    assert attrs["sha256"] == digest == store.array_digest(back)
+    digest = hdf5.write_h5(path, arrs, {"note": "x"})
+    back, attrs = hdf5.read_h5(path)
+    assert attrs["sha256"] == digest == hdf5.array_digest(back)
     for k, v in arrs.items():
         assert back[k].dtype == v.dtype and back[k].shape == v.shape and np.array_equal(back[k], v)
+
+
+def test_one_state_root_for_the_store_and_the_flows(tmp_path, monkeypatch):
+    from flows.settings import sciflow_home
+
+    monkeypatch.setenv("SCIFLOW_HOME", str(tmp_path / "state"))
+    assert data.home() == sciflow_home() == (tmp_path / "state").resolve()
+    assert data.store.dataset_dir(DarcySpec(n=8)).is_relative_to(tmp_path / "state" / "datasets")
+    monkeypatch.delenv("SCIFLOW_HOME")
+    monkeypatch.chdir(tmp_path)
+    assert data.home() == sciflow_home() == (tmp_path / ".sciflow").resolve()

@@ -7,6 +7,7 @@ common to all samples) and ``sample_arrays(spec, rngs)`` (one sample per generat
 from importlib import import_module
 from types import ModuleType
 
+from ..errors import InputError
 from . import grid, random_fields
 
 FAMILY_MODULES = {
@@ -24,7 +25,7 @@ def family_module(family: str) -> ModuleType:
     try:
         return import_module(FAMILY_MODULES[family])
     except KeyError:
-        raise ValueError(f"unknown PDE family {family!r}; choose one of {sorted(FAMILY_MODULES)}") from None
+        raise InputError(f"unknown PDE family {family!r}; choose one of {sorted(FAMILY_MODULES)}") from None
 
 
 __all__ = ["FAMILY_MODULES", "family_module", "grid", "random_fields"]

@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ..errors import InputError
 from ..petsc import KSPSolver
 from ..spec import DarcySpec
 from .grid import dmda_matrix, fv_operator
@@ -44,9 +45,15 @@ class DarcySolver:
 
     def solve(self, a: np.ndarray, f: float | np.ndarray = 1.0) -> np.ndarray:
         a = _check_coefficient(a, self.n)
-        rhs = np.broadcast_to(np.asarray(f, dtype=np.float64), a.shape)
+        try:
+            rhs = np.broadcast_to(np.asarray(f, dtype=np.float64), a.shape)
+        except ValueError as exc:
+            raise InputError(
+                f"f has shape {np.shape(f)}, which does not broadcast to the coefficient's {a.shape}; "
+                f"give a number or an array of shape {a.shape}"
+            ) from exc
         if not np.all(np.isfinite(rhs)):
-            raise ValueError("f contains NaN or inf")
+            raise InputError("f contains NaN or inf")
         self._ksp.update_values(fv_operator(a))
         return self._ksp.solve(rhs).reshape(a.shape)
 
@@ -72,15 +79,15 @@ class DarcySolver:
 def _check_coefficient(a: np.ndarray, n: int | None = None) -> np.ndarray:
     a = np.asarray(a, dtype=np.float64)
     if a.ndim != 2 or a.shape[0] != a.shape[1]:
-        raise ValueError(f"a must be a square (n, n) array, got shape {a.shape}")
+        raise InputError(f"a must be a square (n, n) array, got shape {a.shape}")
     if n is not None and a.shape[0] != n:
-        raise ValueError(f"a has resolution {a.shape[0]}, this solver was built for {n}")
+        raise InputError(f"a has resolution {a.shape[0]}, this solver was built for {n}")
     if a.shape[0] < 2:
-        raise ValueError("a needs at least 2x2 cells")
+        raise InputError("a needs at least 2x2 cells")
     if not np.all(np.isfinite(a)):
-        raise ValueError("a contains NaN or inf")
+        raise InputError("a contains NaN or inf")
     if np.any(a <= 0):
-        raise ValueError("a must be strictly positive")
+        raise InputError("a must be strictly positive")
     return a
 
 

@@ -44,6 +44,7 @@ from typing import Mapping
 import numpy as np
 import scipy.sparse as sp
 
+from ..errors import InputError
 from ..petsc import TimeStepper, petsc
 from ..spec import DiffusionSorptionSpec
 
@@ -53,17 +54,23 @@ AXES = {"u": "sample,time,x", "t": "time", "x": "x"}
 U_LEFT = 1.0
 
 
+def _spec_default(name: str) -> float:
+    return float(DiffusionSorptionSpec.model_fields[name].default)
+
+
 @dataclass(frozen=True)
 class SorptionParams:
-    """The physical coefficients of the PDE (the fields of :class:`DiffusionSorptionSpec` that
-    define it, with the same names and defaults)."""
+    """The physical coefficients of the PDE: the fields of :class:`DiffusionSorptionSpec` that
+    define it, with the same names and the spec's defaults (the one place their values and
+    allowed ranges are written). Every user of the coefficients (this module, the hard-constraint
+    PDE :class:`operators.hard.pdes.DiffusionSorption`) takes them from here."""
 
-    D: float = 5e-4
-    phi: float = 0.29
-    rho_s: float = 2880.0
-    k: float = 3.5e-4
-    n_f: float = 0.874
-    u_floor: float = 1e-6
+    D: float = _spec_default("D")
+    phi: float = _spec_default("phi")
+    rho_s: float = _spec_default("rho_s")
+    k: float = _spec_default("k")
+    n_f: float = _spec_default("n_f")
+    u_floor: float = _spec_default("u_floor")
 
     @classmethod
     def of(cls, p: "SorptionParams | DiffusionSorptionSpec") -> "SorptionParams":
@@ -224,7 +231,7 @@ class DiffusionSorptionTS(TimeStepper):
             stem="sciflow_ds",
         )
         if n < 2:
-            raise ValueError(f"need at least 2 cells, got {n}")
+            raise InputError(f"need at least 2 cells, got {n}")
         self.n, self.params = n, SorptionParams.of(params)
         indptr, indices = _tridiagonal_pattern(n)
         self._indptr, self._indices = indptr.astype(PETSc.IntType), indices.astype(PETSc.IntType)
@@ -236,7 +243,7 @@ class DiffusionSorptionTS(TimeStepper):
         ts.setProblemType(PETSc.TS.ProblemType.NONLINEAR)
         ts.setRHSFunction(self._rhs, self.u.duplicate())
         ts.setRHSJacobian(self._jac, self._J, self._J)
-        ts.setFromOptions()
+        self.configure()
 
     def _rhs(self, ts, t, u, F) -> None:
         F.setArray(rhs(u.getArray(readonly=True), self.params))
@@ -253,10 +260,10 @@ class DiffusionSorptionTS(TimeStepper):
         x = 0 is resolved first, the adaptive controller then grows the step)."""
         u0 = np.asarray(u0, dtype=np.float64)
         if u0.shape != (self.n,):
-            raise ValueError(f"u0 has shape {u0.shape}, expected {(self.n,)}")
+            raise InputError(f"u0 has shape {u0.shape}, expected {(self.n,)}")
         times = np.asarray(times, dtype=np.float64)
         if times.ndim != 1 or times.size < 2:
-            raise ValueError("times must be a 1D array of at least two times")
+            raise InputError("times must be a 1D array of at least two times")
         dt = dt0 if dt0 is not None else 1e-4 * float(times[1] - times[0])
         return self.trajectory(self.u, u0, times, dt)
 
@@ -284,15 +291,17 @@ def simulate(
     """
     spec = params if isinstance(params, DiffusionSorptionSpec) else None
     if np.ndim(u0) == 0:
-        if n is None and spec is None:
-            raise ValueError("a constant u0 needs n (or a spec)")
-        u0 = np.full(n if n is not None else spec.n, float(u0))
+        if n is None:
+            if spec is None:
+                raise InputError("u0 is a number (a constant level): give n, the number of cells, or a spec")
+            n = spec.n
+        u0 = np.full(n, float(u0))
     u0 = np.asarray(u0, dtype=np.float64)
     if u0.ndim != 1:
-        raise ValueError(f"u0 must have shape (n,), got {u0.shape}")
+        raise InputError(f"u0 must have shape (n,), got {u0.shape}")
     if times is None:
         if spec is None:
-            raise ValueError("times are required with SorptionParams")
+            raise InputError("times are required with SorptionParams")
         times = output_times(spec)
     options = {**(spec.solver_options() if spec is not None else {}), **(petsc_options or {})}
     times = np.asarray(times, dtype=np.float64)

@@ -14,6 +14,7 @@ from typing import Mapping
 
 import numpy as np
 
+from ..errors import InputError
 from ..petsc import TimeStepper, petsc
 from ..spec import HeatSpec
 from .grid import cell_centres, dmda_matrix, fv_operator
@@ -37,7 +38,7 @@ class HeatIntegrator(TimeStepper):
         ts.setProblemType(PETSc.TS.ProblemType.LINEAR)
         ts.setRHSFunction(self._rhs, self._J0.createVecLeft())
         ts.setRHSJacobian(self._jac, self._J, self._J)
-        ts.setFromOptions()
+        self.configure()
         self.u = self._J0.createVecRight()
 
     def _rhs(self, ts, t, u, F) -> None:
@@ -50,7 +51,7 @@ class HeatIntegrator(TimeStepper):
         """Trajectory at ``times`` (``times[0]`` = initial time), shape ``(len(times), *u0.shape)``."""
         u0 = np.asarray(u0, dtype=np.float64)
         if u0.shape != self.shape:
-            raise ValueError(f"u0 has shape {u0.shape}, expected {self.shape}")
+            raise InputError(f"u0 has shape {u0.shape}, expected {self.shape}")
         return self.trajectory(self.u, u0, times, dt).reshape(len(times), *self.shape)
 
 
@@ -72,7 +73,7 @@ def simulate(
     """
     u0 = np.asarray(u0, dtype=np.float64)
     if u0.ndim not in (1, 2) or len(set(u0.shape)) != 1:
-        raise ValueError(f"u0 must have shape (n,) or (n, n), got {u0.shape}")
+        raise InputError(f"u0 must have shape (n,) or (n, n), got {u0.shape}")
     t = np.linspace(0.0, t_final, n_times + 1)
     with HeatIntegrator(u0.shape[0], u0.ndim, kappa, petsc_options) as integ:
         return t, integ.integrate(u0, t, t_final / (n_times * steps_per_output))

@@ -15,6 +15,7 @@ from typing import Mapping
 
 import numpy as np
 
+from ..errors import InputError
 from ..petsc import TimeStepper, petsc
 from ..spec import LotkaVolterraSpec
 
@@ -31,7 +32,7 @@ class LotkaVolterraTS(TimeStepper):
         self.u = PETSc.Vec().createSeq(2, comm=PETSc.COMM_SELF)
         self.ts.setProblemType(PETSc.TS.ProblemType.NONLINEAR)
         self.ts.setRHSFunction(self._rhs, self.u.duplicate())
-        self.ts.setFromOptions()
+        self.configure()
 
     def _rhs(self, ts, t, u, F) -> None:
         x, y = u.getArray(readonly=True)
@@ -41,7 +42,7 @@ class LotkaVolterraTS(TimeStepper):
         """States at ``times`` (``times[0]`` is the initial time), shape ``(len(times), 2)``."""
         u0 = np.asarray(u0, dtype=np.float64)
         if u0.shape != (2,):
-            raise ValueError(f"u0 must be 2 numbers, got shape {u0.shape}")
+            raise InputError(f"u0 must be 2 numbers, got shape {u0.shape}")
         return self.trajectory(self.u, u0, times, float(times[1] - times[0]) / 10)
 
 

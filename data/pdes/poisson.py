@@ -10,6 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy import ndimage
 
+from ..errors import InputError
 from ..petsc import KSPSolver
 from ..spec import PoissonSpec
 from .grid import cell_centres, dmda_matrix, fv_operator
@@ -39,9 +40,9 @@ def assemble(n: int, dim: int = 2, bc: str = "dirichlet", mask: np.ndarray | Non
         ``scipy.sparse.csr_matrix`` of shape ``(n**dim, n**dim)``, float64, symmetric.
     """
     if not isinstance(n, (int, np.integer)) or n < 3:
-        raise ValueError(f"n must be an integer >= 3, got {n!r}")
+        raise InputError(f"n must be an integer >= 3, got {n!r}")
     if dim not in (2, 3):
-        raise ValueError(f"dim must be 2 or 3, got {dim!r}")
+        raise InputError(f"dim must be 2 or 3, got {dim!r}")
     return fv_operator(np.ones((n,) * dim), bc=bc, mask=mask)
 
 
@@ -57,7 +58,7 @@ def obstacle_mask(kind: str, n: int, dim: int, seed: int = 0) -> np.ndarray | No
             mask &= (c > 0.35) & (c < 0.65)
         return mask
     if kind != "disks":
-        raise ValueError(f"obstacle must be 'none', 'box' or 'disks', got {kind!r}")
+        raise InputError(f"obstacle must be 'none', 'box' or 'disks', got {kind!r}")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 7919]))
     for _ in range(100):
         mask = np.zeros((n,) * dim, dtype=bool)
@@ -68,7 +69,10 @@ def obstacle_mask(kind: str, n: int, dim: int, seed: int = 0) -> np.ndarray | No
         _, n_parts = ndimage.label(~mask)
         if n_parts == 1 and mask.any():
             return mask
-    raise RuntimeError("could not draw a connected disk obstacle")
+    raise InputError(
+        f"obstacle='disks': 100 draws of 4 disks at n={n}, dim={dim}, seed={seed} all split the fluid or missed "
+        "every cell; use a finer grid (larger n) or another seed"
+    )
 
 
 def null_vector(spec: PoissonSpec, mask: np.ndarray | None) -> np.ndarray | None:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from data.store import sweep_temporaries, temporary_name
+from data.io import sweep_temporaries, temporary_name
 from solvers.linear import GridSystem, ritz_pairs
 
 from ..device import default_device

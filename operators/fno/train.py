@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from data.store import sweep_temporaries, temporary_name
+from data.io import sweep_temporaries, temporary_name
 
 from ..device import default_device
 from .models import OperatorModelConfig, build_model

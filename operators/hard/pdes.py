@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from data.pdes.diffusion_sorption import SorptionParams
+
 
 def lagrange_weights(nodes: np.ndarray, at: float, deriv: int) -> np.ndarray:
     """Weights ``c`` with ``sum_j c_j f(nodes_j) = f^(deriv)(at)`` exactly for polynomials of degree < len(nodes)."""
@@ -147,7 +149,8 @@ class DiffusionSorption(HardPDE):
     (:class:`data.spec.DiffusionSorptionSpec`); the reference's constraint code writes
     ``u - D u_x`` (the PDEBench paper's typo). With D = 5e-4 both say ``u(1, t) ~ 0``. Grid ``(nt, nx)``,
     ``x`` the data's cell centres; boundary values and ``u_x(1)`` by quadratic extrapolation from
-    the three nearest cells.
+    the three nearest cells. The coefficients are ``params``
+    (:class:`data.pdes.diffusion_sorption.SorptionParams`, the data's).
     """
 
     name: ClassVar[str] = "diffusion-sorption"
@@ -155,12 +158,7 @@ class DiffusionSorption(HardPDE):
     w0: ClassVar[float] = 1.0
 
     x: np.ndarray = None  # (nx,)
-    D: float = 5e-4
-    phi: float = 0.29
-    rho_s: float = 2880.0
-    k: float = 3.5e-4
-    n_f: float = 0.874
-    u_floor: float = 1e-6
+    params: SorptionParams = SorptionParams()
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -177,13 +175,13 @@ class DiffusionSorption(HardPDE):
         return {"u": flat(phi), "u_t": flat(_along(dt, phi, 0)), "u_xx": flat(_along(dxx, phi, 1))}
 
     def retardation(self, u: Tensor) -> Tensor:
+        p = self.params
         safe = torch.where(u > 0, u, torch.zeros_like(u))
-        power = torch.where(u > 0, (safe + self.u_floor) ** (self.n_f - 1),
-                            torch.full_like(u, self.u_floor ** (self.n_f - 1)))
-        return 1.0 + (1.0 - self.phi) / self.phi * self.rho_s * self.k * self.n_f * power
+        power = torch.where(u > 0, (safe + p.u_floor) ** (p.n_f - 1), torch.full_like(u, p.u_floor ** (p.n_f - 1)))
+        return 1.0 + p.C * p.n_f * power
 
     def residual(self, v: Mapping[str, Tensor]) -> Tensor:
-        return self.t_final * (v["u_t"] - self.D / self.retardation(v["u"]) * v["u_xx"])
+        return self.t_final * (v["u_t"] - self.params.D / self.retardation(v["u"]) * v["u_xx"])
 
     def residual_mask(self) -> np.ndarray:
         m = np.zeros(self.grid, dtype=bool)
@@ -203,7 +201,7 @@ class DiffusionSorption(HardPDE):
         self.check_u0(u0)
         x = self.x
         left = torch.as_tensor(lagrange_weights(x[:3], 0.0, 0)).to(phi)
-        right = torch.as_tensor(lagrange_weights(x[-3:], 1.0, 0) + self.D * lagrange_weights(x[-3:], 1.0, 1)).to(phi)
+        right = torch.as_tensor(lagrange_weights(x[-3:], 1.0, 0) + self.params.D * lagrange_weights(x[-3:], 1.0, 1)).to(phi)
         ic = phi[:, 0]                                             # (B, nx, N): u(x, 0) = u0
         lb = torch.einsum("btjn,j->btn", phi[:, 1:, :3], left)     # u(0, t) = 1, t > 0
         rb = torch.einsum("btjn,j->btn", phi[:, 1:, -3:], right)   # u(1, t) + D u_x(1, t) = 0
@@ -339,12 +337,8 @@ def from_dataset(family: str, spec, shared: Mapping[str, np.ndarray]) -> HardPDE
     """The constraint PDE for a stored dataset (its spec and shared arrays ``t``, ``x``)."""
     t = np.asarray(shared["t"], dtype=np.float64)
     if family == "diffusion_sorption":
-        from dataclasses import asdict
-
-        from data.pdes.diffusion_sorption import SorptionParams
-
         return DiffusionSorption(t=t, t_final=float(spec.t_final), x=np.asarray(shared["x"], dtype=np.float64),
-                                 **asdict(SorptionParams.of(spec)))
+                                 params=SorptionParams.of(spec))
     if family == "heat":
         if spec.dim != 2:
             raise ValueError(f"heat: the hard-constraint problem is the 2D one, the dataset has dim={spec.dim}")

@@ -37,6 +37,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from data.pdes import grid, random_fields
 from data.petsc import SolverDivergedError, ksp_reason, options_scope, petsc
 
 DEFAULT_OPTIONS = {"ksp_type": "cg", "pc_type": "gamg", "ksp_rtol": "1e-8", "ksp_norm_type": "unpreconditioned",
@@ -49,12 +50,8 @@ def darcy_field(x: np.ndarray, y: np.ndarray, seed: int = 0, alpha: float = 2.0,
     """Gaussian random field (covariance ``tau^(2a-2) (-lap + tau²)^(-a)``, Neumann cosine basis)
     at cell centres ``x`` (shape ``(nx,)``) and ``y`` (``(ny,)``); returns ``(ny, nx)``. The
     ``DARCY_MODES²`` coefficients are drawn from ``seed`` identically on every rank."""
-    k = np.arange(DARCY_MODES)
-    lam = np.pi**2 * (k[:, None] ** 2 + k[None, :] ** 2)
-    coef = tau ** (alpha - 1.0) * (lam + tau**2) ** (-alpha / 2.0)
-    c = coef * np.random.default_rng(seed).standard_normal((DARCY_MODES, DARCY_MODES))
-    c[0, 0] = 0.0  # mean zero
-    return np.cos(np.pi * np.outer(y, k)) @ c @ np.cos(np.pi * np.outer(k, x))
+    c = random_fields.cosine_coefficients(np.random.default_rng(seed), DARCY_MODES, 2, alpha, tau)
+    return random_fields.cosine_series(c, x, y)
 
 
 def coefficient(problem: str, x: np.ndarray, y: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -76,51 +73,14 @@ def forcing(problem: str, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def local_rows(da, problem: str, seed: int = 0):
-    """This rank's rows of ``-div(a grad .)`` as CSR with *global PETSc* column indices.
-
-    Returns ``(indptr, cols, vals)``; row ``r`` is the ``r``-th owned cell in the DMDA's local
-    order (x fastest), i.e. global PETSc row ``rstart + r``. Neighbour columns come from the DMDA's
-    local-to-global map over the ghosted box (no per-entry lookups); rows stay in stencil order
-    south, west, centre, east, north, which is PETSc's order except next to another rank's cells,
-    where the few affected rows are sorted (AIJ preallocation from CSR wants sorted rows)."""
-    PETSc = petsc()
+    """This rank's rows of ``-div(a grad .)`` as CSR with *global PETSc* column indices: the
+    stencil of :func:`data.pdes.grid.fv_stencil` assembled by :func:`data.pdes.grid.dmda_local_csr`
+    (see there) on the coefficient of ``problem`` over the owned cells and one ghost ring."""
     n = da.getSizes()[0]
-    h2 = (1.0 / n) ** 2
     (xs, xe), (ys, ye) = da.getRanges()
-    nx, ny = xe - xs, ye - ys
     centre = lambda lo, hi: (np.arange(lo, hi) + 0.5) / n  # noqa: E731
     a = coefficient(problem, centre(xs - 1, xe + 1), centre(ys - 1, ye + 1), seed)  # one ghost ring
-    # global PETSc index of every cell of the box [xs-1, xe] x [ys-1, ye]; -1 outside the domain
-    (gxs, gys), (gxm, gym) = da.getGhostCorners()
-    g = np.full((ny + 2, nx + 2), -1, dtype=PETSc.IntType)
-    g[gys - ys + 1:gys - ys + 1 + gym, gxs - xs + 1:gxs - xs + 1 + gxm] = \
-        da.getLGMap().getIndices().reshape(gym, gxm)
-    ac = a[1:-1, 1:-1]
-    cols, vals, diag = [], [], np.zeros((ny, nx))
-    for di, dj in ((0, -1), (-1, 0), (0, 0), (1, 0), (0, 1)):  # S, W, C, E, N
-        sl = (slice(1 + dj, ny + 1 + dj), slice(1 + di, nx + 1 + di))
-        cols.append(g[sl])
-        if (di, dj) == (0, 0):
-            vals.append(diag)  # filled in by the loop's other passes (same array object)
-            continue
-        an, inside = a[sl], g[sl] >= 0
-        t = np.where(inside, 2.0 * ac * an / (ac + an), 2.0 * ac) / h2  # domain boundary: ghost at h/2
-        diag += t
-        vals.append(np.where(inside, -t, 0.0))
-    cols = np.stack([c.ravel() for c in cols], axis=1)  # (nx * ny, 5)
-    vals = np.stack([v.ravel() for v in vals], axis=1)
-    edge = np.zeros((ny, nx), dtype=bool)  # rows with a neighbour on another rank
-    edge[[0, -1], :] = True
-    edge[:, [0, -1]] = True
-    edge = np.flatnonzero(edge.ravel())
-    sub = np.where(cols[edge] >= 0, cols[edge], np.iinfo(PETSc.IntType).max)
-    order = np.argsort(sub, axis=1, kind="stable")
-    cols[edge] = np.take_along_axis(cols[edge], order, axis=1)
-    vals[edge] = np.take_along_axis(vals[edge], order, axis=1)
-    keep = cols >= 0
-    indptr = np.zeros(nx * ny + 1, dtype=PETSc.IntType)
-    np.cumsum(keep.sum(axis=1), out=indptr[1:])
-    return indptr, cols[keep], vals[keep]
+    return grid.dmda_local_csr(da, a)
 
 
 def _all(comm, value: float) -> list[float]:
@@ -151,10 +111,8 @@ def solve(n: int, problem: str = "poisson", petsc_options: Mapping[str, str] | N
 
     comm.barrier()
     t0 = time.perf_counter()
-    da = PETSc.DMDA().create(dim=2, sizes=(n, n), dof=1, stencil_width=1,
-                             stencil_type=PETSc.DMDA.StencilType.STAR, comm=comm)
+    da = grid.dmda(n, 2, comm=comm)
     h = 1.0 / n
-    da.setUniformCoordinates(0.5 * h, 1.0 - 0.5 * h, 0.5 * h, 1.0 - 0.5 * h)
     indptr, cols, vals = local_rows(da, problem, seed)
     n_loc = len(indptr) - 1
     A = PETSc.Mat().createAIJ(size=((n_loc, n * n), (n_loc, n * n)), csr=(indptr, cols, vals), comm=comm)
