@@ -7,8 +7,9 @@ import pickle
 import pytest
 import torch
 
+from operators import load_checkpoint
 from operators.fno import (CheckpointMismatchError, OperatorModelConfig, OperatorTrainConfig, TrainingDivergedError,
-                           build_model, count_params, input_domain_ratio, load_checkpoint, train)
+                           build_model, count_params, input_domain_ratio, train)
 from operators.fno.models import grid_channels
 
 SMALL = dict(n_modes=6, hidden_channels=8, n_layers=2)
