@@ -16,7 +16,8 @@ settings.configure()
 
 from prefect import flow, get_run_logger  # noqa: E402
 
-from operators.dcdm import DCDMTrainConfig, load_checkpoint  # noqa: E402
+from operators import load_checkpoint  # noqa: E402
+from operators.dcdm import DCDMTrainConfig  # noqa: E402
 
 from . import plots, tracking  # noqa: E402
 

@@ -49,8 +49,8 @@ def train_hard_constraint(
     import torch
 
     import data
-    from operators.fno.train import load_checkpoint
-    from operators.hard import evaluate, from_dataset, model_from_checkpoint, train
+    from operators import load_checkpoint, model_from_checkpoint
+    from operators.hard import evaluate, from_dataset, train
 
     from .generate import generate_dataset
 
@@ -71,13 +71,13 @@ def train_hard_constraint(
         if done:
             logger.info("model already trained (%d steps): %s", config.steps, ckpt)
         else:
-            def on_step(step: int, row: dict) -> None:
+            def on_epoch(step: int, row: dict) -> None:
                 tracking.log_metrics(run_id, {k: v for k, v in row.items() if k != "step"}, step=step)
                 logger.info("step %d/%d loss %.4g (pde %.3g, conditions %.3g) %.3f s/step", step, config.steps,
                             row["loss"], row["pde"], row["conditions"], row["seconds"])
 
-            train(config, pde, u0, checkpoint=ckpt, on_step=on_step, log_every=max(config.steps // 20, 1))
-        model = model_from_checkpoint(ckpt, pde)
+            train(config, pde, u0, checkpoint=ckpt, on_epoch=on_epoch, log_every=max(config.steps // 20, 1))
+        model = model_from_checkpoint(ckpt, kind="hard", pde=pde)
         metrics = evaluate(model, u0_test, u_test)
         tracking.log_metrics(run_id, {f"test_{k}": v for k, v in metrics.items()})
         with torch.no_grad():

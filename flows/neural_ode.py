@@ -1,6 +1,13 @@
-"""``train-neural-ode`` and ``benchmark-neural-odes`` flows (Pal et al., ICML 2023)."""
+"""``train-neural-ode`` and ``benchmark-neural-odes`` flows (Pal et al., ICML 2023).
+
+``train-neural-ode`` checkpoints every epoch under
+``$SCIFLOW_HOME/models/node-<config key>/checkpoint.pt`` (a rerun resumes, or returns at once when
+finished) and logs that checkpoint as the run's model.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from . import settings
 
@@ -8,22 +15,21 @@ settings.configure()
 
 from prefect import flow, get_run_logger  # noqa: E402
 
-from solvers.ode import ODETrainConfig  # noqa: E402
+from operators.node import ODETrainConfig  # noqa: E402
 
 from . import tracking  # noqa: E402
 from .scales import Scale  # noqa: E402
 
 
+def checkpoint_path(cfg: ODETrainConfig) -> Path:
+    return settings.sciflow_home() / "models" / f"node-{cfg.key()}" / "checkpoint.pt"
+
+
 @flow(name="train-neural-ode", validate_parameters=True)
 def train_neural_ode(config: ODETrainConfig = ODETrainConfig(), parent_run_id: str | None = None) -> dict:
-    """Train one neural ODE; per-epoch NFE (train and predict), times and the task metric go to
-    MLflow; the weights are logged as an artifact. Returns the last epoch's row."""
-    import tempfile
-    from pathlib import Path
-
-    import torch
-
-    from solvers.ode import train
+    """Train one neural ODE (or resume it); per-epoch NFE (train and predict), times and the task
+    metric go to MLflow; the checkpoint is logged as the model artifact. Returns the last epoch's row."""
+    from operators.node import train
 
     logger = get_run_logger()
     with tracking.mlflow_run(f"train-neural-ode-{config.task}-{config.regularizer}", {"config": config.model_dump(mode="json")},
@@ -32,11 +38,9 @@ def train_neural_ode(config: ODETrainConfig = ODETrainConfig(), parent_run_id: s
             tracking.log_metrics(run_id, {k: v for k, v in row.items() if k != "epoch"}, step=epoch)
             logger.info("epoch %d/%d loss %.4g predict NFE %d", epoch, config.epochs, row["loss"], row["predict_nfe"])
 
-        model, history = train(config, on_epoch=on_epoch)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "weights.pt"
-            torch.save(model.state_dict(), path)
-            tracking.client().log_artifact(run_id, str(path), "model")
+        ckpt = checkpoint_path(config)
+        _, history = train(config, checkpoint=ckpt, on_epoch=on_epoch)
+        tracking.client().log_artifact(run_id, str(ckpt), "model")
     return history[-1]
 
 

@@ -54,7 +54,8 @@ def train_operator(
     import torch
 
     import data
-    from operators.fno import load_checkpoint, model_from_checkpoint, pairs, train
+    from operators import load_checkpoint, model_from_checkpoint
+    from operators.fno import pairs, train
 
     from .generate import generate_dataset
 

@@ -177,7 +177,8 @@ def test_nightly_stages_resolve_to_their_flows():
 
 def test_train_dcdm_registers_and_resumes():
     from flows.dcdm import checkpoint_path, train_dcdm
-    from operators.dcdm import DCDMTrainConfig, load_checkpoint
+    from operators import load_checkpoint
+    from operators.dcdm import DCDMTrainConfig
 
     cfg = DCDMTrainConfig(n=8, ritz_m=20, n_samples=16, epochs=2, batch_size=8, seed=7)
     state = train_dcdm(config=cfg, return_state=True)
@@ -211,7 +212,7 @@ def test_cli(tmp_path, capsys):
 
 def test_train_neural_ode_logs_nfe_per_epoch():
     from flows.neural_ode import train_neural_ode
-    from solvers.ode import ODETrainConfig
+    from operators.node import ODETrainConfig
 
     cfg = ODETrainConfig(task="spiral", regularizer="local-biased", epochs=2, batch_size=500, hidden=8, rtol=1e-4, atol=1e-4)
     state = train_neural_ode(config=cfg, return_state=True)
@@ -351,7 +352,8 @@ def test_killed_training_flow_resumes_from_its_checkpoint_and_is_marked_crashed(
 
     from data.spec import DarcySpec
     from flows.operator import train_operator
-    from operators.fno import OperatorModelConfig, OperatorTrainConfig, load_checkpoint
+    from operators import load_checkpoint
+    from operators.fno import OperatorModelConfig, OperatorTrainConfig
 
     spec = DarcySpec(n=16, n_train=32, n_test=4, seed=5)
     cfg = OperatorTrainConfig(model=OperatorModelConfig(name="fno", n_modes=4, hidden_channels=8, n_layers=2),

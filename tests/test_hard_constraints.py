@@ -13,7 +13,7 @@ import torch
 
 from operators.hard import (ConstraintSolveError, DiffusionSorption, ExpertLayoutError, HardConstraintModel,
                             HardModelConfig, HardTrainConfig, Heat2D, LeastSquares, Router, evaluate, expert_index,
-                            from_dataset, layout_for, loss_terms, model_from_checkpoint, solve, train)
+                            from_dataset, layout_for, loss_terms, solve, train)
 from operators.hard.layer import SCS_EPS
 from operators.hard.pdes import derivative_matrix, lagrange_weights
 
@@ -332,7 +332,9 @@ def test_heat_with_the_cvxpylayers_backend_matches_cholesky():
 
 
 def test_checkpoint_resume_and_refusals(tmp_path):
-    from operators.fno.train import CheckpointMismatchError
+    from operators import model_from_checkpoint
+    from operators.checkpoint import weights
+    from operators.fno import CheckpointMismatchError
 
     pde = _ds()
     u0 = torch.rand(4, 1).expand(4, 12).contiguous() * 0.2
@@ -349,15 +351,36 @@ def test_checkpoint_resume_and_refusals(tmp_path):
     train(half, pde, u0, checkpoint=ckpt2, log_every=1)
     resumed, hist = train(half, pde, u0, checkpoint=ckpt2, log_every=1)
     assert [h["loss"] for h in hist] == pytest.approx([h["loss"] for h in hist_full])
-    m = model_from_checkpoint(ckpt2, pde)
-    from operators.fno.train import weights
-
-    for a, b in zip(weights(m).values(), weights(full).values(), strict=True):
-        assert torch.allclose(a, b)
+    for m in (model_from_checkpoint(ckpt2, pde=pde), model_from_checkpoint(ckpt2)):  # given or stored PDE
+        for a, b in zip(weights(m).values(), weights(full).values(), strict=True):
+            assert torch.allclose(a, b)
     evil = tmp_path / "evil.pt"
     evil.write_bytes(pickle.dumps({"config": __import__("os").system}))
     with pytest.raises(CheckpointMismatchError, match="unreadable checkpoint"):
-        model_from_checkpoint(evil, pde)
+        model_from_checkpoint(evil, pde=pde)
+
+
+def test_interrupted_hard_training_resumes_to_the_uninterrupted_run(tmp_path):
+    """Killed after a checkpoint mid-budget, the resumed run draws the same batches and constraint
+    points (both generators are checkpointed) and ends with the uninterrupted run's rows."""
+    pde = _ds()
+    u0 = torch.rand(4, 1, generator=torch.Generator().manual_seed(1)).expand(4, 12).contiguous() * 0.2
+    cfg = HardTrainConfig(model=HardModelConfig(modes=(3, 4), points=40, **SMALL_NET), steps=4, batch_size=2,
+                          checkpoint_every=2)
+    _, full = train(cfg, pde, u0, log_every=1)
+    ckpt = tmp_path / "hc.pt"
+
+    def crash(step, row):
+        if step == 2:
+            raise KeyboardInterrupt  # dies after the checkpoint at step 2
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, pde, u0, checkpoint=ckpt, on_epoch=crash, log_every=1)
+    seen = []
+    _, resumed = train(cfg, pde, u0, checkpoint=ckpt, on_epoch=lambda s, r: seen.append(s), log_every=1)
+    assert seen == [3, 4]
+    keys = ("step", "loss", "pde", "conditions", "lm_iterations", "condition")
+    assert [[r[k] for k in keys] for r in resumed] == [[r[k] for k in keys] for r in full]
 
 
 def test_training_data_that_does_not_fit_is_refused():

@@ -8,7 +8,8 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
-from operators.dcdm import DCDMNet, DCDMTrainConfig, dcdm_loss, model_from_checkpoint, train, training_rhs
+from operators import model_from_checkpoint
+from operators.dcdm import DCDMNet, DCDMTrainConfig, dcdm_loss, train, training_rhs
 from operators.dcdm.train import sparse_torch
 from solvers.linear import GridSystem, NotSPDError, ritz_pairs, solve
 
@@ -189,7 +190,7 @@ def test_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
     good = ckpt.read_bytes()
 
     def disk_full(obj, f, *a, **k):
-        Path(f).write_bytes(b"partial")
+        f.write(b"partial")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", disk_full)

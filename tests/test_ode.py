@@ -6,7 +6,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from solvers.ode import CountedFunc, ODETrainConfig, StepLimitError, integrate, solve, train
+from operators.node import ODETrainConfig, train
+from solvers.ode import CountedFunc, StepLimitError, integrate, solve
 from solvers.ode._rk import initial_step, one_step_error
 
 # Dormand-Prince 5(4): stages, 5th-order weights, and the embedded 4th-order weights torchdiffeq
@@ -107,6 +108,36 @@ def test_training_moves_and_logs_nfe():
     model, hist = train(cfg)
     assert len(hist) == 2 and all(h["predict_nfe"] > 0 and h["train_nfe"] > 0 for h in hist)
     assert hist[-1]["loss"] < hist[0]["loss"] * 1.5 and hist[0]["reg"] > 0
+
+
+@pytest.mark.parametrize("reg", ["local-unbiased", "local-biased"])
+def test_interrupted_and_resumed_training_equals_an_uninterrupted_run(tmp_path, reg):
+    """The generator that shuffles and draws the regularizer's random times is checkpointed, so a
+    resumed run repeats no draw and skips none."""
+    from operators import load_checkpoint, model_from_checkpoint
+
+    cfg = ODETrainConfig(task="spiral", regularizer=reg, epochs=3, batch_size=250, hidden=8, rtol=1e-4, atol=1e-4)
+    full_model, full = train(cfg)
+    ckpt = tmp_path / "node.pt"
+
+    def crash(epoch, row):
+        if epoch == 2:
+            raise KeyboardInterrupt  # the process dies after epoch 2's checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, checkpoint=ckpt, on_epoch=crash)
+    assert load_checkpoint(ckpt)["epoch"] == 2
+    seen = []
+    _, resumed = train(cfg, checkpoint=ckpt, on_epoch=lambda e, r: seen.append(e))
+    assert seen == [3]  # only the epoch after the checkpoint ran
+    timing = {"train_seconds", "predict_seconds"}
+    assert [{k: v for k, v in r.items() if k not in timing} for r in resumed] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in full]
+    rebuilt = model_from_checkpoint(ckpt)  # a neural ODE comes back from its checkpoint alone
+    for a, b in zip(rebuilt.state_dict().values(), full_model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    x = torch.randn(5, 2, dtype=torch.float64)
+    assert torch.equal(rebuilt(x)[0], full_model(x, cfg)[0])
 
 
 def test_bad_input():

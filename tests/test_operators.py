@@ -7,8 +7,9 @@ import pickle
 import pytest
 import torch
 
+from operators import load_checkpoint
 from operators.fno import (CheckpointMismatchError, OperatorModelConfig, OperatorTrainConfig, TrainingDivergedError,
-                           build_model, count_params, input_domain_ratio, load_checkpoint, train)
+                           build_model, count_params, input_domain_ratio, train)
 from operators.fno.models import grid_channels
 
 SMALL = dict(n_modes=6, hidden_channels=8, n_layers=2)
@@ -145,3 +146,26 @@ def test_pairs_rejects_other_families(tmp_path, monkeypatch):
     ns = data.generate(NavierStokesSpec(n=16, n_train=2, n_test=1, horizon=0.1), progress=False)
     x, y = pairs(data.load(ns, "train"))
     assert x.shape == y.shape == (2, 1, 16, 16) and x.dtype == torch.float32
+
+
+def test_model_from_checkpoint_rebuilds_any_kind_from_the_stored_config(tmp_path):
+    """One checkpoint format: kind, config and context rebuild the network; another kind, or a
+    context argument the kind does not take, is refused by name."""
+    from data.errors import InputError
+    from operators import KINDS, model_from_checkpoint
+    from operators.checkpoint import weights
+
+    assert set(KINDS) == {"operator", "dcdm", "hard", "node"}
+    cfg = OperatorTrainConfig(model=OperatorModelConfig(name="fno", **SMALL), epochs=1, batch_size=4)
+    ckpt = tmp_path / "ck.pt"
+    trained, _ = train(cfg, _data(N=4), checkpoint=ckpt, periodic=False)
+    saved = load_checkpoint(ckpt)
+    assert (saved["kind"], saved["context"], saved["epoch"]) == ("operator", {"periodic": False}, 1)
+    model = model_from_checkpoint(ckpt, device="cpu")
+    assert not model.training
+    for a, b in zip(weights(model).values(), weights(trained).values(), strict=True):
+        assert torch.equal(a.cpu(), b.cpu())
+    with pytest.raises(CheckpointMismatchError, match="holds a 'operator' model, not a 'dcdm' one"):
+        model_from_checkpoint(ckpt, kind="dcdm")
+    with pytest.raises(InputError, match=r"\['pde'\] do\(es\) not apply to a 'operator' model"):
+        model_from_checkpoint(ckpt, pde=None)

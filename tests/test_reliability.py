@@ -284,7 +284,8 @@ def _fno_config(epochs):
 
 @pytest.mark.parametrize("fail", ["torch.save-part-way", "fsync"])
 def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch, fail):
-    from operators.fno import load_checkpoint, train
+    from operators import load_checkpoint
+    from operators.fno import train
 
     ckpt = tmp_path / "ck.pt"
     with pytest.raises(KeyboardInterrupt):  # stopped after epoch 1's checkpoint
@@ -312,7 +313,7 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, m
 
 
 def test_disk_full_during_hard_constraint_training_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    from operators.fno import load_checkpoint
+    from operators import load_checkpoint
     from operators.hard import HardModelConfig
     from operators.hard.pdes import DiffusionSorption
     from operators.hard.train import HardTrainConfig, train
@@ -415,19 +416,20 @@ def test_litter_of_killed_writers_is_swept_and_nothing_else(tmp_path):
     litter.write_bytes(b"partial")
     data.generate(spec, root=tmp_path / "root", chunk_size=2, progress=False)
     assert not litter.exists()
-    from operators.fno.train import _save_atomic
+    from operators.checkpoint import save_checkpoint
 
     ckpt_litter = tmp_path / "ck" / killed.name.replace("train.h5", "ck.pt")
     ckpt_litter.parent.mkdir()
     ckpt_litter.write_bytes(b"partial")
-    _save_atomic({"epoch": 1}, tmp_path / "ck" / "ck.pt")
+    save_checkpoint({"epoch": 1}, tmp_path / "ck" / "ck.pt")
     assert not ckpt_litter.exists() and (tmp_path / "ck" / "ck.pt").exists()
 
 
 def test_sigkill_during_training_resumes_from_the_last_checkpoint(tmp_path):
     """Kill a training process by PID; resuming loses no finished epoch and ends where an
     uninterrupted run ends."""
-    from operators.fno import load_checkpoint, train
+    from operators import load_checkpoint
+    from operators.fno import train
 
     epochs, ckpt = 40, tmp_path / "ck.pt"
     proc = _spawn(
@@ -606,19 +608,19 @@ def _setup_truncated_checkpoint(tmp):
 
 
 def _setup_foreign_checkpoint(tmp):
-    from operators.fno import model_from_checkpoint
+    from operators import model_from_checkpoint
 
     torch.save({"weights": torch.zeros(3)}, tmp / "other.pt")
     return lambda: model_from_checkpoint(tmp / "other.pt")
 
 
 def _setup_operator_checkpoint_into_hard(tmp):
-    from operators.hard.train import model_from_checkpoint
+    from operators import model_from_checkpoint
 
     ck = _ckpt(tmp)
     pde = __import__("operators.hard.pdes", fromlist=["DiffusionSorption"]).DiffusionSorption(
         t=np.linspace(0.0, 50.0, 6), t_final=50.0, x=(np.arange(12) + 0.5) / 12)
-    return lambda: model_from_checkpoint(ck, pde)
+    return lambda: model_from_checkpoint(ck, kind="hard", pde=pde)
 
 
 def _setup_empty_split(tmp):
@@ -631,7 +633,7 @@ def _setup_empty_split(tmp):
 
 def _empty_dcdm_checkpoint(tmp):
     (tmp / "empty.pt").write_bytes(b"")
-    return lambda: _cfg("operators.dcdm", "load_checkpoint")(tmp / "empty.pt")
+    return lambda: _cfg("operators", "load_checkpoint")(tmp / "empty.pt")
 
 
 def _fno_train(x, y, **kw):
@@ -671,10 +673,10 @@ ENTRY_CASES = [
     ("operator-resume-truncated-checkpoint", _setup_truncated_checkpoint, "CheckpointMismatchError",
      "unreadable checkpoint"),
     ("operator-foreign-checkpoint", _setup_foreign_checkpoint, "CheckpointMismatchError",
-     r"not a sciflow training checkpoint \(missing \['config', 'model'\]\)"),
+     r"not a sciflow training checkpoint \(missing \['kind', 'config', 'model'\]\)"),
     ("hard-model-from-operator-checkpoint", _setup_operator_checkpoint_into_hard, "CheckpointMismatchError",
-     "no valid hard-constraint config"),
-    ("dcdm-missing-checkpoint", lambda t: lambda: _cfg("operators.dcdm", "load_checkpoint")(t / "none.pt"),
+     "holds a 'operator' model, not a 'hard' one"),
+    ("dcdm-missing-checkpoint", lambda t: lambda: _cfg("operators", "load_checkpoint")(t / "none.pt"),
      FileNotFoundError, "no checkpoint at"),
     ("dcdm-empty-checkpoint", lambda t: _empty_dcdm_checkpoint(t), ValueError, "unreadable"),
     ("dcdm-odd-grid", lambda t: lambda: _cfg("operators.dcdm", "train")(
@@ -748,7 +750,7 @@ def test_gaps_found_by_the_suite_are_closed():
     from flows.generate import _transient
     from operators.dcdm.train import DCDMTrainConfig
     from solvers.linear import solve
-    from solvers.ode.train import ODETrainConfig
+    from operators.node.train import ODETrainConfig
 
     A = sp.diags([2.0] * 5).tocsr()
     with pytest.raises(ValueError, match="maxiter must be >= 1"):

@@ -77,13 +77,13 @@ def test_ddp_two_ranks_one_checkpoint_one_mlflow_run_same_weights(tmp_path):
     import torch
     from mlflow import MlflowClient
 
-    from operators.fno import model_from_checkpoint
+    from operators import model_from_checkpoint
     from operators.fno.ddp import state_hash
 
     experiment = f"scaleout-{uuid.uuid4().hex[:8]}"
     env = _env(SCIFLOW_HOME=str(tmp_path / "home"), SCIFLOW_EXPERIMENT=experiment)
     ckpt, hashes = tmp_path / "ckpt" / "checkpoint.pt", tmp_path / "hashes"
-    _run([TORCHRUN, "--standalone", "--nproc_per_node", 2, "-m", "operators.fno.ddp", "--scale", "smoke",
+    _run([TORCHRUN, "--standalone", "--nproc_per_node", 2, "-m", "flows.operator_ddp", "--scale", "smoke",
           "--checkpoint", ckpt, "--hash-dir", hashes, "--out", tmp_path / "ddp.json"], env, timeout=300)
     summary = json.loads((tmp_path / "ddp.json").read_text())
     assert (summary["world_size"], summary["backend"], summary["local_batch"]) == (2, "gloo", 4)
@@ -108,7 +108,7 @@ def test_ddp_two_ranks_one_checkpoint_one_mlflow_run_same_weights(tmp_path):
     assert {"loss", "test_l2", "test_h1", "seconds"} <= set(runs[0].data.metrics)
 
     # same global batch: one process sees the same samples per step, so the same first-epoch loss
-    _run([sys.executable, "-m", "operators.fno.ddp", "--scale", "smoke", "--checkpoint", tmp_path / "plain.pt",
+    _run([sys.executable, "-m", "flows.operator_ddp", "--scale", "smoke", "--checkpoint", tmp_path / "plain.pt",
           "--no-mlflow", "--out", tmp_path / "plain.json"], env, timeout=300)
     plain = json.loads((tmp_path / "plain.json").read_text())
     assert plain["world_size"] == 1 and plain["local_batch"] == 8

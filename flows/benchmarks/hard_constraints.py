@@ -176,7 +176,7 @@ def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
             cfg = HardTrainConfig(model=HardModelConfig(**mc), steps=c["steps"], batch_size=c["batch_size"], seed=0)
             t1 = time.perf_counter()
             model, hist = train(cfg, pde, u0, log_every=max(c["steps"] // 4, 1),
-                                on_step=lambda s, r, label=label: log(
+                                on_epoch=lambda s, r, label=label: log(
                                     f"{problem} {label:22s} step {s}/{cfg.steps} loss {r['loss']:.4g} "
                                     f"({r['seconds']:.3f} s/step)"))
             ev = evaluate(model, u0_test, u_test)

@@ -117,9 +117,9 @@ def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
 
     log = progress_logger()
     ckpt = train_dcdm(config=TRAIN[scale], parent_run_id=run_id)
-    from operators.dcdm import model_from_checkpoint
+    from operators import default_device, model_from_checkpoint
 
-    model = model_from_checkpoint(ckpt)
+    model = model_from_checkpoint(ckpt, kind="dcdm", device=default_device())
     rows, histories = _table(model, SIZES[scale], 2, RHS_KINDS, scale, log)
     lo, hi = SIZES[scale][0], SIZES[scale][-1]
     for method in METHODS:
@@ -132,7 +132,7 @@ def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
                      "converged": all(r["converged"] for r in at(lo) + at(hi))})
     if TRAIN_3D[scale] is not None:
         cfg3, sizes3 = TRAIN_3D[scale]
-        model3 = model_from_checkpoint(train_dcdm(config=cfg3, parent_run_id=run_id))
+        model3 = model_from_checkpoint(train_dcdm(config=cfg3, parent_run_id=run_id), kind="dcdm", device=default_device())
         rows3, _ = _table(model3, sizes3, 3, ("grf",), scale, log)
         rows += rows3
     figures = {}

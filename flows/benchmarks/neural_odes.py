@@ -10,7 +10,8 @@ from __future__ import annotations
 import statistics
 import time
 
-from solvers.ode import REGULARIZERS, ODETrainConfig, evaluate, load_task, train
+from operators.node import ODETrainConfig, evaluate, load_task, train
+from solvers.ode import REGULARIZERS
 
 CONFIGS = {
     "smoke": {"digits": dict(epochs=2, batch_size=256, hidden=32),

@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from data.errors import InputError
+
 
 class DCDMNet(nn.Module):
     """Search-direction CNN for 2D or 3D grids.
@@ -31,7 +33,7 @@ class DCDMNet(nn.Module):
     def __init__(self, dim: int = 2, filters: int = 16, levels: tuple[int, int, int] = (4, 6, 4)):
         super().__init__()
         if dim not in (2, 3):
-            raise ValueError(f"dim must be 2 or 3, got {dim}")
+            raise InputError(f"dim must be 2 or 3, got {dim}")
         Conv = nn.Conv2d if dim == 2 else nn.Conv3d
         Pool = nn.AvgPool2d if dim == 2 else nn.AvgPool3d
         self.dim = dim
@@ -56,9 +58,9 @@ class DCDMNet(nn.Module):
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
         if r.dim() != self.dim + 2 or r.shape[1] != 1:
-            raise ValueError(f"expected input (B, 1, {'N, ' * self.dim}...) for a {self.dim}D model, got {tuple(r.shape)}")
+            raise InputError(f"expected input (B, 1, {'N, ' * self.dim}...) for a {self.dim}D model, got {tuple(r.shape)}")
         if any(s % 2 for s in r.shape[2:]):
-            raise ValueError(f"grid sides must be even for the pooling level, got {tuple(r.shape[2:])}")
+            raise InputError(f"grid sides must be even for the pooling level, got {tuple(r.shape[2:])}")
         h = self._res(self.down, self.inp(r))
         m = self._res(self.mid, self.pool(h))
         m = nn.functional.interpolate(m, scale_factor=2, mode="nearest")

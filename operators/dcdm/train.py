@@ -13,21 +13,19 @@ after one exact line search along the network's direction. Adam.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import time
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Literal, Mapping
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from data.io import sweep_temporaries, temporary_name
+from data.errors import InputError
 from solvers.linear import GridSystem, ritz_pairs
 
-from ..device import default_device
+from ..checkpoint import config_key
+from ..training import OnEpoch, TrainingTask, World, fit
 from .net import DCDMNet
 
 
@@ -36,20 +34,20 @@ class DCDMTrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    n: int = Field(64, ge=8, le=1024, description="training grid cells per side (even)")
+    n: int = Field(default=64, ge=8, le=1024, description="training grid cells per side (even)")
     dim: Literal[2, 3] = 2
     bc: Literal["dirichlet", "neumann"] = "neumann"
-    obstacle: Literal["none", "box", "disks"] = Field("disks", description="solid cells in the training matrix")
-    obstacle_seed: int = Field(0, ge=0)
-    ritz_m: int = Field(500, ge=8, le=20_000, description="Lanczos steps (Ritz vectors) for the data")
-    theta: int | None = Field(None, ge=0, description="extra low Ritz vectors weighted 9x (default m // 10)")
-    n_samples: int = Field(2000, ge=8, le=1_000_000, description="training right-hand sides")
-    epochs: int = Field(8, ge=1, le=10_000)
-    batch_size: int = Field(32, ge=1, le=4096)
-    lr: float = Field(1e-3, gt=0, le=1.0)
-    filters: int = Field(16, ge=1, le=256)
+    obstacle: Literal["none", "box", "disks"] = Field(default="disks", description="solid cells in the training matrix")
+    obstacle_seed: int = Field(default=0, ge=0)
+    ritz_m: int = Field(default=500, ge=8, le=20_000, description="Lanczos steps (Ritz vectors) for the data")
+    theta: int | None = Field(default=None, ge=0, description="extra low Ritz vectors weighted 9x (default m // 10)")
+    n_samples: int = Field(default=2000, ge=8, le=1_000_000, description="training right-hand sides")
+    epochs: int = Field(default=8, ge=1, le=10_000)
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    lr: float = Field(default=1e-3, gt=0, le=1.0)
+    filters: int = Field(default=16, ge=1, le=256)
     levels: tuple[int, int, int] = (4, 6, 4)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(default=0, ge=0)
 
     @field_validator("n")
     @classmethod
@@ -59,11 +57,11 @@ class DCDMTrainConfig(BaseModel):
         return v
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+        return config_key(self)
 
     def system(self) -> GridSystem:
         if self.n % 2:
-            raise ValueError(f"n must be even (one pooling level), got {self.n}")
+            raise InputError(f"n must be even (one pooling level), got {self.n}")
         return GridSystem.from_poisson(self.n, self.dim, self.bc, self.obstacle, self.obstacle_seed)
 
 
@@ -110,92 +108,79 @@ def dcdm_loss(model: torch.nn.Module, b: torch.Tensor, A: torch.Tensor, shape: t
     return ((b - alpha * Af) ** 2).sum(1).mean()
 
 
-def _atomic_save(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sweep_temporaries(path.parent)  # litter of a writer killed mid-save
-    tmp = temporary_name(path)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+class DCDMTask(TrainingTask[DCDMTrainConfig]):
+    """DCDM training for :func:`operators.training.fit`: Adam on the loss of Eq. 9 over the Ritz
+    right-hand sides, reshuffled each epoch from ``seed * 1000 + epoch - 1``. Rows: ``epoch``,
+    ``loss`` (mean over the samples), ``seconds``; the first epoch's row also ``data_seconds`` (the
+    Lanczos run and the right-hand sides)."""
 
+    kind = "dcdm"
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint safely (``weights_only=True``: tensors and plain containers only)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, corrupted, or not a checkpoint
-        raise ValueError(f"checkpoint {path} is unreadable: {exc}") from exc
+    def __init__(self, config: DCDMTrainConfig):
+        self.config, self.epochs = config, config.epochs
 
+    def build(self, device: torch.device, world: World) -> DCDMNet:
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        system = cfg.system()
+        t0 = time.perf_counter()
+        self.B = torch.as_tensor(training_rhs(system, cfg.ritz_m, cfg.theta, cfg.n_samples, cfg.seed))
+        self.data_seconds = time.perf_counter() - t0
+        self.A = sparse_torch(system, device=device)
+        self.fluid = None if system.mask is None else torch.as_tensor(~system.mask.ravel(), dtype=torch.float32,
+                                                                      device=device)
+        self.shape = system.shape
+        return DCDMNet(cfg.dim, cfg.filters, cfg.levels).to(device)
 
-def model_from_checkpoint(path: str | Path) -> DCDMNet:
-    ckpt = load_checkpoint(path)
-    cfg = ckpt["net"]
-    model = DCDMNet(dim=cfg["dim"], filters=cfg["filters"], levels=tuple(cfg["levels"]))
-    model.load_state_dict(ckpt["model"])
-    return model.eval()
+    def optimizers(self, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, None]:
+        return torch.optim.Adam(model.parameters(), lr=self.config.lr), None
+
+    def generators(self) -> dict[str, torch.Generator]:
+        self.gen = torch.Generator().manual_seed(self.config.seed)
+        return {"shuffle": self.gen}
+
+    def train_epoch(self, epoch: int, net: torch.nn.Module, opt: torch.optim.Optimizer, world: World) -> list[dict]:
+        cfg, B = self.config, self.B
+        device = next(net.parameters()).device
+        net.train()
+        self.gen.manual_seed(cfg.seed * 1000 + epoch - 1)  # the same batches after a resume
+        perm = torch.randperm(B.shape[0], generator=self.gen)
+        t_ep, total = time.perf_counter(), 0.0
+        for i in range(0, B.shape[0], cfg.batch_size):
+            batch = B[perm[i : i + cfg.batch_size]].to(device)
+            loss = dcdm_loss(net, batch, self.A, self.shape, self.fluid)
+            if not world.all_finite(loss):
+                raise self.diverged(f"non-finite training loss ({float(loss.detach())}) in epoch {epoch}", epoch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * batch.shape[0]
+        row = {"epoch": epoch, "loss": total / B.shape[0], "seconds": time.perf_counter() - t_ep}
+        if epoch == 1:
+            row["data_seconds"] = self.data_seconds
+        return [row]
 
 
 def train(
     cfg: DCDMTrainConfig,
     checkpoint: str | Path | None = None,
-    on_epoch: Callable[[int, dict], None] | None = None,
+    on_epoch: OnEpoch | None = None,
     device: torch.device | None = None,
 ) -> tuple[DCDMNet, list[dict]]:
-    """Train from scratch, or resume from ``checkpoint`` (written atomically after every epoch).
+    """Train from scratch, or resume from ``checkpoint`` (written atomically after every epoch), on
+    ``device`` (default :func:`operators.device.default_device`).
 
-    Returns the model (eval mode, on CPU) and the per-epoch history
-    ``[{"epoch", "loss", "seconds"}, ...]``.
+    Returns the model (eval mode, on CPU) and the per-epoch history (rows as in :class:`DCDMTask`).
     """
-    device = device or default_device()
-    torch.manual_seed(cfg.seed)
-    system = cfg.system()
-    t0 = time.perf_counter()
-    B = torch.as_tensor(training_rhs(system, cfg.ritz_m, cfg.theta, cfg.n_samples, cfg.seed))
-    data_seconds = time.perf_counter() - t0
-    A = sparse_torch(system, device=device)
-    fluid = None if system.mask is None else torch.as_tensor(~system.mask.ravel(), dtype=torch.float32, device=device)
-    model = DCDMNet(cfg.dim, cfg.filters, cfg.levels).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    history: list[dict] = []
-    start = 0
-    if checkpoint is not None and Path(checkpoint).exists():
-        ckpt = load_checkpoint(checkpoint)
-        if ckpt.get("config_key") != cfg.key():
-            raise ValueError(f"checkpoint {checkpoint} belongs to another config ({ckpt.get('config_key')} != {cfg.key()})")
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        history = list(ckpt["history"])
-        start = int(ckpt["epoch"])
-    gen = torch.Generator().manual_seed(cfg.seed)
-    for epoch in range(start, cfg.epochs):
-        model.train()
-        gen.manual_seed(cfg.seed * 1000 + epoch)  # the same batches after a resume
-        perm = torch.randperm(B.shape[0], generator=gen)
-        t_ep, total = time.perf_counter(), 0.0
-        for i in range(0, B.shape[0], cfg.batch_size):
-            batch = B[perm[i : i + cfg.batch_size]].to(device)
-            loss = dcdm_loss(model, batch, A, system.shape, fluid)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * batch.shape[0]
-        row = {"epoch": epoch + 1, "loss": total / B.shape[0], "seconds": time.perf_counter() - t_ep}
-        if epoch == 0:
-            row["data_seconds"] = data_seconds
-        history.append(row)
-        if checkpoint is not None:
-            _atomic_save(
-                {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-                 "history": history, "config_key": cfg.key(), "config": cfg.model_dump(mode="json"),
-                 "net": model.config()},
-                Path(checkpoint),
-            )
-        if on_epoch is not None:
-            on_epoch(epoch + 1, row)
+    model, history = fit(DCDMTask(cfg), checkpoint, on_epoch, device=device)
+    assert isinstance(model, DCDMNet)
     return model.cpu().eval(), history
+
+
+def rebuild(config: Mapping[str, Any]) -> DCDMNet:
+    """The untrained network of a stored ``config`` (for :func:`operators.registry.model_from_checkpoint`)."""
+    cfg = DCDMTrainConfig.model_validate(config)
+    return DCDMNet(cfg.dim, cfg.filters, cfg.levels)
+
+
+__all__ = ["DCDMTask", "DCDMTrainConfig", "dcdm_loss", "rebuild", "sparse_torch", "train", "training_rhs"]

@@ -17,13 +17,39 @@ Tensors are ``(batch, channels, height, width)``, float32.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-MODELS = ("fno", "tfno", "mg-tfno")
+from data.errors import InputError
+
+
+def _fno(cfg: OperatorModelConfig) -> nn.Module:
+    from neuralop.models import FNO
+
+    return _Checked(FNO(**_common(cfg)), cfg)
+
+
+def _tfno(cfg: OperatorModelConfig) -> nn.Module:
+    from neuralop.models import TFNO
+
+    return _Checked(TFNO(**_common(cfg), rank=cfg.rank, factorization="tucker"), cfg)
+
+
+def _mg_tfno(cfg: OperatorModelConfig) -> nn.Module:
+    return MGTFNO(cfg)
+
+
+#: the neural operators by name: ``MODELS[name](cfg)`` builds one (see the module docstring)
+MODELS: dict[str, Callable[[OperatorModelConfig], nn.Module]] = {"fno": _fno, "tfno": _tfno, "mg-tfno": _mg_tfno}
+#: models whose patching pads circularly (they assume a periodic domain)
+PERIODIC_ONLY = ("mg-tfno",)
+if TYPE_CHECKING:
+    ModelName = str
+else:
+    ModelName = Literal[tuple(MODELS)]
 
 
 class OperatorModelConfig(BaseModel):
@@ -31,15 +57,15 @@ class OperatorModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    name: Literal["fno", "tfno", "mg-tfno"] = "mg-tfno"
-    n_modes: int = Field(16, ge=1, le=512, description="Fourier modes kept per dimension")
-    hidden_channels: int = Field(32, ge=1, le=1024)
-    n_layers: int = Field(4, ge=1, le=32)
-    rank: float = Field(0.05, gt=0, le=1.0, description="relative Tucker rank (tfno, mg-tfno)")
-    levels: int = Field(1, ge=1, le=4, description="mg-tfno: patching levels (2^levels patches per side)")
-    padding_fraction: float = Field(0.0625, ge=0, lt=0.5, description="mg-tfno: patch padding, fraction of the side")
-    in_channels: int = Field(1, ge=1, le=64)
-    out_channels: int = Field(1, ge=1, le=64)
+    name: ModelName = "mg-tfno"
+    n_modes: int = Field(default=16, ge=1, le=512, description="Fourier modes kept per dimension")
+    hidden_channels: int = Field(default=32, ge=1, le=1024)
+    n_layers: int = Field(default=4, ge=1, le=32)
+    rank: float = Field(default=0.05, gt=0, le=1.0, description="relative Tucker rank (tfno, mg-tfno)")
+    levels: int = Field(default=1, ge=1, le=4, description="mg-tfno: patching levels (2^levels patches per side)")
+    padding_fraction: float = Field(default=0.0625, ge=0, lt=0.5, description="mg-tfno: patch padding, fraction of the side")
+    in_channels: int = Field(default=1, ge=1, le=64)
+    out_channels: int = Field(default=1, ge=1, le=64)
 
     @model_validator(mode="after")
     def _check(self) -> "OperatorModelConfig":
@@ -84,7 +110,7 @@ class MGTFNO(nn.Module):
         check_input(x, self.cfg)
         k = 2 ** self.cfg.levels
         if x.shape[-2] % k or x.shape[-1] % k:
-            raise ValueError(f"mg-tfno with levels={self.cfg.levels} needs a resolution divisible by {k}, "
+            raise InputError(f"mg-tfno with levels={self.cfg.levels} needs a resolution divisible by {k}, "
                              f"got {tuple(x.shape[-2:])}")
         patches, _ = self.patcher.patch(grid_channels(x), None)
         out, _ = self.patcher.unpatch(self.inner(patches), None, evaluation=True)
@@ -112,25 +138,23 @@ class _Checked(nn.Module):
 
 def check_input(x: torch.Tensor, cfg: OperatorModelConfig) -> None:
     if x.ndim != 4:
-        raise ValueError(f"expected a (batch, channels, height, width) tensor, got shape {tuple(x.shape)}")
+        raise InputError(f"expected a (batch, channels, height, width) tensor, got shape {tuple(x.shape)}")
     if x.shape[1] != cfg.in_channels:
-        raise ValueError(f"{cfg.name} was built for {cfg.in_channels} input channel(s), got {x.shape[1]}")
+        raise InputError(f"{cfg.name} was built for {cfg.in_channels} input channel(s), got {x.shape[1]}")
+
+
+def _common(cfg: OperatorModelConfig) -> dict:
+    return dict(n_modes=(cfg.n_modes, cfg.n_modes), in_channels=cfg.in_channels, out_channels=cfg.out_channels,
+                hidden_channels=cfg.hidden_channels, n_layers=cfg.n_layers)
 
 
 def build_model(cfg: OperatorModelConfig, periodic: bool = True) -> nn.Module:
-    """The model ``cfg.name`` (see the module docstring). ``periodic=False`` (e.g. Darcy data)
-    refuses ``mg-tfno``, whose circular patch padding would wrap the boundary around."""
-    from neuralop.models import FNO, TFNO
-
-    if cfg.name == "mg-tfno":
-        if not periodic:
-            raise ValueError("mg-tfno pads patches circularly, which assumes a periodic domain; "
-                             "this dataset is not periodic (use 'fno' or 'tfno')")
-        return MGTFNO(cfg)
-    common = dict(n_modes=(cfg.n_modes, cfg.n_modes), in_channels=cfg.in_channels, out_channels=cfg.out_channels,
-                  hidden_channels=cfg.hidden_channels, n_layers=cfg.n_layers)
-    net = FNO(**common) if cfg.name == "fno" else TFNO(**common, rank=cfg.rank, factorization="tucker")
-    return _Checked(net, cfg)
+    """The model ``cfg.name`` (:data:`MODELS`). ``periodic=False`` (e.g. Darcy data) refuses
+    ``mg-tfno``, whose circular patch padding would wrap the boundary around."""
+    if cfg.name in PERIODIC_ONLY and not periodic:
+        raise InputError(f"{cfg.name} pads patches circularly, which assumes a periodic domain; "
+                         "this dataset is not periodic (use 'fno' or 'tfno')")
+    return MODELS[cfg.name](cfg)
 
 
 def count_params(model: nn.Module) -> int:

@@ -34,18 +34,18 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import Tensor
 
-Backend = Literal["cholesky", "cvxpylayers", "lm"]
-BACKENDS: tuple[str, ...] = ("cholesky", "cvxpylayers", "lm")
+from data.errors import InputError
+
 #: one system's residual: (w of shape (N,), {name: tensor for this system}) -> (M,)
 ResidualFn = Callable[[Tensor, Mapping[str, Tensor]], Tensor]
 
 
-class ConstraintSolveError(ValueError):
+class ConstraintSolveError(InputError):
     """The constraint system cannot be solved (bad shapes, non-finite input or output)."""
 
 
@@ -86,7 +86,8 @@ class LeastSquares:
         return self.A is not None
 
     def __post_init__(self) -> None:
-        if self.linear:
+        tensors: Mapping[str, Tensor]
+        if self.A is not None:
             if self.b is None or self.A.ndim != 3 or self.b.shape != self.A.shape[:2]:
                 raise ConstraintSolveError(
                     f"linear system needs A (E, M, N) and b (E, M); got A {tuple(self.A.shape)}, "
@@ -106,12 +107,16 @@ class LeastSquares:
 
     @property
     def batch(self) -> int:
-        return self.A.shape[0] if self.linear else next(iter(self.data.values())).shape[0]
+        if self.A is not None:
+            return self.A.shape[0]
+        assert self.data is not None  # __post_init__ checked
+        return next(iter(self.data.values())).shape[0]
 
     def as_function(self) -> tuple[ResidualFn, dict[str, Tensor]]:
         """``(residual, data)`` for any system (a linear one as ``A w - b``)."""
-        if self.linear:
+        if self.A is not None and self.b is not None:
             return (lambda w, d: d["A"] @ w - d["b"]), {"A": self.A, "b": self.b}
+        assert self.residual is not None and self.data is not None  # __post_init__ checked
         return self.residual, self.data
 
 
@@ -139,7 +144,7 @@ def _normal_solve(A: Tensor, b: Tensor, ridge: float) -> tuple[Tensor, SolveInfo
     cond = float(torch.linalg.cond((G + lam * eye).detach()).max())
     if notes:
         warnings.warn("Cholesky failed (singular or ill-conditioned normal matrix); solved with more damping "
-                      "(SolveInfo.damping, .notes)", RuntimeWarning, stacklevel=3)
+                      "(SolveInfo.damping, .notes)", RuntimeWarning, stacklevel=4)
     return w, SolveInfo("cholesky", condition=cond, damping=lam, notes=notes)
 
 
@@ -181,7 +186,7 @@ def _cvxpy_solve(A: Tensor, b: Tensor, ridge: float, solver_args: Mapping | None
     cond = float(torch.linalg.cond(G.detach()).max())
     if notes:
         notes = [f"cvxpylayers/SCS: {notes[0]} (condition {cond:.3g}); loosen eps or use the closed form"]
-        warnings.warn(notes[0], RuntimeWarning, stacklevel=3)
+        warnings.warn(notes[0], RuntimeWarning, stacklevel=4)
     return w, SolveInfo("cvxpylayers", condition=cond, damping=ridge**2, converged=not notes, notes=notes)
 
 
@@ -191,7 +196,7 @@ def _lm(system: LeastSquares, w0: Tensor, ridge: float, tol: float, max_iter: in
 
     fn, data = system.as_function()
     data64 = {k: v.double() for k, v in data.items()}
-    n, lam = system.n, ridge**2
+    n, lam = system.n or 0, ridge**2
 
     def loss(w: Tensor, d: Mapping[str, Tensor]) -> Tensor:
         r = fn(w, d)
@@ -243,7 +248,7 @@ def _lm(system: LeastSquares, w0: Tensor, ridge: float, tol: float, max_iter: in
             H_damped = Hx + shift * eye
             notes.append(f"Hessian at w* not positive definite; IFT backward damped by {shift:.3g}")
             warnings.warn("Hessian at w* not positive definite; the implicit backward is damped (SolveInfo.notes)",
-                          RuntimeWarning, stacklevel=3)
+                          RuntimeWarning, stacklevel=4)
         cond = float(torch.linalg.cond(H_damped).max())
     # IFT: value w*, derivative -H^{-1} dg/dtheta (one Newton step with H, w* detached)
     g = vmap(grad(loss))(w, data64)
@@ -252,9 +257,43 @@ def _lm(system: LeastSquares, w0: Tensor, ridge: float, tol: float, max_iter: in
     return w_out, SolveInfo("lm", condition=cond, damping=lam, iterations=it, converged=converged, notes=notes)
 
 
+def _linear(system: LeastSquares, backend: str) -> tuple[Tensor, Tensor]:
+    if system.A is None or system.b is None:
+        raise ConstraintSolveError(f"backend {backend!r} solves linear systems only (r = A w - b); use 'lm'")
+    return system.A, system.b
+
+
+def _cholesky_backend(system: LeastSquares, *, ridge: float, **_: Any) -> tuple[Tensor, SolveInfo]:
+    return _normal_solve(*_linear(system, "cholesky"), ridge)
+
+
+def _cvxpylayers_backend(system: LeastSquares, *, ridge: float, solver_args: Mapping | None = None,
+                         **_: Any) -> tuple[Tensor, SolveInfo]:
+    return _cvxpy_solve(*_linear(system, "cvxpylayers"), ridge, solver_args)
+
+
+def _lm_backend(system: LeastSquares, *, ridge: float, w0: Tensor | float = 1.0, tol: float = 1e-4,
+                max_iter: int = 50, **_: Any) -> tuple[Tensor, SolveInfo]:
+    n = system.n or 0
+    if not torch.is_tensor(w0):
+        w0 = torch.full((system.batch, n), float(w0), dtype=torch.float64)
+    if w0.shape != (system.batch, n):
+        raise ConstraintSolveError(f"w0 must have shape {(system.batch, n)}, got {tuple(w0.shape)}")
+    return _lm(system, w0, ridge, tol, max_iter)
+
+
+#: the constraint solvers by name (module docstring): ``BACKENDS[name](system, ridge=, w0=, tol=,
+#: max_iter=, solver_args=) -> (w, SolveInfo)``; each reads the keywords it needs
+BACKENDS: dict[str, Callable[..., tuple[Tensor, SolveInfo]]] = {
+    "cholesky": _cholesky_backend,
+    "cvxpylayers": _cvxpylayers_backend,
+    "lm": _lm_backend,
+}
+
+
 def solve(
     system: LeastSquares,
-    backend: Backend = "cholesky",
+    backend: str = "cholesky",
     *,
     ridge: float = 1e-4,
     w0: Tensor | float = 1.0,
@@ -262,7 +301,8 @@ def solve(
     max_iter: int = 50,
     solver_args: Mapping | None = None,
 ) -> tuple[Tensor, SolveInfo]:
-    """Solve the batch of problems (1); returns ``w`` of shape ``(E, N)`` (float64) and a :class:`SolveInfo`.
+    """Solve the batch of problems (1) with ``BACKENDS[backend]``; returns ``w`` of shape ``(E, N)``
+    (float64) and a :class:`SolveInfo`.
 
     ``ridge``: the coefficient of ``w`` in the residual (the reference's 1e-4); ``w0``: LM start
     (a scalar fills every entry; the reference starts at 1 for diffusion-sorption, 0 otherwise);
@@ -271,21 +311,10 @@ def solve(
     Raises :class:`ConstraintSolveError` on non-finite input or output, never returns NaN.
     """
     if backend not in BACKENDS:
-        raise ConstraintSolveError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        raise ConstraintSolveError(f"backend must be one of {tuple(BACKENDS)}, got {backend!r}")
     if not (math.isfinite(ridge) and ridge >= 0):
         raise ConstraintSolveError(f"ridge must be a finite number >= 0, got {ridge}")
-    if backend in ("cholesky", "cvxpylayers") and not system.linear:
-        raise ConstraintSolveError(f"backend {backend!r} solves linear systems only (r = A w - b); use 'lm'")
-    if backend == "cholesky":
-        w, info = _normal_solve(system.A, system.b, ridge)
-    elif backend == "cvxpylayers":
-        w, info = _cvxpy_solve(system.A, system.b, ridge, solver_args)
-    else:
-        if not torch.is_tensor(w0):
-            w0 = torch.full((system.batch, system.n), float(w0), dtype=torch.float64)
-        if w0.shape != (system.batch, system.n):
-            raise ConstraintSolveError(f"w0 must have shape {(system.batch, system.n)}, got {tuple(w0.shape)}")
-        w, info = _lm(system, w0, ridge, tol, max_iter)
+    w, info = BACKENDS[backend](system, ridge=ridge, w0=w0, tol=tol, max_iter=max_iter, solver_args=solver_args)
     if not torch.isfinite(w).all():
         raise ConstraintSolveError(f"{backend} returned non-finite coefficients (condition {info.condition:.3g})")
     return w, info

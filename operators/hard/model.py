@@ -18,15 +18,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, Mapping, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from .layer import LeastSquares, SolveInfo, solve
+from data.errors import InputError
+
+from .layer import BACKENDS, LeastSquares, SolveInfo, solve
 from .moe import Router
 from .pdes import HardPDE
+
+
+if TYPE_CHECKING:
+    BackendChoice = str
+else:  # "auto" or a name of the backend registry
+    BackendChoice = Literal[("auto", *BACKENDS)]
 
 
 class HardModelConfig(BaseModel):
@@ -34,37 +42,37 @@ class HardModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    mode: Literal["soft", "hard"] = Field("hard", description="soft: PINN penalties only; hard: constraint layer")
-    n_basis: int = Field(16, ge=1, le=512, description="N, basis functions per expert (reference: 16; 64 for NS)")
-    experts: tuple[int, ...] = Field((1, 1), description="experts per grid axis (time first, then space); "
+    mode: Literal["soft", "hard"] = Field(default="hard", description="soft: PINN penalties only; hard: constraint layer")
+    n_basis: int = Field(default=16, ge=1, le=512, description="N, basis functions per expert (reference: 16; 64 for NS)")
+    experts: tuple[int, ...] = Field(default=(1, 1), description="experts per grid axis (time first, then space); "
                                      "all ones: single hard constraint; e.g. (1, 4): 4 blocks along x")
-    assignment: Literal["blocks", "random"] = Field("blocks", description="blocks (the paper) or random points (ablation)")
-    points: int = Field(1000, ge=1, le=100_000_000, description="constraint points per forward pass, over all experts")
-    backend: Literal["auto", "cholesky", "cvxpylayers", "lm"] = Field(
-        "auto", description="auto: cholesky for linear PDEs, lm (Levenberg-Marquardt) otherwise")
-    ridge: float = Field(1e-4, ge=0, le=1e3, description="coefficient of w in the residual (reference 1e-4)")
-    lm_tol: float = Field(1e-4, gt=0, le=1.0, description="LM relative tolerance (reference 1e-4)")
-    lm_max_iter: int = Field(50, ge=1, le=10_000, description="LM iteration cap (reference 50-100)")
-    hidden: int = Field(32, ge=1, le=1024, description="FNO width")
-    modes: tuple[int, ...] = Field((8, 8), description="Fourier modes per grid axis")
-    n_layers: int = Field(4, ge=1, le=32, description="FNO layers")
-    domain_padding: float = Field(0.125, ge=0, le=1, description="FNO domain padding fraction (non-periodic grid)")
-    loss: Literal["reference", "mse"] = Field("reference", description="outer loss weighting (see loss_terms)")
+    assignment: Literal["blocks", "random"] = Field(default="blocks", description="blocks (the paper) or random points (ablation)")
+    points: int = Field(default=1000, ge=1, le=100_000_000, description="constraint points per forward pass, over all experts")
+    backend: BackendChoice = Field(
+        default="auto", description="auto: cholesky for linear PDEs, lm (Levenberg-Marquardt) otherwise")
+    ridge: float = Field(default=1e-4, ge=0, le=1e3, description="coefficient of w in the residual (reference 1e-4)")
+    lm_tol: float = Field(default=1e-4, gt=0, le=1.0, description="LM relative tolerance (reference 1e-4)")
+    lm_max_iter: int = Field(default=50, ge=1, le=10_000, description="LM iteration cap (reference 50-100)")
+    hidden: int = Field(default=32, ge=1, le=1024, description="FNO width")
+    modes: tuple[int, ...] = Field(default=(8, 8), description="Fourier modes per grid axis")
+    n_layers: int = Field(default=4, ge=1, le=32, description="FNO layers")
+    domain_padding: float = Field(default=0.125, ge=0, le=1, description="FNO domain padding fraction (non-periodic grid)")
+    loss: Literal["reference", "mse"] = Field(default="reference", description="outer loss weighting (see loss_terms)")
 
     @property
     def n_experts(self) -> int:
         return math.prod(self.experts)
 
     def check(self, pde: HardPDE) -> None:
-        """Raise ValueError when the config does not fit the PDE's grid."""
+        """Raise :class:`data.errors.InputError` when the config does not fit the PDE's grid."""
         d = len(pde.grid)
         if len(self.modes) != d:
-            raise ValueError(f"modes {self.modes} has {len(self.modes)} entries; the {pde.name} grid {pde.grid} has {d} axes")
+            raise InputError(f"modes {self.modes} has {len(self.modes)} entries; the {pde.name} grid {pde.grid} has {d} axes")
         if len(self.experts) != d:
-            raise ValueError(f"experts {self.experts} has {len(self.experts)} entries; the {pde.name} grid "
+            raise InputError(f"experts {self.experts} has {len(self.experts)} entries; the {pde.name} grid "
                              f"{pde.grid} has {d} axes (time first)")
         if self.backend in ("cholesky", "cvxpylayers") and not pde.linear:
-            raise ValueError(f"backend {self.backend!r} solves linear PDEs only; {pde.name} is nonlinear: use 'lm'")
+            raise InputError(f"backend {self.backend!r} solves linear PDEs only; {pde.name} is nonlinear: use 'lm'")
 
 
 @dataclass
@@ -91,6 +99,7 @@ class HardConstraintModel(nn.Module):
         self.net = FNO(n_modes=tuple(cfg.modes), in_channels=d + 1, out_channels=cfg.n_basis if cfg.mode == "hard" else 1,
                        hidden_channels=cfg.hidden, n_layers=cfg.n_layers, positional_embedding=None,
                        domain_padding=cfg.domain_padding or None)
+        self.coords: Tensor
         self.register_buffer("coords", pde.coords(), persistent=False)
         self.router = Router(pde.grid, cfg.experts, pde.residual_mask(), cfg.assignment, seed) if cfg.mode == "hard" else None
 
@@ -128,6 +137,8 @@ class HardConstraintModel(nn.Module):
                   points: Tensor | None = None) -> HardOutput:
         """The hard-constraint layer on a basis ``phi (B, *grid, N)`` (float64)."""
         cfg, pde, router = self.cfg, self.pde, self.router
+        if router is None:
+            raise InputError("constrain() needs a hard model (mode='hard'); a soft model has no constraint layer")
         B, N, K = phi.shape[0], phi.shape[-1], router.K
         terms = pde.terms(phi)
         if pde.ic_ansatz:  # u = u0 + phi w: the offset's terms enter every row, no condition rows
@@ -150,8 +161,8 @@ class HardConstraintModel(nn.Module):
         cr = (c.unsqueeze(1) * cmask[None]).reshape(B * K, R)
         backend = cfg.backend if cfg.backend != "auto" else ("cholesky" if pde.linear else "lm")
         if backend in ("cholesky", "cvxpylayers"):
-            A_pde = sum(scale * coef * sel[k] for k, coef in pde.coefficients().items())
-            b_pde = -sum(scale * coef * osel[k] for k, coef in pde.coefficients().items()) if osel else (
+            A_pde = cast(Tensor, sum(scale * coef * sel[k] for k, coef in pde.coefficients().items()))
+            b_pde = -cast(Tensor, sum(scale * coef * osel[k] for k, coef in pde.coefficients().items())) if osel else (
                 torch.zeros_like(A_pde[..., 0]))
             system = LeastSquares(A=torch.cat([A_pde, Kr], 1), b=torch.cat([b_pde, cr], 1))
         else:
@@ -159,7 +170,7 @@ class HardConstraintModel(nn.Module):
             known = {k: v.to(phi).unsqueeze(0).expand(B, K, m).reshape(B * K, m) for k, v in pde.point_data(pts).items()}
             offs = {f"offset:{k}": v for k, v in osel.items()}
 
-            def residual(w: Tensor, d: dict[str, Tensor]) -> Tensor:
+            def residual(w: Tensor, d: Mapping[str, Tensor]) -> Tensor:
                 v = {k: d[k] @ w + d[f"offset:{k}"] if f"offset:{k}" in d else d[k] @ w for k in names}
                 r_pde = scale * pde.residual({**v, **{k: d[k] for k in known}})
                 return torch.cat([r_pde, d["K"] @ w - d["c"]])
@@ -190,7 +201,7 @@ def loss_terms(pde: HardPDE, u: Tensor, u0: Tensor, weighting: str = "reference"
     if weighting == "mse":
         return {"pde": r.pow(2).mean(), "conditions": v.pow(2).mean()}
     if weighting != "reference":
-        raise ValueError(f"loss weighting must be 'reference' or 'mse', got {weighting!r}")
+        raise InputError(f"loss weighting must be 'reference' or 'mse', got {weighting!r}")
     _, c = pde.condition_rows(u.unsqueeze(-1)[:1], u0[:1])
     scale = c.pow(2).mean().clamp_min(1e-12)
     return {"pde": (r / pde.t_final).norm(dim=1).mean(), "conditions": v.pow(2).mean() / scale}

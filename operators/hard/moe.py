@@ -25,10 +25,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from data.errors import InputError
+
 Assignment = Literal["blocks", "random"]
 
 
-class ExpertLayoutError(ValueError):
+class ExpertLayoutError(InputError):
     """An expert layout that does not fit the grid or the configured K."""
 
 

@@ -27,13 +27,14 @@ Shapes: a grid is ``(nt, *space)`` (time first, then the data's space axes); a b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Mapping
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from typing import Any, ClassVar, Mapping, NoReturn, cast
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from data.errors import InputError
 from data.pdes.diffusion_sorption import SorptionParams
 
 
@@ -52,12 +53,16 @@ def derivative_matrix(z: np.ndarray, deriv: int) -> np.ndarray:
     z = np.asarray(z, dtype=np.float64)
     n = len(z)
     if n < 3:
-        raise ValueError(f"need at least 3 grid points along an axis for derivatives, got {n}")
+        raise InputError(f"need at least 3 grid points along an axis for derivatives, got {n}")
     D = np.zeros((n, n))
     for i in range(n):
         j0 = min(max(i - 1, 0), n - 3)
         D[i, j0:j0 + 3] = lagrange_weights(z[j0:j0 + 3], z[i], deriv)
     return D
+
+
+def _required(name: str) -> NoReturn:
+    raise InputError(f"the PDE needs {name!r} (no default)")
 
 
 def _along(op: Tensor, phi: Tensor, axis: int) -> Tensor:
@@ -115,7 +120,7 @@ class HardPDE:
 
     def check_u0(self, u0: Tensor) -> None:
         if tuple(u0.shape[1:]) != self.grid[1:]:
-            raise ValueError(f"{self.name}: initial condition has spatial shape {tuple(u0.shape[1:])}, "
+            raise InputError(f"{self.name}: initial condition has spatial shape {tuple(u0.shape[1:])}, "
                              f"the problem's grid is {self.grid[1:]} (mismatched dataset and PDE parameters)")
 
     def point_data(self, points: Tensor) -> dict[str, Tensor]:
@@ -157,8 +162,8 @@ class DiffusionSorption(HardPDE):
     linear: ClassVar[bool] = False
     w0: ClassVar[float] = 1.0
 
-    x: np.ndarray = None  # (nx,)
-    params: SorptionParams = SorptionParams()
+    x: np.ndarray = field(default_factory=lambda: _required("x"))  # (nx,)
+    params: SorptionParams = field(default_factory=SorptionParams)
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -251,7 +256,7 @@ class Heat2D(HardPDE):
         return {"u_t": self.t_final, "lap": -self.t_final * self.kappa}
 
     def residual(self, v: Mapping[str, Tensor]) -> Tensor:
-        return sum(c * v[k] for k, c in self.coefficients().items())
+        return cast(Tensor, sum(c * v[k] for k, c in self.coefficients().items()))
 
     def residual_mask(self) -> np.ndarray:
         m = np.zeros(self.grid, dtype=bool)
@@ -286,7 +291,7 @@ class NavierStokes2D(HardPDE):
 
     n: int = 64
     viscosity: float = 1e-3
-    f: np.ndarray = None  # (n, n) forcing
+    f: np.ndarray = field(default_factory=lambda: _required("f"))  # (n, n) forcing
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -341,10 +346,41 @@ def from_dataset(family: str, spec, shared: Mapping[str, np.ndarray]) -> HardPDE
                                  params=SorptionParams.of(spec))
     if family == "heat":
         if spec.dim != 2:
-            raise ValueError(f"heat: the hard-constraint problem is the 2D one, the dataset has dim={spec.dim}")
+            raise InputError(f"heat: the hard-constraint problem is the 2D one, the dataset has dim={spec.dim}")
         return Heat2D(t=t, t_final=float(spec.t_final), n=spec.n, kappa=spec.kappa)
     if family == "navier_stokes":
         return NavierStokes2D(t=t, t_final=float(spec.horizon), n=spec.n, viscosity=spec.viscosity,
                               f=np.asarray(shared["f"], dtype=np.float64))
-    raise ValueError(f"no hard-constraint PDE for family {family!r}; choose 'diffusion_sorption', 'heat' or "
+    raise InputError(f"no hard-constraint PDE for family {family!r}; choose 'diffusion_sorption', 'heat' or "
                      "'navier_stokes'")
+
+
+#: the hard-constraint PDEs by name (``HardPDE.name``)
+PDES: dict[str, type[HardPDE]] = {cls.name: cls for cls in (DiffusionSorption, Heat2D, NavierStokes2D)}
+
+
+def pde_state(pde: HardPDE) -> dict[str, Any]:
+    """The PDE as checkpoint data (``torch.load(weights_only=True)`` reads it): its name and its
+    fields, arrays as float64 tensors. :func:`pde_from_state` rebuilds it."""
+    state: dict[str, Any] = {"name": pde.name}
+    for f in fields(pde):
+        v = getattr(pde, f.name)
+        if isinstance(v, np.ndarray):
+            v = torch.from_numpy(np.array(v, dtype=np.float64))
+        elif is_dataclass(v):  # e.g. SorptionParams: plain numbers, rebuilt by pde_from_state
+            v = asdict(v)
+        state[f.name] = v
+    return state
+
+
+def pde_from_state(state: Mapping[str, Any]) -> HardPDE:
+    """The PDE of :func:`pde_state` (its arrays as float64 NumPy arrays again)."""
+    name = state.get("name")
+    if name not in PDES:
+        raise InputError(f"no hard-constraint PDE named {name!r}; known: {sorted(PDES)}")
+    cls = PDES[name]
+    kw: dict[str, Any] = {k: v.numpy() if torch.is_tensor(v) else v for k, v in state.items() if k != "name"}
+    for f in fields(cls):  # dataclass-valued fields (SorptionParams) come back from their dicts
+        if isinstance(kw.get(f.name), dict) and f.default_factory is not MISSING and is_dataclass(f.default_factory()):
+            kw[f.name] = type(f.default_factory())(**kw[f.name])
+    return cls(**kw)

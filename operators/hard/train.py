@@ -8,22 +8,22 @@ The test error is the relative L2 against the PETSc trajectories on the whole sp
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from operators.device import default_device
-from operators.fno.train import (CheckpointMismatchError, TrainingDivergedError, _save_atomic, load_checkpoint,
-                                 weights)
+from data.errors import InputError
 
+from ..training import OnEpoch, TrainingTask, World, fit
 from .layer import ConstraintSolveError
 from .model import HardConstraintModel, HardModelConfig, loss_terms
-from .pdes import HardPDE
+from .pdes import HardPDE, pde_from_state, pde_state
 
 
 class HardTrainConfig(BaseModel):
@@ -32,22 +32,103 @@ class HardTrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     model: HardModelConfig = HardModelConfig()
-    steps: int = Field(200, ge=1, le=10_000_000, description="optimizer steps")
-    batch_size: int = Field(4, ge=1, le=4096, description="initial conditions per step")
-    lr: float = Field(1e-3, gt=0, le=1.0, description="Adam learning rate (reference 1e-3)")
-    clip: float = Field(1.0, gt=0, le=1e6, description="gradient-norm clipping (reference 1.0)")
-    seed: int = Field(0, ge=0, le=2**31 - 1)
-    checkpoint_every: int = Field(50, ge=1, le=10_000_000, description="steps between checkpoints")
+    steps: int = Field(default=200, ge=1, le=10_000_000, description="optimizer steps")
+    batch_size: int = Field(default=4, ge=1, le=4096, description="initial conditions per step")
+    lr: float = Field(default=1e-3, gt=0, le=1.0, description="Adam learning rate (reference 1e-3)")
+    clip: float = Field(default=1.0, gt=0, le=1e6, description="gradient-norm clipping (reference 1.0)")
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    checkpoint_every: int = Field(default=50, ge=1, le=10_000_000, description="steps between checkpoints")
 
 
 def _check_data(pde: HardPDE, u0: torch.Tensor, what: str) -> None:
     if u0.ndim != len(pde.grid) or tuple(u0.shape[1:]) != pde.grid[1:]:
-        raise ValueError(f"{what}: initial conditions must be (N, {', '.join(map(str, pde.grid[1:]))}) for the "
+        raise InputError(f"{what}: initial conditions must be (N, {', '.join(map(str, pde.grid[1:]))}) for the "
                          f"{pde.name} grid {pde.grid}; got {tuple(u0.shape)}")
     if len(u0) == 0:
-        raise ValueError(f"{what}: no samples")
+        raise InputError(f"{what}: no samples")
     if not torch.isfinite(u0).all():
-        raise ValueError(f"{what}: initial conditions contain NaN or inf")
+        raise InputError(f"{what}: initial conditions contain NaN or inf")
+
+
+class HardTask(TrainingTask[HardTrainConfig]):
+    """Soft / hard / MoE training for :func:`operators.training.fit` on a step budget: an epoch is
+    ``checkpoint_every`` optimizer steps (the last one what is left of ``steps``), so a checkpoint
+    lands every ``checkpoint_every`` steps and after the last. Each step draws ``batch_size``
+    initial conditions (one generator) and fresh constraint points (another), clips the gradient
+    norm at ``clip`` and takes an Adam step.
+
+    History rows (every ``log_every`` steps and the last; ``counter = "step"``): ``step``, ``loss``,
+    ``pde``, ``conditions``, ``seconds`` (median seconds per step in this process so far),
+    ``step_seconds`` (this step's) and, for hard models, ``lm_iterations`` and ``condition``.
+    """
+
+    kind = "hard"
+    counter = "step"
+
+    def __init__(self, config: HardTrainConfig, pde: HardPDE, u0_train: torch.Tensor, log_every: int = 25):
+        _check_data(pde, u0_train, "train")
+        if log_every < 1:
+            raise InputError(f"log_every must be >= 1, got {log_every}")
+        self.config, self.pde, self.u0_train, self.log_every = config, pde, u0_train, log_every
+        self.epochs = math.ceil(config.steps / config.checkpoint_every)
+
+    def last_step(self, epoch: int) -> int:
+        return min(epoch * self.config.checkpoint_every, self.config.steps)
+
+    def position(self, epoch: int) -> str:
+        return f"step {self.last_step(epoch)}"
+
+    def progress(self, epoch: int) -> dict:
+        return {"step": self.last_step(epoch)}
+
+    def context(self) -> dict:
+        return {"pde": pde_state(self.pde)}
+
+    def build(self, device: torch.device, world: World) -> HardConstraintModel:
+        torch.manual_seed(self.config.seed)
+        model = HardConstraintModel(self.config.model, self.pde, seed=self.config.seed).to(device)
+        self.u0 = self.u0_train.to(device)
+        self.times: list[float] = []
+        return model
+
+    def optimizers(self, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, None]:
+        return torch.optim.Adam(model.parameters(), lr=self.config.lr), None
+
+    def generators(self) -> dict[str, torch.Generator]:
+        self.gen = torch.Generator().manual_seed(self.config.seed)
+        self.sample_gen = torch.Generator().manual_seed(self.config.seed + 1)
+        return {"batches": self.gen, "points": self.sample_gen}
+
+    def train_epoch(self, epoch: int, net: torch.nn.Module, opt: torch.optim.Optimizer, world: World) -> list[dict]:
+        config, pde, rows = self.config, self.pde, []
+        for step in range(self.last_step(epoch - 1) + 1, self.last_step(epoch) + 1):
+            net.train()
+            idx = torch.randint(len(self.u0), (config.batch_size,), generator=self.gen)
+            u0 = self.u0[idx.to(self.u0.device)]
+            t0 = time.perf_counter()
+            try:
+                out = net(u0, generator=self.sample_gen)
+            except ConstraintSolveError as err:
+                raise self.diverged(f"constraint solve failed at step {step}: {err}", epoch) from err
+            terms = loss_terms(pde, out.u, u0.double(), config.model.loss)
+            loss = terms["pde"] + terms["conditions"]
+            if not world.all_finite(loss):
+                raise self.diverged(f"non-finite training loss ({float(loss.detach())}) at step {step}", epoch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), config.clip)
+            opt.step()
+            self.times.append(time.perf_counter() - t0)
+            if not all(torch.isfinite(p).all() for p in net.parameters()):
+                raise self.diverged(f"non-finite weights after step {step} (not checkpointed)", epoch)
+            if step % self.log_every == 0 or step == config.steps:
+                row = {"step": step, "loss": loss.item(), "pde": terms["pde"].item(),
+                       "conditions": terms["conditions"].item(), "seconds": statistics.median(self.times),
+                       "step_seconds": self.times[-1]}
+                if out.info is not None:
+                    row.update(lm_iterations=out.info.iterations, condition=out.info.condition)
+                rows.append(row)
+        return rows
 
 
 def train(
@@ -55,76 +136,31 @@ def train(
     pde: HardPDE,
     u0_train: torch.Tensor,
     checkpoint: str | Path | None = None,
-    on_step: Callable[[int, dict], None] | None = None,
+    on_epoch: OnEpoch | None = None,
     log_every: int = 25,
 ) -> tuple[HardConstraintModel, list[dict]]:
-    """Train on initial conditions ``u0_train (N, *space)``; resume from ``checkpoint`` if it exists.
+    """Train on initial conditions ``u0_train (N, *space)``; resume from ``checkpoint`` if it exists
+    (written every ``config.checkpoint_every`` steps and after the last).
 
-    Returns ``(model, history)``; each history row (every ``log_every`` steps and the last) has
-    ``step``, ``loss``, ``pde``, ``conditions``, ``seconds`` (median seconds per step so far),
-    ``step_seconds`` (this step's) and,
-    for hard models, ``lm_iterations`` and ``condition``.
+    Returns ``(model, history)`` with the rows of :class:`HardTask`; ``on_epoch(step, row)`` is
+    called for each row once the checkpoint after it is written.
 
     Raises:
-        TrainingDivergedError: non-finite loss or weights (nothing is checkpointed past the last good step).
-        CheckpointMismatchError: the checkpoint was written for another configuration.
-        ValueError: data that does not fit the PDE's grid.
+        TrainingDivergedError: non-finite loss or weights, or a failed constraint solve (nothing is
+            checkpointed past the last good step).
+        CheckpointError: the checkpoint was written for another configuration or kind.
+        InputError: data that does not fit the PDE's grid.
     """
-    _check_data(pde, u0_train, "train")
-    torch.manual_seed(config.seed)
-    device = default_device()
-    model = HardConstraintModel(config.model, pde, seed=config.seed).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    history: list[dict] = []
-    start, times = 0, []
-    path = Path(checkpoint) if checkpoint is not None else None
-    cfg_json = config.model_dump(mode="json")
-    if path is not None and path.exists():
-        ckpt = load_checkpoint(path)
-        if ckpt.get("config") != cfg_json:
-            raise CheckpointMismatchError(f"checkpoint {path} was written for another configuration")
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        history, start = list(ckpt["history"]), int(ckpt["step"])
-    gen = torch.Generator().manual_seed(config.seed)
-    for _ in range(start):  # same batches and points as an uninterrupted run
-        torch.randint(len(u0_train), (config.batch_size,), generator=gen)
-    sample_gen = torch.Generator().manual_seed(config.seed + 1)
-    u0_train = u0_train.to(device)
-    for step in range(start + 1, config.steps + 1):
-        model.train()
-        idx = torch.randint(len(u0_train), (config.batch_size,), generator=gen)
-        u0 = u0_train[idx.to(device)]
-        t0 = time.perf_counter()
-        try:
-            out = model(u0, generator=sample_gen)
-        except ConstraintSolveError as err:
-            raise TrainingDivergedError(f"constraint solve failed at step {step}: {err}") from err
-        terms = loss_terms(pde, out.u, u0.double(), config.model.loss)
-        loss = terms["pde"] + terms["conditions"]
-        if not torch.isfinite(loss):
-            raise TrainingDivergedError(f"non-finite training loss ({float(loss)}) at step {step}; the last good "
-                                        f"checkpoint is kept. Lower lr (now {config.lr}).")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-        opt.step()
-        times.append(time.perf_counter() - t0)
-        if not all(torch.isfinite(p).all() for p in model.parameters()):
-            raise TrainingDivergedError(f"non-finite weights after step {step}; not checkpointed")
-        if step % log_every == 0 or step == config.steps:
-            row = {"step": step, "loss": loss.item(), "pde": terms["pde"].item(),
-                   "conditions": terms["conditions"].item(), "seconds": statistics.median(times),
-                   "step_seconds": times[-1]}
-            if out.info is not None:
-                row.update(lm_iterations=out.info.iterations, condition=out.info.condition)
-            history.append(row)
-            if on_step is not None:
-                on_step(step, row)
-        if path is not None and (step % config.checkpoint_every == 0 or step == config.steps):
-            _save_atomic({"config": cfg_json, "step": step, "model": weights(model),
-                          "optimizer": opt.state_dict(), "history": history}, path)
+    model, history = fit(HardTask(config, pde, u0_train, log_every), checkpoint, on_epoch)
+    assert isinstance(model, HardConstraintModel)
     return model, history
+
+
+def rebuild(config: Mapping[str, Any], pde: HardPDE | Mapping[str, Any]) -> HardConstraintModel:
+    """The untrained model of a stored ``config`` for ``pde`` (a :class:`HardPDE` or the checkpoint's
+    :func:`~operators.hard.pdes.pde_state`), for :func:`operators.registry.model_from_checkpoint`."""
+    cfg = HardTrainConfig.model_validate(config)
+    return HardConstraintModel(cfg.model, pde if isinstance(pde, HardPDE) else pde_from_state(pde), seed=cfg.seed)
 
 
 @torch.no_grad()
@@ -142,7 +178,7 @@ def evaluate(model: HardConstraintModel, u0: torch.Tensor, u_true: torch.Tensor,
     pde = model.pde
     _check_data(pde, u0, "test")
     if tuple(u_true.shape) != (len(u0), *pde.grid):
-        raise ValueError(f"test trajectories must be {(len(u0), *pde.grid)}, got {tuple(u_true.shape)}")
+        raise InputError(f"test trajectories must be {(len(u0), *pde.grid)}, got {tuple(u_true.shape)}")
     model.eval()
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
@@ -165,7 +201,7 @@ def evaluate(model: HardConstraintModel, u0: torch.Tensor, u_true: torch.Tensor,
             keep[pos] = False
         res.append(r[:, keep.to(r.device)].pow(2).mean().item())
         cond.append(pde.condition_violation(u, ub.double()).pow(2).mean().item())
-        if out.w is not None:
+        if out.w is not None and model.router is not None:
             jm, jx = model.router.interface_jump(out.phi, out.w)
             jumps.append(jm / scale)
             jmax.append(jx / scale)
@@ -174,15 +210,3 @@ def evaluate(model: HardConstraintModel, u0: torch.Tensor, u_true: torch.Tensor,
     if jumps:
         row.update(jump_mean=float(np.mean(jumps)), jump_max=float(np.max(jmax)))
     return row
-
-
-def model_from_checkpoint(path: str | Path, pde: HardPDE) -> HardConstraintModel:
-    """Rebuild a trained model (weights-only load) for ``pde``."""
-    ckpt = load_checkpoint(path)
-    try:
-        config = HardTrainConfig.model_validate(ckpt["config"])
-    except Exception as exc:
-        raise CheckpointMismatchError(f"checkpoint {path} has no valid hard-constraint config: {exc}") from exc
-    model = HardConstraintModel(config.model, pde, seed=config.seed)
-    model.load_state_dict(ckpt["model"])
-    return model

@@ -1,11 +1,10 @@
-"""Neural ODEs with solver-error regularization (Pal, Edelman & Rackauckas, ICML 2023).
+"""Solver-error regularization for neural ODEs (Pal, Edelman & Rackauckas, ICML 2023).
 
     integrate(func, y0, t0, t1, regularizer="local-unbiased", rtol=..., atol=...) -> (y(t1), R)
-    train(ODETrainConfig(task="digits", regularizer="local-biased")) -> (model, history)
+
+The numerical method; the neural-ODE model and its training live in :mod:`operators.node`.
 """
 
 from .regularize import REGULARIZERS, CountedFunc, StepLimitError, integrate, solve
-from .train import ODEModel, ODETrainConfig, evaluate, load_task, train
 
-__all__ = ["REGULARIZERS", "CountedFunc", "ODEModel", "ODETrainConfig", "StepLimitError", "evaluate", "integrate",
-           "load_task", "solve", "train"]
+__all__ = ["REGULARIZERS", "CountedFunc", "StepLimitError", "integrate", "solve"]
