@@ -22,6 +22,8 @@ def svm_small():
 
 def test_lv_hba_reaches_llc_solution(llc10):
     res = solve(llc10, "lv-hba", max_iter=4000, tol=1e-3)
+    # the stopping tol (a tol-KKT point; the distance left is the penalty bias ~0.3 / c_k): measured 6.6e-4
+    # at k = 2060, the same to 6 digits with 1 thread and with OpenBLAS Prescott / ATen default kernels
     assert llc10.distance(res.x, res.y) <= 1e-3
     assert abs(res.F - 0.05 * 10) <= 1e-2
     # converged means what it says: the stopping rule held at a point this close

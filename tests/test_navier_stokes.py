@@ -27,10 +27,11 @@ def test_taylor_green_decay_is_exact():
     t = np.linspace(0.0, 1.0, 5)
     W = ns.simulate(w0, nu, t, petsc_options={"ts_rtol": "1e-10", "ts_atol": "1e-10"})
     exact = np.exp(-8 * np.pi**2 * nu * t)[:, None, None] * w0
-    assert np.abs(W - exact).max() / np.abs(w0).max() < 1e-8
-    # the default options (adaptive Dormand-Prince, tolerances 1e-6)
+    # the spatial discretisation is exact for this mode, so the error is the integrator's: <= 100 x ts tol
+    assert np.abs(W - exact).max() / np.abs(w0).max() < 1e-8  # measured 9.7e-12
+    # the default options (adaptive Dormand-Prince, tolerances 1e-6): 10 x tol
     W = ns.simulate(w0, nu, t)
-    assert np.abs(W - exact).max() / np.abs(w0).max() < 1e-5
+    assert np.abs(W - exact).max() / np.abs(w0).max() < 1e-5  # measured 2.0e-7
 
 
 def test_fixed_step_rk4_is_fourth_order():
@@ -39,7 +40,7 @@ def test_fixed_step_rk4_is_fourth_order():
     exact = np.exp(-8 * np.pi**2 * nu * T) * w0
     errs = [np.abs(ns.simulate(w0, nu, [0.0, T], dt=T / m, petsc_options=RK4)[-1] - exact).max() for m in (12, 24, 48)]
     rates = [errs[i] / errs[i + 1] for i in range(2)]
-    assert all(14 < r < 18 for r in rates), rates
+    assert all(14 < r < 18 for r in rates), rates  # 2^4 = 16 per halving of dt (measured 16.9, 16.4)
 
 
 def test_rhs_advection_and_forcing_are_exact():
@@ -53,6 +54,8 @@ def test_rhs_advection_and_forcing_are_exact():
     rhs = ns.VorticityRHS(n, nu, f)(w)
     lap_w = -4 * np.pi**2 * np.sin(2 * np.pi * X) - 16 * np.pi**2 * np.cos(4 * np.pi * Y)
     expected = -1.5 * np.cos(2 * np.pi * X) * np.sin(4 * np.pi * Y) + nu * lap_w + f
+    # spectrally exact for these modes: FFT rounding only, ~eps log2(n^2) |k|max |w| ~ 4e-13 at worst
+    # (measured 5.3e-14); velocities ~eps log2(n^2) |u| ~ 2e-16 (measured 7.6e-17)
     np.testing.assert_allclose(rhs, expected, atol=1e-12)
     u, v = ns.VorticityRHS(n, nu).velocity(w)
     np.testing.assert_allclose(u, -np.sin(4 * np.pi * Y) / (4 * np.pi), atol=1e-14)
@@ -70,6 +73,8 @@ def test_periodic_grf_matches_the_fno_covariance():
     lam = (4 * np.pi**2 * k2 + tau**2) ** (-alpha)
     lam[0, 0] = 0.0
     expected_var = 2 * tau ** (2 * alpha - 2) * lam.sum()  # sigma = tau^(alpha - 1), sqrt(2) on each mode
+    # a statistical check on seeded draws: the mean of 400 sample variances has a relative standard error
+    # of 1.9 % (their spread), so 0.1 is > 5 standard errors (measured -2.8 %)
     assert abs(samples.var(axis=(1, 2)).mean() / expected_var - 1) < 0.1
     a, b = (grf(np.random.default_rng(5), n, 2, 2.5, 7.0, bc="periodic") for _ in range(2))
     np.testing.assert_array_equal(a, b)
@@ -120,7 +125,7 @@ def test_generate_round_trip_and_reproducibility(tmp_path):
     np.testing.assert_array_equal(again["w"], w)
     # an independent time integrator (fixed-step RK4, from petsc_options) agrees to its accuracy
     rk4 = data.load(data.generate(spec.model_copy(update={"petsc_options": RK4}), root=tmp_path / "c", progress=False))
-    assert np.abs(rk4["w"] - w).max() < 1e-5 * np.abs(w).max()
+    assert np.abs(rk4["w"] - w).max() < 1e-5 * np.abs(w).max()  # 10 x the default ts tol 1e-6 (measured 7.1e-7)
 
 
 def test_spin_up_to_t0():

@@ -19,8 +19,10 @@ NAMES = sorted(PROBLEMS)
 # CUTEst SIF file, an independent AMPL/Julia transcription, and (where published) x* and f*.
 SLSQP_KNOWN_MISSES = {
     # Boggs & Tolle built BT1 to show the Maratos effect: SLSQP (no second-order correction)
-    # creeps along the circle and stalls at |c| ~ 1e-7 with f = -1.0000135 (f* = -1 at (1, 0)).
-    "bt1": "Maratos effect: SLSQP stalls at |c| ~ 1e-7, f off by 1.4e-5",
+    # creeps along the circle and runs out of its 200 iterations at |c| ~ 1e-7 with f off by 5e-6 to
+    # 2.4e-5 (f* = -1 at (1, 0)); where it stops depends on the BLAS kernels (OpenBLAS Haswell: 2.4e-5,
+    # Prescott: 5.2e-6), 5x or more from the 1e-6 that would turn this strict xfail into a failure.
+    "bt1": "Maratos effect: SLSQP stalls at |c| ~ 1e-7, f off by 5e-6 to 2.4e-5",
     # SLSQP lands on the local minimum printed in the paper, x = (-0.79, -1.26, 0, -0.90, 1.14),
     # f = 360.38; the global minimum 306.5 lies in the x1 > 0 half.
     "bt7": "local minimum of the paper (f = 360.38), not the global 306.5",
@@ -31,7 +33,12 @@ SLSQP_KNOWN_MISSES = {
 
 
 def _close(value: float, target: float) -> bool:
-    """1e-6 relative, or 1e-8 absolute when the target is 0."""
+    """1e-6 relative, or 1e-8 absolute when the target is 0.
+
+    Solvers stopped at tol 1e-10 have f within ~1e-10; what the bound carries is the published f*'s
+    own error. The largest: the optimum of bt6 is 0.277044788768, 4.9e-7 below the printed 0.277044924,
+    and bt11's 0.824891778288 is 1.6e-7 above 0.824891647 (Newton-SQP, l1-SQP and trust-constr agree
+    to 1e-12), so bt6 passes with a 2x margin, set by the data, not by the machine."""
     if target == 0.0:
         return abs(value) <= 1e-8
     return abs(value - target) <= 1e-6 * abs(target)

@@ -8,6 +8,9 @@ from data.pdes import darcy, grid, heat, poisson
 from data.petsc import KSPSolver, SolverDivergedError
 
 OPTS = {"ksp_type": "cg", "pc_type": "gamg", "ksp_rtol": "1e-12", "ksp_norm_type": "unpreconditioned"}
+# Rate windows: an O(h^2) error falls by 4 per halving of h. The windows admit the pre-asymptotic terms
+# (measured 3.74 for 3D Poisson 6 -> 12, 3.85-4.00 elsewhere); the solver (rtol 1e-12, cond <= ~2e3)
+# moves errors >= 4e-5 by < 1e-4 of themselves, so the rates are the discretisation's on any machine.
 
 
 def _orders(errs):
@@ -46,7 +49,7 @@ def test_darcy_variable_coefficient_second_order():
         f = -(ax * ux + ay * uy) + a * 2 * np.pi**2 * u
         errs.append(np.abs(darcy.solve(a, f, {"ksp_rtol": "1e-12"}) - u).max())
     rates = _orders(errs)
-    assert all(3.3 < r < 4.7 for r in rates), rates
+    assert all(3.5 < r < 4.5 for r in rates), rates  # measured 3.85, 3.94, 3.97 (was 3.3 .. 4.7)
 
 
 @pytest.mark.parametrize("dim", [1, 2])
@@ -190,7 +193,10 @@ def test_lotka_volterra_conserves_its_first_integral():
     assert u.shape == (3, 51, 2) and np.all(u > 0)
     x, y = u[..., 0], u[..., 1]
     V = spec.delta * x - spec.gamma * np.log(x) + spec.beta * y - spec.alpha * np.log(y)
-    assert np.abs(V - V[:, :1]).max() < 1e-7  # V is constant along exact trajectories
+    # V is constant along exact trajectories; the integrator (dopri5, ts_rtol = ts_atol = 1e-10) drifts
+    # by ~tol per unit time: 100 x tol (measured 1.5e-10; was 1e-7)
+    tol = float(spec.solver_options()["ts_rtol"])
+    assert np.abs(V - V[:, :1]).max() < 100 * tol
 
 
 def test_ts_failure_is_a_solver_error_with_petscs_reason():

@@ -11,7 +11,15 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import data
 from data import hdf5
 from data.pdes import darcy, poisson
+from data.pdes.grid import fv_operator
 from data.spec import DarcySpec, HeatSpec, LotkaVolterraSpec, PoissonSpec
+
+
+def _condition(A) -> float:
+    """2-norm condition number of a small sparse SPD matrix on its range."""
+    ev = np.linalg.eigvalsh(A.toarray())
+    ev = ev[np.abs(ev) > 1e-9 * ev.max()]
+    return ev.max() / ev.min()
 
 
 def _files(root: Path) -> list[str]:
@@ -44,10 +52,15 @@ def test_solutions_satisfy_the_pde(store):
     ref = data.generate(PoissonSpec(n=12, n_train=2, n_test=0, obstacle="disks"), root=store, progress=False)
     ds = data.load(ref)
     A = poisson.load_matrix(ds.arrays)
-    for b, x in zip(ds["b"], ds["x"]):
-        assert np.linalg.norm(A @ x.ravel() - b.ravel()) <= 1e-9 * np.linalg.norm(b)
+    rtol = float(PoissonSpec().solver_options()["ksp_rtol"])  # 1e-10, unpreconditioned residual norm
+    for b, x in zip(ds["b"], ds["x"]):  # the KSP's residual is the recursive one: 10x for its drift (measured 4.5e-11)
+        assert np.linalg.norm(A @ x.ravel() - b.ravel()) <= 10 * rtol * np.linalg.norm(b)
     d = data.load(data.generate(DarcySpec(n=12, n_train=2, n_test=0), root=store, progress=False))
-    np.testing.assert_allclose(d["u"][1], darcy.solve(d["a"][1].astype(float), 1.0), rtol=1e-7, atol=1e-12)
+    a = d["a"][1].astype(float)  # thresholded to {3, 12}: exact in the stored float32
+    ref = darcy.solve(a, 1.0)
+    # both solves meet rtol on the residual, so each is within cond(A) rtol of the exact discrete
+    # solution: 2 cond rtol apart (cond 1.3e2 here: 2.6e-8; measured 1.5e-12)
+    assert np.linalg.norm(d["u"][1] - ref) <= 2 * _condition(fv_operator(a)) * rtol * np.linalg.norm(ref)
 
 
 @pytest.mark.parametrize(
@@ -61,8 +74,14 @@ def test_data_are_reproducible_and_chunking_changes_only_solver_noise(tmp_path, 
     c = data.generate(spec, root=tmp_path / "c", chunk_size=4, progress=False)
     assert b.digest == c.digest  # same spec and chunking: bit for bit
     da, db = data.load(a), data.load(b)
+    # Solver noise only (a KSP reused across a chunk keeps GAMG's first prolongator): each solve meets
+    # ksp_rtol, so two groupings differ by <= 2 cond rtol, relative in the 2-norm. The n = 8 operators
+    # have cond <= 64 (Darcy, a in {3, 12}) and 26 (Poisson); heat's Crank-Nicolson matrices are
+    # near the identity (rtol 1e-12). 2 x 1e2 x rtol; measured 4.4e-12 (Darcy u), 0 for the rest.
+    rtol = float(spec.solver_options()["ksp_rtol"])
     for name, arr in da.arrays.items():
-        np.testing.assert_allclose(db[name], arr, rtol=0, atol=1e-9 * max(1.0, np.abs(arr).max()))
+        diff = np.asarray(db[name], dtype=np.float64) - np.asarray(arr, dtype=np.float64)
+        assert np.linalg.norm(diff) <= 2 * 1e2 * rtol * np.linalg.norm(np.asarray(arr, dtype=np.float64)), name
 
 
 def test_second_generate_does_no_petsc_work(store, monkeypatch):
