@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 SCALE ?= smoke
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: lock setup run test test-fast bench bench-datagen ui stack stack-down clean
+.PHONY: lock setup check run test test-fast bench bench-datagen ui stack stack-down clean
 
 setup:
 	@bash infra/setup.sh
@@ -12,10 +12,17 @@ setup:
 run: setup
 	$(BIN)/sciflow run nightly --scale $(SCALE)
 
-test: setup
+# ruff (lint + format), mypy on the libraries, the import contract (layers, no circles, no Prefect/MLflow in libraries)
+check: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: check
 	$(BIN)/python -m pytest -q --durations=15
 
-test-fast: setup
+test-fast: check
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench-datagen: setup

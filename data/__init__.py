@@ -12,8 +12,17 @@ from . import pdes
 from .errors import DatasetError, InputError, PetscOptionError, SciflowError, SolverDivergedError
 from .paths import home
 from .pdes import darcy, heat, poisson  # noqa: F401  (data.pdes.poisson etc. importable as attributes)
-from .spec import (FAMILIES, DarcySpec, HeatSpec, LotkaVolterraSpec, NavierStokesSpec, PDESpec, PoissonSpec, parse_spec,
-                   spec_hash)
+from .spec import (
+    FAMILIES,
+    DarcySpec,
+    HeatSpec,
+    LotkaVolterraSpec,
+    NavierStokesSpec,
+    PDESpec,
+    PoissonSpec,
+    parse_spec,
+    spec_hash,
+)
 from .store import (
     ChunkRef,
     Dataset,

@@ -47,5 +47,12 @@ class TrainingDivergedError(SciflowError, RuntimeError):
     """The training loss or the weights became NaN or inf; the last good checkpoint is kept."""
 
 
-__all__ = ["CheckpointError", "DatasetError", "InputError", "PetscOptionError", "SciflowError",
-           "SolverDivergedError", "TrainingDivergedError"]
+__all__ = [
+    "CheckpointError",
+    "DatasetError",
+    "InputError",
+    "PetscOptionError",
+    "SciflowError",
+    "SolverDivergedError",
+    "TrainingDivergedError",
+]

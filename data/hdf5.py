@@ -104,5 +104,14 @@ def read_h5(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     return arrays, attrs
 
 
-__all__ = ["NUMERIC_KINDS", "DigestEntry", "NonNumericArrayError", "array_bytes", "array_digest", "array_sha256", "combine_digests",
-           "read_h5", "write_h5"]
+__all__ = [
+    "NUMERIC_KINDS",
+    "DigestEntry",
+    "NonNumericArrayError",
+    "array_bytes",
+    "array_digest",
+    "array_sha256",
+    "combine_digests",
+    "read_h5",
+    "write_h5",
+]

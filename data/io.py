@@ -12,9 +12,9 @@ import os
 import re
 import socket
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 _HOST = "".join(c for c in socket.gethostname() if c.isalnum())[:24] or "host"
 _TMP = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<host>[A-Za-z0-9]+)\.(?P<pid>\d+)\.[0-9a-f]+$")
@@ -86,7 +86,9 @@ def atomic_path(final: Path, durable: bool = True) -> Iterator[Path]:
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):  # disk full, quota, I/O error: say which file and what survived
-            exc.add_note(f"while writing {final}; nothing was written under that name (a previous version is unchanged)")
+            exc.add_note(
+                f"while writing {final}; nothing was written under that name (a previous version is unchanged)"
+            )
         raise
 
 

@@ -112,7 +112,9 @@ def option_error_message(key: str, value: str, exc: BaseException, prefix: str =
     reason = (_reason_lines(exc, prefix) or [_first_line(exc)])[-1]
     noun, known = known_types(key)
     if known and (code == 86 or value not in known):
-        msg = f"{key}={value}: unknown {noun} type (PETSc error {code}: {reason}); known types include {', '.join(known)}"
+        msg = (
+            f"{key}={value}: unknown {noun} type (PETSc error {code}: {reason}); known types include {', '.join(known)}"
+        )
         close = difflib.get_close_matches(value, known, n=3)
         return msg + (f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else "")
     if code == 86:
@@ -132,9 +134,7 @@ def _named_option(options: Mapping[str, str], exc: BaseException, prefix: str) -
     return quoted[0] if len(quoted) == 1 else None
 
 
-def _reapplied_option(
-    options: Mapping[str, str], kind: Literal["ksp", "ts"]
-) -> tuple[str, BaseException, str] | None:
+def _reapplied_option(options: Mapping[str, str], kind: Literal["ksp", "ts"]) -> tuple[str, BaseException, str] | None:
     """Re-apply ``options`` one more at a time (in order) to a scratch KSP or TS and configure it
     (``setFromOptions``); ``(key, error, prefix)`` for the option whose addition first makes PETSc
     fail (or, among the options applied so far, the one PETSc's message names or quotes: an
@@ -337,8 +337,9 @@ class KSPSolver:
         try:
             self.ksp.setFromOptions()
         except PETSc.Error as exc:
-            raise translate_error(exc, self.options, what="PETSc KSP could not be configured", stage="configure",
-                                  prefix=self._prefix) from exc
+            raise translate_error(
+                exc, self.options, what="PETSc KSP could not be configured", stage="configure", prefix=self._prefix
+            ) from exc
 
     def _label(self) -> str:
         if self.attempt == 0:
@@ -480,8 +481,14 @@ class TimeStepper:
         try:
             self.ts.setFromOptions()
         except petsc().Error as exc:
-            error = translate_error(exc, self.options, what="PETSc TS could not be configured", stage="configure",
-                                    kind="ts", prefix=self._prefix)
+            error = translate_error(
+                exc,
+                self.options,
+                what="PETSc TS could not be configured",
+                stage="configure",
+                kind="ts",
+                prefix=self._prefix,
+            )
             self.close()
             raise error from exc
 
@@ -505,11 +512,19 @@ class TimeStepper:
             try:
                 ts.solve(u)
             except petsc().Error as exc:  # PETSc raises instead of returning a reason here
-                raise translate_error(exc, self.options, what=f"PETSc TS {ts.getType()} failed at t={ts.getTime():.4g}",
-                                      stage="solve", kind="ts", prefix=self._prefix) from exc
+                raise translate_error(
+                    exc,
+                    self.options,
+                    what=f"PETSc TS {ts.getType()} failed at t={ts.getTime():.4g}",
+                    stage="solve",
+                    kind="ts",
+                    prefix=self._prefix,
+                ) from exc
             reason = ts.getConvergedReason()
             if reason < 0:
-                raise SolverDivergedError(f"PETSc TS {ts.getType()} failed at t={ts.getTime():.4g}: {ts_reason(reason)}")
+                raise SolverDivergedError(
+                    f"PETSc TS {ts.getType()} failed at t={ts.getTime():.4g}: {ts_reason(reason)}"
+                )
             out.append(u.getArray().copy())
         return np.stack(out)
 
@@ -529,6 +544,21 @@ class TimeStepper:
         self.close()
 
 
-__all__ = ["OPTION_ERROR_CODES", "KSPSolver", "PetscOptionError", "SciflowError", "SolverDivergedError", "TimeStepper",
-           "known_types", "ksp_reason", "mat_from_csr", "mat_to_csr", "option_error_message", "options_scope", "petsc",
-           "petsc_error_code", "translate_error", "ts_reason"]
+__all__ = [
+    "OPTION_ERROR_CODES",
+    "KSPSolver",
+    "PetscOptionError",
+    "SciflowError",
+    "SolverDivergedError",
+    "TimeStepper",
+    "known_types",
+    "ksp_reason",
+    "mat_from_csr",
+    "mat_to_csr",
+    "option_error_message",
+    "options_scope",
+    "petsc",
+    "petsc_error_code",
+    "translate_error",
+    "ts_reason",
+]

@@ -3,6 +3,7 @@ the environment was installed from (recorded in every dataset manifest and MLflo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from importlib import metadata
@@ -26,10 +27,8 @@ def package_versions() -> dict[str, str]:
     PETSc library petsc4py runs on) when petsc4py imports."""
     out = {}
     for pkg in PACKAGES:
-        try:
+        with contextlib.suppress(metadata.PackageNotFoundError):
             out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
     try:
         from .petsc import petsc
 

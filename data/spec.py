@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any, Literal, Mapping, Union, cast
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
@@ -139,7 +140,7 @@ class PoissonSpec(_KSPSpec):
     )
 
     @model_validator(mode="after")
-    def _check_size(self) -> "PoissonSpec":
+    def _check_size(self) -> PoissonSpec:
         if self.n**self.dim > 64_000_000:
             raise ValueError(f"n={self.n} in {self.dim}D gives {self.n**self.dim} unknowns; the limit is 64e6")
         return self
@@ -200,7 +201,7 @@ class LotkaVolterraSpec(_SpecBase):
     n_times: int = Field(20, ge=1, le=100_000)
 
     @model_validator(mode="after")
-    def _check_range(self) -> "LotkaVolterraSpec":
+    def _check_range(self) -> LotkaVolterraSpec:
         if not self.y0_low < self.y0_high:
             raise ValueError(f"y0_low ({self.y0_low}) must be below y0_high ({self.y0_high})")
         return self
@@ -287,7 +288,10 @@ class DiffusionSorptionSpec(_SpecBase):
     phi: float = Field(0.29, gt=0, lt=1, description="porosity phi, in (0, 1) (PDEBench: 0.29)")
     rho_s: float = Field(2880.0, ge=0, le=1e5, description="dry bulk density rho_s (PDEBench: 2880)")
     k: float = Field(
-        3.5e-4, ge=0, le=1e3, description="Freundlich parameter k_f (0: no sorption, linear diffusion; PDEBench: 3.5e-4)"
+        3.5e-4,
+        ge=0,
+        le=1e3,
+        description="Freundlich parameter k_f (0: no sorption, linear diffusion; PDEBench: 3.5e-4)",
     )
     n_f: float = Field(0.874, gt=0, le=10, description="Freundlich exponent n_f (PDEBench: 0.874)")
     ic_low: float = Field(
@@ -297,31 +301,43 @@ class DiffusionSorptionSpec(_SpecBase):
         0.2, ge=0, le=1, description="upper end of the initial level's range, above ic_low (PDEBench: 0.2)"
     )
     u_floor: float = Field(
-        1e-6, gt=0, le=1e-2,
+        1e-6,
+        gt=0,
+        le=1e-2,
         description="regularisation of the singular power: u^(n_f - 1) is evaluated as "
         "(max(u, 0) + u_floor)^(n_f - 1) (PDEBench: 1e-6)",
     )
 
     @model_validator(mode="after")
-    def _check_ic_range(self) -> "DiffusionSorptionSpec":
+    def _check_ic_range(self) -> DiffusionSorptionSpec:
         if not self.ic_low < self.ic_high:
             raise ValueError(f"ic_low ({self.ic_low}) must be below ic_high ({self.ic_high})")
         return self
 
     def default_petsc_options(self) -> PetscOptions:
         return {
-            "ts_type": "arkimex", "ts_arkimex_type": "4", "ts_arkimex_fully_implicit": "1",
-            "ts_adapt_type": "basic", "ts_rtol": "1e-8", "ts_atol": "1e-8", "ts_max_snes_failures": "-1",
-            "ksp_type": "preonly", "pc_type": "lu",
+            "ts_type": "arkimex",
+            "ts_arkimex_type": "4",
+            "ts_arkimex_fully_implicit": "1",
+            "ts_adapt_type": "basic",
+            "ts_rtol": "1e-8",
+            "ts_atol": "1e-8",
+            "ts_max_snes_failures": "-1",
+            "ksp_type": "preonly",
+            "pc_type": "lu",
         }
 
 
 #: any one family's spec (for annotations); :data:`PDESpec` is the same union, discriminated by ``family``
-AnySpec = Union[PoissonSpec, DarcySpec, HeatSpec, LotkaVolterraSpec, NavierStokesSpec, DiffusionSorptionSpec]
+AnySpec = PoissonSpec | DarcySpec | HeatSpec | LotkaVolterraSpec | NavierStokesSpec | DiffusionSorptionSpec
 PDESpec = Annotated[AnySpec, Field(discriminator="family")]
 FAMILIES: dict[str, type[_SpecBase]] = {
-    "poisson": PoissonSpec, "darcy": DarcySpec, "heat": HeatSpec, "lotka_volterra": LotkaVolterraSpec,
-    "navier_stokes": NavierStokesSpec, "diffusion_sorption": DiffusionSorptionSpec,
+    "poisson": PoissonSpec,
+    "darcy": DarcySpec,
+    "heat": HeatSpec,
+    "lotka_volterra": LotkaVolterraSpec,
+    "navier_stokes": NavierStokesSpec,
+    "diffusion_sorption": DiffusionSorptionSpec,
 }
 
 _ADAPTER: TypeAdapter = TypeAdapter(PDESpec)

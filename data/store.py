@@ -127,7 +127,9 @@ def chunk_path(spec: PDESpec, split: str, start: int, stop: int, root: Root = No
     return base / "chunks" / spec_hash(spec)[:16] / f"{split}-{start:07d}-{stop:07d}.h5"
 
 
-def generate_chunk(spec: PDESpec | Mapping[str, Any] | str, split: str, start: int, stop: int, root: Root = None) -> ChunkRef:
+def generate_chunk(
+    spec: PDESpec | Mapping[str, Any] | str, split: str, start: int, stop: int, root: Root = None
+) -> ChunkRef:
     """Solve samples ``start:stop`` of ``split`` with PETSc and store them as a chunk file.
 
     An existing chunk file whose digest verifies is reused (no PETSc work).
@@ -160,29 +162,28 @@ def _write_split(
     """Stream verified chunks into one split file (no concatenated copy in memory); returns
     the file's digest and ``{name: (dtype, shape)}``."""
     entries: dict[str, DigestEntry] = {}
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as fh:
-            hashers: dict[str, hashlib._Hash] = {}
-            offset = 0
-            for c in parts:
-                arrays, _ = read_h5(Path(c.path))
-                if array_digest(arrays) != c.digest:
-                    raise DatasetError(f"chunk {c.path} does not match its digest {c.digest[:12]}")
-                for name, arr in arrays.items():
-                    if name not in hashers:
-                        fh.create_dataset(name, shape=(n, *arr.shape[1:]), dtype=arr.dtype)
-                        hashers[name] = hashlib.sha256()
-                    fh[name][offset : offset + arr.shape[0]] = arr
-                    hashers[name].update(array_bytes(arr))
-                offset += c.stop - c.start
-            for name, h in hashers.items():
-                entries[name] = (fh[name].dtype.str, fh[name].shape, h.hexdigest())
-            for name, arr in shared.items():
-                fh.create_dataset(name, data=arr)
-                entries[name] = (arr.dtype.str, arr.shape, array_sha256(arr).hexdigest())
-            digest = combine_digests(entries)
-            for key, value in {**attrs, "sha256": digest}.items():
-                fh.attrs[key] = value
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as fh:
+        hashers: dict[str, hashlib._Hash] = {}
+        offset = 0
+        for c in parts:
+            arrays, _ = read_h5(Path(c.path))
+            if array_digest(arrays) != c.digest:
+                raise DatasetError(f"chunk {c.path} does not match its digest {c.digest[:12]}")
+            for name, arr in arrays.items():
+                if name not in hashers:
+                    fh.create_dataset(name, shape=(n, *arr.shape[1:]), dtype=arr.dtype)
+                    hashers[name] = hashlib.sha256()
+                fh[name][offset : offset + arr.shape[0]] = arr
+                hashers[name].update(array_bytes(arr))
+            offset += c.stop - c.start
+        for name, h in hashers.items():
+            entries[name] = (fh[name].dtype.str, fh[name].shape, h.hexdigest())
+        for name, arr in shared.items():
+            fh.create_dataset(name, data=arr)
+            entries[name] = (arr.dtype.str, arr.shape, array_sha256(arr).hexdigest())
+        digest = combine_digests(entries)
+        for key, value in {**attrs, "sha256": digest}.items():
+            fh.attrs[key] = value
     return digest, {k: (v[0], v[1]) for k, v in entries.items()}
 
 
@@ -197,8 +198,11 @@ def assemble(spec: PDESpec | Mapping[str, Any] | str, chunks: Iterable[ChunkRef]
     for split, n in spec.splits.items():
         parts = sorted((c for c in chunks if c.split == split), key=lambda c: c.start)
         covered = [(c.start, c.stop) for c in parts]
-        if not parts or parts[0].start != 0 or parts[-1].stop != n or any(
-            a[1] != b[0] for a, b in itertools.pairwise(covered)
+        if (
+            not parts
+            or parts[0].start != 0
+            or parts[-1].stop != n
+            or any(a[1] != b[0] for a, b in itertools.pairwise(covered))
         ):
             raise DatasetError(f"chunks for split {split!r} do not cover 0..{n}: {covered}")
         attrs = {

@@ -40,6 +40,7 @@ class UsageError(InputError):
 
 def _positive(typ):
     """An argparse type: ``typ`` (int or float) greater than zero."""
+
     def parse(text: str):
         value = typ(text)
         if not value > 0:
@@ -68,11 +69,18 @@ def _add_spec_options(p: argparse.ArgumentParser, model) -> None:
         if typ is None:
             continue
         p.add_argument(
-            f"--{name.replace('_', '-')}", dest=name, type=typ, choices=choices, default=None,
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            type=typ,
+            choices=choices,
+            default=None,
             help=f"{field.description or name} (default {field.default})",
         )
     p.add_argument(
-        "--petsc-option", action="append", default=[], metavar="KEY=VALUE",
+        "--petsc-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="PETSc option for the solver, repeatable, e.g. ksp_type=cg pc_type=hypre",
     )
 
@@ -82,7 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run a flow")
-    run.add_argument("flow", choices=["nightly", "train-dcdm"], help="nightly-benchmark, or train-dcdm with the benchmark's config for --scale")
+    run.add_argument(
+        "flow",
+        choices=["nightly", "train-dcdm"],
+        help="nightly-benchmark, or train-dcdm with the benchmark's config for --scale",
+    )
     run.add_argument("--scale", choices=SCALES, default="smoke")
     run.add_argument("--chunk-size", type=_positive(int), default=16)
 
@@ -92,10 +104,16 @@ def build_parser() -> argparse.ArgumentParser:
         p = fam.add_parser(family, help=(model.__doc__ or "").strip().splitlines()[0])
         _add_spec_options(p, model)
         p.add_argument("--chunk-size", type=_positive(int), default=16)
-        p.add_argument("--no-flow", action="store_true", help="library call only (no Prefect/MLflow), with a progress bar")
-        p.add_argument("--runner", choices=["threads", "dask"], default="threads",
-                       help="where the chunk tasks run: threads (default) or Dask (a LocalCluster, or "
-                            "$SCIFLOW_DASK_ADDRESS / --dask-address)")
+        p.add_argument(
+            "--no-flow", action="store_true", help="library call only (no Prefect/MLflow), with a progress bar"
+        )
+        p.add_argument(
+            "--runner",
+            choices=["threads", "dask"],
+            default="threads",
+            help="where the chunk tasks run: threads (default) or Dask (a LocalCluster, or "
+            "$SCIFLOW_DASK_ADDRESS / --dask-address)",
+        )
         p.add_argument("--dask-address", default=None, help="scheduler address of a running Dask cluster")
 
     bench = sub.add_parser("bench", help="run a benchmark; writes {rows, meta} JSON")
@@ -111,15 +129,27 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "max_seconds":
             typ = float
         if typ is not None:
-            opt.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, choices=choices, default=None,
-                             help=f"{field.description or name} (default {field.default})")
+            opt.add_argument(
+                f"--{name.replace('_', '-')}",
+                dest=name,
+                type=typ,
+                choices=choices,
+                default=None,
+                help=f"{field.description or name} (default {field.default})",
+            )
 
     sub.add_parser("ui", help="print how to open the MLflow UI on this project's runs")
     stack = sub.add_parser("stack", help="local Prefect server + MLflow server + worker on 127.0.0.1")
     stack.add_argument("action", choices=["up", "status", "down"])
-    stack.add_argument("--backend", choices=["sqlite", "postgres"], default="sqlite",
-                       help="up: where Prefect and MLflow keep their state (postgres: a server started on 127.0.0.1)")
-    load = sub.add_parser("loadtest", help="N concurrent optimize flow runs against the running stack, checked in MLflow")
+    stack.add_argument(
+        "--backend",
+        choices=["sqlite", "postgres"],
+        default="sqlite",
+        help="up: where Prefect and MLflow keep their state (postgres: a server started on 127.0.0.1)",
+    )
+    load = sub.add_parser(
+        "loadtest", help="N concurrent optimize flow runs against the running stack, checked in MLflow"
+    )
     load.add_argument("--runs", type=_positive(int), default=16)
     load.add_argument("--timeout", type=_positive(float), default=600, help="seconds to wait for all runs to finish")
     load.add_argument("--out", type=Path, default=None, help="write the report as JSON")
@@ -182,8 +212,9 @@ def _run(args: argparse.Namespace) -> int:
         else:
             from .generate import generate_dataset
 
-            ref = generate_dataset(spec=spec, chunk_size=args.chunk_size, runner=args.runner,
-                                   dask_address=args.dask_address)
+            ref = generate_dataset(
+                spec=spec, chunk_size=args.chunk_size, runner=args.runner, dask_address=args.dask_address
+            )
         print(f"dataset: {ref.path}\nsha256:  {ref.digest}")
         return 0
     if args.command == "optimize":
@@ -194,7 +225,9 @@ def _run(args: argparse.Namespace) -> int:
         from .optimize import optimize
 
         try:
-            cfg = OptimizeConfig(**{k: v for k, v in vars(args).items() if k in OptimizeConfig.model_fields and v is not None})
+            cfg = OptimizeConfig(
+                **{k: v for k, v in vars(args).items() if k in OptimizeConfig.model_fields and v is not None}
+            )
         except ValidationError as exc:
             raise UsageError(_validation_message(exc)) from None
         row = optimize(config=cfg)

@@ -36,13 +36,20 @@ def _register(run_id: str, model, cfg: DCDMTrainConfig) -> None:
     example = np.zeros((1, 1, *(cfg.n,) * cfg.dim), dtype=np.float32)
     with mlflow.start_run(run_id=run_id):
         mlflow.pytorch.log_model(
-            model, name="model", registered_model_name=f"dcdm-{cfg.dim}d", serialization_format="pickle",
-            input_example=example, pip_requirements=["torch==2.13.0"], await_registration_for=0,
+            model,
+            name="model",
+            registered_model_name=f"dcdm-{cfg.dim}d",
+            serialization_format="pickle",
+            input_example=example,
+            pip_requirements=["torch==2.13.0"],
+            await_registration_for=0,
         )
 
 
 @flow(name="train-dcdm", validate_parameters=True)
-def train_dcdm(config: DCDMTrainConfig = DCDMTrainConfig(), parent_run_id: str | None = None, register_model: bool = True) -> str:
+def train_dcdm(
+    config: DCDMTrainConfig = DCDMTrainConfig(), parent_run_id: str | None = None, register_model: bool = True
+) -> str:
     """Train (or resume, or reuse) the DCDM network; returns the checkpoint path."""
     from operators.dcdm import train
 
@@ -53,8 +60,13 @@ def train_dcdm(config: DCDMTrainConfig = DCDMTrainConfig(), parent_run_id: str |
         if done.get("epoch") == config.epochs:
             logger.info("DCDM %s already trained (%d epochs): %s", config.key(), config.epochs, ckpt)
             return str(ckpt)
-    with tracking.mlflow_run(f"train-dcdm-{config.n}", {"config": config.model_dump(mode="json"), "config_key": config.key()},
-                             {"sciflow.stage": "train-dcdm"}, parent_run_id) as run_id:
+    with tracking.mlflow_run(
+        f"train-dcdm-{config.n}",
+        {"config": config.model_dump(mode="json"), "config_key": config.key()},
+        {"sciflow.stage": "train-dcdm"},
+        parent_run_id,
+    ) as run_id:
+
         def on_epoch(epoch: int, row: dict) -> None:
             tracking.log_metrics(run_id, {"loss": row["loss"], "epoch_seconds": row["seconds"]}, step=epoch)
             logger.info("epoch %d/%d loss %.4e (%.1f s)", epoch, config.epochs, row["loss"], row["seconds"])

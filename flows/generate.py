@@ -17,23 +17,24 @@ Run it: ``sciflow generate darcy --n 64 --n-train 32``.
 from __future__ import annotations
 
 import errno
-
 import os
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Literal
 
 from . import settings
 
 settings.configure()
+
+from typing import Annotated  # noqa: E402
 
 from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.cache_policies import INPUTS, TASK_SOURCE  # noqa: E402
 from prefect.futures import as_completed  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from pydantic import Field  # noqa: E402
-from typing_extensions import Annotated  # noqa: E402
 
 import data  # noqa: E402
 from data.spec import DarcySpec, PDESpec  # noqa: E402
@@ -76,7 +77,11 @@ def generate_chunk(spec: PDESpec, split: str, start: int, stop: int, root: str, 
     seconds = time.perf_counter() - t0
     get_run_logger().info("%s[%d:%d] solved and stored in %.2f s", split, start, stop, seconds)
     if run_id:
-        tracking.log_metrics(run_id, {f"chunk_seconds_{split}": seconds, f"chunk_samples_per_s_{split}": (stop - start) / seconds}, step=start)
+        tracking.log_metrics(
+            run_id,
+            {f"chunk_seconds_{split}": seconds, f"chunk_samples_per_s_{split}": (stop - start) / seconds},
+            step=start,
+        )
     return ref
 
 
@@ -116,14 +121,29 @@ def dask_task_runner(address: str | None = None, n_workers: int = 2):
     address = address or os.environ.get(DASK_ADDRESS_ENV) or None
     if address:
         if not os.environ.get("PREFECT_API_URL"):
-            _logger().warning("Dask scheduler %s with no PREFECT_API_URL: remote workers cannot reach this "
-                                     "process's temporary Prefect server; point PREFECT_API_URL at a real one", address)
+            _logger().warning(
+                "Dask scheduler %s with no PREFECT_API_URL: remote workers cannot reach this "
+                "process's temporary Prefect server; point PREFECT_API_URL at a real one",
+                address,
+            )
         return DaskTaskRunner(address=address)
     with get_client(sync_client=True) as client:
         api_url = str(client.api_url)
-    env = {"PREFECT_API_URL": api_url} if api_url.startswith(("http://", "https://")) and "ephemeral-prefect" not in api_url else {}
-    return DaskTaskRunner(cluster_kwargs={"n_workers": n_workers, "threads_per_worker": 1, "processes": True,
-                                          "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0", "env": env})
+    env = (
+        {"PREFECT_API_URL": api_url}
+        if api_url.startswith(("http://", "https://")) and "ephemeral-prefect" not in api_url
+        else {}
+    )
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": n_workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "host": "127.0.0.1",
+            "dashboard_address": "127.0.0.1:0",
+            "env": env,
+        }
+    )
 
 
 @contextmanager
@@ -134,6 +154,7 @@ def _chunk_submitter(runner: str, address: str | None, n_workers: int) -> Iterat
         yield generate_chunk.submit
         return
     with dask_task_runner(address, n_workers) as dask:
+
         def submit(spec, split, start, stop, root, run_id):
             params = {"spec": spec, "split": split, "start": start, "stop": stop, "root": root, "run_id": run_id}
             return dask.submit(generate_chunk, params)
@@ -180,15 +201,24 @@ def generate_dataset(
     for orphan in tracking.reap_orphans():
         logger.warning("ended MLflow run %s left RUNNING by a dead process (status KILLED)", orphan)
     root = str(Path(root).resolve()) if root else str(data.home())
-    params = {"spec": spec.model_dump(mode="json"), "chunk_size": chunk_size, "spec_hash": data.spec_hash(spec), "runner": runner}
-    with tracking.mlflow_run(f"generate-{spec.family}", params, {"sciflow.stage": "generate-dataset"}, parent_run_id) as run_id:
+    params = {
+        "spec": spec.model_dump(mode="json"),
+        "chunk_size": chunk_size,
+        "spec_hash": data.spec_hash(spec),
+        "runner": runner,
+    }
+    with tracking.mlflow_run(
+        f"generate-{spec.family}", params, {"sciflow.stage": "generate-dataset"}, parent_run_id
+    ) as run_id:
         t0 = time.perf_counter()
         plan = data.plan_chunks(spec, chunk_size)
         total = sum(stop - start for _, start, stop in plan)
         logger.info("%s: %d samples in %d chunks (spec %s)", spec.family, total, len(plan), data.spec_hash(spec)[:12])
         chunks, done = [], 0
         with _chunk_submitter(runner, dask_address, dask_workers) as submit:
-            futures = {submit(spec, split, start, stop, root, run_id): (split, start, stop) for split, start, stop in plan}
+            futures = {
+                submit(spec, split, start, stop, root, run_id): (split, start, stop) for split, start, stop in plan
+            }
             for fut in as_completed(list(futures)):
                 split, start, stop = futures[fut]
                 chunks.append(_ensure_chunk(spec, split, start, stop, root, fut))
@@ -212,4 +242,3 @@ def generate_dataset(
         publish(f"dataset-{spec.family}", [row], {"spec": params["spec"]}, run_id)
         logger.info("dataset %s digest %s", ref.path, ref.digest[:12])
     return ref
-

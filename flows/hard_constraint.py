@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Union
 
 from . import settings
 
@@ -40,7 +39,7 @@ DEFAULT_CONFIG = HardTrainConfig(model=HardModelConfig(experts=(1, 4), points=10
 
 @flow(name="train-hard-constraint", validate_parameters=True)
 def train_hard_constraint(
-    dataset: Union[DiffusionSorptionSpec, HeatSpec] = DEFAULT_DATA,
+    dataset: DiffusionSorptionSpec | HeatSpec = DEFAULT_DATA,
     config: HardTrainConfig = DEFAULT_CONFIG,
     parent_run_id: str | None = None,
 ) -> dict:
@@ -63,18 +62,29 @@ def train_hard_constraint(
     u0_test, u_test = torch.as_tensor(te["u"][:, 0], dtype=torch.float32), torch.as_tensor(te["u"])
     ckpt = checkpoint_path(config, ref.digest)
     label = f"{config.model.mode}-k{config.model.n_experts}"
-    with tracking.mlflow_run(f"train-hard-constraint-{label}-{dataset.family}",
-                             {"config": config.model_dump(mode="json"), "problem": pde.name},
-                             {"sciflow.stage": "train-hard-constraint"}, parent_run_id) as run_id:
+    with tracking.mlflow_run(
+        f"train-hard-constraint-{label}-{dataset.family}",
+        {"config": config.model_dump(mode="json"), "problem": pde.name},
+        {"sciflow.stage": "train-hard-constraint"},
+        parent_run_id,
+    ) as run_id:
         tracking.log_dataset(run_id, ref, "training")
         done = ckpt.exists() and load_checkpoint(ckpt).get("step") == config.steps
         if done:
             logger.info("model already trained (%d steps): %s", config.steps, ckpt)
         else:
+
             def on_epoch(step: int, row: dict) -> None:
                 tracking.log_metrics(run_id, {k: v for k, v in row.items() if k != "step"}, step=step)
-                logger.info("step %d/%d loss %.4g (pde %.3g, conditions %.3g) %.3f s/step", step, config.steps,
-                            row["loss"], row["pde"], row["conditions"], row["seconds"])
+                logger.info(
+                    "step %d/%d loss %.4g (pde %.3g, conditions %.3g) %.3f s/step",
+                    step,
+                    config.steps,
+                    row["loss"],
+                    row["pde"],
+                    row["conditions"],
+                    row["seconds"],
+                )
 
             train(config, pde, u0, checkpoint=ckpt, on_epoch=on_epoch, log_every=max(config.steps // 20, 1))
         model = model_from_checkpoint(ckpt, kind="hard", pde=pde)
@@ -86,13 +96,19 @@ def train_hard_constraint(
         tracking.log_figure(run_id, fig, "predictions.png")
         plots.plt.close(fig)
         tracking.client().log_artifact(run_id, str(ckpt), "checkpoint")
-    logger.info("test relative L2 %.4f, residual %.3g, conditions %.3g", metrics["rel_l2"], metrics["residual"],
-                metrics["conditions"])
+    logger.info(
+        "test relative L2 %.4f, residual %.3g, conditions %.3g",
+        metrics["rel_l2"],
+        metrics["residual"],
+        metrics["conditions"],
+    )
     return {**metrics, "checkpoint": str(ckpt)}
 
 
 @flow(name="benchmark-hard-constraints", validate_parameters=True)
-def benchmark_hard_constraints(scale: Scale = "smoke", out: str | None = None, parent_run_id: str | None = None) -> list[dict]:
+def benchmark_hard_constraints(
+    scale: Scale = "smoke", out: str | None = None, parent_run_id: str | None = None
+) -> list[dict]:
     """Soft-constraint PINN vs PI-HC vs PI-HC-MoE (K = 2, 4, 8, and random assignment) on
     diffusion-sorption and 2D heat, the step-time scaling curve and the cvxpylayers check, at ``scale``."""
     from .benchmarks import run_benchmark

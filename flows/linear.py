@@ -16,7 +16,9 @@ from .scales import Scale
 
 
 @flow(name="benchmark-linear-solvers", validate_parameters=True)
-def benchmark_linear_solvers(scale: Scale = "smoke", out: str | None = None, parent_run_id: str | None = None) -> list[dict]:
+def benchmark_linear_solvers(
+    scale: Scale = "smoke", out: str | None = None, parent_run_id: str | None = None
+) -> list[dict]:
     """Every linear solver on the same held-out systems at ``scale``; returns the table."""
     from .benchmarks import run_benchmark
 

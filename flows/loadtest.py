@@ -29,8 +29,24 @@ from . import settings
 settings.configure()
 
 # Newton-SQP converges on each in < 0.2 s with 4-18 iterations (each one MLflow metric batch).
-PROBLEMS = ("bt2", "bt4", "bt5", "bt6", "bt9", "bt10", "bt11", "bt12",
-            "hs006", "hs007", "hs026", "hs027", "hs042", "hs046", "hs047", "hs077")
+PROBLEMS = (
+    "bt2",
+    "bt4",
+    "bt5",
+    "bt6",
+    "bt9",
+    "bt10",
+    "bt11",
+    "bt12",
+    "hs006",
+    "hs007",
+    "hs026",
+    "hs027",
+    "hs042",
+    "hs046",
+    "hs047",
+    "hs077",
+)
 DEPLOYMENT = "optimize/optimize"
 ERROR = re.compile(r"database is locked|Traceback|\bERROR\b|\bFATAL\b|\bPANIC\b")
 # The first runs on a fresh store race to create the `sciflow` experiment; PostgreSQL logs the
@@ -41,8 +57,10 @@ HANDLED = re.compile(r'duplicate key value violates unique constraint "uq_experi
 def configs(n: int) -> list:
     from solvers.optim.config import OptimizeConfig
 
-    return [OptimizeConfig(problem=PROBLEMS[i % len(PROBLEMS)], method="newton-sqp", seed=i // len(PROBLEMS))
-            for i in range(n)]
+    return [
+        OptimizeConfig(problem=PROBLEMS[i % len(PROBLEMS)], method="newton-sqp", seed=i // len(PROBLEMS))
+        for i in range(n)
+    ]
 
 
 def expected_histories(config) -> dict[str, list[tuple[int, float]]]:
@@ -59,8 +77,15 @@ def expected_histories(config) -> dict[str, list[tuple[int, float]]]:
                 hist[k].append((info["nit"], float(v)))
 
     r, summary = run_optimize(config, on_iteration)
-    row = {"converged": r.converged, "kkt": r.kkt, "fun": r.fun, "nit": r.nit, "inner_iterations": r.inner_iterations,
-           "constraint_violation": r.constraint_violation, **summary}
+    row = {
+        "converged": r.converged,
+        "kkt": r.kkt,
+        "fun": r.fun,
+        "nit": r.nit,
+        "inner_iterations": r.inner_iterations,
+        "constraint_violation": r.constraint_violation,
+        **summary,
+    }
     for k, v in row.items():
         if isinstance(v, (int, float)):
             hist[k].append((0, float(v)))
@@ -69,8 +94,9 @@ def expected_histories(config) -> dict[str, list[tuple[int, float]]]:
 
 
 def _same(a: list, b: list) -> bool:
-    return len(a) == len(b) and all(sa == sb and math.isclose(va, vb, rel_tol=1e-9, abs_tol=1e-12)
-                                    for (sa, va), (sb, vb) in zip(a, b, strict=True))
+    return len(a) == len(b) and all(
+        sa == sb and math.isclose(va, vb, rel_tol=1e-9, abs_tol=1e-12) for (sa, va), (sb, vb) in zip(a, b, strict=True)
+    )
 
 
 async def _submit_and_wait(cfgs: list, timeout: float, poll: float) -> tuple[list, float]:
@@ -83,24 +109,32 @@ async def _submit_and_wait(cfgs: list, timeout: float, poll: float) -> tuple[lis
     async with get_client() as client:
         dep = await client.read_deployment_by_name(DEPLOYMENT)
         t0 = time.time()
-        made = await asyncio.gather(*(client.create_flow_run_from_deployment(
-            dep.id, parameters={"config": c.model_dump(mode="json")}, tags=["loadtest"]) for c in cfgs),
-            return_exceptions=True)
+        made = await asyncio.gather(
+            *(
+                client.create_flow_run_from_deployment(
+                    dep.id, parameters={"config": c.model_dump(mode="json")}, tags=["loadtest"]
+                )
+                for c in cfgs
+            ),
+            return_exceptions=True,
+        )
         ids = [m.id for m in made if not isinstance(m, BaseException)]
         deadline = t0 + timeout
         runs = []
         while ids:
             try:
-                runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
-                                                   limit=len(ids))
+                runs = await client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=len(ids)
+                )
             except Exception:  # a busy server: ask again
                 pass
             if (len(runs) == len(ids) and all(r.state and r.state.is_final() for r in runs)) or time.time() > deadline:
                 break
             await asyncio.sleep(poll)
         by_id = {r.id: r for r in runs}
-        return [f"{type(m).__name__}: {m}"[:300] if isinstance(m, BaseException) else by_id.get(m.id) for m in made], \
-            time.time() - t0
+        return [
+            f"{type(m).__name__}: {m}"[:300] if isinstance(m, BaseException) else by_id.get(m.id) for m in made
+        ], time.time() - t0
 
 
 def _log_sizes(log_dir: Path) -> dict[Path, int]:
@@ -134,7 +168,9 @@ def check_mlflow(flow_runs: dict[str, object], since: float) -> dict:
     c = mlflow.MlflowClient()
     exp = c.get_experiment_by_name(EXPERIMENT)
     found = defaultdict(list)
-    for run in (c.search_runs([exp.experiment_id], "tags.`prefect.deployment` = 'optimize'", max_results=5000) if exp else []):
+    for run in (
+        c.search_runs([exp.experiment_id], "tags.`prefect.deployment` = 'optimize'", max_results=5000) if exp else []
+    ):
         found[run.data.tags.get("prefect.flow_run_id")].append(run)
     matched, missing, mismatches, cache = 0, set(), [], {}
     for fid, cfg in flow_runs.items():
@@ -155,8 +191,11 @@ def check_mlflow(flow_runs: dict[str, object], since: float) -> dict:
                 bad.append(f"{key} history {have[:3]}... != expected {hist[:3]}...")
         matched += not bad
         mismatches += [f"{cfg.problem}/seed {cfg.seed}: {m}" for m in bad]
-    extra = [fid for fid, got in found.items()
-             if fid not in flow_runs and any(g.info.start_time / 1000 >= since for g in got)]
+    extra = [
+        fid
+        for fid, got in found.items()
+        if fid not in flow_runs and any(g.info.start_time / 1000 >= since for g in got)
+    ]
     return {"matched": matched, "missing": missing, "mismatches": mismatches, "unexpected": len(extra)}
 
 
@@ -176,32 +215,51 @@ def run_load(n: int = 16, timeout: float = 600, poll: float = 1.0, log_dir: Path
     runs = [None if isinstance(r, str) else r for r in results]
     unfinished = sum(r is None or not r.state.is_final() for r in results if not isinstance(r, str))
     completed = [r for r in runs if r is not None and r.state.is_completed()]
-    failed = [f"{r.name}: {r.state.type.value} {r.state.message or ''}"[:300]
-              for r in runs if r is not None and r.state.is_final() and not r.state.is_completed()]
+    failed = [
+        f"{r.name}: {r.state.type.value} {r.state.message or ''}"[:300]
+        for r in runs
+        if r is not None and r.state.is_final() and not r.state.is_completed()
+    ]
     latency = sorted((r.end_time - r.created).total_seconds() for r in completed)
     since = min((r.created.timestamp() for r in runs if r is not None), default=0)
     try:
         tracked = check_mlflow({str(r.id): cfg for r, cfg in zip(runs, cfgs, strict=True) if r is not None}, since)
     except Exception as exc:  # the tracking server itself gave up: report it, do not hide the figures
-        tracked = {"matched": 0, "missing": set(), "mismatches": [f"MLflow check failed: {type(exc).__name__}: {exc}"[:500]],
-                   "unexpected": 0}
+        tracked = {
+            "matched": 0,
+            "missing": set(),
+            "mismatches": [f"MLflow check failed: {type(exc).__name__}: {exc}"[:500]],
+            "unexpected": 0,
+        }
     completed_ids = {str(r.id) for r in completed}
     locked, errors, handled = _errors(log_dir, sizes)
     report = {
-        "runs": n, "refused": len(refused), "completed": len(completed), "failed": len(failed),
+        "runs": n,
+        "refused": len(refused),
+        "completed": len(completed),
+        "failed": len(failed),
         "lost": unfinished + len(tracked["missing"] & completed_ids),
         "wall_seconds": round(wall, 1),
         "latency_seconds": {"p50": _q(latency, 0.5), "p90": _q(latency, 0.9), "max": _q(latency, 1.0)},
         "peak_running": _peak([(r.start_time.timestamp(), r.end_time.timestamp()) for r in completed if r.start_time]),
         "memory_used_gb_peak": memory_gb,
-        "mlflow_runs_matched": tracked["matched"], "mlflow_mismatches": tracked["mismatches"][:20],
+        "mlflow_runs_matched": tracked["matched"],
+        "mlflow_mismatches": tracked["mismatches"][:20],
         "mlflow_unexpected_runs": tracked["unexpected"],
-        "database_is_locked": locked, "log_errors": len(errors), "log_error_samples": _distinct(errors, 10),
+        "database_is_locked": locked,
+        "log_errors": len(errors),
+        "log_error_samples": _distinct(errors, 10),
         "handled_experiment_races": handled,
         "failures": failed[:10] + _distinct(refused, 3),
     }
-    report["ok"] = (len(completed) == n and tracked["matched"] == n and not tracked["mismatches"]
-                    and not tracked["unexpected"] and not locked and not errors)
+    report["ok"] = (
+        len(completed) == n
+        and tracked["matched"] == n
+        and not tracked["mismatches"]
+        and not tracked["unexpected"]
+        and not locked
+        and not errors
+    )
     return report
 
 
@@ -252,31 +310,42 @@ def _distinct(lines: list[str], k: int) -> list[str]:
 
 def format_report(r: dict) -> str:
     lat = r["latency_seconds"]
-    lines = [f"{r['runs']} concurrent optimize flow runs: {r['refused']} refused at creation, {r['completed']} completed, "
-             f"{r['failed']} failed, {r['lost']} lost in {r['wall_seconds']} s (peak {r['peak_running']} running at once, ~{r['memory_used_gb_peak']} GB)",
-             f"latency created->end: p50 {lat['p50']} s, p90 {lat['p90']} s, max {lat['max']} s",
-             f"MLflow: {r['mlflow_runs_matched']}/{r['runs']} runs with the expected metric histories, "
-             f"{r['mlflow_unexpected_runs']} unexpected",
-             f"logs: {r['database_is_locked']} 'database is locked', {r['log_errors']} error lines "
-             f"({r['handled_experiment_races']} handled experiment-creation races)"]
+    lines = [
+        f"{r['runs']} concurrent optimize flow runs: {r['refused']} refused at creation, {r['completed']} completed, "
+        f"{r['failed']} failed, {r['lost']} lost in {r['wall_seconds']} s (peak {r['peak_running']} running at once, ~{r['memory_used_gb_peak']} GB)",
+        f"latency created->end: p50 {lat['p50']} s, p90 {lat['p90']} s, max {lat['max']} s",
+        f"MLflow: {r['mlflow_runs_matched']}/{r['runs']} runs with the expected metric histories, "
+        f"{r['mlflow_unexpected_runs']} unexpected",
+        f"logs: {r['database_is_locked']} 'database is locked', {r['log_errors']} error lines "
+        f"({r['handled_experiment_races']} handled experiment-creation races)",
+    ]
     lines += [f"  {m}" for m in r["mlflow_mismatches"] + r["failures"] + r["log_error_samples"]]
     lines.append("OK" if r["ok"] else "FAILED")
     return "\n".join(lines)
 
 
 def main(runs: int, out: Path | None, timeout: float) -> int:
-    if not os.environ.get("PREFECT_API_URL", "").startswith("http") or not os.environ.get("MLFLOW_TRACKING_URI", "").startswith("http"):
-        raise SystemExit("sciflow loadtest: point PREFECT_API_URL and MLFLOW_TRACKING_URI at a stack first "
-                         f"(sciflow stack up; source {settings.sciflow_home() / 'stack' / 'stack.env'})")
+    if not os.environ.get("PREFECT_API_URL", "").startswith("http") or not os.environ.get(
+        "MLFLOW_TRACKING_URI", ""
+    ).startswith("http"):
+        raise SystemExit(
+            "sciflow loadtest: point PREFECT_API_URL and MLFLOW_TRACKING_URI at a stack first "
+            f"(sciflow stack up; source {settings.sciflow_home() / 'stack' / 'stack.env'})"
+        )
     if runs < 1 or not timeout > 0:
         raise SystemExit(f"sciflow loadtest: --runs must be >= 1 and --timeout > 0 (got {runs}, {timeout})")
     import urllib.request
 
-    for name, url in (("Prefect", os.environ["PREFECT_API_URL"] + "/health"), ("MLflow", os.environ["MLFLOW_TRACKING_URI"] + "/health")):
+    for name, url in (
+        ("Prefect", os.environ["PREFECT_API_URL"] + "/health"),
+        ("MLflow", os.environ["MLFLOW_TRACKING_URI"] + "/health"),
+    ):
         try:
             urllib.request.urlopen(url, timeout=5)
         except OSError as exc:
-            raise SystemExit(f"sciflow loadtest: the {name} server at {url} does not answer ({exc}); is the stack up?") from None
+            raise SystemExit(
+                f"sciflow loadtest: the {name} server at {url} does not answer ({exc}); is the stack up?"
+            ) from None
     report = run_load(runs, timeout)
     print(format_report(report))
     if out:

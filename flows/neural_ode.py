@@ -32,8 +32,13 @@ def train_neural_ode(config: ODETrainConfig = ODETrainConfig(), parent_run_id: s
     from operators.node import train
 
     logger = get_run_logger()
-    with tracking.mlflow_run(f"train-neural-ode-{config.task}-{config.regularizer}", {"config": config.model_dump(mode="json")},
-                             {"sciflow.stage": "train-neural-ode"}, parent_run_id) as run_id:
+    with tracking.mlflow_run(
+        f"train-neural-ode-{config.task}-{config.regularizer}",
+        {"config": config.model_dump(mode="json")},
+        {"sciflow.stage": "train-neural-ode"},
+        parent_run_id,
+    ) as run_id:
+
         def on_epoch(epoch: int, row: dict) -> None:
             tracking.log_metrics(run_id, {k: v for k, v in row.items() if k != "epoch"}, step=epoch)
             logger.info("epoch %d/%d loss %.4g predict NFE %d", epoch, config.epochs, row["loss"], row["predict_nfe"])
@@ -45,7 +50,9 @@ def train_neural_ode(config: ODETrainConfig = ODETrainConfig(), parent_run_id: s
 
 
 @flow(name="benchmark-neural-odes", validate_parameters=True)
-def benchmark_neural_odes(scale: Scale = "smoke", out: str | None = None, parent_run_id: str | None = None) -> list[dict]:
+def benchmark_neural_odes(
+    scale: Scale = "smoke", out: str | None = None, parent_run_id: str | None = None
+) -> list[dict]:
     """Unregularized vs global vs local regularization on every task at ``scale``."""
     from .benchmarks import run_benchmark
 

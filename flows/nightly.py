@@ -20,9 +20,10 @@ from . import settings
 
 settings.configure()
 
+from typing import Annotated  # noqa: E402
+
 from prefect import flow, get_run_logger  # noqa: E402
 from pydantic import Field  # noqa: E402
-from typing_extensions import Annotated  # noqa: E402
 
 from data.errors import InputError, SciflowError
 from data.spec import DarcySpec, HeatSpec, PoissonSpec  # noqa: E402
@@ -34,23 +35,26 @@ from .results import format_by, format_table, publish  # noqa: E402
 from .scales import Scale, per_scale  # noqa: E402
 
 #: The datasets the night generates first, per scale.
-DATASETS = per_scale({
-    "smoke": [
-        PoissonSpec(n=16, n_train=4, n_test=2),
-        DarcySpec(n=16, n_train=4, n_test=2),
-        HeatSpec(n=16, dim=1, n_train=4, n_test=2, n_times=4),
-    ],
-    "small": [
-        PoissonSpec(n=64, n_train=64, n_test=16, obstacle="disks"),
-        DarcySpec(n=64, n_train=256, n_test=64),
-        HeatSpec(n=64, dim=2, n_train=32, n_test=8, n_times=10),
-    ],
-    "paper": [
-        PoissonSpec(n=64, dim=3, n_train=1000, n_test=100, obstacle="disks"),
-        DarcySpec(n=128, n_train=1000, n_test=100),
-        HeatSpec(n=128, dim=2, n_train=1000, n_test=100, n_times=20),
-    ],
-}, "flows.nightly.DATASETS")
+DATASETS = per_scale(
+    {
+        "smoke": [
+            PoissonSpec(n=16, n_train=4, n_test=2),
+            DarcySpec(n=16, n_train=4, n_test=2),
+            HeatSpec(n=16, dim=1, n_train=4, n_test=2, n_times=4),
+        ],
+        "small": [
+            PoissonSpec(n=64, n_train=64, n_test=16, obstacle="disks"),
+            DarcySpec(n=64, n_train=256, n_test=64),
+            HeatSpec(n=64, dim=2, n_train=32, n_test=8, n_times=10),
+        ],
+        "paper": [
+            PoissonSpec(n=64, dim=3, n_train=1000, n_test=100, obstacle="disks"),
+            DarcySpec(n=128, n_train=1000, n_test=100),
+            HeatSpec(n=128, dim=2, n_train=1000, n_test=100, n_times=20),
+        ],
+    },
+    "flows.nightly.DATASETS",
+)
 
 
 #: Stage (= the benchmark's flow name) -> its benchmark, for every benchmark marked ``stage``, in
@@ -83,8 +87,10 @@ def _stage_results_run(client, flow_run_id: str, benchmark: str):
         max_results=2,
     )
     if len(runs) != 1:
-        raise StageError(f"flow run {flow_run_id} completed but {len(runs)} MLflow runs carry its results "
-                         f"(tag prefect.flow_run_id, stage bench-{benchmark}); expected exactly one")
+        raise StageError(
+            f"flow run {flow_run_id} completed but {len(runs)} MLflow runs carry its results "
+            f"(tag prefect.flow_run_id, stage bench-{benchmark}); expected exactly one"
+        )
     return runs[0]
 
 
@@ -104,18 +110,28 @@ def _dispatch(stage: str, scale: str, run_id: str, deployment: str, timeout_s: f
     logger = get_run_logger()
     benchmark = STAGES[stage].name
     logger.info("dispatching %s to deployment %s", stage, deployment)
-    child = run_deployment(name=deployment, parameters={"scale": scale, "parent_run_id": run_id},
-                           timeout=timeout_s, poll_interval=2, as_subflow=True)
+    child = run_deployment(
+        name=deployment,
+        parameters={"scale": scale, "parent_run_id": run_id},
+        timeout=timeout_s,
+        poll_interval=2,
+        as_subflow=True,
+    )
     state = child.state
     if state is None or not state.is_final():
         with get_client(sync_client=True) as prefect_client:
-            prefect_client.set_flow_run_state(child.id, Cancelling(message=f"stage timeout ({timeout_s:.0f} s) in nightly-benchmark"),
-                                              force=True)
-        raise StageError(f"{stage}: flow run {child.name} ({child.id}) of {deployment} was still "
-                         f"{state.name if state else 'unscheduled'} after {timeout_s:.0f} s (is a worker serving its "
-                         f"pool?); cancelled it")
+            prefect_client.set_flow_run_state(
+                child.id, Cancelling(message=f"stage timeout ({timeout_s:.0f} s) in nightly-benchmark"), force=True
+            )
+        raise StageError(
+            f"{stage}: flow run {child.name} ({child.id}) of {deployment} was still "
+            f"{state.name if state else 'unscheduled'} after {timeout_s:.0f} s (is a worker serving its "
+            f"pool?); cancelled it"
+        )
     if not state.is_completed():
-        raise StageError(f"{stage}: flow run {child.name} ({child.id}) of {deployment} ended {state.name}: {state.message}")
+        raise StageError(
+            f"{stage}: flow run {child.name} ({child.id}) of {deployment} ended {state.name}: {state.message}"
+        )
     client = tracking.client()
     run = _stage_results_run(client, str(child.id), benchmark)
     rows = regression.run_rows(client, run.info.run_id, f"results/bench-{benchmark}-{scale}.json")
@@ -123,7 +139,9 @@ def _dispatch(stage: str, scale: str, run_id: str, deployment: str, timeout_s: f
     return rows
 
 
-def _stage_rows(stage: str, scale: str, run_id: str, dispatch: str, gpu_stages: list[str], timeout_s: float) -> list[dict]:
+def _stage_rows(
+    stage: str, scale: str, run_id: str, dispatch: str, gpu_stages: list[str], timeout_s: float
+) -> list[dict]:
     """The stage's full result rows: from the flow called in this process (a subflow) or from a
     flow run of its deployment."""
     if dispatch == "deployments":
@@ -139,9 +157,16 @@ def _linear_summary(rows: list[dict], scale: str) -> list[dict]:
     hi = SIZES[scale][-1]
     growth = {r["method"]: r["growth"] for r in rows if r["problem"].startswith("growth-")}
     return [
-        {"problem": r["problem"], "scale": scale, "method": r["method"],
-         "iterations": r["iterations"], "converged": r["converged"], "iters_vs_icpcg": r["iters_vs_icpcg"],
-         "iteration_growth": growth.get(r["method"]), "seconds": r["seconds"]}
+        {
+            "problem": r["problem"],
+            "scale": scale,
+            "method": r["method"],
+            "iterations": r["iterations"],
+            "converged": r["converged"],
+            "iters_vs_icpcg": r["iters_vs_icpcg"],
+            "iteration_growth": growth.get(r["method"]),
+            "seconds": r["seconds"],
+        }
         for r in rows
         if r["problem"].endswith(f"-{hi}") and r["rhs"] == "grf" and r["tol"] == TOLS[-1]
     ]
@@ -150,16 +175,25 @@ def _linear_summary(rows: list[dict], scale: str) -> list[dict]:
 def _operator_summary(rows: list[dict], scale: str) -> list[dict]:
     """One row per model (dense FNO, TFNO, MG-TFNO): error, compression and speed vs FNO."""
     keep = ("params", "test_l2", "test_l2_2x", "compression_vs_fno", "l2_vs_fno", "input_domain", "sec_per_epoch")
-    return [{"problem": r["problem"], "scale": scale, "method": r["method"],
-             **{k: r[k] for k in keep if k in r}} for r in rows]
+    return [
+        {"problem": r["problem"], "scale": scale, "method": r["method"], **{k: r[k] for k in keep if k in r}}
+        for r in rows
+    ]
 
 
 def _neural_ode_summary(rows: list[dict], scale: str) -> list[dict]:
     """One row per task and regularizer."""
     return [
-        {"problem": r["problem"], "scale": scale, "method": r["method"],
-         "metric": r["metric"], "value": r["value"], "predict_nfe": r["predict_nfe"], "nfe_ratio": r["nfe_ratio"],
-         "seconds": r["train_seconds"]}
+        {
+            "problem": r["problem"],
+            "scale": scale,
+            "method": r["method"],
+            "metric": r["metric"],
+            "value": r["value"],
+            "predict_nfe": r["predict_nfe"],
+            "nfe_ratio": r["nfe_ratio"],
+            "seconds": r["train_seconds"],
+        }
         for r in rows
     ]
 
@@ -167,11 +201,22 @@ def _neural_ode_summary(rows: list[dict], scale: str) -> list[dict]:
 def _optimizer_summary(rows: list[dict], scale: str) -> list[dict]:
     """One row per method for the HS set (solved fraction, median outer iterations), per method
     and grid for the inverse problem, per method for the bilevel problems."""
-    keep = ("n_solved", "solved_fraction", "median_outer", "outer_vs_l1sqp", "converged", "kkt", "outer", "time_vs_trust_constr",
-            "distance", "test_accuracy", "time_vs_implicit", "seconds")
+    keep = (
+        "n_solved",
+        "solved_fraction",
+        "median_outer",
+        "outer_vs_l1sqp",
+        "converged",
+        "kkt",
+        "outer",
+        "time_vs_trust_constr",
+        "distance",
+        "test_accuracy",
+        "time_vs_implicit",
+        "seconds",
+    )
     return [
-        {"problem": r["problem"], "scale": scale, "method": r["method"],
-         **{k: r[k] for k in keep if k in r}}
+        {"problem": r["problem"], "scale": scale, "method": r["method"], **{k: r[k] for k in keep if k in r}}
         for r in rows
         if r["part"] != "hs" or "solved_fraction" in r
     ]
@@ -181,9 +226,9 @@ def _hard_constraint_summary(rows: list[dict], scale: str) -> list[dict]:
     """One row per problem and model (soft / PI-HC / PI-HC-MoE)."""
     keep = ("rel_l2", "l2_vs_soft", "l2_vs_hc", "residual", "jump_mean", "s_per_step", "step_vs_hc", "infer_s")
     return [
-        {"problem": r["problem"], "scale": scale, "method": r["method"],
-         **{k: r[k] for k in keep}}
-        for r in rows if r["part"] == "models"
+        {"problem": r["problem"], "scale": scale, "method": r["method"], **{k: r[k] for k in keep}}
+        for r in rows
+        if r["part"] == "models"
     ]
 
 
@@ -197,8 +242,10 @@ SUMMARIES = {
     "hard-constraints": _hard_constraint_summary,
 }
 if missing := [b.name for b in STAGES.values() if b.name not in SUMMARIES]:
-    raise InputError(f"nightly stages {missing} (flows.benchmarks.BENCHMARKS, stage=True) have no summary in "
-                     "flows.nightly.SUMMARIES; add one")
+    raise InputError(
+        f"nightly stages {missing} (flows.benchmarks.BENCHMARKS, stage=True) have no summary in "
+        "flows.nightly.SUMMARIES; add one"
+    )
 
 
 def _results_section(client, rows: list[dict], scale: str, run_id: str) -> str:
@@ -216,13 +263,20 @@ def _results_section(client, rows: list[dict], scale: str, run_id: str) -> str:
     for row in rows:
         groups.setdefault(row["stage"], []).append(row)
     for stage, group in groups.items():
-        lines += [f"## {stage}", "", format_table([{k: v for k, v in r.items() if k not in ("stage", "scale")} for r in group]), ""]
+        lines += [
+            f"## {stage}",
+            "",
+            format_table([{k: v for k, v in r.items() if k not in ("stage", "scale")} for r in group]),
+            "",
+        ]
     plots = []
     children = client.search_runs([tracking.experiment_id()], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
     for child in sorted(children, key=lambda r: r.info.start_time or 0):
         pngs = [a.path for a in client.list_artifacts(child.info.run_id) if a.path.endswith(".png")]
         if pngs:
-            plots.append(f"- {child.info.run_name} (MLflow run `{child.info.run_id}`): " + ", ".join(f"`{p}`" for p in pngs))
+            plots.append(
+                f"- {child.info.run_name} (MLflow run `{child.info.run_id}`): " + ", ".join(f"`{p}`" for p in pngs)
+            )
     if plots:
         lines += ["## Plots of each stage", "", *plots, ""]
     return "\n".join(lines)
@@ -247,16 +301,26 @@ def _regression_check(scale: str, rows: list[dict], run_id: str, threshold: floa
         try:
             prev_rows = regression.previous_rows(client, previous.info.run_id, scale)
         except Exception as exc:  # an old run without the artifact, or an unreadable one: no baseline
-            logger.warning("previous night %s has no readable %s (%s); not comparing", previous.info.run_id,
-                           regression.results_artifact(scale), exc)
+            logger.warning(
+                "previous night %s has no readable %s (%s); not comparing",
+                previous.info.run_id,
+                regression.results_artifact(scale),
+                exc,
+            )
             previous = None
     metrics = regression.METRICS if scale != "smoke" else regression.without_timings()
     comparison = regression.compare(rows, prev_rows, threshold, metrics) if previous is not None else []
     label = lambda run: f"`{run.info.run_name}` ({run.info.run_id})"  # noqa: E731
     current = client.get_run(run_id)
     report = regression.render_markdown(
-        comparison, threshold, title=f"Nightly regression report (scale={scale})", current=label(current),
-        previous=label(previous) if previous is not None else None, current_rows=rows, previous_rows=prev_rows)
+        comparison,
+        threshold,
+        title=f"Nightly regression report (scale={scale})",
+        current=label(current),
+        previous=label(previous) if previous is not None else None,
+        current_rows=rows,
+        previous_rows=prev_rows,
+    )
     if scale == "smoke":
         report += "\nWall-clock metrics are not compared at scale=smoke.\n"
     report += _results_section(client, rows, scale, run_id)
@@ -267,8 +331,11 @@ def _regression_check(scale: str, rows: list[dict], run_id: str, threshold: floa
     if previous is not None:
         client.set_tag(run_id, "sciflow.baseline_run_id", previous.info.run_id)
     if flow_run.id:
-        create_markdown_artifact(markdown=report, key=f"nightly-{scale}-regressions",
-                                 description=f"nightly-benchmark scale={scale}: tonight vs the previous successful night")
+        create_markdown_artifact(
+            markdown=report,
+            key=f"nightly-{scale}-regressions",
+            description=f"nightly-benchmark scale={scale}: tonight vs the previous successful night",
+        )
     return comparison
 
 
@@ -276,16 +343,28 @@ def _regression_check(scale: str, rows: list[dict], run_id: str, threshold: floa
 def nightly_benchmark(
     scale: Scale = "smoke",
     chunk_size: int = 16,
-    regression_threshold: Annotated[float, Field(gt=0, le=100, description="relative change that counts as a regression (0.2 = 20%)")] = 0.2,
+    regression_threshold: Annotated[
+        float, Field(gt=0, le=100, description="relative change that counts as a regression (0.2 = 20%)")
+    ] = 0.2,
     fail_on_regression: bool = True,
     datagen_runner: Literal["threads", "dask"] = "threads",
-    dispatch: Annotated[Literal["inline", "deployments"], Field(
-        description="inline: each benchmark runs as a subflow in this process; deployments: each runs as a flow "
-                    "run of its deployment, on the pool that deployment names")] = "inline",
-    gpu_stages: Annotated[list[Stage], Field(
-        description="stages sent to their `gpu` deployment (pool `gpu`, infra/cluster/prefect.yaml); needs "
-                    "dispatch=deployments")] = [],  # noqa: B006 (pydantic copies defaults)
-    stage_timeout_minutes: Annotated[float, Field(gt=0, description="a dispatched stage still running after this is cancelled and fails the run")] = 720,
+    dispatch: Annotated[
+        Literal["inline", "deployments"],
+        Field(
+            description="inline: each benchmark runs as a subflow in this process; deployments: each runs as a flow "
+            "run of its deployment, on the pool that deployment names"
+        ),
+    ] = "inline",
+    gpu_stages: Annotated[
+        list[Stage],
+        Field(
+            description="stages sent to their `gpu` deployment (pool `gpu`, infra/cluster/prefect.yaml); needs "
+            "dispatch=deployments"
+        ),
+    ] = [],  # noqa: B006 (pydantic copies defaults)
+    stage_timeout_minutes: Annotated[
+        float, Field(gt=0, description="a dispatched stage still running after this is cancelled and fails the run")
+    ] = 720,
 ) -> list[dict]:
     """Run every stage at ``scale`` ("smoke": seconds, "small": minutes on 2 CPU cores,
     "paper": the papers' sizes on a GPU worker); returns and publishes the results table.
@@ -301,16 +380,24 @@ def nightly_benchmark(
     run (the report is written either way).
     """
     if gpu_stages and dispatch != "deployments":
-        raise InputError(f"gpu_stages={gpu_stages} need dispatch='deployments' (inline stages run in this process): "
-                         "set dispatch='deployments' or leave gpu_stages empty")
+        raise InputError(
+            f"gpu_stages={gpu_stages} need dispatch='deployments' (inline stages run in this process): "
+            "set dispatch='deployments' or leave gpu_stages empty"
+        )
     logger = get_run_logger()
     for orphan in tracking.reap_orphans():
         logger.warning("ended MLflow run %s left RUNNING by a dead process (status KILLED)", orphan)
     rows: list[dict] = []
     t_start = time.perf_counter()
-    params = {"scale": scale, "chunk_size": chunk_size, "regression_threshold": regression_threshold,
-              "fail_on_regression": fail_on_regression, "datagen_runner": datagen_runner, "dispatch": dispatch,
-              "gpu_stages": ",".join(gpu_stages) or "none"}
+    params = {
+        "scale": scale,
+        "chunk_size": chunk_size,
+        "regression_threshold": regression_threshold,
+        "fail_on_regression": fail_on_regression,
+        "datagen_runner": datagen_runner,
+        "dispatch": dispatch,
+        "gpu_stages": ",".join(gpu_stages) or "none",
+    }
     with tracking.mlflow_run(f"nightly-{scale}", params, {"sciflow.stage": "nightly"}) as run_id:
         for spec in DATASETS[scale]:
             t0 = time.perf_counter()

@@ -10,7 +10,6 @@ for test samples, and registers the final model in MLflow's registry as ``operat
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
 
 from . import settings
 
@@ -37,15 +36,21 @@ def _register(run_id: str, model, name: str, n: int) -> None:
 
     with mlflow.start_run(run_id=run_id):
         mlflow.pytorch.log_model(
-            model, name="model", registered_model_name=f"operator-{name}", serialization_format="pickle",
-            input_example=np.zeros((1, 1, n, n), dtype=np.float32), pip_requirements=["torch==2.13.0"],
+            model,
+            name="model",
+            registered_model_name=f"operator-{name}",
+            serialization_format="pickle",
+            input_example=np.zeros((1, 1, n, n), dtype=np.float32),
+            pip_requirements=["torch==2.13.0"],
             await_registration_for=0,
         )
 
 
 @flow(name="train-operator", validate_parameters=True)
 def train_operator(
-    dataset: Union[NavierStokesSpec, DarcySpec] = NavierStokesSpec(n=64, n_train=1000, n_test=200, viscosity=1e-4, horizon=5.0),
+    dataset: NavierStokesSpec | DarcySpec = NavierStokesSpec(
+        n=64, n_train=1000, n_test=200, viscosity=1e-4, horizon=5.0
+    ),
     config: OperatorTrainConfig = OperatorTrainConfig(),
     parent_run_id: str | None = None,
     register_model: bool = True,
@@ -70,15 +75,25 @@ def train_operator(
             logger.info("operator %s already trained (%d epochs): %s", config.key(), config.epochs, ckpt)
             return {**done["history"][-1], "checkpoint": str(ckpt)}
     name = config.model.name
-    with tracking.mlflow_run(f"train-operator-{name}-{dataset.family}-{dataset.n}",
-                             {"config": config.model_dump(mode="json"), "config_key": config.key()},
-                             {"sciflow.stage": "train-operator"}, parent_run_id) as run_id:
+    with tracking.mlflow_run(
+        f"train-operator-{name}-{dataset.family}-{dataset.n}",
+        {"config": config.model_dump(mode="json"), "config_key": config.key()},
+        {"sciflow.stage": "train-operator"},
+        parent_run_id,
+    ) as run_id:
         tracking.log_dataset(run_id, ref, "training")
 
         def on_epoch(epoch: int, row: dict) -> None:
             tracking.log_metrics(run_id, {k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-            logger.info("epoch %d/%d loss %.4f test L2 %.4f H1 %.4f (%.1f s)", epoch, config.epochs, row["loss"],
-                        row.get("test_l2", float("nan")), row.get("test_h1", float("nan")), row["seconds"])
+            logger.info(
+                "epoch %d/%d loss %.4f test L2 %.4f H1 %.4f (%.1f s)",
+                epoch,
+                config.epochs,
+                row["loss"],
+                row.get("test_l2", float("nan")),
+                row.get("test_h1", float("nan")),
+                row["seconds"],
+            )
 
         model, history = train(config, train_xy, test_xy, checkpoint=ckpt, periodic=periodic, on_epoch=on_epoch)
         model = model_from_checkpoint(ckpt, periodic=periodic)

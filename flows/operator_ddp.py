@@ -15,8 +15,8 @@ import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 from . import settings
 
@@ -34,19 +34,28 @@ def tracker(cfg: DDPConfig, mlflow: bool, run: dict):
     @contextlib.contextmanager
     def track(facts: dict) -> Iterator:
         def show(epoch: int, row: dict) -> None:
-            print(f"epoch {epoch}/{cfg.train.epochs} loss {row['loss']:.4f} test L2 {row['test_l2']:.4f} "
-                  f"H1 {row['test_h1']:.4f} ({row['seconds']:.1f} s, {facts['world_size']} rank(s))",
-                  file=sys.stderr, flush=True)
+            print(
+                f"epoch {epoch}/{cfg.train.epochs} loss {row['loss']:.4f} test L2 {row['test_l2']:.4f} "
+                f"H1 {row['test_h1']:.4f} ({row['seconds']:.1f} s, {facts['world_size']} rank(s))",
+                file=sys.stderr,
+                flush=True,
+            )
 
         if not mlflow:
             yield show
             return
         from . import tracking
 
-        params = {"config": cfg.train.model_dump(mode="json"), "config_key": cfg.train.key(),
-                  "dataset": cfg.dataset.model_dump(mode="json"), "world_size": facts["world_size"],
-                  "backend": facts["backend"], "threads_per_rank": facts["threads_per_rank"],
-                  "local_batch": facts["local_batch"], "checkpoint": facts["checkpoint"]}
+        params = {
+            "config": cfg.train.model_dump(mode="json"),
+            "config_key": cfg.train.key(),
+            "dataset": cfg.dataset.model_dump(mode="json"),
+            "world_size": facts["world_size"],
+            "backend": facts["backend"],
+            "threads_per_rank": facts["threads_per_rank"],
+            "local_batch": facts["local_batch"],
+            "checkpoint": facts["checkpoint"],
+        }
         name = f"train-operator-ddp-{cfg.train.model.name}-{cfg.dataset.family}-{cfg.dataset.n}-x{facts['world_size']}"
         with tracking.mlflow_run(name, params, {"sciflow.stage": "train-operator-ddp"}) as run_id:
             run["id"] = run_id
@@ -62,8 +71,10 @@ def tracker(cfg: DDPConfig, mlflow: bool, run: dict):
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="torchrun --nproc_per_node N -m flows.operator_ddp",
-                                description="DistributedDataParallel FNO training on a stored dataset.")
+    p = argparse.ArgumentParser(
+        prog="torchrun --nproc_per_node N -m flows.operator_ddp",
+        description="DistributedDataParallel FNO training on a stored dataset.",
+    )
     p.add_argument("--scale", choices=tuple(SCALES), default="smoke")
     p.add_argument("--family", choices=("darcy", "navier_stokes"))
     p.add_argument("--n", type=int, help="resolution")
@@ -82,9 +93,22 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--hash-dir", help="every rank writes the hash of its final weights here (tests)")
     p.add_argument("--out", type=Path, help="rank 0 writes the summary JSON here")
     args = p.parse_args(argv)
-    cfg = config_for(args.scale, family=args.family, n=args.n, n_train=args.n_train, n_test=args.n_test,
-                     epochs=args.epochs, batch_size=args.batch_size, hidden=args.hidden, modes=args.modes,
-                     model=args.model, lr=args.lr, seed=args.seed, threads=args.threads, checkpoint=args.checkpoint)
+    cfg = config_for(
+        args.scale,
+        family=args.family,
+        n=args.n,
+        n_train=args.n_train,
+        n_test=args.n_test,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        hidden=args.hidden,
+        modes=args.modes,
+        model=args.model,
+        lr=args.lr,
+        seed=args.seed,
+        threads=args.threads,
+        checkpoint=args.checkpoint,
+    )
     run: dict = {}
     summary = train_ddp(cfg, hash_dir=args.hash_dir, tracker=tracker(cfg, not args.no_mlflow, run))
     summary["mlflow_run_id"] = run.get("id")

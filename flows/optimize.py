@@ -25,22 +25,43 @@ def optimize(config: OptimizeConfig = OptimizeConfig(), parent_run_id: str | Non
     from solvers.optim.config import run_optimize
 
     logger = get_run_logger()
-    with tracking.mlflow_run(f"optimize-{config.problem}-{config.method}", {"config": config.model_dump(mode="json")},
-                             {"sciflow.stage": "optimize"}, parent_run_id) as run_id:
+    with tracking.mlflow_run(
+        f"optimize-{config.problem}-{config.method}",
+        {"config": config.model_dump(mode="json")},
+        {"sciflow.stage": "optimize"},
+        parent_run_id,
+    ) as run_id:
+
         def on_iteration(info: dict) -> None:
             tracking.log_metrics(run_id, {k: float(v) for k, v in info.items() if k != "nit"}, step=info["nit"])
-            logger.info("iteration %d: KKT %.3e f %.6g step %.3g (%d sketch steps)", info["nit"], info["kkt"],
-                        info["fun"], info["alpha"], info["inner"])
+            logger.info(
+                "iteration %d: KKT %.3e f %.6g step %.3g (%d sketch steps)",
+                info["nit"],
+                info["kkt"],
+                info["fun"],
+                info["alpha"],
+                info["inner"],
+            )
 
         result, summary = run_optimize(config, on_iteration)
         P = summary.pop("inverse_problem", None)
-        row = {"problem": config.problem, "method": config.method, "converged": result.converged, "kkt": result.kkt,
-               "fun": result.fun, "nit": result.nit, "inner_iterations": result.inner_iterations,
-               "seconds": result.seconds, "constraint_violation": result.constraint_violation,
-               "message": result.message, **summary}
+        row = {
+            "problem": config.problem,
+            "method": config.method,
+            "converged": result.converged,
+            "kkt": result.kkt,
+            "fun": result.fun,
+            "nit": result.nit,
+            "inner_iterations": result.inner_iterations,
+            "seconds": result.seconds,
+            "constraint_violation": result.constraint_violation,
+            "message": result.message,
+            **summary,
+        }
         tracking.log_metrics(run_id, {k: float(v) for k, v in row.items() if isinstance(v, (int, float))})
-        tracking.log_json(run_id, {"x": np.asarray(result.x).tolist(), "lam": np.asarray(result.lam).tolist()},
-                          "solution.json")
+        tracking.log_json(
+            run_id, {"x": np.asarray(result.x).tolist(), "lam": np.asarray(result.lam).tolist()}, "solution.json"
+        )
         if P is not None:
             from .plots import inverse_problem_figure
 
@@ -50,7 +71,9 @@ def optimize(config: OptimizeConfig = OptimizeConfig(), parent_run_id: str | Non
 
 
 @flow(name="benchmark-optimizers", validate_parameters=True)
-def benchmark_optimizers(scale: Scale = "smoke", out: str | None = None, parent_run_id: str | None = None) -> list[dict]:
+def benchmark_optimizers(
+    scale: Scale = "smoke", out: str | None = None, parent_run_id: str | None = None
+) -> list[dict]:
     """AdaSketch-Newton vs newton-sqp / l1-SQP / SLSQP / trust-constr on the HS+BT set and the
     Darcy inverse problem, and LV-HBA vs the cvxpylayers implicit baseline, at ``scale``."""
     from .benchmarks import run_benchmark

@@ -54,7 +54,7 @@ def dataset_samples(dataset, n: int = 3):
     k = min(n, data[0].shape[0])
     fig, axes = plt.subplots(2, k, figsize=(3.6 * k, 6.4), squeeze=False)
     for i in range(k):
-        for row, (name, d) in enumerate(zip(names, data)):
+        for row, (name, d) in enumerate(zip(names, data, strict=False)):
             _imshow(axes[row, i], d[i], f"{name} (sample {i})")
     fig.suptitle(f"{family}: {dataset.split} split, n={data[0].shape[-1]}", fontsize=10)
     fig.subplots_adjust(left=0.03, right=0.95, bottom=0.03, top=0.9, wspace=0.3, hspace=0.25)
@@ -89,7 +89,7 @@ def loss_plot(history: list[dict], title: str = ""):
 def nfe_curves(curves: dict[str, dict[str, list[float]]]):
     """Prediction NFE per epoch, one panel per task, one line per regularizer."""
     fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.6), squeeze=False)
-    for ax, (task, lines) in zip(axes[0], curves.items()):
+    for ax, (task, lines) in zip(axes[0], curves.items(), strict=False):
         for name, values in lines.items():
             ax.plot(np.arange(1, len(values) + 1), values, marker="o", label=name)
         ax.set_xlabel("epoch")
@@ -164,10 +164,13 @@ def step_time_scaling(curves: dict):
     linear-growth guide. ``curves``: problem -> rows with ``experts``, ``points``, ``s_per_step``."""
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
     for i, (problem, rows) in enumerate(curves.items()):
-        for k, style in zip(sorted({r["experts"] for r in rows}), ("-", "--", ":")):
+        for k, style in zip(sorted({r["experts"] for r in rows}), ("-", "--", ":"), strict=False):
             pts = sorted((r["points"], r["s_per_step"]) for r in rows if r["experts"] == k)
-            ax.plot(*zip(*pts), style, marker="o", color=f"C{i}", label=f"{problem}, K={k}")
-        first = min(r["points"] for r in rows), min(r["s_per_step"] for r in rows if r["points"] == min(r["points"] for r in rows))
+            ax.plot(*zip(*pts, strict=False), style, marker="o", color=f"C{i}", label=f"{problem}, K={k}")
+        first = (
+            min(r["points"] for r in rows),
+            min(r["s_per_step"] for r in rows if r["points"] == min(r["points"] for r in rows)),
+        )
         xs = np.array(sorted({r["points"] for r in rows}))
         ax.plot(xs, first[1] * xs / first[0], color=f"C{i}", alpha=0.3, linewidth=4, label=f"{problem}, linear growth")
     ax.set_xscale("log")
@@ -197,15 +200,24 @@ def nightly_overview(rows: list[dict], title: str = ""):
     panels = []
     for stage, (metric, label) in NIGHTLY_HEADLINES.items():
         fallback = "outer" if metric == "median_outer" else None
-        bars = [(f"{r.get('problem', '')} · {r.get('method', '')}".strip(" ·"), r.get(metric, r.get(fallback)))
-                for r in rows if r.get("stage") == stage]
-        bars = [(name, float(v)) for name, v in bars if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)]
+        bars = [
+            (f"{r.get('problem', '')} · {r.get('method', '')}".strip(" ·"), r.get(metric, r.get(fallback)))
+            for r in rows
+            if r.get("stage") == stage
+        ]
+        bars = [
+            (name, float(v))
+            for name, v in bars
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)
+        ]
         if bars:
             panels.append((stage, label, bars))
     if not panels:
         return None
     heights = [max(1.2, 0.22 * len(bars) + 0.8) for _, _, bars in panels]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(7.5, sum(heights)), gridspec_kw={"height_ratios": heights}, squeeze=False)
+    fig, axes = plt.subplots(
+        len(panels), 1, figsize=(7.5, sum(heights)), gridspec_kw={"height_ratios": heights}, squeeze=False
+    )
     for ax, (stage, label, bars) in zip(axes[:, 0], panels, strict=True):
         names, values = zip(*bars, strict=True)
         y = np.arange(len(values))

@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 from .results import format_cell
 
@@ -74,8 +75,9 @@ METRICS: dict[str, Metric] = {
     "sec_per_epoch": Metric(LOWER, 0.05),
 }
 
-TIMINGS: frozenset[str] = frozenset({"seconds", "s_per_step", "infer_s", "step_vs_hc", "time_vs_trust_constr",
-                                     "time_vs_implicit", "sec_per_epoch"})
+TIMINGS: frozenset[str] = frozenset(
+    {"seconds", "s_per_step", "infer_s", "step_vs_hc", "time_vs_trust_constr", "time_vs_implicit", "sec_per_epoch"}
+)
 
 
 def without_timings(metrics: Mapping[str, Metric] = METRICS) -> dict[str, Metric]:
@@ -130,8 +132,9 @@ def metrics_of(row: Mapping[str, Any], metrics: Mapping[str, Metric] = METRICS) 
     return out
 
 
-def classify(metric: str, previous: float, current: float, threshold: float,
-             metrics: Mapping[str, Metric] = METRICS) -> tuple[str, float | None]:
+def classify(
+    metric: str, previous: float, current: float, threshold: float, metrics: Mapping[str, Metric] = METRICS
+) -> tuple[str, float | None]:
     """``(status, relative change)`` of one metric; the change is signed, ``(cur - prev) / |prev|``
     (``inf`` when ``prev`` is 0 and ``cur`` is not, ``None`` when either is NaN)."""
     direction, floor, strict = metrics[metric]
@@ -172,8 +175,16 @@ def compare(
         c = metrics_of(cur[key], metrics) if key in cur else {}
         p = metrics_of(prev[key], metrics) if key in prev else {}
         for name in [*c, *(n for n in p if n not in c)]:
-            entry = {"stage": key[0], "problem": key[1], "method": key[2], "metric": name,
-                     "direction": metrics[name].direction, "previous": p.get(name), "current": c.get(name), "change": None}
+            entry = {
+                "stage": key[0],
+                "problem": key[1],
+                "method": key[2],
+                "metric": name,
+                "direction": metrics[name].direction,
+                "previous": p.get(name),
+                "current": c.get(name),
+                "change": None,
+            }
             if name not in p:
                 entry["status"] = "new"
             elif name not in c:
@@ -204,8 +215,10 @@ def _fmt_change(change: float | None) -> str:
 def describe(entry: Mapping[str, Any]) -> str:
     """One line: ``stage problem/method metric: prev -> cur (+x%, lower is better)``."""
     where = "/".join(p for p in (entry["problem"], entry["method"]) if p)
-    return (f"{entry['stage']} {where} {entry['metric']}: {_fmt(entry['previous'])} -> {_fmt(entry['current'])} "
-            f"({_fmt_change(entry['change'])}, {entry['direction']} is better)")
+    return (
+        f"{entry['stage']} {where} {entry['metric']}: {_fmt(entry['previous'])} -> {_fmt(entry['current'])} "
+        f"({_fmt_change(entry['change'])}, {entry['direction']} is better)"
+    )
 
 
 def summary(comparison: Sequence[Mapping[str, Any]], threshold: float) -> str:
@@ -221,8 +234,10 @@ def _digest_notes(current_rows: Sequence[Mapping[str, Any]], previous_rows: Sequ
     for r in current_rows:
         before = prev.get(_key(r))
         if r.get("digest") and before and before != r["digest"]:
-            notes.append(f"- dataset `{r.get('problem')}` changed: digest {before} -> {r['digest']} "
-                         "(downstream metrics are on different data)")
+            notes.append(
+                f"- dataset `{r.get('problem')}` changed: digest {before} -> {r['digest']} "
+                "(downstream metrics are on different data)"
+            )
     return notes
 
 
@@ -240,8 +255,11 @@ def render_markdown(
     (previous vs current vs change); regression rows are bold."""
     lines = [f"# {title}", ""]
     if previous is None:
-        lines += [f"Current run: {current}. No previous successful night at this scale: nothing to compare; "
-                  "this run becomes the baseline.", ""]
+        lines += [
+            f"Current run: {current}. No previous successful night at this scale: nothing to compare; "
+            "this run becomes the baseline.",
+            "",
+        ]
         return "\n".join(lines)
     counts = {s: sum(c["status"] == s for c in comparison) for s in STATUSES}
     bad = regressions(comparison)
@@ -258,12 +276,24 @@ def render_markdown(
     notes = _digest_notes(current_rows, previous_rows)
     if notes:
         lines += ["## Data", "", *notes, ""]
-    lines += ["## All compared metrics", "",
-              "| stage | problem | method | metric | better | previous | current | change | status |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "## All compared metrics",
+        "",
+        "| stage | problem | method | metric | better | previous | current | change | status |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for e in comparison:
-        cells = [e["stage"], e["problem"], e["method"], e["metric"], e["direction"], _fmt(e["previous"]),
-                 _fmt(e["current"]), _fmt_change(e["change"]), e["status"]]
+        cells = [
+            e["stage"],
+            e["problem"],
+            e["method"],
+            e["metric"],
+            e["direction"],
+            _fmt(e["previous"]),
+            _fmt(e["current"]),
+            _fmt_change(e["change"]),
+            e["status"],
+        ]
         if e["status"] == "regression":
             cells = [f"**{c}**" if c else c for c in cells]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
@@ -281,8 +311,9 @@ def find_previous_run(client, experiment_id: str, scale: str, exclude_run_id: st
 
     runs = client.search_runs(
         [experiment_id],
-        filter_string=(f"tags.`sciflow.stage` = 'nightly' and params.scale = '{scale}' "
-                       "and attributes.status = 'FINISHED'"),
+        filter_string=(
+            f"tags.`sciflow.stage` = 'nightly' and params.scale = '{scale}' and attributes.status = 'FINISHED'"
+        ),
         run_view_type=ViewType.ACTIVE_ONLY,
         order_by=["attributes.start_time DESC"],
         max_results=5,
@@ -307,5 +338,18 @@ def previous_rows(client, run_id: str, scale: str) -> list[dict]:
     return run_rows(client, run_id, results_artifact(scale))
 
 
-__all__ = ["METRICS", "Metric", "TIMINGS", "without_timings", "compare", "classify", "regressions", "summary", "render_markdown", "find_previous_run",
-           "previous_rows", "run_rows", "describe"]
+__all__ = [
+    "METRICS",
+    "Metric",
+    "TIMINGS",
+    "without_timings",
+    "compare",
+    "classify",
+    "regressions",
+    "summary",
+    "render_markdown",
+    "find_previous_run",
+    "previous_rows",
+    "run_rows",
+    "describe",
+]

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from data.io import atomic_path
 
@@ -30,7 +31,7 @@ def format_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> 
     cols = list(columns or dict.fromkeys(k for r in rows for k in r))
     cells = [[format_cell(r.get(c, "")) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
+    line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths, strict=False)) + " |"  # noqa: E731
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(cols), sep, *(line(r) for r in cells)])
 
@@ -40,8 +41,10 @@ def format_by(rows: Sequence[dict], key: str = "stage") -> str:
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(str(r.get(key, "")), []).append(r)
-    return "\n\n".join(f"{name}\n" + format_table([{k: v for k, v in r.items() if k != key} for r in group])
-                        for name, group in groups.items())
+    return "\n\n".join(
+        f"{name}\n" + format_table([{k: v for k, v in r.items() if k != key} for r in group])
+        for name, group in groups.items()
+    )
 
 
 def write_json(path: str | Path, rows: Sequence[dict], meta: dict) -> Path:

@@ -20,7 +20,7 @@ root initdb and postgres run as the ``postgres`` system user that Debian's packa
 (``$SCIFLOW_PG_USER`` to choose another) through ``setpriv`` (util-linux), which execs in place: the
 PID in ``postgres.pid`` is the postmaster's. That user needs search permission on the folders
 above ``$SCIFLOW_HOME``; ``up`` checks it and says so. Postgres is for concurrency (many workers,
-many flow runs at once): see RELIABILITY.md "Concurrent load".
+many flow runs at once): see docs/reliability.md "Concurrent load".
 """
 
 from __future__ import annotations
@@ -94,11 +94,15 @@ def _pg_bin() -> Path:
     """The newest ``/usr/lib/postgresql/<version>/bin`` with a server (``$SCIFLOW_PG_BIN`` wins)."""
     if os.environ.get("SCIFLOW_PG_BIN"):
         return Path(os.environ["SCIFLOW_PG_BIN"])
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"),
-                   key=lambda p: [int(x) for x in p.parts[-3].split(".") if x.isdigit()])
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/postgres"),
+        key=lambda p: [int(x) for x in p.parts[-3].split(".") if x.isdigit()],
+    )
     if not found:
-        raise RuntimeError("no PostgreSQL server under /usr/lib/postgresql/*/bin: install Debian's postgresql "
-                           "(infra/setup.sh does), or set SCIFLOW_PG_BIN")
+        raise RuntimeError(
+            "no PostgreSQL server under /usr/lib/postgresql/*/bin: install Debian's postgresql "
+            "(infra/setup.sh does), or set SCIFLOW_PG_BIN"
+        )
     return found[-1].parent
 
 
@@ -110,13 +114,17 @@ def _pg_user() -> pwd.struct_passwd | None:
     try:
         return pwd.getpwnam(name)
     except KeyError:
-        raise RuntimeError(f"PostgreSQL will not run as root and there is no user {name!r} to run it as: install "
-                           "Debian's postgresql (it creates 'postgres') or set SCIFLOW_PG_USER") from None
+        raise RuntimeError(
+            f"PostgreSQL will not run as root and there is no user {name!r} to run it as: install "
+            "Debian's postgresql (it creates 'postgres') or set SCIFLOW_PG_USER"
+        ) from None
 
 
 def _as(user: pwd.struct_passwd | None) -> list[str]:
     """Command prefix that runs as ``user`` (setpriv execs in place, so the PID stays the server's)."""
-    return [] if user is None else ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups", "--"]
+    return (
+        [] if user is None else ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--init-groups", "--"]
+    )
 
 
 def _pg_url(ports: dict, db: str, driver: str = "") -> str:
@@ -138,24 +146,55 @@ def _start_postgres(port: int, timeout: float) -> None:
         if user is not None:
             os.chown(pg, user.pw_uid, user.pw_gid)
             if subprocess.run([*prefix, "test", "-w", str(pg)], capture_output=True).returncode != 0:
-                raise RuntimeError(f"user {user.pw_name!r} (PostgreSQL does not run as root) cannot reach {pg}: a folder "
-                                   "above it is private; give it search permission (chmod o+x) or set SCIFLOW_HOME elsewhere")
+                raise RuntimeError(
+                    f"user {user.pw_name!r} (PostgreSQL does not run as root) cannot reach {pg}: a folder "
+                    "above it is private; give it search permission (chmod o+x) or set SCIFLOW_HOME elsewhere"
+                )
         pwfile = pg / "initdb.pw"  # readable by the server user for initdb only
         pwfile.touch(mode=0o600)
         pwfile.write_text(secret.read_text())
         if user is not None:
             os.chown(pwfile, user.pw_uid, user.pw_gid)
         try:
-            init = subprocess.run([*prefix, bin_ / "initdb", "-D", pg / "data", "-U", "sciflow", f"--pwfile={pwfile}",
-                                   "--auth-local=scram-sha-256", "--auth-host=scram-sha-256", "-E", "UTF8",
-                                   "--locale=C.UTF-8"], capture_output=True, text=True)
+            init = subprocess.run(
+                [
+                    *prefix,
+                    bin_ / "initdb",
+                    "-D",
+                    pg / "data",
+                    "-U",
+                    "sciflow",
+                    f"--pwfile={pwfile}",
+                    "--auth-local=scram-sha-256",
+                    "--auth-host=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                ],
+                capture_output=True,
+                text=True,
+            )
         finally:
             pwfile.unlink()
         if init.returncode != 0:
             raise RuntimeError(f"initdb failed:\n{init.stdout[-2000:]}{init.stderr[-2000:]}")
     sockets = str(pg) if len(str(pg)) < 90 else ""  # a Unix socket path is limited to 107 bytes
-    _start("postgres", [*prefix, bin_ / "postgres", "-D", pg / "data", "-p", port, "-c", "listen_addresses=127.0.0.1",
-                        "-c", f"unix_socket_directories={sockets}"], dict(os.environ))
+    _start(
+        "postgres",
+        [
+            *prefix,
+            bin_ / "postgres",
+            "-D",
+            pg / "data",
+            "-p",
+            port,
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            f"unix_socket_directories={sockets}",
+        ],
+        dict(os.environ),
+    )
     env = {**os.environ, "PGPASSWORD": (d / "pg.secret").read_text().strip()}
     where = ["-h", "127.0.0.1", "-p", str(port), "-U", "sciflow"]
     deadline = time.time() + timeout
@@ -171,9 +210,16 @@ def _start_postgres(port: int, timeout: float) -> None:
 
 
 def _start(name: str, args: list, env: dict) -> int:
-    log = open(_dir() / f"{name}.log", "ab")
-    proc = subprocess.Popen([str(a) for a in args], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+    log = open(_dir() / f"{name}.log", "ab")  # noqa: SIM115  (handed to the server process; closed below)
+    proc = subprocess.Popen(
+        [str(a) for a in args],
+        env=env,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     (_dir() / f"{name}.pid").write_text(str(proc.pid))
     return proc.pid
 
@@ -195,10 +241,15 @@ def up(prefect_port: int = 4200, mlflow_port: int = 5000, timeout: float = 120, 
     home = configure()
     d = _dir()
     running = (d / "ports.json").exists() and any(map(_pid, SERVICES))
-    ports = json.loads((d / "ports.json").read_text()) if running else {
-        "prefect": _free_port(prefect_port), "mlflow": _free_port(mlflow_port)}
+    ports = (
+        json.loads((d / "ports.json").read_text())
+        if running
+        else {"prefect": _free_port(prefect_port), "mlflow": _free_port(mlflow_port)}
+    )
     if ports.setdefault("backend", "sqlite") != backend and running:
-        raise RuntimeError(f"the stack is running on {ports['backend']}; `sciflow stack down` first to switch to {backend}")
+        raise RuntimeError(
+            f"the stack is running on {ports['backend']}; `sciflow stack down` first to switch to {backend}"
+        )
     ports["backend"] = backend
     if backend == "postgres" and "postgres" not in ports:
         ports["postgres"] = _free_port(5432)
@@ -212,19 +263,49 @@ def up(prefect_port: int = 4200, mlflow_port: int = 5000, timeout: float = 120, 
         prefect_env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = _pg_url(ports, "prefect", "+asyncpg")
         mlflow_env["MLFLOW_BACKEND_STORE_URI"] = _pg_url(ports, "mlflow", "+psycopg2")
     if not _pid("prefect"):
-        _start("prefect", [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", ports["prefect"]], prefect_env)
+        _start(
+            "prefect",
+            [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", ports["prefect"]],
+            prefect_env,
+        )
     if not _pid("mlflow"):  # the store URI comes from MLFLOW_BACKEND_STORE_URI: a password stays off the command line
-        _start("mlflow", [BIN / "mlflow", "server", "--host", "127.0.0.1", "--port", ports["mlflow"], "--workers", "1",
-                          "--default-artifact-root", (home / "mlartifacts").as_uri()], mlflow_env)
+        _start(
+            "mlflow",
+            [
+                BIN / "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                ports["mlflow"],
+                "--workers",
+                "1",
+                "--default-artifact-root",
+                (home / "mlartifacts").as_uri(),
+            ],
+            mlflow_env,
+        )
     _wait_http(f"{stack_env['PREFECT_API_URL']}/health", timeout, "prefect")
     _wait_http(f"{stack_env['MLFLOW_TRACKING_URI']}/health", timeout, "mlflow")
     prefect = [BIN / "prefect", "--no-prompt"]
-    pools = subprocess.run([*map(str, prefect), "work-pool", "ls"], env=stack_env, capture_output=True, text=True, cwd=ROOT)
+    pools = subprocess.run(
+        [*map(str, prefect), "work-pool", "ls"], env=stack_env, capture_output=True, text=True, cwd=ROOT
+    )
     if " local " not in pools.stdout:
-        subprocess.run([*map(str, prefect), "work-pool", "create", "local", "--type", "process"], env=stack_env, check=True,
-                       capture_output=True, cwd=ROOT)
-    deploy = subprocess.run([*map(str, prefect), "deploy", "--all", "--prefect-file", "infra/prefect.yaml"],
-                            env={**stack_env, "COLUMNS": "200"}, capture_output=True, text=True, cwd=ROOT)
+        subprocess.run(
+            [*map(str, prefect), "work-pool", "create", "local", "--type", "process"],
+            env=stack_env,
+            check=True,
+            capture_output=True,
+            cwd=ROOT,
+        )
+    deploy = subprocess.run(
+        [*map(str, prefect), "deploy", "--all", "--prefect-file", "infra/prefect.yaml"],
+        env={**stack_env, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     if deploy.returncode != 0:
         raise RuntimeError(f"prefect deploy failed:\n{deploy.stdout[-2000:]}{deploy.stderr[-2000:]}")
     if not _pid("worker"):
@@ -273,12 +354,18 @@ def main(action: str, backend: str = "sqlite") -> int:
         except RuntimeError as exc:  # a clear message, no traceback; `sciflow stack down` cleans up
             print(f"sciflow stack up: {exc}", file=sys.stderr)
             return 1
-        print(f"Prefect UI: {info['prefect']['ui']}\nMLflow UI:  {info['mlflow']['ui']}\n"
-              f"backend: {info['backend']}" + (f" (postgres pid {info['postgres']['pid']}, data in "
-                                              f"{_dir() / 'pg'})\n" if backend == "postgres" else "\n") +
-              f"worker pid {info['worker']['pid']} on pool 'local'; deployments from infra/prefect.yaml\n"
-              f"point clients at it:  source {info['env']}\n"
-              f"then e.g.: prefect deployment run nightly-benchmark/nightly -p scale=smoke")
+        print(
+            f"Prefect UI: {info['prefect']['ui']}\nMLflow UI:  {info['mlflow']['ui']}\n"
+            f"backend: {info['backend']}"
+            + (
+                f" (postgres pid {info['postgres']['pid']}, data in {_dir() / 'pg'})\n"
+                if backend == "postgres"
+                else "\n"
+            )
+            + f"worker pid {info['worker']['pid']} on pool 'local'; deployments from infra/prefect.yaml\n"
+            f"point clients at it:  source {info['env']}\n"
+            f"then e.g.: prefect deployment run nightly-benchmark/nightly -p scale=smoke"
+        )
     elif action == "status":
         print(json.dumps(status(), indent=2))
     elif action == "down":

@@ -12,9 +12,10 @@ import os
 import re
 import socket
 import subprocess
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from . import settings
 
@@ -47,8 +48,10 @@ def client() -> MlflowClient:
         try:
             urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5)
         except OSError as exc:
-            raise TrackingUnavailableError(f"MLflow tracking server at {redact_text(uri)} is not reachable ({exc}); "
-                                           "start it (sciflow stack up) or unset MLFLOW_TRACKING_URI for the local store") from exc
+            raise TrackingUnavailableError(
+                f"MLflow tracking server at {redact_text(uri)} is not reachable ({exc}); "
+                "start it (sciflow stack up) or unset MLFLOW_TRACKING_URI for the local store"
+            ) from exc
         _checked.add(uri)
     return MlflowClient()
 
@@ -73,7 +76,10 @@ def git_commit() -> str:
         if out.returncode == 0 and commit:
             dirty = subprocess.run(
                 ["git", "status", "--porcelain", "--untracked-files=no"],
-                capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent,
+                capture_output=True,
+                text=True,
+                timeout=5,
+                cwd=Path(__file__).parent,
             ).stdout.strip()
             return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
@@ -104,10 +110,26 @@ def standard_tags() -> dict[str, str]:
 
 
 REDACTED = "***"
-_SECRET_WORDS = frozenset({"password", "passwd", "pwd", "passphrase", "secret", "secrets", "token", "tokens", "auth",
-                           "authorization", "credential", "credentials", "apikey"})
-_KEY_QUALIFIERS = frozenset({"api", "access", "private", "secret", "signing", "encryption", "ssh", "auth", "account",
-                             "client", "master"})
+_SECRET_WORDS = frozenset(
+    {
+        "password",
+        "passwd",
+        "pwd",
+        "passphrase",
+        "secret",
+        "secrets",
+        "token",
+        "tokens",
+        "auth",
+        "authorization",
+        "credential",
+        "credentials",
+        "apikey",
+    }
+)
+_KEY_QUALIFIERS = frozenset(
+    {"api", "access", "private", "secret", "signing", "encryption", "ssh", "auth", "account", "client", "master"}
+)
 _URL_USERINFO = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^/@\s:]*):[^/@\s]*@", re.IGNORECASE)
 
 
@@ -180,8 +202,9 @@ def _crash_flow_run(prefect_client, flow_run_id: str, why: str) -> None:
     except ObjectNotFound:
         return
     if state is not None and not state.is_final():
-        prefect_client.set_flow_run_state(flow_run_id, Crashed(message=f"sciflow: {why}; marked crashed by a later run"),
-                                          force=True)
+        prefect_client.set_flow_run_state(
+            flow_run_id, Crashed(message=f"sciflow: {why}; marked crashed by a later run"), force=True
+        )
 
 
 def reap_orphans(experiment: str = EXPERIMENT) -> list[str]:
@@ -282,7 +305,9 @@ def log_dataset(run_id: str, ref, context: str = "generated") -> None:
 
     ds = MetaDataset(source=LocalArtifactDatasetSource(ref.path), name=Path(ref.path).name, digest=ref.digest[:32])
     c = client()
-    c.log_inputs(run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])])
+    c.log_inputs(
+        run_id, datasets=[DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])]
+    )
     c.set_tag(run_id, "sciflow.dataset.sha256", ref.digest)
     c.set_tag(run_id, "sciflow.dataset.path", ref.path)
 
@@ -307,10 +332,8 @@ def ui_hint() -> str:
     import sys
 
     exe = Path(sys.executable).parent / "mlflow"
-    try:
+    with suppress(ValueError):
         exe = exe.relative_to(Path.cwd())
-    except ValueError:
-        pass
     uri = mlflow.get_tracking_uri()
     return f"{exe} ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000   # then open http://127.0.0.1:5000"
 

@@ -13,5 +13,13 @@ from .device import default_device
 from .registry import KINDS, model_from_checkpoint
 from .training import TrainingTask, World, fit
 
-__all__ = ["KINDS", "TrainingTask", "World", "default_device", "fit", "load_checkpoint", "model_from_checkpoint",
-           "save_checkpoint"]
+__all__ = [
+    "KINDS",
+    "TrainingTask",
+    "World",
+    "default_device",
+    "fit",
+    "load_checkpoint",
+    "model_from_checkpoint",
+    "save_checkpoint",
+]

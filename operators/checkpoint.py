@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from pydantic import BaseModel
@@ -66,9 +67,8 @@ def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_temporaries(path.parent)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            torch.save(dict(state), fh)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(dict(state), fh)
     fsync_dir(path.parent)
     return path
 
@@ -94,8 +94,10 @@ def check_config(ckpt: Mapping[str, Any], config: BaseModel, path: str | Path) -
     saved_d = saved if isinstance(saved, dict) else {}
     top = sorted(k for k in set(saved_d) | set(wanted) if saved_d.get(k) != wanted.get(k))
     detail = "; ".join(_differences(saved_d, wanted))
-    raise CheckpointError(f"checkpoint {path} was written for another configuration (differs in: {top}: {detail}); "
-                          "use the checkpoint's config, or another checkpoint path to train this one afresh")
+    raise CheckpointError(
+        f"checkpoint {path} was written for another configuration (differs in: {top}: {detail}); "
+        "use the checkpoint's config, or another checkpoint path to train this one afresh"
+    )
 
 
 def load_checkpoint(path: str | Path, kind: str | None = None, config: BaseModel | None = None) -> dict:
@@ -117,8 +119,10 @@ def load_checkpoint(path: str | Path, kind: str | None = None, config: BaseModel
         raise CheckpointError(f"unreadable checkpoint {path}: {exc}") from exc
     missing = [k for k in REQUIRED if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
-        raise CheckpointError(f"{path} is not a sciflow training checkpoint (missing {missing}); it was written by "
-                              "another program or an older sciflow: retrain, or point at the right file")
+        raise CheckpointError(
+            f"{path} is not a sciflow training checkpoint (missing {missing}); it was written by "
+            "another program or an older sciflow: retrain, or point at the right file"
+        )
     if kind is not None and ckpt["kind"] != kind:
         raise CheckpointError(f"checkpoint {path} holds a {ckpt['kind']!r} model, not a {kind!r} one")
     if config is not None:
@@ -126,5 +130,14 @@ def load_checkpoint(path: str | Path, kind: str | None = None, config: BaseModel
     return ckpt
 
 
-__all__ = ["FORMAT", "CheckpointError", "CheckpointNotFoundError", "check_config", "config_json", "config_key",
-           "load_checkpoint", "save_checkpoint", "weights"]
+__all__ = [
+    "FORMAT",
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "check_config",
+    "config_json",
+    "config_key",
+    "load_checkpoint",
+    "save_checkpoint",
+    "weights",
+]

@@ -16,8 +16,9 @@ that builds that kind's untrained network from the stored config and context:
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from pydantic import ValidationError
@@ -32,11 +33,16 @@ from .node.train import rebuild as rebuild_node
 
 #: model kind -> ``build(config_json, **context) -> untrained nn.Module``
 KINDS: dict[str, Callable[..., torch.nn.Module]] = {
-    "operator": rebuild_operator, "dcdm": rebuild_dcdm, "hard": rebuild_hard, "node": rebuild_node}
+    "operator": rebuild_operator,
+    "dcdm": rebuild_dcdm,
+    "hard": rebuild_hard,
+    "node": rebuild_node,
+}
 
 
-def model_from_checkpoint(path: str | Path, *, kind: str | None = None, device: torch.device | str | None = None,
-                          **context: Any) -> torch.nn.Module:
+def model_from_checkpoint(
+    path: str | Path, *, kind: str | None = None, device: torch.device | str | None = None, **context: Any
+) -> torch.nn.Module:
     """Rebuild the model of a checkpoint (weights-only load) in eval mode.
 
     Args:

@@ -28,9 +28,10 @@ indexed by ``counter = "step"`` instead of ``"epoch"``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Generic, Sequence, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from pydantic import BaseModel
@@ -59,21 +60,26 @@ class World:
 
     def __post_init__(self) -> None:
         if self.size < 1 or not 0 <= self.rank < self.size:
-            raise InputError(f"world_size={self.size}, rank={self.rank}: need world_size >= 1 and "
-                             "0 <= rank < world_size")
+            raise InputError(
+                f"world_size={self.size}, rank={self.rank}: need world_size >= 1 and 0 <= rank < world_size"
+            )
         if self.size > 1:
             import torch.distributed as dist
 
             if not (dist.is_available() and dist.is_initialized()):
-                raise InputError(f"world_size={self.size} needs an initialized torch.distributed process group "
-                                 "(run under torchrun and call init_process_group), or world_size=1")
+                raise InputError(
+                    f"world_size={self.size} needs an initialized torch.distributed process group "
+                    "(run under torchrun and call init_process_group), or world_size=1"
+                )
             if (dist.get_world_size(), dist.get_rank()) != (self.size, self.rank):
-                raise InputError(f"world_size={self.size}, rank={self.rank} disagree with the process group "
-                                 f"({dist.get_world_size()} ranks, this one {dist.get_rank()})")
+                raise InputError(
+                    f"world_size={self.size}, rank={self.rank} disagree with the process group "
+                    f"({dist.get_world_size()} ranks, this one {dist.get_rank()})"
+                )
 
     def shard(self, index: torch.Tensor) -> torch.Tensor:
         """This rank's part of a global batch of sample indices (every ``size``-th, from ``rank``)."""
-        return index if self.size == 1 else index[self.rank::self.size]
+        return index if self.size == 1 else index[self.rank :: self.size]
 
     def _reduce(self, values: Sequence[float], op: str) -> list[float]:
         if self.size == 1:
@@ -164,8 +170,9 @@ class TrainingTask(ABC, Generic[ConfigT]):
         """The error for a divergence during ``epoch``: ``what`` happened, the last good state is kept."""
         last = self.position(epoch - 1) if epoch > 1 else "none"
         lr = getattr(self.config, "lr", None)
-        return TrainingDivergedError(f"{what}; nothing after the last good checkpoint ({last}) is written. "
-                                     f"Lower lr (now {lr}).")
+        return TrainingDivergedError(
+            f"{what}; nothing after the last good checkpoint ({last}) is written. Lower lr (now {lr})."
+        )
 
 
 def _all_finite(model: nn.Module) -> bool:
@@ -234,13 +241,23 @@ def fit(
         if world.rank != 0:
             continue
         if path is not None:
-            save_checkpoint({
-                "format": FORMAT, "kind": task.kind, "config": config_json(task.config), "context": task.context(),
-                "epoch": epoch, **task.progress(epoch), "model": weights(model), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict() if sched is not None else None, "history": history,
-                "rng": {"torch": torch.get_rng_state(), **{name: g.get_state() for name, g in gens.items()}},
-                "world_size": world.size,
-            }, path)
+            save_checkpoint(
+                {
+                    "format": FORMAT,
+                    "kind": task.kind,
+                    "config": config_json(task.config),
+                    "context": task.context(),
+                    "epoch": epoch,
+                    **task.progress(epoch),
+                    "model": weights(model),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict() if sched is not None else None,
+                    "history": history,
+                    "rng": {"torch": torch.get_rng_state(), **{name: g.get_state() for name, g in gens.items()}},
+                    "world_size": world.size,
+                },
+                path,
+            )
         if on_epoch is not None:
             for row in rows:
                 on_epoch(int(row[task.counter]), row)

@@ -9,7 +9,7 @@ Arrays written per split: ``a`` and ``u``, shape ``(N, n, n)``, axes ``sample, y
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -69,7 +69,7 @@ class DarcySolver:
     def close(self) -> None:
         self._ksp.close()
 
-    def __enter__(self) -> "DarcySolver":
+    def __enter__(self) -> DarcySolver:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -38,8 +38,8 @@ of shape ``(n_times + 1,)`` and the cell centres ``x`` of shape ``(n,)``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Mapping
 
 import numpy as np
 import scipy.sparse as sp
@@ -73,7 +73,7 @@ class SorptionParams:
     u_floor: float = _spec_default("u_floor")
 
     @classmethod
-    def of(cls, p: "SorptionParams | DiffusionSorptionSpec") -> "SorptionParams":
+    def of(cls, p: SorptionParams | DiffusionSorptionSpec) -> SorptionParams:
         if isinstance(p, SorptionParams):
             return p
         return cls(**{f.name: float(getattr(p, f.name)) for f in fields(cls)})
@@ -127,9 +127,7 @@ def _ghost_factor(n: int, D: float) -> float:
 def _second_difference(u: np.ndarray, D: float) -> np.ndarray:
     """``u_{i-1} - 2 u_i + u_{i+1}`` with both ghost cells, shape of ``u`` (``(..., n)``)."""
     n = u.shape[-1]
-    pad = np.concatenate(
-        [2.0 * U_LEFT - u[..., :1], u, _ghost_factor(n, D) * u[..., -1:]], axis=-1
-    )
+    pad = np.concatenate([2.0 * U_LEFT - u[..., :1], u, _ghost_factor(n, D) * u[..., -1:]], axis=-1)
     return pad[..., :-2] - 2.0 * u + pad[..., 2:]
 
 

@@ -74,7 +74,7 @@ def fv_stencil(
 
         def along(sl: slice, axis: int = axis) -> tuple[slice, ...]:
             """``sl`` along ``axis`` of the padded arrays, the box cells on the other axes."""
-            return box[:axis] + (sl,) + box[axis + 1:]
+            return box[:axis] + (sl,) + box[axis + 1 :]
 
         def at(sl: slice, axis: int = axis) -> tuple[slice, ...]:
             """``sl`` along ``axis`` of a face array."""
@@ -143,9 +143,7 @@ def fv_operator(
     rows.append(idx.ravel())
     cols.append(idx.ravel())
     vals.append(diag.ravel())
-    A = sp.csr_matrix(
-        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(a.size, a.size)
-    )
+    A = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(a.size, a.size))
     A.sum_duplicates()
     A.sort_indices()
     return A
@@ -194,12 +192,15 @@ def dmda_local_csr(da: Any, a: np.ndarray, bc: str = "dirichlet") -> tuple[np.nd
     ranges = da.getRanges()[::-1]  # array axis order [(z,) y, x]
     m = tuple(e - s for s, e in ranges)
     if a.shape != tuple(mi + 2 for mi in m):
-        raise InputError(f"a has shape {a.shape}; this rank's cells plus one ghost layer are {tuple(mi + 2 for mi in m)}")
+        raise InputError(
+            f"a has shape {a.shape}; this rank's cells plus one ghost layer are {tuple(mi + 2 for mi in m)}"
+        )
     # global PETSc index of every cell of the box with its ghost layer; -1 outside the domain
     gstart, gsize = (tuple(v)[::-1] for v in da.getGhostCorners())
     g = np.full(a.shape, -1, dtype=PETSc.IntType)
-    g[tuple(slice(gs - s + 1, gs - s + 1 + gm) for gs, (s, _), gm in zip(gstart, ranges, gsize))] = \
+    g[tuple(slice(gs - s + 1, gs - s + 1 + gm) for gs, (s, _), gm in zip(gstart, ranges, gsize, strict=False))] = (
         da.getLGMap().getIndices().reshape(gsize)
+    )
     diag, faces = fv_stencil(a, g >= 0, 1.0 / n, bc)
     box = (slice(1, -1),) * dim
     neighbours = [(axis, -1) for axis in range(dim)] + [(None, 0)] + [(axis, 1) for axis in reversed(range(dim))]
@@ -210,7 +211,7 @@ def dmda_local_csr(da: Any, a: np.ndarray, bc: str = "dirichlet") -> tuple[np.nd
             vals.append(diag)
             continue
         sl = slice(1 + side, -1 + side or None)
-        cols.append(g[box[:axis] + (sl,) + box[axis + 1:]])
+        cols.append(g[box[:axis] + (sl,) + box[axis + 1 :]])
         face = slice(1, None) if side > 0 else slice(0, -1)
         vals.append(-faces[axis][(slice(None),) * axis + (face,)])
     col = np.stack([c.ravel() for c in cols], axis=1)  # (cells, 2 dim + 1)

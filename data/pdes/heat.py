@@ -10,7 +10,7 @@ Arrays written per split: ``u`` of shape ``(N, n_times + 1, n[, n])``, axes
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

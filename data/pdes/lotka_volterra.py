@@ -11,7 +11,7 @@ shared: ``t`` of shape ``(n_times + 1,)``.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

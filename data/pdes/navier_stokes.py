@@ -36,7 +36,7 @@ times ``t``; shared: ``t`` of shape ``(n_times + 1,)`` (``t0 + T k / n_times``) 
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -171,5 +171,5 @@ def sample_arrays(spec: NavierStokesSpec, rngs: list[np.random.Generator]) -> di
     with VorticityTS(spec.n, spec.viscosity, forcing(spec.n, spec.forcing), spec.solver_options()) as ts:
         for rng in rngs:
             w0 = grf(rng, spec.n, 2, spec.alpha, spec.tau, bc="periodic")
-            trajs.append(ts.integrate(w0, times, spec.dt)[int(spin_up):])
+            trajs.append(ts.integrate(w0, times, spec.dt)[int(spin_up) :])
     return {"w": np.stack(trajs)}

@@ -106,7 +106,9 @@ def sample_arrays(spec: PoissonSpec, rngs: list[np.random.Generator]) -> dict[st
     M, da = dmda_matrix(A, spec.n, spec.dim)
     shape = (spec.n,) * spec.dim
     bs, xs = [], []
-    with KSPSolver(M, spec.solver_options(), nullspace=null_vector(spec, mask), dm=da, fallbacks=spec.petsc_fallbacks) as ksp:
+    with KSPSolver(
+        M, spec.solver_options(), nullspace=null_vector(spec, mask), dm=da, fallbacks=spec.petsc_fallbacks
+    ) as ksp:
         for rng in rngs:
             b = grf(rng, spec.n, spec.dim, alpha=2.0, tau=3.0)
             b /= np.abs(b).max()

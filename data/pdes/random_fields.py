@@ -53,8 +53,10 @@ def cosine_series(c: np.ndarray, x: np.ndarray, y: np.ndarray | None = None) -> 
         return c @ np.cos(np.pi * np.outer(k, x))
     if c.ndim == 2 and y is not None:
         return np.cos(np.pi * np.outer(y, k)) @ c @ np.cos(np.pi * np.outer(k, x))
-    raise InputError(f"c: cosine_series evaluates 1D (x) or 2D (x, y) expansions; got c of shape {c.shape} "
-                     f"with y {'given' if y is not None else 'missing'}")
+    raise InputError(
+        f"c: cosine_series evaluates 1D (x) or 2D (x, y) expansions; got c of shape {c.shape} "
+        f"with y {'given' if y is not None else 'missing'}"
+    )
 
 
 def grf(

@@ -2,9 +2,9 @@
 
 :data:`BENCHMARKS` is the one list of benchmarks. Everything else that names them is derived
 from it: the ``sciflow bench`` choices (:mod:`flows.cli`), the nightly stages and their ``Stage``
-parameter type (:mod:`flows.nightly`), the docs tables (:mod:`flows.readme_tables`); the
+parameter type (:mod:`flows.nightly`), the docs tables (:mod:`flows.docs_tables`); the
 deployments in ``infra/prefect.yaml`` and ``infra/cluster/prefect.yaml`` are checked against it
-(``tests/test_infra.py``).
+(``tests/flows/test_infra.py``).
 
 Each benchmark's module has ``run(scale, run_id) -> (rows, figures)`` and optionally ``META``;
 :func:`run_benchmark` writes the JSON, logs it to MLflow and publishes a Prefect table artifact
@@ -82,19 +82,51 @@ class Benchmark:
 
 
 #: Every benchmark by name, in the order the nightly runs its stages.
-BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
-    Benchmark("datagen", "flows.benchmarks.datagen"),
-    Benchmark("linear", "flows.benchmarks.linear", "flows.linear:benchmark_linear_solvers", "benchmark-linear-solvers",
-              stage=True, gpu=True),
-    Benchmark("operators", "flows.benchmarks.operators", "flows.operator:benchmark_operators", "benchmark-operators",
-              stage=True, gpu=True),
-    Benchmark("neural-odes", "flows.benchmarks.neural_odes", "flows.neural_ode:benchmark_neural_odes",
-              "benchmark-neural-odes", stage=True, gpu=True),
-    Benchmark("optimizers", "flows.benchmarks.optimizers", "flows.optimize:benchmark_optimizers", "benchmark-optimizers",
-              stage=True),
-    Benchmark("hard-constraints", "flows.benchmarks.hard_constraints", "flows.hard_constraint:benchmark_hard_constraints",
-              "benchmark-hard-constraints", stage=True, gpu=True),
-)}
+BENCHMARKS: dict[str, Benchmark] = {
+    b.name: b
+    for b in (
+        Benchmark("datagen", "flows.benchmarks.datagen"),
+        Benchmark(
+            "linear",
+            "flows.benchmarks.linear",
+            "flows.linear:benchmark_linear_solvers",
+            "benchmark-linear-solvers",
+            stage=True,
+            gpu=True,
+        ),
+        Benchmark(
+            "operators",
+            "flows.benchmarks.operators",
+            "flows.operator:benchmark_operators",
+            "benchmark-operators",
+            stage=True,
+            gpu=True,
+        ),
+        Benchmark(
+            "neural-odes",
+            "flows.benchmarks.neural_odes",
+            "flows.neural_ode:benchmark_neural_odes",
+            "benchmark-neural-odes",
+            stage=True,
+            gpu=True,
+        ),
+        Benchmark(
+            "optimizers",
+            "flows.benchmarks.optimizers",
+            "flows.optimize:benchmark_optimizers",
+            "benchmark-optimizers",
+            stage=True,
+        ),
+        Benchmark(
+            "hard-constraints",
+            "flows.benchmarks.hard_constraints",
+            "flows.hard_constraint:benchmark_hard_constraints",
+            "benchmark-hard-constraints",
+            stage=True,
+            gpu=True,
+        ),
+    )
+}
 
 
 def get(name: str) -> Benchmark:
@@ -152,8 +184,9 @@ def run_benchmark(name: str, scale: str, out: str | Path | None = None, parent_r
 
     check_scale(scale)
     module = get(name).load()
-    with tracking.mlflow_run(f"bench-{name}-{scale}", {"benchmark": name, "scale": scale},
-                             {"sciflow.stage": f"bench-{name}"}, parent_run_id) as run_id:
+    with tracking.mlflow_run(
+        f"bench-{name}-{scale}", {"benchmark": name, "scale": scale}, {"sciflow.stage": f"bench-{name}"}, parent_run_id
+    ) as run_id:
         t0 = time.perf_counter()
         rows, figures = module.run(scale, run_id=run_id)
         meta = {

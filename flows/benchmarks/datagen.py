@@ -42,7 +42,9 @@ def bare_loop(spec: DarcySpec) -> float:
     """Seconds to draw and solve every train sample of ``spec`` in a plain petsc4py loop."""
     t0 = time.perf_counter()
     with single_threaded_blas(), darcy.DarcySolver(spec.n, spec.solver_options()) as solver:
-        out = [solver.solve(darcy.coefficient(spec, rng), spec.f) for rng in sample_rngs(spec, "train", 0, spec.n_train)]
+        out = [
+            solver.solve(darcy.coefficient(spec, rng), spec.f) for rng in sample_rngs(spec, "train", 0, spec.n_train)
+        ]
     seconds = time.perf_counter() - t0
     assert len(out) == spec.n_train
     return seconds
@@ -78,24 +80,40 @@ def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
             for rep in range(REPEATS[scale]):  # alternate, fresh store each time; keep the best of each
                 bares.append(bare_loop(spec))
                 t0 = time.perf_counter()
-                ref = generate_dataset(spec=spec, chunk_size=CHUNK[scale], root=f"{tmp}/{n}-{rep}", parent_run_id=run_id)
+                ref = generate_dataset(
+                    spec=spec, chunk_size=CHUNK[scale], root=f"{tmp}/{n}-{rep}", parent_run_id=run_id
+                )
                 flows.append(time.perf_counter() - t0)
             bare, flow = min(bares), min(flows)
             assert data.load(ref).arrays["u"].shape == (count, n, n)
             for method, seconds in (("bare-petsc4py", bare), ("prefect-flow", flow)):
-                rows.append({
-                    "method": method, "problem": f"darcy-{n}x{n}", "scale": scale, "samples": count,
-                    "seconds": round(seconds, 3), "samples_per_s": round(count / seconds, 2),
-                    "ratio_to_bare": round(seconds / bare, 3),
-                })
+                rows.append(
+                    {
+                        "method": method,
+                        "problem": f"darcy-{n}x{n}",
+                        "scale": scale,
+                        "samples": count,
+                        "seconds": round(seconds, 3),
+                        "samples_per_s": round(count / seconds, 2),
+                        "ratio_to_bare": round(seconds / bare, 3),
+                    }
+                )
     base = None
     for n in SIZES[scale]["poisson"]:
         total, solve, its = gamg_solve(n)
         per = total / n**2
         base = base or per
-        rows.append({
-            "method": "petsc-cg-gamg", "problem": f"poisson-{n}x{n}", "scale": scale, "unknowns": n * n,
-            "iterations": its, "seconds": round(total, 4), "solve_seconds": round(solve, 4),
-            "us_per_unknown": round(per * 1e6, 4), "ratio_to_smallest": round(per / base, 3),
-        })
+        rows.append(
+            {
+                "method": "petsc-cg-gamg",
+                "problem": f"poisson-{n}x{n}",
+                "scale": scale,
+                "unknowns": n * n,
+                "iterations": its,
+                "seconds": round(total, 4),
+                "solve_seconds": round(solve, 4),
+                "us_per_unknown": round(per * 1e6, 4),
+                "ratio_to_smallest": round(per / base, 3),
+            }
+        )
     return rows, {}

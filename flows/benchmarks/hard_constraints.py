@@ -37,24 +37,58 @@ PROBLEMS = {
         "diffusion-sorption": DiffusionSorptionSpec(n=1024, n_times=100, n_train=9000, n_test=1000, seed=0),
         "heat-2d": HeatSpec(n=64, dim=2, kappa=0.01, t_final=1.0, n_times=32, n_train=1000, n_test=100, seed=0),
         # the paper's 2D setting: Re = 1e4 (nu = 1e-4), 256^2, 64 time steps, N = 64 basis functions
-        "navier-stokes-2d": NavierStokesSpec(n=256, viscosity=1e-4, horizon=1.0, n_times=63, dt=1e-3, n_train=1000,
-                                             n_test=100, seed=0),
+        "navier-stokes-2d": NavierStokesSpec(
+            n=256, viscosity=1e-4, horizon=1.0, n_times=63, dt=1e-3, n_train=1000, n_test=100, seed=0
+        ),
     },
 }
 OVERRIDES = {"navier-stokes-2d": dict(n_basis=64, points=10000)}  # per problem, over the scale's config
 CONFIGS = {
-    "smoke": dict(steps=3, batch_size=2, points=48, hidden=8, n_layers=2, modes=4, n_basis=8, experts=(1, 2, 4),
-                  scaling_points=(32, 64), scaling_steps=2, oracle_points=(16,)),
-    "small": dict(steps=400, batch_size=4, points=1024, hidden=32, n_layers=4, modes=8, n_basis=16, experts=(1, 2, 4, 8),
-                  scaling_points=(128, 256, 512, 1024, 2048), scaling_steps=6, oracle_points=(64, 256, 1024)),
-    "paper": dict(steps=4050, batch_size=6, points=20000, hidden=64, n_layers=5, modes=8, n_basis=16, experts=(1, 2, 4, 8),
-                  scaling_points=(100, 1000, 10000, 100000), scaling_steps=10, oracle_points=(256, 1024)),
+    "smoke": dict(
+        steps=3,
+        batch_size=2,
+        points=48,
+        hidden=8,
+        n_layers=2,
+        modes=4,
+        n_basis=8,
+        experts=(1, 2, 4),
+        scaling_points=(32, 64),
+        scaling_steps=2,
+        oracle_points=(16,),
+    ),
+    "small": dict(
+        steps=400,
+        batch_size=4,
+        points=1024,
+        hidden=32,
+        n_layers=4,
+        modes=8,
+        n_basis=16,
+        experts=(1, 2, 4, 8),
+        scaling_points=(128, 256, 512, 1024, 2048),
+        scaling_steps=6,
+        oracle_points=(64, 256, 1024),
+    ),
+    "paper": dict(
+        steps=4050,
+        batch_size=6,
+        points=20000,
+        hidden=64,
+        n_layers=5,
+        modes=8,
+        n_basis=16,
+        experts=(1, 2, 4, 8),
+        scaling_points=(100, 1000, 10000, 100000),
+        scaling_steps=10,
+        oracle_points=(256, 1024),
+    ),
 }
 META = {
     "targets": "diffusion-sorption: MoE rel. L2 < single hard constraint < soft constraint and MoE <= 0.1x soft "
-               "(paper: 3.6 % / 7.6 % / 85.9 %); interface jumps and a random-assignment ablation reported; at "
-               "equal constraint points, s/step with K=4 <= 0.5x K=1, step time sub-linear in the points; "
-               "cvxpylayers and closed form agree on the linear case",
+    "(paper: 3.6 % / 7.6 % / 85.9 %); interface jumps and a random-assignment ablation reported; at "
+    "equal constraint points, s/step with K=4 <= 0.5x K=1, step time sub-linear in the points; "
+    "cvxpylayers and closed form agree on the linear case",
 }
 
 
@@ -72,8 +106,12 @@ def model_configs(scale: str, grid: tuple[int, ...], problem: str = "") -> list[
     from operators.hard import layout_for
 
     c = {**CONFIGS[scale], **OVERRIDES.get(problem, {})}
-    net = dict(hidden=c["hidden"], n_layers=c["n_layers"], modes=(min(c["modes"], grid[0] // 2),)
-               + tuple(min(c["modes"], n // 2) for n in grid[1:]), n_basis=c["n_basis"])
+    net = dict(
+        hidden=c["hidden"],
+        n_layers=c["n_layers"],
+        modes=(min(c["modes"], grid[0] // 2),) + tuple(min(c["modes"], n // 2) for n in grid[1:]),
+        n_basis=c["n_basis"],
+    )
     out = [dict(mode="soft", experts=(1,) * len(grid), **net)]
     for k in c["experts"]:
         out.append(dict(points=c["points"], experts=layout_for(k, grid), **net))
@@ -107,9 +145,13 @@ def step_times(pde, u0, scale: str, points: tuple[int, ...], ks=(1, 4)) -> list[
     rows = []
     for k in ks:
         for m in points:
-            cfg = HardTrainConfig(model=HardModelConfig(**{**model_configs(scale, pde.grid, pde.name)[1], "points": m,
-                                                           "experts": layout_for(k, pde.grid)}),
-                                  steps=c["scaling_steps"] + 1, batch_size=c["batch_size"])
+            cfg = HardTrainConfig(
+                model=HardModelConfig(
+                    **{**model_configs(scale, pde.grid, pde.name)[1], "points": m, "experts": layout_for(k, pde.grid)}
+                ),
+                steps=c["scaling_steps"] + 1,
+                batch_size=c["batch_size"],
+            )
             torch.manual_seed(0)
             _, hist = train(cfg, pde, u0, log_every=1)
             sec = statistics.median(h["step_seconds"] for h in hist[1:])
@@ -131,7 +173,9 @@ def backend_oracle(pde, u0, scale: str) -> list[dict]:
         out, grads, secs = {}, {}, {}
         for backend in ("cholesky", "cvxpylayers"):
             torch.manual_seed(0)
-            cfg = HardModelConfig(**{**model_configs(scale, pde.grid)[1], "points": m, "backend": backend, "ridge": 1e-2})
+            cfg = HardModelConfig(
+                **{**model_configs(scale, pde.grid)[1], "points": m, "backend": backend, "ridge": 1e-2}
+            )
             model = HardConstraintModel(cfg, pde)
             pts = model.router.sample(m, torch.Generator().manual_seed(0))
             with torch.no_grad():
@@ -147,9 +191,16 @@ def backend_oracle(pde, u0, scale: str) -> list[dict]:
             out[backend], grads[backend] = o.w.detach(), g
         dw = float((out["cvxpylayers"] - out["cholesky"]).abs().max() / out["cholesky"].abs().max())
         dg = float((grads["cvxpylayers"] - grads["cholesky"]).abs().max() / grads["cholesky"].abs().max())
-        rows.append({"points": m, "w_rel_diff": dw, "grad_rel_diff": dg, "s_cholesky": round(secs["cholesky"], 4),
-                     "s_cvxpylayers": round(secs["cvxpylayers"], 3),
-                     "cvxpylayers_vs_cholesky": round(secs["cvxpylayers"] / secs["cholesky"], 1)})
+        rows.append(
+            {
+                "points": m,
+                "w_rel_diff": dw,
+                "grad_rel_diff": dg,
+                "s_cholesky": round(secs["cholesky"], 4),
+                "s_cvxpylayers": round(secs["cvxpylayers"], 3),
+                "cvxpylayers_vs_cholesky": round(secs["cvxpylayers"] / secs["cholesky"], 1),
+            }
+        )
     return rows
 
 
@@ -169,29 +220,45 @@ def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
         pde, u0, u0_test, u_test, ref = _load(spec)
         if run_id is not None:
             tracking.log_dataset(run_id, ref, "training")
-        log(f"{problem}: grid {pde.grid}, {len(u0)} train / {len(u0_test)} test, data in {time.perf_counter() - t0:.1f} s")
+        log(
+            f"{problem}: grid {pde.grid}, {len(u0)} train / {len(u0_test)} test, data in {time.perf_counter() - t0:.1f} s"
+        )
         found, preds = {}, {}
         for mc in model_configs(scale, pde.grid, problem):
             label = _label(mc)
             cfg = HardTrainConfig(model=HardModelConfig(**mc), steps=c["steps"], batch_size=c["batch_size"], seed=0)
             t1 = time.perf_counter()
-            model, hist = train(cfg, pde, u0, log_every=max(c["steps"] // 4, 1),
-                                on_epoch=lambda s, r, label=label: log(
-                                    f"{problem} {label:22s} step {s}/{cfg.steps} loss {r['loss']:.4g} "
-                                    f"({r['seconds']:.3f} s/step)"))
+            model, hist = train(
+                cfg,
+                pde,
+                u0,
+                log_every=max(c["steps"] // 4, 1),
+                on_epoch=lambda s, r, label=label: log(
+                    f"{problem} {label:22s} step {s}/{cfg.steps} loss {r['loss']:.4g} ({r['seconds']:.3f} s/step)"
+                ),
+            )
             ev = evaluate(model, u0_test, u_test)
             with torch.no_grad():
                 preds[label] = model(u0_test[:1]).u[0].float()
             found[label] = {
-                "method": label, "problem": problem, "scale": scale, "experts": int(np.prod(mc.get("experts", (1,)))),
-                "rel_l2": round(ev["rel_l2"], 4), "residual": round(ev["residual"], 4),
-                "conditions": round(ev["conditions"], 4), "s_per_step": round(hist[-1]["seconds"], 4),
-                "infer_s": round(ev["infer_seconds"], 4), "jump_mean": round(ev.get("jump_mean", 0.0), 4),
+                "method": label,
+                "problem": problem,
+                "scale": scale,
+                "experts": int(np.prod(mc.get("experts", (1,)))),
+                "rel_l2": round(ev["rel_l2"], 4),
+                "residual": round(ev["residual"], 4),
+                "conditions": round(ev["conditions"], 4),
+                "s_per_step": round(hist[-1]["seconds"], 4),
+                "infer_s": round(ev["infer_seconds"], 4),
+                "jump_mean": round(ev.get("jump_mean", 0.0), 4),
                 "jump_max": round(ev.get("jump_max", 0.0), 4),
-                "lm_iters": hist[-1].get("lm_iterations"), "train_s": round(time.perf_counter() - t1, 1),
+                "lm_iters": hist[-1].get("lm_iterations"),
+                "train_s": round(time.perf_counter() - t1, 1),
             }
-            log(f"{problem} {label:22s} rel L2 {ev['rel_l2']:.4f} residual {ev['residual']:.3g} "
-                f"jump {ev.get('jump_mean', 0):.3g}")
+            log(
+                f"{problem} {label:22s} rel L2 {ev['rel_l2']:.4f} residual {ev['residual']:.3g} "
+                f"jump {ev.get('jump_mean', 0):.3g}"
+            )
         soft, hard = found["soft-pinn"], found["pi-hc"]
         for row in found.values():
             row["l2_vs_soft"] = round(row["rel_l2"] / soft["rel_l2"], 3)
@@ -209,5 +276,7 @@ def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
     heat = PROBLEMS[scale]["heat-2d"]
     pde, u0, *_ = _load(heat)
     for r in backend_oracle(pde, u0, scale):
-        rows.append({"part": "backends", "method": "cvxpylayers-vs-cholesky", "problem": "heat-2d", "scale": scale, **r})
+        rows.append(
+            {"part": "backends", "method": "cvxpylayers-vs-cholesky", "problem": "heat-2d", "scale": scale, **r}
+        )
     return rows, figures

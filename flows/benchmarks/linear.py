@@ -11,7 +11,6 @@ measured in the same run, plus iteration growth from the smallest to the largest
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from data.pdes.random_fields import grf
@@ -92,8 +91,10 @@ def _table(model, sizes: list[int], dim: int, kinds, scale: str, log) -> tuple[l
             found = {}
             for method in METHODS:
                 found[method] = _solve(method, system, b, min(TOLS), model)
-                log(f"{n}^{dim} {kind:10s} {method:8s} {found[method].iterations:5d} it  "
-                    f"{found[method].seconds + found[method].setup_seconds:8.3f} s  converged={found[method].converged}")
+                log(
+                    f"{n}^{dim} {kind:10s} {method:8s} {found[method].iterations:5d} it  "
+                    f"{found[method].seconds + found[method].setup_seconds:8.3f} s  converged={found[method].converged}"
+                )
             if kind == "grf" and n == sizes[-1]:
                 histories = {m: [r / res.residuals[0] for r in res.residuals] for m, res in found.items()}
             for tol in TOLS:
@@ -102,13 +103,22 @@ def _table(model, sizes: list[int], dim: int, kinds, scale: str, log) -> tuple[l
                     its, secs = hit[method] or (res.iterations, res.seconds + res.setup_seconds)
                     ref_i, ref_s = hit["icpcg"] or (np.nan, np.nan)
                     gamg_s = hit["gamg"][1] if hit["gamg"] else np.nan
-                    rows.append({
-                        "method": method, "problem": f"poisson{dim}d-neumann-disks-{n}", "scale": scale, "rhs": kind,
-                        "tol": tol, "iterations": its, "seconds": round(secs, 4),
-                        "setup_seconds": round(res.setup_seconds, 4), "converged": hit[method] is not None,
-                        "iters_vs_icpcg": round(its / ref_i, 3), "time_vs_icpcg": round(secs / ref_s, 3),
-                        "time_vs_gamg": round(secs / gamg_s, 3),
-                    })
+                    rows.append(
+                        {
+                            "method": method,
+                            "problem": f"poisson{dim}d-neumann-disks-{n}",
+                            "scale": scale,
+                            "rhs": kind,
+                            "tol": tol,
+                            "iterations": its,
+                            "seconds": round(secs, 4),
+                            "setup_seconds": round(res.setup_seconds, 4),
+                            "converged": hit[method] is not None,
+                            "iters_vs_icpcg": round(its / ref_i, 3),
+                            "time_vs_icpcg": round(secs / ref_s, 3),
+                            "time_vs_gamg": round(secs / gamg_s, 3),
+                        }
+                    )
     return rows, histories
 
 
@@ -123,16 +133,30 @@ def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
     rows, histories = _table(model, SIZES[scale], 2, RHS_KINDS, scale, log)
     lo, hi = SIZES[scale][0], SIZES[scale][-1]
     for method in METHODS:
+
         def at(n):
-            return [r for r in rows if r["method"] == method and r["tol"] == TOLS[-1] and r["problem"].endswith(f"-{n}")]
+            return [
+                r for r in rows if r["method"] == method and r["tol"] == TOLS[-1] and r["problem"].endswith(f"-{n}")
+            ]
 
         its_lo, its_hi = (float(np.mean([r["iterations"] for r in at(n)])) for n in (lo, hi))
-        rows.append({"method": method, "problem": f"growth-{lo}-to-{hi}", "scale": scale, "rhs": "mean", "tol": TOLS[-1],
-                     "iterations": its_hi, "growth": round(its_hi / its_lo, 3),
-                     "converged": all(r["converged"] for r in at(lo) + at(hi))})
+        rows.append(
+            {
+                "method": method,
+                "problem": f"growth-{lo}-to-{hi}",
+                "scale": scale,
+                "rhs": "mean",
+                "tol": TOLS[-1],
+                "iterations": its_hi,
+                "growth": round(its_hi / its_lo, 3),
+                "converged": all(r["converged"] for r in at(lo) + at(hi)),
+            }
+        )
     if TRAIN_3D[scale] is not None:
         cfg3, sizes3 = TRAIN_3D[scale]
-        model3 = model_from_checkpoint(train_dcdm(config=cfg3, parent_run_id=run_id), kind="dcdm", device=default_device())
+        model3 = model_from_checkpoint(
+            train_dcdm(config=cfg3, parent_run_id=run_id), kind="dcdm", device=default_device()
+        )
         rows3, _ = _table(model3, sizes3, 3, ("grf",), scale, log)
         rows += rows3
     figures = {}

@@ -14,19 +14,27 @@ from operators.node import ODETrainConfig, evaluate, load_task, train
 from solvers.ode import REGULARIZERS
 
 CONFIGS = {
-    "smoke": {"digits": dict(epochs=2, batch_size=256, hidden=32),
-              "lotka-volterra": dict(epochs=2, batch_size=200, hidden=16),
-              "spiral": dict(epochs=2, batch_size=250, hidden=16)},
-    "small": {"digits": dict(epochs=12, batch_size=128, hidden=64),
-              "lotka-volterra": dict(epochs=12, batch_size=50, hidden=32, lr=5e-3),
-              "spiral": dict(epochs=12, batch_size=100, hidden=32, lr=5e-3)},
-    "paper": {"digits": dict(epochs=40, batch_size=128, hidden=128),
-              "lotka-volterra": dict(epochs=60, batch_size=50, hidden=64, lr=5e-3),
-              "spiral": dict(epochs=60, batch_size=100, hidden=64, lr=5e-3)},
+    "smoke": {
+        "digits": dict(epochs=2, batch_size=256, hidden=32),
+        "lotka-volterra": dict(epochs=2, batch_size=200, hidden=16),
+        "spiral": dict(epochs=2, batch_size=250, hidden=16),
+    },
+    "small": {
+        "digits": dict(epochs=12, batch_size=128, hidden=64),
+        "lotka-volterra": dict(epochs=12, batch_size=50, hidden=32, lr=5e-3),
+        "spiral": dict(epochs=12, batch_size=100, hidden=32, lr=5e-3),
+    },
+    "paper": {
+        "digits": dict(epochs=40, batch_size=128, hidden=128),
+        "lotka-volterra": dict(epochs=60, batch_size=50, hidden=64, lr=5e-3),
+        "spiral": dict(epochs=60, batch_size=100, hidden=64, lr=5e-3),
+    },
 }
 TOL = {"digits": 1e-6, "lotka-volterra": 1e-6, "spiral": 1e-6}
-META = {"targets": "local on digits: predict NFE <= 0.65x, predict time <= 0.6x, accuracy within 0.5 point; "
-        "Lotka-Volterra: NFE <= 0.7x with final-state MSE within 1.1x; local training time <= 0.8x global's"}
+META = {
+    "targets": "local on digits: predict NFE <= 0.65x, predict time <= 0.6x, accuracy within 0.5 point; "
+    "Lotka-Volterra: NFE <= 0.7x with final-state MSE within 1.1x; local training time <= 0.8x global's"
+}
 
 
 def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
@@ -53,18 +61,27 @@ def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
                 "metric": evals[0][task.metric_name],
             }
             curves.setdefault(task_name, {})[reg] = [h["predict_nfe"] for h in history]
-            log(f"{task_name:7s} {reg:15s} predict NFE {found[reg]['predict_nfe']:5d}  {task.metric_name} "
-                f"{found[reg]['metric']:.4g}  train {train_seconds:.1f} s")
+            log(
+                f"{task_name:7s} {reg:15s} predict NFE {found[reg]['predict_nfe']:5d}  {task.metric_name} "
+                f"{found[reg]['metric']:.4g}  train {train_seconds:.1f} s"
+            )
         base = found["none"]
         for reg, f in found.items():
-            rows.append({
-                "method": reg, "problem": task_name, "scale": scale, "metric": task.metric_name,
-                "value": round(f["metric"], 5), "predict_nfe": f["predict_nfe"],
-                "predict_seconds": round(f["predict_seconds"], 5), "train_seconds": round(f["train_seconds"], 2),
-                "nfe_ratio": round(f["predict_nfe"] / base["predict_nfe"], 3),
-                "predict_time_ratio": round(f["predict_seconds"] / base["predict_seconds"], 3),
-                "train_time_ratio": round(f["train_seconds"] / base["train_seconds"], 3),
-                "train_time_vs_global": round(f["train_seconds"] / found["global"]["train_seconds"], 3),
-                "metric_delta": round(f["metric"] - base["metric"], 5),
-            })
+            rows.append(
+                {
+                    "method": reg,
+                    "problem": task_name,
+                    "scale": scale,
+                    "metric": task.metric_name,
+                    "value": round(f["metric"], 5),
+                    "predict_nfe": f["predict_nfe"],
+                    "predict_seconds": round(f["predict_seconds"], 5),
+                    "train_seconds": round(f["train_seconds"], 2),
+                    "nfe_ratio": round(f["predict_nfe"] / base["predict_nfe"], 3),
+                    "predict_time_ratio": round(f["predict_seconds"] / base["predict_seconds"], 3),
+                    "train_time_ratio": round(f["train_seconds"] / base["train_seconds"], 3),
+                    "train_time_vs_global": round(f["train_seconds"] / found["global"]["train_seconds"], 3),
+                    "metric_delta": round(f["metric"] - base["metric"], 5),
+                }
+            )
     return rows, {"nfe_over_training": plots.nfe_curves(curves)}

@@ -24,18 +24,50 @@ MODELS = {  # label -> model config fields (beyond the scale's width / modes)
     "mg-tfno-r0.005": dict(name="mg-tfno", rank=0.005, levels=1, padding_fraction=0.0625),
 }
 CONFIGS = {
-    "smoke": dict(n=32, n_train=32, n_test=8, n_test_2x=4, epochs=2, step_size=1, batch_size=8, hidden=16, modes=8,
-                  models=["fno", "tfno-r0.05", "tfno-r0.02", "mg-tfno-r0.05", "mg-tfno-r0.02"]),
+    "smoke": dict(
+        n=32,
+        n_train=32,
+        n_test=8,
+        n_test_2x=4,
+        epochs=2,
+        step_size=1,
+        batch_size=8,
+        hidden=16,
+        modes=8,
+        models=["fno", "tfno-r0.05", "tfno-r0.02", "mg-tfno-r0.05", "mg-tfno-r0.02"],
+    ),
     # 2 CPU cores: about 45 s per epoch and model at this width, so 8 epochs and four models
-    "small": dict(n=64, n_train=1000, n_test=200, n_test_2x=50, epochs=8, step_size=4, batch_size=16, hidden=32,
-                  modes=16, models=["fno", "tfno-r0.05", "tfno-r0.02", "mg-tfno-r0.02"]),
-    "paper": dict(n=128, n_train=10000, n_test=1000, n_test_2x=200, epochs=100, step_size=25, batch_size=32, hidden=64,
-                  modes=32, models=list(MODELS)),
+    "small": dict(
+        n=64,
+        n_train=1000,
+        n_test=200,
+        n_test_2x=50,
+        epochs=8,
+        step_size=4,
+        batch_size=16,
+        hidden=32,
+        modes=16,
+        models=["fno", "tfno-r0.05", "tfno-r0.02", "mg-tfno-r0.02"],
+    ),
+    "paper": dict(
+        n=128,
+        n_train=10000,
+        n_test=1000,
+        n_test_2x=200,
+        epochs=100,
+        step_size=25,
+        batch_size=32,
+        hidden=64,
+        modes=32,
+        models=list(MODELS),
+    ),
 }
 FLOW = dict(viscosity=1e-4, t0=0.0, horizon=5.0)  # w(0) -> w(5) at nu = 1e-4
-META = {"targets": "small: mg-tfno >= 20x fewer parameters than dense FNO with test L2 <= 1.0x; mg-tfno input "
-        "domain <= 0.5x; paper (GPU, 128^2, 10k samples, nu=1e-4): >= 150x compression with L2 <= 0.5x",
-        "data": f"navier_stokes {FLOW}"}
+META = {
+    "targets": "small: mg-tfno >= 20x fewer parameters than dense FNO with test L2 <= 1.0x; mg-tfno input "
+    "domain <= 0.5x; paper (GPU, 128^2, 10k samples, nu=1e-4): >= 150x compression with L2 <= 0.5x",
+    "data": f"navier_stokes {FLOW}",
+}
 
 
 def datasets(scale: str):
@@ -51,8 +83,15 @@ def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
     import torch
 
     import data
-    from operators.fno import (OperatorModelConfig, OperatorTrainConfig, count_params, evaluate, input_domain_ratio,
-                               pairs, train)
+    from operators.fno import (
+        OperatorModelConfig,
+        OperatorTrainConfig,
+        count_params,
+        evaluate,
+        input_domain_ratio,
+        pairs,
+        train,
+    )
 
     from .. import plots
     from . import PeakRSS, progress_logger
@@ -66,25 +105,43 @@ def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
     test2x = pairs(data.load(ref2, "test"))
     found, preds = {}, {}
     for label in c["models"]:
-        cfg = OperatorTrainConfig(model=OperatorModelConfig(hidden_channels=c["hidden"], n_modes=c["modes"], **MODELS[label]),
-                                  epochs=c["epochs"], step_size=c["step_size"], batch_size=c["batch_size"], loss="h1", seed=0)
+        cfg = OperatorTrainConfig(
+            model=OperatorModelConfig(hidden_channels=c["hidden"], n_modes=c["modes"], **MODELS[label]),
+            epochs=c["epochs"],
+            step_size=c["step_size"],
+            batch_size=c["batch_size"],
+            loss="h1",
+            seed=0,
+        )
         with PeakRSS() as mem:
-            model, history = train(cfg, train_xy, test_xy,
-                                   on_epoch=lambda e, r, label=label: log(
-                                       f"{label:14s} epoch {e}/{cfg.epochs} loss {r['loss']:.4f} test L2 {r['test_l2']:.4f} ({r['seconds']:.1f} s)"))
+            model, history = train(
+                cfg,
+                train_xy,
+                test_xy,
+                on_epoch=lambda e, r, label=label: log(
+                    f"{label:14s} epoch {e}/{cfg.epochs} loss {r['loss']:.4f} test L2 {r['test_l2']:.4f} ({r['seconds']:.1f} s)"
+                ),
+            )
         err, err2 = evaluate(model, *test_xy), evaluate(model, *test2x)
         with torch.no_grad():
             preds[label] = model(test_xy[0][:3].to(next(model.parameters()).device)).cpu()
         found[label] = {
-            "method": label, "problem": f"navier-stokes-{c['n']}", "scale": scale, "params": count_params(model),
-            "test_l2": round(err["l2"], 4), "test_h1": round(err["h1"], 4),
-            "test_l2_2x": round(err2["l2"], 4), "test_h1_2x": round(err2["h1"], 4),
+            "method": label,
+            "problem": f"navier-stokes-{c['n']}",
+            "scale": scale,
+            "params": count_params(model),
+            "test_l2": round(err["l2"], 4),
+            "test_h1": round(err["h1"], 4),
+            "test_l2_2x": round(err2["l2"], 4),
+            "test_h1_2x": round(err2["h1"], 4),
             "sec_per_epoch": round(statistics.median(h["seconds"] for h in history), 2),
             "peak_mib": round(history[-1].get("peak_mib", mem.peak_mib), 1),
             "input_domain": round(input_domain_ratio(model, c["n"]), 3),
         }
-        log(f"{label:14s} params {found[label]['params']} test L2 {err['l2']:.4f} H1 {err['h1']:.4f} "
-            f"2x L2 {err2['l2']:.4f}")
+        log(
+            f"{label:14s} params {found[label]['params']} test L2 {err['l2']:.4f} H1 {err['h1']:.4f} "
+            f"2x L2 {err2['l2']:.4f}"
+        )
     base = found["fno"]
     rows = []
     for row in found.values():
@@ -93,5 +150,7 @@ def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
         row["l2_2x_vs_fno"] = round(row["test_l2_2x"] / base["test_l2_2x"], 3)
         row["time_vs_fno"] = round(row["sec_per_epoch"] / base["sec_per_epoch"], 3)
         rows.append(row)
-    fig = plots.operator_predictions(test_xy[0][:3], test_xy[1][:3], {k: preds[k] for k in ("fno", "mg-tfno-r0.02") if k in preds})
+    fig = plots.operator_predictions(
+        test_xy[0][:3], test_xy[1][:3], {k: preds[k] for k in ("fno", "mg-tfno-r0.02") if k in preds}
+    )
     return rows, {"predictions": fig}

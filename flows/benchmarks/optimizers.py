@@ -24,15 +24,38 @@ import numpy as np
 HS_METHODS = ("al-sketch", "al-sketch-block", "newton-sqp", "l1-sqp", "slsqp", "trust-constr")
 INV_METHODS = ("al-sketch", "newton-sqp", "l1-sqp", "trust-constr", "slsqp")
 CONFIGS = {
-    "smoke": {"hs": ["hs028", "hs040", "hs048"], "hs_seconds": 5.0,
-              "inverse": [8], "inv_seconds": 3.0, "slsqp_max_n": 0, "llc_n": 10, "svm": dict(n_train=60, n_val=60)},
-    "small": {"hs": None, "hs_seconds": 30.0,
-              "inverse": [16, 32, 64, 128], "inv_seconds": 60.0, "slsqp_max_n": 16, "llc_n": 100, "svm": {}},
-    "paper": {"hs": None, "hs_seconds": 300.0,
-              "inverse": [16, 32, 64, 128, 256], "inv_seconds": 600.0, "slsqp_max_n": 32, "llc_n": 100, "svm": {}},
+    "smoke": {
+        "hs": ["hs028", "hs040", "hs048"],
+        "hs_seconds": 5.0,
+        "inverse": [8],
+        "inv_seconds": 3.0,
+        "slsqp_max_n": 0,
+        "llc_n": 10,
+        "svm": dict(n_train=60, n_val=60),
+    },
+    "small": {
+        "hs": None,
+        "hs_seconds": 30.0,
+        "inverse": [16, 32, 64, 128],
+        "inv_seconds": 60.0,
+        "slsqp_max_n": 16,
+        "llc_n": 100,
+        "svm": {},
+    },
+    "paper": {
+        "hs": None,
+        "hs_seconds": 300.0,
+        "inverse": [16, 32, 64, 128, 256],
+        "inv_seconds": 600.0,
+        "slsqp_max_n": 32,
+        "llc_n": 100,
+        "svm": {},
+    },
 }
-META = {"targets": "HS: al-sketch solves >= 90%, median outer iterations <= 0.2x l1-sqp's; inverse: al-sketch faster than "
-        "trust-constr at n >= 64; LLC distance <= 1e-3; SVM: LV-HBA test accuracy >= implicit's at <= 0.5x its time"}
+META = {
+    "targets": "HS: al-sketch solves >= 90%, median outer iterations <= 0.2x l1-sqp's; inverse: al-sketch faster than "
+    "trust-constr at n >= 64; LLC distance <= 1e-3; SVM: LV-HBA test accuracy >= implicit's at <= 0.5x its time"
+}
 
 
 def _method(name: str) -> tuple[str, str]:
@@ -53,14 +76,35 @@ def hs_part(scale: str, log) -> tuple[list[dict], dict]:
     for p in problems:
         for name in HS_METHODS:
             method, sketch = _method(name)
-            r = minimize_eq(p.f, p.c, np.array(p.x0), method=method, sketch=sketch, tol=1e-6, max_iter=500,
-                            seed=0, max_seconds=cfg["hs_seconds"])
-            per.append({"method": name, "problem": p.name, "scale": scale, "solved": _solved(r, p.f_star),
-                        "outer": r.nit, "inner": r.inner_iterations, "seconds": round(r.seconds, 4),
-                        "kkt": float(f"{r.kkt:.3e}"), "f_error": float(f"{abs(r.fun - p.f_star):.3e}"),
-                        "message": r.message[:120]})
-            log(f"hs {p.name:6s} {name:16s} {'solved' if per[-1]['solved'] else 'FAILED':6s} outer {r.nit:4d} "
-                f"kkt {r.kkt:.1e} {r.seconds:.2f} s")
+            r = minimize_eq(
+                p.f,
+                p.c,
+                np.array(p.x0),
+                method=method,
+                sketch=sketch,
+                tol=1e-6,
+                max_iter=500,
+                seed=0,
+                max_seconds=cfg["hs_seconds"],
+            )
+            per.append(
+                {
+                    "method": name,
+                    "problem": p.name,
+                    "scale": scale,
+                    "solved": _solved(r, p.f_star),
+                    "outer": r.nit,
+                    "inner": r.inner_iterations,
+                    "seconds": round(r.seconds, 4),
+                    "kkt": float(f"{r.kkt:.3e}"),
+                    "f_error": float(f"{abs(r.fun - p.f_star):.3e}"),
+                    "message": r.message[:120],
+                }
+            )
+            log(
+                f"hs {p.name:6s} {name:16s} {'solved' if per[-1]['solved'] else 'FAILED':6s} outer {r.nit:4d} "
+                f"kkt {r.kkt:.1e} {r.seconds:.2f} s"
+            )
     return summarize(per, scale) + per, {"hs_performance_profile": _profile(per, problems)}
 
 
@@ -76,15 +120,20 @@ def summarize(per: list[dict], scale: str) -> list[dict]:
         solved = [r for r in mine if r["solved"]]
         common = [p for p in problems if by[(name, p)]["solved"] and by[("l1-sqp", p)]["solved"]]
         ratios = [by[(name, p)]["outer"] / max(by[("l1-sqp", p)]["outer"], 1) for p in common]
-        summary.append({
-            "method": name, "problem": f"hs+bt ({len(mine)})", "scale": scale, "n_solved": len(solved),
-            "solved_fraction": round(len(solved) / len(mine), 3),
-            "median_outer": statistics.median(r["outer"] for r in solved) if solved else None,
-            "median_inner": statistics.median(r["inner"] for r in solved) if solved else None,
-            "outer_vs_l1sqp": round(statistics.median(ratios), 3) if ratios else None,
-            "common_with_l1sqp": len(common),
-            "seconds": round(sum(r["seconds"] for r in mine), 2),
-        })
+        summary.append(
+            {
+                "method": name,
+                "problem": f"hs+bt ({len(mine)})",
+                "scale": scale,
+                "n_solved": len(solved),
+                "solved_fraction": round(len(solved) / len(mine), 3),
+                "median_outer": statistics.median(r["outer"] for r in solved) if solved else None,
+                "median_inner": statistics.median(r["inner"] for r in solved) if solved else None,
+                "outer_vs_l1sqp": round(statistics.median(ratios), 3) if ratios else None,
+                "common_with_l1sqp": len(common),
+                "seconds": round(sum(r["seconds"] for r in mine), 2),
+            }
+        )
     return summary
 
 
@@ -100,8 +149,9 @@ def _profile(per: list[dict], problems) -> object:
             best[row["problem"]] = min(best.get(row["problem"], np.inf), max(row["seconds"], 1e-6))
     taus = np.logspace(0, 4, 200)
     for name in HS_METHODS:
-        ratios = [max(row["seconds"], 1e-6) / best[row["problem"]] for row in per
-                  if row["method"] == name and row["solved"]]
+        ratios = [
+            max(row["seconds"], 1e-6) / best[row["problem"]] for row in per if row["method"] == name and row["solved"]
+        ]
         ax.step(taus, [sum(r <= t for r in ratios) / len(problems) for t in taus], where="post", label=name)
     ax.set_xscale("log")
     ax.set_xlabel("tau (seconds / best method's seconds)")
@@ -113,9 +163,10 @@ def _profile(per: list[dict], problems) -> object:
 
 
 def inverse_part(scale: str, log) -> tuple[list[dict], dict]:
-    from . import PeakRSS
     from solvers.optim import minimize_eq
     from solvers.optim.darcy_inverse import make_problem
+
+    from . import PeakRSS
 
     cfg = CONFIGS[scale]
     rows = []
@@ -127,16 +178,38 @@ def inverse_part(scale: str, log) -> tuple[list[dict], dict]:
             if name == "slsqp" and n > cfg["slsqp_max_n"]:
                 continue
             with PeakRSS() as mem:
-                r = minimize_eq(None, None, x0, method=name, derivatives=P, tol=1e-6, max_iter=500, seed=0,
-                                max_seconds=cfg["inv_seconds"])
-            found[name] = {"method": name, "problem": f"darcy-inverse-{n}x{n}", "scale": scale, "n": n,
-                           "variables": P.n, "converged": r.converged, "kkt": float(f"{r.kkt:.3e}"),
-                           "outer": r.nit, "inner": r.inner_iterations, "seconds": round(r.seconds, 3),
-                           "seconds_per_outer": round(r.seconds / max(r.nit, 1), 4),
-                           "peak_mib": round(mem.peak_mib, 1), "coef_error": round(P.coefficient_error(r.x), 4),
-                           "misfit": float(f"{P.misfit(r.x):.3e}"), "message": r.message[:120]}
-            log(f"inverse n={n:4d} {name:13s} converged={r.converged} outer {r.nit:4d} kkt {r.kkt:.1e} "
-                f"{r.seconds:.1f} s coef err {found[name]['coef_error']}")
+                r = minimize_eq(
+                    None,
+                    None,
+                    x0,
+                    method=name,
+                    derivatives=P,
+                    tol=1e-6,
+                    max_iter=500,
+                    seed=0,
+                    max_seconds=cfg["inv_seconds"],
+                )
+            found[name] = {
+                "method": name,
+                "problem": f"darcy-inverse-{n}x{n}",
+                "scale": scale,
+                "n": n,
+                "variables": P.n,
+                "converged": r.converged,
+                "kkt": float(f"{r.kkt:.3e}"),
+                "outer": r.nit,
+                "inner": r.inner_iterations,
+                "seconds": round(r.seconds, 3),
+                "seconds_per_outer": round(r.seconds / max(r.nit, 1), 4),
+                "peak_mib": round(mem.peak_mib, 1),
+                "coef_error": round(P.coefficient_error(r.x), 4),
+                "misfit": float(f"{P.misfit(r.x):.3e}"),
+                "message": r.message[:120],
+            }
+            log(
+                f"inverse n={n:4d} {name:13s} converged={r.converged} outer {r.nit:4d} kkt {r.kkt:.1e} "
+                f"{r.seconds:.1f} s coef err {found[name]['coef_error']}"
+            )
         base = found["trust-constr"]["seconds"]
         for row in found.values():
             row["time_vs_trust_constr"] = round(row["seconds"] / base, 3)
@@ -148,16 +221,23 @@ def _scaling(rows: list[dict]) -> object:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(10, 4))
-    for k, (key, label) in enumerate((("seconds_per_outer", "seconds per outer iteration"), ("seconds", "seconds to stop"))):
+    for k, (key, label) in enumerate(
+        (("seconds_per_outer", "seconds per outer iteration"), ("seconds", "seconds to stop"))
+    ):
         ax = fig.add_subplot(1, 2, k + 1)
         for name in INV_METHODS:
             pts = [(r["n"], r[key], r["converged"]) for r in rows if r["method"] == name]
             if not pts:
                 continue
-            ns, vs, ok = zip(*pts)
-            line, = ax.plot(ns, vs, marker="o", label=name)
-            ax.scatter([n for n, o in zip(ns, ok) if not o], [v for v, o in zip(vs, ok) if not o],
-                       marker="x", s=80, color=line.get_color())
+            ns, vs, ok = zip(*pts, strict=False)
+            (line,) = ax.plot(ns, vs, marker="o", label=name)
+            ax.scatter(
+                [n for n, o in zip(ns, ok, strict=False) if not o],
+                [v for v, o in zip(vs, ok, strict=False) if not o],
+                marker="x",
+                s=80,
+                color=line.get_color(),
+            )
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("n (grid is n x n; 3 n^2 KKT unknowns)")
@@ -177,25 +257,44 @@ def bilevel_part(scale: str, log) -> list[dict]:
     found = {}
     for method in ("lv-hba", "implicit"):
         r = solve(P, method)
-        found[method] = {"method": method, "problem": f"llc-n{cfg['llc_n']}", "scale": scale,
-                         "distance": float(f"{P.distance(r.x, r.y):.3e}"), "iterations": r.nit,
-                         "seconds": round(r.seconds, 3), "converged": r.converged}
+        found[method] = {
+            "method": method,
+            "problem": f"llc-n{cfg['llc_n']}",
+            "scale": scale,
+            "distance": float(f"{P.distance(r.x, r.y):.3e}"),
+            "iterations": r.nit,
+            "seconds": round(r.seconds, 3),
+            "converged": r.converged,
+        }
         log(f"bilevel llc {method:8s} distance {found[method]['distance']:.2e} {r.seconds:.2f} s")
     S = svm_problem("breast_cancer", seed=0, **cfg["svm"])
     svm = {}
     for method in ("lv-hba", "implicit"):
         r = solve(S, method)
         c = r.x.detach().numpy()
-        svm[method] = {"method": method, "problem": "svm-breast-cancer", "scale": scale,
-                       "test_accuracy": round(svm_accuracy(S, r.y, "test"), 4),
-                       "val_accuracy": round(svm_accuracy(S, r.y, "val"), 4), "iterations": r.nit,
-                       "seconds": round(r.seconds, 3), "converged": r.converged,
-                       "hyper_moved": round(float(np.abs(c - S.x0.numpy()).max()), 3)}
+        svm[method] = {
+            "method": method,
+            "problem": "svm-breast-cancer",
+            "scale": scale,
+            "test_accuracy": round(svm_accuracy(S, r.y, "test"), 4),
+            "val_accuracy": round(svm_accuracy(S, r.y, "val"), 4),
+            "iterations": r.nit,
+            "seconds": round(r.seconds, 3),
+            "converged": r.converged,
+            "hyper_moved": round(float(np.abs(c - S.x0.numpy()).max()), 3),
+        }
         log(f"bilevel svm {method:8s} test acc {svm[method]['test_accuracy']:.4f} {r.seconds:.2f} s")
     g = svm_grid_search(S)
-    svm["grid-search"] = {"method": "grid-search", "problem": "svm-breast-cancer", "scale": scale,
-                          "test_accuracy": round(g["test_acc"], 4), "val_accuracy": round(g["val_acc"], 4),
-                          "iterations": g["n_solves"], "seconds": round(g["seconds"], 3), "converged": True}
+    svm["grid-search"] = {
+        "method": "grid-search",
+        "problem": "svm-breast-cancer",
+        "scale": scale,
+        "test_accuracy": round(g["test_acc"], 4),
+        "val_accuracy": round(g["val_acc"], 4),
+        "iterations": g["n_solves"],
+        "seconds": round(g["seconds"], 3),
+        "converged": True,
+    }
     for group in (found, svm):
         base = group["implicit"]
         for row in group.values():

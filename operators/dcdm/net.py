@@ -58,7 +58,9 @@ class DCDMNet(nn.Module):
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
         if r.dim() != self.dim + 2 or r.shape[1] != 1:
-            raise InputError(f"expected input (B, 1, {'N, ' * self.dim}...) for a {self.dim}D model, got {tuple(r.shape)}")
+            raise InputError(
+                f"expected input (B, 1, {'N, ' * self.dim}...) for a {self.dim}D model, got {tuple(r.shape)}"
+            )
         if any(s % 2 for s in r.shape[2:]):
             raise InputError(f"grid sides must be even for the pooling level, got {tuple(r.shape[2:])}")
         h = self._res(self.down, self.inp(r))

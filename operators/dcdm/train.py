@@ -14,8 +14,9 @@ after one exact line search along the network's direction. Adam.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -97,7 +98,9 @@ def sparse_torch(system: GridSystem, dtype=torch.float32, device=None) -> torch.
         )
 
 
-def dcdm_loss(model: torch.nn.Module, b: torch.Tensor, A: torch.Tensor, shape: tuple[int, ...], fluid: torch.Tensor | None = None) -> torch.Tensor:
+def dcdm_loss(
+    model: torch.nn.Module, b: torch.Tensor, A: torch.Tensor, shape: tuple[int, ...], fluid: torch.Tensor | None = None
+) -> torch.Tensor:
     """Eq. 9: ``mean || b - (f.b / f.Af) A f ||^2`` over the batch ``b`` of shape ``(B, N)``."""
     B = b.shape[0]
     f = model(b.reshape(B, 1, *shape)).reshape(B, -1)
@@ -127,8 +130,9 @@ class DCDMTask(TrainingTask[DCDMTrainConfig]):
         self.B = torch.as_tensor(training_rhs(system, cfg.ritz_m, cfg.theta, cfg.n_samples, cfg.seed))
         self.data_seconds = time.perf_counter() - t0
         self.A = sparse_torch(system, device=device)
-        self.fluid = None if system.mask is None else torch.as_tensor(~system.mask.ravel(), dtype=torch.float32,
-                                                                      device=device)
+        self.fluid = (
+            None if system.mask is None else torch.as_tensor(~system.mask.ravel(), dtype=torch.float32, device=device)
+        )
         self.shape = system.shape
         return DCDMNet(cfg.dim, cfg.filters, cfg.levels).to(device)
 

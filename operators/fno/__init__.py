@@ -9,6 +9,18 @@ from .train import OperatorTask, OperatorTrainConfig, evaluate, input_domain_rat
 #: the name tests and flows catch (one class: :class:`data.errors.CheckpointError`)
 CheckpointMismatchError = CheckpointError
 
-__all__ = ["CheckpointMismatchError", "MODELS", "OperatorModelConfig", "OperatorTask", "OperatorTrainConfig",
-           "TrainingDivergedError", "build_model", "count_params", "evaluate", "grid_channels", "input_domain_ratio",
-           "pairs", "train"]
+__all__ = [
+    "CheckpointMismatchError",
+    "MODELS",
+    "OperatorModelConfig",
+    "OperatorTask",
+    "OperatorTrainConfig",
+    "TrainingDivergedError",
+    "build_model",
+    "count_params",
+    "evaluate",
+    "grid_channels",
+    "input_domain_ratio",
+    "pairs",
+    "train",
+]

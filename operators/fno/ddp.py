@@ -32,8 +32,10 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Callable, ContextManager, Literal, Union
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -52,15 +54,16 @@ from .train import OperatorTask, OperatorTrainConfig, pairs
 #: ``tracker(facts)``: a context manager entered on rank 0 around the training, yielding an
 #: ``on_epoch`` callback (or None); ``facts``: config, dataset ref, world size, backend, threads,
 #: batches and checkpoint path
-Tracker = Callable[[dict], ContextManager[Union[OnEpoch, None]]]
+Tracker = Callable[[dict], AbstractContextManager[OnEpoch | None]]
 
 NS_FLOW = dict(viscosity=1e-4, t0=0.0, horizon=5.0)  # the operators benchmark's w(0) -> w(5)
 SCALES = {  # dataset + training budget per scale (global batch)
     "smoke": dict(family="darcy", n=16, n_train=32, n_test=8, epochs=1, batch_size=8, hidden=8, modes=4),
     # 2 CPU cores: about 35 s per epoch with one process (see infra/SCALEOUT.md)
     "small": dict(family="darcy", n=64, n_train=2000, n_test=200, epochs=3, batch_size=16, hidden=32, modes=16),
-    "paper": dict(family="navier_stokes", n=128, n_train=10000, n_test=1000, epochs=100, batch_size=32, hidden=64,
-                  modes=32),
+    "paper": dict(
+        family="navier_stokes", n=128, n_train=10000, n_test=1000, epochs=100, batch_size=32, hidden=64, modes=32
+    ),
 }
 
 
@@ -69,10 +72,14 @@ class DDPConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    dataset: Union[DarcySpec, NavierStokesSpec] = Field(discriminator="family")
+    dataset: DarcySpec | NavierStokesSpec = Field(discriminator="family")
     train: OperatorTrainConfig
-    checkpoint: str | None = Field(default=None, description="default: $SCIFLOW_HOME/models/operator-ddp-<key>-<digest>/")
-    threads: int | None = Field(default=None, ge=1, le=1024, description="intra-op threads per rank (default cores / local ranks)")
+    checkpoint: str | None = Field(
+        default=None, description="default: $SCIFLOW_HOME/models/operator-ddp-<key>-<digest>/"
+    )
+    threads: int | None = Field(
+        default=None, ge=1, le=1024, description="intra-op threads per rank (default cores / local ranks)"
+    )
 
 
 def config_for(scale: Literal["smoke", "small", "paper"], **overrides) -> DDPConfig:
@@ -88,12 +95,14 @@ def config_for(scale: Literal["smoke", "small", "paper"], **overrides) -> DDPCon
     if c["family"] == "darcy":
         spec = DarcySpec.model_validate(dict(n=c["n"], n_train=c["n_train"], n_test=c["n_test"], seed=seed))
     else:
-        spec = NavierStokesSpec.model_validate(dict(n=c["n"], n_train=c["n_train"], n_test=c["n_test"], seed=seed,
-                                                    **NS_FLOW))
+        spec = NavierStokesSpec.model_validate(
+            dict(n=c["n"], n_train=c["n_train"], n_test=c["n_test"], seed=seed, **NS_FLOW)
+        )
     model = OperatorModelConfig(name=extra.pop("model", "fno"), hidden_channels=c["hidden"], n_modes=c["modes"])
     train_fields = {k: extra.pop(k) for k in ("lr", "loss", "step_size") if k in extra}
-    train = OperatorTrainConfig.model_validate(dict(model=model, epochs=c["epochs"], batch_size=c["batch_size"],
-                                                    seed=seed, **train_fields))
+    train = OperatorTrainConfig.model_validate(
+        dict(model=model, epochs=c["epochs"], batch_size=c["batch_size"], seed=seed, **train_fields)
+    )
     return DDPConfig(dataset=spec, train=train, **extra)
 
 
@@ -120,7 +129,7 @@ class Ranks:
         self.device = default_device()
         self.backend = "nccl" if self.device.type == "cuda" else "gloo"
 
-    def setup(self, threads: int | None = None) -> "Ranks":
+    def setup(self, threads: int | None = None) -> Ranks:
         """Threads, device and (under torchrun) the process group."""
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.local_rank)
@@ -150,6 +159,7 @@ def _dataset(cfg: DDPConfig, ranks: Ranks):
     if ranks.distributed:
         dist.broadcast_object_list(box, src=0)
     ref = box[0]
+    assert ref is not None  # rank 0 generated it; the broadcast delivered it to every rank
     return ref, pairs(data.load(ref, "train")), pairs(data.load(ref, "test"))
 
 
@@ -183,24 +193,52 @@ def _train(cfg: DDPConfig, ranks: Ranks, hash_dir, tracker: Tracker | None) -> d
     ref, (x, y), (xt, yt) = _dataset(cfg, ranks)
     task = OperatorTask(tc, (x, y), (xt, yt), periodic=cfg.dataset.family == "navier_stokes")
     path = checkpoint_path(cfg, ref.digest)
-    facts = {"config": tc, "dataset": ref, "world_size": ranks.world, "backend": ranks.backend,
-             "threads_per_rank": torch.get_num_threads(), "local_batch": tc.batch_size // ranks.world,
-             "checkpoint": str(path)}
+    facts = {
+        "config": tc,
+        "dataset": ref,
+        "world_size": ranks.world,
+        "backend": ranks.backend,
+        "threads_per_rank": torch.get_num_threads(),
+        "local_batch": tc.batch_size // ranks.world,
+        "checkpoint": str(path),
+    }
     track = tracker(facts) if tracker is not None and ranks.rank == 0 else contextlib.nullcontext(None)
     with track as on_epoch:
         model, history = fit(task, path, on_epoch, world_size=ranks.world, rank=ranks.rank, device=ranks.device)
     digest = state_hash(model)
     if hash_dir is not None:
-        write_text(Path(hash_dir) / f"rank{ranks.rank}.json", json.dumps(
-            {"rank": ranks.rank, "world_size": ranks.world, "pid": os.getpid(), "sha256": digest}))
-    return {"world_size": ranks.world, "backend": ranks.backend if ranks.distributed else "none",
-            "device": str(ranks.device), "threads_per_rank": torch.get_num_threads(),
-            "global_batch": tc.batch_size, "local_batch": tc.batch_size // ranks.world, "epochs": tc.epochs,
-            "dataset": ref.path, "dataset_digest": ref.digest, "n_train": len(x), "n_test": len(xt),
-            "history": history, "test_l2": history[-1]["test_l2"] if history else None,
-            "test_h1": history[-1]["test_h1"] if history else None, "checkpoint": str(path),
-            "weights_sha256": digest}
+        write_text(
+            Path(hash_dir) / f"rank{ranks.rank}.json",
+            json.dumps({"rank": ranks.rank, "world_size": ranks.world, "pid": os.getpid(), "sha256": digest}),
+        )
+    return {
+        "world_size": ranks.world,
+        "backend": ranks.backend if ranks.distributed else "none",
+        "device": str(ranks.device),
+        "threads_per_rank": torch.get_num_threads(),
+        "global_batch": tc.batch_size,
+        "local_batch": tc.batch_size // ranks.world,
+        "epochs": tc.epochs,
+        "dataset": ref.path,
+        "dataset_digest": ref.digest,
+        "n_train": len(x),
+        "n_test": len(xt),
+        "history": history,
+        "test_l2": history[-1]["test_l2"] if history else None,
+        "test_h1": history[-1]["test_h1"] if history else None,
+        "checkpoint": str(path),
+        "weights_sha256": digest,
+    }
 
 
-__all__ = ["DDPConfig", "NS_FLOW", "Ranks", "SCALES", "Tracker", "checkpoint_path", "config_for", "state_hash",
-           "train_ddp"]
+__all__ = [
+    "DDPConfig",
+    "NS_FLOW",
+    "Ranks",
+    "SCALES",
+    "Tracker",
+    "checkpoint_path",
+    "config_for",
+    "state_hash",
+    "train_ddp",
+]

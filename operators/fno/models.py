@@ -17,7 +17,8 @@ Tensors are ``(batch, channels, height, width)``, float32.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -63,12 +64,14 @@ class OperatorModelConfig(BaseModel):
     n_layers: int = Field(default=4, ge=1, le=32)
     rank: float = Field(default=0.05, gt=0, le=1.0, description="relative Tucker rank (tfno, mg-tfno)")
     levels: int = Field(default=1, ge=1, le=4, description="mg-tfno: patching levels (2^levels patches per side)")
-    padding_fraction: float = Field(default=0.0625, ge=0, lt=0.5, description="mg-tfno: patch padding, fraction of the side")
+    padding_fraction: float = Field(
+        default=0.0625, ge=0, lt=0.5, description="mg-tfno: patch padding, fraction of the side"
+    )
     in_channels: int = Field(default=1, ge=1, le=64)
     out_channels: int = Field(default=1, ge=1, le=64)
 
     @model_validator(mode="after")
-    def _check(self) -> "OperatorModelConfig":
+    def _check(self) -> OperatorModelConfig:
         if self.name != "mg-tfno" and (self.levels, self.padding_fraction) != (1, 0.0625):
             # fields that only mg-tfno reads must stay at their defaults elsewhere: no silent no-ops
             raise ValueError(f"levels / padding_fraction apply to 'mg-tfno' only, not {self.name!r}")
@@ -94,24 +97,38 @@ class MGTFNO(nn.Module):
         from neuralop.training.patching import MultigridPatching2D
 
         self.cfg = cfg
-        self.inner = TFNO(n_modes=(cfg.n_modes, cfg.n_modes), in_channels=(cfg.in_channels + 2) * (cfg.levels + 1),
-                          out_channels=cfg.out_channels, hidden_channels=cfg.hidden_channels, n_layers=cfg.n_layers,
-                          rank=cfg.rank, factorization="tucker", positional_embedding=None)
-        self.patcher = _quiet(MultigridPatching2D, self.inner, levels=cfg.levels,
-                              padding_fraction=cfg.padding_fraction, use_distributed=False, stitching=True)
+        self.inner = TFNO(
+            n_modes=(cfg.n_modes, cfg.n_modes),
+            in_channels=(cfg.in_channels + 2) * (cfg.levels + 1),
+            out_channels=cfg.out_channels,
+            hidden_channels=cfg.hidden_channels,
+            n_layers=cfg.n_layers,
+            rank=cfg.rank,
+            factorization="tucker",
+            positional_embedding=None,
+        )
+        self.patcher = _quiet(
+            MultigridPatching2D,
+            self.inner,
+            levels=cfg.levels,
+            padding_fraction=cfg.padding_fraction,
+            use_distributed=False,
+            stitching=True,
+        )
 
     def patch_shape(self, height: int, width: int) -> tuple[int, int]:
         """Spatial size of one patch, padding included (what the TFNO sees per sample)."""
-        k = 2 ** self.cfg.levels
+        k = 2**self.cfg.levels
         ph, pw = round(height * self.cfg.padding_fraction), round(width * self.cfg.padding_fraction)
         return height // k + 2 * ph, width // k + 2 * pw
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.cfg)
-        k = 2 ** self.cfg.levels
+        k = 2**self.cfg.levels
         if x.shape[-2] % k or x.shape[-1] % k:
-            raise InputError(f"mg-tfno with levels={self.cfg.levels} needs a resolution divisible by {k}, "
-                             f"got {tuple(x.shape[-2:])}")
+            raise InputError(
+                f"mg-tfno with levels={self.cfg.levels} needs a resolution divisible by {k}, got {tuple(x.shape[-2:])}"
+            )
         patches, _ = self.patcher.patch(grid_channels(x), None)
         out, _ = self.patcher.unpatch(self.inner(patches), None, evaluation=True)
         return out
@@ -144,16 +161,23 @@ def check_input(x: torch.Tensor, cfg: OperatorModelConfig) -> None:
 
 
 def _common(cfg: OperatorModelConfig) -> dict:
-    return dict(n_modes=(cfg.n_modes, cfg.n_modes), in_channels=cfg.in_channels, out_channels=cfg.out_channels,
-                hidden_channels=cfg.hidden_channels, n_layers=cfg.n_layers)
+    return dict(
+        n_modes=(cfg.n_modes, cfg.n_modes),
+        in_channels=cfg.in_channels,
+        out_channels=cfg.out_channels,
+        hidden_channels=cfg.hidden_channels,
+        n_layers=cfg.n_layers,
+    )
 
 
 def build_model(cfg: OperatorModelConfig, periodic: bool = True) -> nn.Module:
     """The model ``cfg.name`` (:data:`MODELS`). ``periodic=False`` (e.g. Darcy data) refuses
     ``mg-tfno``, whose circular patch padding would wrap the boundary around."""
     if cfg.name in PERIODIC_ONLY and not periodic:
-        raise InputError(f"{cfg.name} pads patches circularly, which assumes a periodic domain; "
-                         "this dataset is not periodic (use 'fno' or 'tfno')")
+        raise InputError(
+            f"{cfg.name} pads patches circularly, which assumes a periodic domain; "
+            "this dataset is not periodic (use 'fno' or 'tfno')"
+        )
     return MODELS[cfg.name](cfg)
 
 

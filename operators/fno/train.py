@@ -13,8 +13,9 @@ or ``x = a``, ``y = u`` from a ``darcy`` dataset; tensors ``(N, 1, n, n)`` float
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -72,13 +73,16 @@ def losses(periodic: bool = True) -> dict[str, Any]:
     ``periodic=False`` uses one-sided differences at the boundary for H1."""
     from neuralop.losses import H1Loss, LpLoss
 
-    return {"l2": LpLoss(d=2, p=2, reduction="sum"),
-            "h1": H1Loss(d=2, reduction="sum", periodic_in_x=periodic, periodic_in_y=periodic)}
+    return {
+        "l2": LpLoss(d=2, p=2, reduction="sum"),
+        "h1": H1Loss(d=2, reduction="sum", periodic_in_x=periodic, periodic_in_y=periodic),
+    }
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 32,
-             periodic: bool = True) -> dict[str, float]:
+def evaluate(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 32, periodic: bool = True
+) -> dict[str, float]:
     """Mean relative L2 and H1 errors over the samples (neuraloperator's LpLoss / H1Loss);
     one output channel (the losses flatten only space, so channels would be summed)."""
     if y.shape[1] != 1:
@@ -87,7 +91,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     device = next(model.parameters()).device
     fns, tot = losses(periodic), {"l2": 0.0, "h1": 0.0}
     for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+        xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
         out = model(xb)
         for k, fn in fns.items():
             tot[k] += float(fn(out, yb))
@@ -108,17 +112,25 @@ class OperatorTask(TrainingTask[OperatorTrainConfig]):
     kind = "operator"
     distributed = True
 
-    def __init__(self, config: OperatorTrainConfig, train_xy: tuple[torch.Tensor, torch.Tensor],
-                 test_xy: tuple[torch.Tensor, torch.Tensor] | None = None, periodic: bool = True):
+    def __init__(
+        self,
+        config: OperatorTrainConfig,
+        train_xy: tuple[torch.Tensor, torch.Tensor],
+        test_xy: tuple[torch.Tensor, torch.Tensor] | None = None,
+        periodic: bool = True,
+    ):
         x, y = train_xy
         if x.ndim != 4 or y.ndim != 4 or len(x) != len(y):
-            raise InputError(f"train inputs/targets must be (N, C, n, n) of equal N, got {tuple(x.shape)} / "
-                             f"{tuple(y.shape)}")
+            raise InputError(
+                f"train inputs/targets must be (N, C, n, n) of equal N, got {tuple(x.shape)} / {tuple(y.shape)}"
+            )
         if len(x) == 0 or (test_xy is not None and len(test_xy[0]) == 0):
             raise InputError(f"the {'train' if len(x) == 0 else 'test'} data are empty (0 samples)")
         if x.shape[1] != config.model.in_channels or y.shape[1] != config.model.out_channels:
-            raise InputError(f"data has {x.shape[1]} input / {y.shape[1]} output channels; the model config "
-                             f"expects {config.model.in_channels} / {config.model.out_channels}")
+            raise InputError(
+                f"data has {x.shape[1]} input / {y.shape[1]} output channels; the model config "
+                f"expects {config.model.in_channels} / {config.model.out_channels}"
+            )
         self.config, self.epochs = config, config.epochs
         self.x, self.y, self.test, self.periodic = x, y, test_xy, periodic
         self.loss_fn = losses(periodic)[config.loss]
@@ -131,9 +143,11 @@ class OperatorTask(TrainingTask[OperatorTrainConfig]):
         if world.size > 1:
             rest = len(self.x) % cfg.batch_size
             if cfg.batch_size % world.size or 0 < rest < world.size:
-                raise InputError(f"batch_size (the global batch, {cfg.batch_size}) must be divisible by the "
-                                 f"{world.size} ranks, and the last batch ({rest} of {len(self.x)} samples) "
-                                 "must give every rank a sample")
+                raise InputError(
+                    f"batch_size (the global batch, {cfg.batch_size}) must be divisible by the "
+                    f"{world.size} ranks, and the last batch ({rest} of {len(self.x)} samples) "
+                    "must give every rank a sample"
+                )
         torch.manual_seed(cfg.seed)
         return build_model(cfg.model, periodic=self.periodic).to(device)
 
@@ -155,7 +169,7 @@ class OperatorTask(TrainingTask[OperatorTrainConfig]):
             torch.cuda.reset_peak_memory_stats()
         t0, total = time.perf_counter(), 0.0
         for i in range(0, len(x), size):
-            batch = perm[i:i + size]
+            batch = perm[i : i + size]
             idx = world.shard(batch)
             xb, yb = x[idx].to(device), y[idx].to(device)
             loss = self.loss_fn(net(xb), yb)
@@ -227,5 +241,13 @@ def input_domain_ratio(model: torch.nn.Module, n: int) -> float:
     return 1.0
 
 
-__all__ = ["OperatorTask", "OperatorTrainConfig", "evaluate", "input_domain_ratio", "losses", "pairs", "rebuild",
-           "train"]
+__all__ = [
+    "OperatorTask",
+    "OperatorTrainConfig",
+    "evaluate",
+    "input_domain_ratio",
+    "losses",
+    "pairs",
+    "rebuild",
+    "train",
+]

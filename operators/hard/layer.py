@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -91,7 +92,8 @@ class LeastSquares:
             if self.b is None or self.A.ndim != 3 or self.b.shape != self.A.shape[:2]:
                 raise ConstraintSolveError(
                     f"linear system needs A (E, M, N) and b (E, M); got A {tuple(self.A.shape)}, "
-                    f"b {None if self.b is None else tuple(self.b.shape)}")
+                    f"b {None if self.b is None else tuple(self.b.shape)}"
+                )
             self.n = self.A.shape[-1]
             tensors = {"A": self.A, "b": self.b}
         else:
@@ -125,7 +127,7 @@ def _normal_solve(A: Tensor, b: Tensor, ridge: float) -> tuple[Tensor, SolveInfo
     A64, b64 = A.double(), b.double()
     n = A64.shape[-1]
     G = A64.transpose(-1, -2) @ A64
-    rhs = (A64.transpose(-1, -2) @ b64.unsqueeze(-1))
+    rhs = A64.transpose(-1, -2) @ b64.unsqueeze(-1)
     eye = torch.eye(n, dtype=torch.float64, device=A.device)
     lam = ridge**2
     scale = float(G.diagonal(dim1=-2, dim2=-1).abs().mean().detach()) or 1.0
@@ -135,16 +137,21 @@ def _normal_solve(A: Tensor, b: Tensor, ridge: float) -> tuple[Tensor, SolveInfo
         if not bool((info > 0).any()):
             break
         new = max(10.0 * lam, 1e-12 * scale)
-        notes.append(f"Cholesky failed at damping {lam:.3g} (singular or ill-conditioned normal matrix); "
-                     f"retrying with {new:.3g}")
+        notes.append(
+            f"Cholesky failed at damping {lam:.3g} (singular or ill-conditioned normal matrix); retrying with {new:.3g}"
+        )
         lam = new
     else:
         raise ConstraintSolveError(f"normal equations not positive definite even with damping {lam:.3g}")
     w = torch.cholesky_solve(rhs, L).squeeze(-1)
     cond = float(torch.linalg.cond((G + lam * eye).detach()).max())
     if notes:
-        warnings.warn("Cholesky failed (singular or ill-conditioned normal matrix); solved with more damping "
-                      "(SolveInfo.damping, .notes)", RuntimeWarning, stacklevel=4)
+        warnings.warn(
+            "Cholesky failed (singular or ill-conditioned normal matrix); solved with more damping "
+            "(SolveInfo.damping, .notes)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
     return w, SolveInfo("cholesky", condition=cond, damping=lam, notes=notes)
 
 
@@ -214,7 +221,7 @@ def _lm(system: LeastSquares, w0: Tensor, ridge: float, tol: float, max_iter: in
         cost = 0.5 * (r * r).sum(-1) + 0.5 * lam * (w * w).sum(-1)
         done = torch.zeros(E, dtype=torch.bool, device=w.device)
         it = 0
-        for it in range(1, max_iter + 1):
+        for it in range(1, max_iter + 1):  # noqa: B007  (it: the iteration count reported after the loop)
             J = jac(w, d)
             g = (J.transpose(-1, -2) @ r.unsqueeze(-1)).squeeze(-1) + lam * w
             H = J.transpose(-1, -2) @ J + lam * eye
@@ -247,13 +254,19 @@ def _lm(system: LeastSquares, w0: Tensor, ridge: float, tol: float, max_iter: in
             shift = float((-evals.min() + 1e-8 * evals.abs().max()).clamp_min(1e-12))
             H_damped = Hx + shift * eye
             notes.append(f"Hessian at w* not positive definite; IFT backward damped by {shift:.3g}")
-            warnings.warn("Hessian at w* not positive definite; the implicit backward is damped (SolveInfo.notes)",
-                          RuntimeWarning, stacklevel=4)
+            warnings.warn(
+                "Hessian at w* not positive definite; the implicit backward is damped (SolveInfo.notes)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
         cond = float(torch.linalg.cond(H_damped).max())
     # IFT: value w*, derivative -H^{-1} dg/dtheta (one Newton step with H, w* detached)
     g = vmap(grad(loss))(w, data64)
-    w_out = w - torch.linalg.solve(H_damped, g.unsqueeze(-1)).squeeze(-1) + (
-        torch.linalg.solve(H_damped, g.detach().unsqueeze(-1)).squeeze(-1))
+    w_out = (
+        w
+        - torch.linalg.solve(H_damped, g.unsqueeze(-1)).squeeze(-1)
+        + (torch.linalg.solve(H_damped, g.detach().unsqueeze(-1)).squeeze(-1))
+    )
     return w_out, SolveInfo("lm", condition=cond, damping=lam, iterations=it, converged=converged, notes=notes)
 
 
@@ -267,13 +280,15 @@ def _cholesky_backend(system: LeastSquares, *, ridge: float, **_: Any) -> tuple[
     return _normal_solve(*_linear(system, "cholesky"), ridge)
 
 
-def _cvxpylayers_backend(system: LeastSquares, *, ridge: float, solver_args: Mapping | None = None,
-                         **_: Any) -> tuple[Tensor, SolveInfo]:
+def _cvxpylayers_backend(
+    system: LeastSquares, *, ridge: float, solver_args: Mapping | None = None, **_: Any
+) -> tuple[Tensor, SolveInfo]:
     return _cvxpy_solve(*_linear(system, "cvxpylayers"), ridge, solver_args)
 
 
-def _lm_backend(system: LeastSquares, *, ridge: float, w0: Tensor | float = 1.0, tol: float = 1e-4,
-                max_iter: int = 50, **_: Any) -> tuple[Tensor, SolveInfo]:
+def _lm_backend(
+    system: LeastSquares, *, ridge: float, w0: Tensor | float = 1.0, tol: float = 1e-4, max_iter: int = 50, **_: Any
+) -> tuple[Tensor, SolveInfo]:
     n = system.n or 0
     if not torch.is_tensor(w0):
         w0 = torch.full((system.batch, n), float(w0), dtype=torch.float64)

@@ -17,8 +17,9 @@ input is the normalized grid coordinates and the initial condition broadcast alo
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Mapping, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,7 +30,6 @@ from data.errors import InputError
 from .layer import BACKENDS, LeastSquares, SolveInfo, solve
 from .moe import Router
 from .pdes import HardPDE
-
 
 if TYPE_CHECKING:
     BackendChoice = str
@@ -42,21 +42,35 @@ class HardModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    mode: Literal["soft", "hard"] = Field(default="hard", description="soft: PINN penalties only; hard: constraint layer")
-    n_basis: int = Field(default=16, ge=1, le=512, description="N, basis functions per expert (reference: 16; 64 for NS)")
-    experts: tuple[int, ...] = Field(default=(1, 1), description="experts per grid axis (time first, then space); "
-                                     "all ones: single hard constraint; e.g. (1, 4): 4 blocks along x")
-    assignment: Literal["blocks", "random"] = Field(default="blocks", description="blocks (the paper) or random points (ablation)")
-    points: int = Field(default=1000, ge=1, le=100_000_000, description="constraint points per forward pass, over all experts")
+    mode: Literal["soft", "hard"] = Field(
+        default="hard", description="soft: PINN penalties only; hard: constraint layer"
+    )
+    n_basis: int = Field(
+        default=16, ge=1, le=512, description="N, basis functions per expert (reference: 16; 64 for NS)"
+    )
+    experts: tuple[int, ...] = Field(
+        default=(1, 1),
+        description="experts per grid axis (time first, then space); "
+        "all ones: single hard constraint; e.g. (1, 4): 4 blocks along x",
+    )
+    assignment: Literal["blocks", "random"] = Field(
+        default="blocks", description="blocks (the paper) or random points (ablation)"
+    )
+    points: int = Field(
+        default=1000, ge=1, le=100_000_000, description="constraint points per forward pass, over all experts"
+    )
     backend: BackendChoice = Field(
-        default="auto", description="auto: cholesky for linear PDEs, lm (Levenberg-Marquardt) otherwise")
+        default="auto", description="auto: cholesky for linear PDEs, lm (Levenberg-Marquardt) otherwise"
+    )
     ridge: float = Field(default=1e-4, ge=0, le=1e3, description="coefficient of w in the residual (reference 1e-4)")
     lm_tol: float = Field(default=1e-4, gt=0, le=1.0, description="LM relative tolerance (reference 1e-4)")
     lm_max_iter: int = Field(default=50, ge=1, le=10_000, description="LM iteration cap (reference 50-100)")
     hidden: int = Field(default=32, ge=1, le=1024, description="FNO width")
     modes: tuple[int, ...] = Field(default=(8, 8), description="Fourier modes per grid axis")
     n_layers: int = Field(default=4, ge=1, le=32, description="FNO layers")
-    domain_padding: float = Field(default=0.125, ge=0, le=1, description="FNO domain padding fraction (non-periodic grid)")
+    domain_padding: float = Field(
+        default=0.125, ge=0, le=1, description="FNO domain padding fraction (non-periodic grid)"
+    )
     loss: Literal["reference", "mse"] = Field(default="reference", description="outer loss weighting (see loss_terms)")
 
     @property
@@ -67,10 +81,14 @@ class HardModelConfig(BaseModel):
         """Raise :class:`data.errors.InputError` when the config does not fit the PDE's grid."""
         d = len(pde.grid)
         if len(self.modes) != d:
-            raise InputError(f"modes {self.modes} has {len(self.modes)} entries; the {pde.name} grid {pde.grid} has {d} axes")
+            raise InputError(
+                f"modes {self.modes} has {len(self.modes)} entries; the {pde.name} grid {pde.grid} has {d} axes"
+            )
         if len(self.experts) != d:
-            raise InputError(f"experts {self.experts} has {len(self.experts)} entries; the {pde.name} grid "
-                             f"{pde.grid} has {d} axes (time first)")
+            raise InputError(
+                f"experts {self.experts} has {len(self.experts)} entries; the {pde.name} grid "
+                f"{pde.grid} has {d} axes (time first)"
+            )
         if self.backend in ("cholesky", "cvxpylayers") and not pde.linear:
             raise InputError(f"backend {self.backend!r} solves linear PDEs only; {pde.name} is nonlinear: use 'lm'")
 
@@ -96,12 +114,20 @@ class HardConstraintModel(nn.Module):
         cfg.check(pde)
         self.cfg, self.pde = cfg, pde
         d = len(pde.grid)
-        self.net = FNO(n_modes=tuple(cfg.modes), in_channels=d + 1, out_channels=cfg.n_basis if cfg.mode == "hard" else 1,
-                       hidden_channels=cfg.hidden, n_layers=cfg.n_layers, positional_embedding=None,
-                       domain_padding=cfg.domain_padding or None)
+        self.net = FNO(
+            n_modes=tuple(cfg.modes),
+            in_channels=d + 1,
+            out_channels=cfg.n_basis if cfg.mode == "hard" else 1,
+            hidden_channels=cfg.hidden,
+            n_layers=cfg.n_layers,
+            positional_embedding=None,
+            domain_padding=cfg.domain_padding or None,
+        )
         self.coords: Tensor
         self.register_buffer("coords", pde.coords(), persistent=False)
-        self.router = Router(pde.grid, cfg.experts, pde.residual_mask(), cfg.assignment, seed) if cfg.mode == "hard" else None
+        self.router = (
+            Router(pde.grid, cfg.experts, pde.residual_mask(), cfg.assignment, seed) if cfg.mode == "hard" else None
+        )
 
     def backbone(self, u0: Tensor) -> Tensor:
         """Network output ``(B, *grid, C)`` (C = N basis functions, or 1 for soft)."""
@@ -133,8 +159,9 @@ class HardConstraintModel(nn.Module):
         """``u0`` broadcast over the time axis: ``(B, *grid)`` float64."""
         return u0.double().unsqueeze(1).expand(u0.shape[0], *self.pde.grid)
 
-    def constrain(self, phi: Tensor, u0: Tensor, generator: torch.Generator | None = None,
-                  points: Tensor | None = None) -> HardOutput:
+    def constrain(
+        self, phi: Tensor, u0: Tensor, generator: torch.Generator | None = None, points: Tensor | None = None
+    ) -> HardOutput:
         """The hard-constraint layer on a basis ``phi (B, *grid, N)`` (float64)."""
         cfg, pde, router = self.cfg, self.pde, self.router
         if router is None:
@@ -152,8 +179,7 @@ class HardConstraintModel(nn.Module):
             Krows, c = Krows * rw[..., None], c * rw
         scale = 1.0 / pde.t_final  # PDE rows in physical units, as the reference
         pts = (router.sample(cfg.points, generator) if points is None else router.check_points(points)).to(phi.device)
-        cmask = (router.condition_mask(pde.condition_points()).to(phi) if not pde.ic_ansatz
-                 else phi.new_zeros(K, 0))
+        cmask = router.condition_mask(pde.condition_points()).to(phi) if not pde.ic_ansatz else phi.new_zeros(K, 0)
         m, R = pts.shape[1], Krows.shape[1]
         sel = {k: v[:, pts].reshape(B * K, m, N) for k, v in terms.items()}
         osel = {k: v[:, pts].reshape(B * K, m) for k, v in off_terms.items()}
@@ -162,12 +188,17 @@ class HardConstraintModel(nn.Module):
         backend = cfg.backend if cfg.backend != "auto" else ("cholesky" if pde.linear else "lm")
         if backend in ("cholesky", "cvxpylayers"):
             A_pde = cast(Tensor, sum(scale * coef * sel[k] for k, coef in pde.coefficients().items()))
-            b_pde = -cast(Tensor, sum(scale * coef * osel[k] for k, coef in pde.coefficients().items())) if osel else (
-                torch.zeros_like(A_pde[..., 0]))
+            b_pde = (
+                -cast(Tensor, sum(scale * coef * osel[k] for k, coef in pde.coefficients().items()))
+                if osel
+                else (torch.zeros_like(A_pde[..., 0]))
+            )
             system = LeastSquares(A=torch.cat([A_pde, Kr], 1), b=torch.cat([b_pde, cr], 1))
         else:
             names = list(sel)
-            known = {k: v.to(phi).unsqueeze(0).expand(B, K, m).reshape(B * K, m) for k, v in pde.point_data(pts).items()}
+            known = {
+                k: v.to(phi).unsqueeze(0).expand(B, K, m).reshape(B * K, m) for k, v in pde.point_data(pts).items()
+            }
             offs = {f"offset:{k}": v for k, v in osel.items()}
 
             def residual(w: Tensor, d: Mapping[str, Tensor]) -> Tensor:

@@ -34,18 +34,22 @@ class ExpertLayoutError(InputError):
     """An expert layout that does not fit the grid or the configured K."""
 
 
-def expert_index(grid: tuple[int, ...], splits: tuple[int, ...], assignment: Assignment = "blocks",
-                 seed: int = 0) -> np.ndarray:
+def expert_index(
+    grid: tuple[int, ...], splits: tuple[int, ...], assignment: Assignment = "blocks", seed: int = 0
+) -> np.ndarray:
     """``(P,)`` expert id of every grid point (C-order flattening of ``grid``)."""
     if len(splits) != len(grid):
-        raise ExpertLayoutError(f"expert layout {tuple(splits)} has {len(splits)} axes, the grid {tuple(grid)} "
-                                f"has {len(grid)} (time first, then space)")
-    for a, (s, n) in enumerate(zip(splits, grid)):
+        raise ExpertLayoutError(
+            f"expert layout {tuple(splits)} has {len(splits)} axes, the grid {tuple(grid)} "
+            f"has {len(grid)} (time first, then space)"
+        )
+    for a, (s, n) in enumerate(zip(splits, grid, strict=False)):
         if not 1 <= s <= n:
             raise ExpertLayoutError(f"expert layout: {s} experts along axis {a} of length {n} (need 1 <= split <= {n})")
         if assignment == "blocks" and n % s:
-            raise ExpertLayoutError(f"expert layout {tuple(splits)}: {s} experts do not divide axis {a} of length {n} "
-                                    "into equal blocks")
+            raise ExpertLayoutError(
+                f"expert layout {tuple(splits)}: {s} experts do not divide axis {a} of length {n} into equal blocks"
+            )
     K, P = math.prod(splits), math.prod(grid)
     if assignment == "random":
         perm = np.random.default_rng(seed).permutation(P)
@@ -55,7 +59,7 @@ def expert_index(grid: tuple[int, ...], splits: tuple[int, ...], assignment: Ass
     if assignment != "blocks":
         raise ExpertLayoutError(f"assignment must be 'blocks' or 'random', got {assignment!r}")
     ids = []
-    for s, n in zip(splits, grid):
+    for s, n in zip(splits, grid, strict=False):
         axis_id = np.empty(n, dtype=np.int64)
         for j, chunk in enumerate(np.array_split(np.arange(n), s)):
             axis_id[chunk] = j
@@ -75,10 +79,13 @@ def layout_for(k: int, grid: tuple[int, ...], axes: tuple[int, ...] | None = Non
     splits = [1] * len(grid)
     for p in _prime_factors(k):
         # give the factor to the axis with the most cells per block that it divides
-        best = max((a for a in axes if (grid[a] // splits[a]) % p == 0), key=lambda a: (grid[a] // splits[a], a),
-                   default=None)
+        best = max(
+            (a for a in axes if (grid[a] // splits[a]) % p == 0), key=lambda a: (grid[a] // splits[a], a), default=None
+        )
         if best is None:
-            raise ExpertLayoutError(f"{k} experts cannot split the grid {tuple(grid)} into equal blocks along axes {axes}")
+            raise ExpertLayoutError(
+                f"{k} experts cannot split the grid {tuple(grid)} into equal blocks along axes {axes}"
+            )
         splits[best] *= p
     return tuple(splits)
 
@@ -96,8 +103,14 @@ def _prime_factors(k: int) -> list[int]:
 class Router:
     """Point sampling, condition routing and stitching for one grid and layout."""
 
-    def __init__(self, grid: tuple[int, ...], splits: tuple[int, ...], residual_mask: np.ndarray,
-                 assignment: Assignment = "blocks", seed: int = 0):
+    def __init__(
+        self,
+        grid: tuple[int, ...],
+        splits: tuple[int, ...],
+        residual_mask: np.ndarray,
+        assignment: Assignment = "blocks",
+        seed: int = 0,
+    ):
         self.grid, self.splits, self.assignment = tuple(grid), tuple(splits), assignment
         self.K = math.prod(splits)
         self.expert = expert_index(self.grid, self.splits, assignment, seed)
@@ -110,8 +123,10 @@ class Router:
         m = total // self.K
         fewest = min(len(c) for c in self.candidates)
         if m > fewest:
-            raise ExpertLayoutError(f"{total} constraint points over {self.K} experts is {m} per expert, but an "
-                                    f"expert's subdomain has only {fewest} residual points; use fewer points or experts")
+            raise ExpertLayoutError(
+                f"{total} constraint points over {self.K} experts is {m} per expert, but an "
+                f"expert's subdomain has only {fewest} residual points; use fewer points or experts"
+            )
         return m
 
     def sample(self, total: int, generator: torch.Generator | None = None) -> Tensor:
@@ -125,18 +140,22 @@ class Router:
         point of its own expert's subdomain."""
         points = torch.as_tensor(points)
         if points.ndim != 2 or points.shape[0] != self.K or points.dtype not in (torch.int32, torch.int64):
-            raise ExpertLayoutError(f"constraint points must be an integer tensor (K={self.K}, m), got "
-                                    f"{points.dtype} {tuple(points.shape)}")
+            raise ExpertLayoutError(
+                f"constraint points must be an integer tensor (K={self.K}, m), got {points.dtype} {tuple(points.shape)}"
+            )
         flat = points.reshape(-1).cpu().numpy()
         P = len(self.expert)
         outside = (flat < 0) | (flat >= P)
         if outside.any():
-            raise ExpertLayoutError(f"constraint point index {int(flat[outside][0])} is outside the domain "
-                                    f"(grid {self.grid}, {P} points)")
+            raise ExpertLayoutError(
+                f"constraint point index {int(flat[outside][0])} is outside the domain (grid {self.grid}, {P} points)"
+            )
         if not self.residual_mask[flat].all():
             bad = int(flat[~self.residual_mask[flat]][0])
-            raise ExpertLayoutError(f"constraint point {np.unravel_index(bad, self.grid)} is not an interior "
-                                    "residual point (initial time or boundary)")
+            raise ExpertLayoutError(
+                f"constraint point {np.unravel_index(bad, self.grid)} is not an interior "
+                "residual point (initial time or boundary)"
+            )
         owner = self.expert[points.cpu().numpy()]
         if (owner != np.arange(self.K)[:, None]).any():
             raise ExpertLayoutError("constraint points row e must lie in expert e's subdomain")

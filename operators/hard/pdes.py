@@ -27,8 +27,9 @@ Shapes: a grid is ``(nt, *space)`` (time first, then the data's space axes); a b
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
-from typing import Any, ClassVar, Mapping, NoReturn, cast
+from typing import Any, ClassVar, NoReturn, cast
 
 import numpy as np
 import torch
@@ -57,7 +58,7 @@ def derivative_matrix(z: np.ndarray, deriv: int) -> np.ndarray:
     D = np.zeros((n, n))
     for i in range(n):
         j0 = min(max(i - 1, 0), n - 3)
-        D[i, j0:j0 + 3] = lagrange_weights(z[j0:j0 + 3], z[i], deriv)
+        D[i, j0 : j0 + 3] = lagrange_weights(z[j0 : j0 + 3], z[i], deriv)
     return D
 
 
@@ -120,8 +121,10 @@ class HardPDE:
 
     def check_u0(self, u0: Tensor) -> None:
         if tuple(u0.shape[1:]) != self.grid[1:]:
-            raise InputError(f"{self.name}: initial condition has spatial shape {tuple(u0.shape[1:])}, "
-                             f"the problem's grid is {self.grid[1:]} (mismatched dataset and PDE parameters)")
+            raise InputError(
+                f"{self.name}: initial condition has spatial shape {tuple(u0.shape[1:])}, "
+                f"the problem's grid is {self.grid[1:]} (mismatched dataset and PDE parameters)"
+            )
 
     def point_data(self, points: Tensor) -> dict[str, Tensor]:
         """Known per-point inputs of the residual (e.g. a forcing) at flat grid indices ``points``."""
@@ -199,17 +202,19 @@ class DiffusionSorption(HardPDE):
     def row_weights(self, u0: Tensor) -> Tensor:
         """Initial rows relative to ``u0`` (the reference's ``ic_loss / u0``), floored at 1e-3."""
         w = super().row_weights(u0)
-        w[:, :len(self.x)] = 1.0 / u0.double().abs().clamp_min(1e-3)
+        w[:, : len(self.x)] = 1.0 / u0.double().abs().clamp_min(1e-3)
         return w
 
     def condition_rows(self, phi: Tensor, u0: Tensor) -> tuple[Tensor, Tensor]:
         self.check_u0(u0)
         x = self.x
         left = torch.as_tensor(lagrange_weights(x[:3], 0.0, 0)).to(phi)
-        right = torch.as_tensor(lagrange_weights(x[-3:], 1.0, 0) + self.params.D * lagrange_weights(x[-3:], 1.0, 1)).to(phi)
-        ic = phi[:, 0]                                             # (B, nx, N): u(x, 0) = u0
-        lb = torch.einsum("btjn,j->btn", phi[:, 1:, :3], left)     # u(0, t) = 1, t > 0
-        rb = torch.einsum("btjn,j->btn", phi[:, 1:, -3:], right)   # u(1, t) + D u_x(1, t) = 0
+        right = torch.as_tensor(lagrange_weights(x[-3:], 1.0, 0) + self.params.D * lagrange_weights(x[-3:], 1.0, 1)).to(
+            phi
+        )
+        ic = phi[:, 0]  # (B, nx, N): u(x, 0) = u0
+        lb = torch.einsum("btjn,j->btn", phi[:, 1:, :3], left)  # u(0, t) = 1, t > 0
+        rb = torch.einsum("btjn,j->btn", phi[:, 1:, -3:], right)  # u(1, t) + D u_x(1, t) = 0
         K = torch.cat([ic, lb, rb], dim=1)
         nt1 = lb.shape[1]
         c = torch.cat([u0.to(phi), torch.ones(phi.shape[0], nt1).to(phi), torch.zeros(phi.shape[0], nt1).to(phi)], 1)
@@ -312,9 +317,15 @@ class NavierStokes2D(HardPDE):
         w_hat = torch.fft.fft2(phi, dim=(2, 3))
         back = lambda sym: torch.fft.ifft2(sym * w_hat, dim=(2, 3)).real.reshape(B, -1, N)  # noqa: E731
         dx, dy = 2j * np.pi * kx, 2j * np.pi * ky
-        return {"w": phi.reshape(B, -1, N), "w_t": _along(self.dt().to(phi), phi, 0).reshape(B, -1, N),
-                "w_x": back(dx), "w_y": back(dy), "psi_x": back(dx * inv), "psi_y": back(dy * inv),
-                "lap": back(lap.to(w_hat.dtype))}
+        return {
+            "w": phi.reshape(B, -1, N),
+            "w_t": _along(self.dt().to(phi), phi, 0).reshape(B, -1, N),
+            "w_x": back(dx),
+            "w_y": back(dy),
+            "psi_x": back(dx * inv),
+            "psi_y": back(dy * inv),
+            "lap": back(lap.to(w_hat.dtype)),
+        }
 
     def point_data(self, points: Tensor) -> dict[str, Tensor]:
         f = torch.as_tensor(self.f, dtype=torch.float64, device=points.device).reshape(-1)
@@ -342,17 +353,27 @@ def from_dataset(family: str, spec, shared: Mapping[str, np.ndarray]) -> HardPDE
     """The constraint PDE for a stored dataset (its spec and shared arrays ``t``, ``x``)."""
     t = np.asarray(shared["t"], dtype=np.float64)
     if family == "diffusion_sorption":
-        return DiffusionSorption(t=t, t_final=float(spec.t_final), x=np.asarray(shared["x"], dtype=np.float64),
-                                 params=SorptionParams.of(spec))
+        return DiffusionSorption(
+            t=t,
+            t_final=float(spec.t_final),
+            x=np.asarray(shared["x"], dtype=np.float64),
+            params=SorptionParams.of(spec),
+        )
     if family == "heat":
         if spec.dim != 2:
             raise InputError(f"heat: the hard-constraint problem is the 2D one, the dataset has dim={spec.dim}")
         return Heat2D(t=t, t_final=float(spec.t_final), n=spec.n, kappa=spec.kappa)
     if family == "navier_stokes":
-        return NavierStokes2D(t=t, t_final=float(spec.horizon), n=spec.n, viscosity=spec.viscosity,
-                              f=np.asarray(shared["f"], dtype=np.float64))
-    raise InputError(f"no hard-constraint PDE for family {family!r}; choose 'diffusion_sorption', 'heat' or "
-                     "'navier_stokes'")
+        return NavierStokes2D(
+            t=t,
+            t_final=float(spec.horizon),
+            n=spec.n,
+            viscosity=spec.viscosity,
+            f=np.asarray(shared["f"], dtype=np.float64),
+        )
+    raise InputError(
+        f"no hard-constraint PDE for family {family!r}; choose 'diffusion_sorption', 'heat' or 'navier_stokes'"
+    )
 
 
 #: the hard-constraint PDEs by name (``HardPDE.name``)
@@ -367,7 +388,7 @@ def pde_state(pde: HardPDE) -> dict[str, Any]:
         v = getattr(pde, f.name)
         if isinstance(v, np.ndarray):
             v = torch.from_numpy(np.array(v, dtype=np.float64))
-        elif is_dataclass(v):  # e.g. SorptionParams: plain numbers, rebuilt by pde_from_state
+        elif is_dataclass(v) and not isinstance(v, type):  # SorptionParams: numbers, rebuilt by pde_from_state
             v = asdict(v)
         state[f.name] = v
     return state

@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,8 +43,10 @@ class HardTrainConfig(BaseModel):
 
 def _check_data(pde: HardPDE, u0: torch.Tensor, what: str) -> None:
     if u0.ndim != len(pde.grid) or tuple(u0.shape[1:]) != pde.grid[1:]:
-        raise InputError(f"{what}: initial conditions must be (N, {', '.join(map(str, pde.grid[1:]))}) for the "
-                         f"{pde.name} grid {pde.grid}; got {tuple(u0.shape)}")
+        raise InputError(
+            f"{what}: initial conditions must be (N, {', '.join(map(str, pde.grid[1:]))}) for the "
+            f"{pde.name} grid {pde.grid}; got {tuple(u0.shape)}"
+        )
     if len(u0) == 0:
         raise InputError(f"{what}: no samples")
     if not torch.isfinite(u0).all():
@@ -122,9 +125,14 @@ class HardTask(TrainingTask[HardTrainConfig]):
             if not all(torch.isfinite(p).all() for p in net.parameters()):
                 raise self.diverged(f"non-finite weights after step {step} (not checkpointed)", epoch)
             if step % self.log_every == 0 or step == config.steps:
-                row = {"step": step, "loss": loss.item(), "pde": terms["pde"].item(),
-                       "conditions": terms["conditions"].item(), "seconds": statistics.median(self.times),
-                       "step_seconds": self.times[-1]}
+                row = {
+                    "step": step,
+                    "loss": loss.item(),
+                    "pde": terms["pde"].item(),
+                    "conditions": terms["conditions"].item(),
+                    "seconds": statistics.median(self.times),
+                    "step_seconds": self.times[-1],
+                }
                 if out.info is not None:
                     row.update(lm_iterations=out.info.iterations, condition=out.info.condition)
                 rows.append(row)
@@ -164,8 +172,9 @@ def rebuild(config: Mapping[str, Any], pde: HardPDE | Mapping[str, Any]) -> Hard
 
 
 @torch.no_grad()
-def evaluate(model: HardConstraintModel, u0: torch.Tensor, u_true: torch.Tensor, batch_size: int = 8,
-             seed: int = 1234) -> dict:
+def evaluate(
+    model: HardConstraintModel, u0: torch.Tensor, u_true: torch.Tensor, batch_size: int = 8, seed: int = 1234
+) -> dict:
     """Test metrics against reference trajectories ``u_true (N, *grid)``.
 
     ``rel_l2``: mean over samples of ``||u - u_true|| / ||u_true||`` on the whole grid;
@@ -188,7 +197,7 @@ def evaluate(model: HardConstraintModel, u0: torch.Tensor, u_true: torch.Tensor,
     where = torch.nonzero(mask).squeeze(1)
     scale = float(u_true.double().pow(2).mean().sqrt())
     for i in range(0, len(u0), batch_size):
-        ub, tb = u0[i:i + batch_size].to(device), u_true[i:i + batch_size].double().to(device)
+        ub, tb = u0[i : i + batch_size].to(device), u_true[i : i + batch_size].double().to(device)
         t0 = time.perf_counter()
         out = model(ub, generator=gen)
         elapsed += time.perf_counter() - t0
@@ -205,8 +214,12 @@ def evaluate(model: HardConstraintModel, u0: torch.Tensor, u_true: torch.Tensor,
             jm, jx = model.router.interface_jump(out.phi, out.w)
             jumps.append(jm / scale)
             jmax.append(jx / scale)
-    row = {"rel_l2": float(np.mean(errs)), "residual": float(np.sqrt(np.mean(res))),
-           "conditions": float(np.sqrt(np.mean(cond))), "infer_seconds": elapsed / len(u0)}
+    row = {
+        "rel_l2": float(np.mean(errs)),
+        "residual": float(np.sqrt(np.mean(res))),
+        "conditions": float(np.sqrt(np.mean(cond))),
+        "infer_seconds": elapsed / len(u0),
+    }
     if jumps:
         row.update(jump_mean=float(np.mean(jumps)), jump_max=float(np.max(jmax)))
     return row

@@ -34,8 +34,9 @@ class VectorField(torch.nn.Module):
 
     def __init__(self, width: int, hidden: int):
         super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(width + 1, hidden), torch.nn.Tanh(),
-                                       torch.nn.Linear(hidden, width))
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(width + 1, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, width)
+        )
 
     def forward(self, t: Any, y: torch.Tensor) -> torch.Tensor:
         tt = torch.as_tensor(t, dtype=y.dtype).expand(y.shape[0], 1)
@@ -46,24 +47,41 @@ class ODEModel(torch.nn.Module):
     """encoder -> ODE block on [0, 1] -> decoder. ``config``: the default tolerances and step limit
     of :meth:`forward` (a rebuilt model has its training config)."""
 
-    def __init__(self, d_in: int, d_out: int, width: int, hidden: int, encode: bool = True,
-                 config: Tolerances | None = None):
+    def __init__(
+        self, d_in: int, d_out: int, width: int, hidden: int, encode: bool = True, config: Tolerances | None = None
+    ):
         super().__init__()
         self.encoder = torch.nn.Linear(d_in, width) if encode else torch.nn.Identity()
         self.func = CountedFunc(VectorField(width, hidden))
         self.decoder = torch.nn.Linear(width, d_out) if encode else torch.nn.Identity()
         self.config = config
 
-    def forward(self, x: torch.Tensor, cfg: Tolerances | None = None, regularizer: Regularizer = "none",
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cfg: Tolerances | None = None,
+        regularizer: Regularizer = "none",
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(prediction, R)`` for inputs ``x (B, d_in)``; ``R`` is the ``regularizer`` (zero for
         ``"none"``); ``cfg`` (default: the model's ``config``) gives the tolerances and the step limit."""
         cfg = cfg or self.config
         if cfg is None:
-            raise InputError("ODEModel.forward needs cfg (rtol, atol, max_steps): pass the training config, "
-                             "or build the model with config=")
-        y1, reg = integrate(self.func, self.encoder(x), 0.0, 1.0, regularizer, cfg.rtol, cfg.atol,
-                            generator=generator, max_steps=cfg.max_steps)
+            raise InputError(
+                "ODEModel.forward needs cfg (rtol, atol, max_steps): pass the training config, "
+                "or build the model with config="
+            )
+        y1, reg = integrate(
+            self.func,
+            self.encoder(x),
+            0.0,
+            1.0,
+            regularizer,
+            cfg.rtol,
+            cfg.atol,
+            generator=generator,
+            max_steps=cfg.max_steps,
+        )
         return self.decoder(y1), reg
 
 

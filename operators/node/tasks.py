@@ -14,8 +14,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -65,9 +65,18 @@ def _digits(rng: np.random.Generator, seed: int) -> Task:
     idx = rng.permutation(len(X))
     cut = int(0.8 * len(X))
     tr, te = idx[:cut], idx[cut:]
-    return Task(_f64(X[tr]), torch.as_tensor(y[tr]), _f64(X[te]), torch.as_tensor(y[te]), 64, 10,
-                torch.nn.functional.cross_entropy,
-                lambda p, t: float((p.argmax(1) == t).double().mean()), "accuracy", True)
+    return Task(
+        _f64(X[tr]),
+        torch.as_tensor(y[tr]),
+        _f64(X[te]),
+        torch.as_tensor(y[te]),
+        64,
+        10,
+        torch.nn.functional.cross_entropy,
+        lambda p, t: float((p.argmax(1) == t).double().mean()),
+        "accuracy",
+        True,
+    )
 
 
 def _lotka_volterra(rng: np.random.Generator, seed: int) -> Task:
@@ -76,19 +85,42 @@ def _lotka_volterra(rng: np.random.Generator, seed: int) -> Task:
 
     ref = data.generate(LotkaVolterraSpec.model_validate(dict(n_train=400, n_test=100, seed=seed)), progress=False)
     tr, te = data.load(ref)["u"], data.load(ref, "test")["u"]
-    return Task(_f64(tr[:, 0]), _f64(tr[:, -1]), _f64(te[:, 0]), _f64(te[:, -1]), 2, 2,
-                torch.nn.functional.mse_loss, _mse, "mse", False)
+    return Task(
+        _f64(tr[:, 0]),
+        _f64(tr[:, -1]),
+        _f64(te[:, 0]),
+        _f64(te[:, -1]),
+        2,
+        2,
+        torch.nn.functional.mse_loss,
+        _mse,
+        "mse",
+        False,
+    )
 
 
 def _spiral_task(rng: np.random.Generator, seed: int) -> Task:
     x0, x1 = _spiral(1200, rng)
-    return Task(_f64(x0[:1000]), _f64(x1[:1000]), _f64(x0[1000:]), _f64(x1[1000:]), 2, 2,
-                torch.nn.functional.mse_loss, _mse, "mse", False)
+    return Task(
+        _f64(x0[:1000]),
+        _f64(x1[:1000]),
+        _f64(x0[1000:]),
+        _f64(x1[1000:]),
+        2,
+        2,
+        torch.nn.functional.mse_loss,
+        _mse,
+        "mse",
+        False,
+    )
 
 
 #: the tasks by name: ``TASKS[name](rng, seed) -> Task`` (see the module docstring)
 TASKS: dict[str, Callable[[np.random.Generator, int], Task]] = {
-    "digits": _digits, "lotka-volterra": _lotka_volterra, "spiral": _spiral_task}
+    "digits": _digits,
+    "lotka-volterra": _lotka_volterra,
+    "spiral": _spiral_task,
+}
 
 
 def load_task(name: str, seed: int = 0) -> Task:

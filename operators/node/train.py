@@ -13,8 +13,9 @@ prediction seconds and the task metric (accuracy or final-state MSE).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,8 +41,9 @@ class ODETrainConfig(BaseModel):
 
     task: TaskName = "digits"
     regularizer: Regularizer = "none"
-    w_start: float = Field(default=2.5, ge=0,
-                           description="regularization weight at the first epoch (paper, MNIST: 2.5)")
+    w_start: float = Field(
+        default=2.5, ge=0, description="regularization weight at the first epoch (paper, MNIST: 2.5)"
+    )
     w_end: float = Field(default=1.0, ge=0, description="weight at the last epoch (linear decay; paper: 1.0)")
     epochs: int = Field(default=8, ge=1, le=10_000)
     batch_size: int = Field(default=64, ge=1, le=100_000)
@@ -66,8 +68,11 @@ def evaluate(model: ODEModel, task: Task, cfg: ODETrainConfig) -> dict:
         t0 = time.perf_counter()
         pred, _ = model(task.x_test.to(device), cfg)
         seconds = time.perf_counter() - t0
-    return {"predict_nfe": model.func.nfe, "predict_seconds": seconds,
-            task.metric_name: task.metric(pred.cpu(), task.y_test)}
+    return {
+        "predict_nfe": model.func.nfe,
+        "predict_seconds": seconds,
+        task.metric_name: task.metric(pred.cpu(), task.y_test),
+    }
 
 
 class NodeTask(TrainingTask[ODETrainConfig]):
@@ -128,17 +133,28 @@ class NodeTask(TrainingTask[ODETrainConfig]):
             nfe += net.func.nfe
             total += loss.item() * len(b)
             total_reg += float(reg.detach()) * len(b)
-        return [{"epoch": epoch, "loss": total / n, "reg": total_reg / n, "weight": w,
-                 "train_seconds": time.perf_counter() - t0,
-                 "train_nfe": nfe / ((n + cfg.batch_size - 1) // cfg.batch_size)}]
+        return [
+            {
+                "epoch": epoch,
+                "loss": total / n,
+                "reg": total_reg / n,
+                "weight": w,
+                "train_seconds": time.perf_counter() - t0,
+                "train_nfe": nfe / ((n + cfg.batch_size - 1) // cfg.batch_size),
+            }
+        ]
 
     def evaluate(self, model: torch.nn.Module, world: World) -> dict:
         assert isinstance(model, ODEModel)
         return evaluate(model, self.task, self.config)
 
 
-def train(cfg: ODETrainConfig, checkpoint: str | Path | None = None, on_epoch: OnEpoch | None = None,
-          device: torch.device | str = "cpu") -> tuple[ODEModel, list[dict]]:
+def train(
+    cfg: ODETrainConfig,
+    checkpoint: str | Path | None = None,
+    on_epoch: OnEpoch | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[ODEModel, list[dict]]:
     """Train one model; resume from ``checkpoint`` if it exists (written atomically after every
     epoch). Returns it and the per-epoch history (rows as in :class:`NodeTask`).
 

@@ -33,39 +33,70 @@ class LinearSolver(Protocol):
     """The signature every registered method has: the checked system and right-hand side, the
     relative tolerance, the iteration cap, and the options some methods use."""
 
-    def __call__(self, system: GridSystem, b: np.ndarray, tol: float, maxiter: int, *, x0: np.ndarray | None,
-                 model: Any, petsc_options: Mapping[str, str] | None, n_orth: int) -> SolveResult: ...
+    def __call__(
+        self,
+        system: GridSystem,
+        b: np.ndarray,
+        tol: float,
+        maxiter: int,
+        *,
+        x0: np.ndarray | None,
+        model: Any,
+        petsc_options: Mapping[str, str] | None,
+        n_orth: int,
+    ) -> SolveResult: ...
 
 
-def _cg(system: GridSystem, b: np.ndarray, tol: float, maxiter: int, *, x0: np.ndarray | None,
-        **_: object) -> SolveResult:
+def _cg(
+    system: GridSystem, b: np.ndarray, tol: float, maxiter: int, *, x0: np.ndarray | None, **_: object
+) -> SolveResult:
     return pcg(system, b, tol, maxiter, x0=x0)
 
 
-def _dpcg(system: GridSystem, b: np.ndarray, tol: float, maxiter: int, *, x0: np.ndarray | None,
-          **_: object) -> SolveResult:
+def _dpcg(
+    system: GridSystem, b: np.ndarray, tol: float, maxiter: int, *, x0: np.ndarray | None, **_: object
+) -> SolveResult:
     return dpcg(system, b, tol, maxiter, x0=x0)
 
 
-def _icpcg(system: GridSystem, b: np.ndarray, tol: float, maxiter: int, *, x0: np.ndarray | None,
-           **_: object) -> SolveResult:
+def _icpcg(
+    system: GridSystem, b: np.ndarray, tol: float, maxiter: int, *, x0: np.ndarray | None, **_: object
+) -> SolveResult:
     return petsc_ksp(system, b, tol, maxiter, ic0_petsc_options(), "icpcg", x0)
 
 
-def _gamg(system: GridSystem, b: np.ndarray, tol: float, maxiter: int, *, x0: np.ndarray | None,
-          **_: object) -> SolveResult:
+def _gamg(
+    system: GridSystem, b: np.ndarray, tol: float, maxiter: int, *, x0: np.ndarray | None, **_: object
+) -> SolveResult:
     return petsc_ksp(system, b, tol, maxiter, gamg_petsc_options(), "gamg", x0)
 
 
-def _petsc(system: GridSystem, b: np.ndarray, tol: float, maxiter: int, *, x0: np.ndarray | None,
-           petsc_options: Mapping[str, str] | None, **_: object) -> SolveResult:
+def _petsc(
+    system: GridSystem,
+    b: np.ndarray,
+    tol: float,
+    maxiter: int,
+    *,
+    x0: np.ndarray | None,
+    petsc_options: Mapping[str, str] | None,
+    **_: object,
+) -> SolveResult:
     if not petsc_options:
         raise InputError("method='petsc' needs petsc_options, e.g. {'ksp_type': 'cg', 'pc_type': 'gamg'}")
     return petsc_ksp(system, b, tol, maxiter, petsc_options, "petsc", x0)
 
 
-def _dcdm(system: GridSystem, b: np.ndarray, tol: float, maxiter: int, *, x0: np.ndarray | None, model: Any,
-          n_orth: int, **_: object) -> SolveResult:
+def _dcdm(
+    system: GridSystem,
+    b: np.ndarray,
+    tol: float,
+    maxiter: int,
+    *,
+    x0: np.ndarray | None,
+    model: Any,
+    n_orth: int,
+    **_: object,
+) -> SolveResult:
     if model is None:
         raise InputError("method='dcdm' needs a trained model (operators.dcdm.DCDMNet)")
     return dcdm(system, b, model, tol, maxiter, n_orth=n_orth, x0=x0)
@@ -155,5 +186,18 @@ def solve(
     return SOLVERS[method](system, b, tol, maxiter, x0=x0, model=model, petsc_options=petsc_options, n_orth=n_orth)
 
 
-__all__ = ["METHODS", "SOLVERS", "GridSystem", "LinearSolver", "NotSPDError", "SolveResult", "as_system", "dcdm",
-           "dpcg", "pcg", "petsc_ksp", "ritz_pairs", "solve"]
+__all__ = [
+    "METHODS",
+    "SOLVERS",
+    "GridSystem",
+    "LinearSolver",
+    "NotSPDError",
+    "SolveResult",
+    "as_system",
+    "dcdm",
+    "dpcg",
+    "pcg",
+    "petsc_ksp",
+    "ritz_pairs",
+    "solve",
+]

@@ -140,8 +140,16 @@ def dpcg(
 
     x = np.zeros(system.n) if x0 is None else np.array(x0, dtype=np.float64)
     x += W @ (E_inv @ (W.T @ (b - A @ x)))  # start with a residual orthogonal to W
-    out = pcg(system, b, tol, maxiter, precond=lambda r: dinv * r, x0=x, method="dpcg",
-              deflate=lambda z: z - W @ (E_inv @ (AW.T @ z)))
+    out = pcg(
+        system,
+        b,
+        tol,
+        maxiter,
+        precond=lambda r: dinv * r,
+        x0=x,
+        method="dpcg",
+        deflate=lambda z: z - W @ (E_inv @ (AW.T @ z)),
+    )
     out.setup_seconds = setup
     out.info["n_deflate"] = W.shape[1]
     return out
@@ -167,8 +175,14 @@ def petsc_ksp(
     from data.petsc import ksp_reason, options_scope, petsc
 
     PETSc = petsc()
-    opts = {**dict(options), "ksp_norm_type": "unpreconditioned", "ksp_rtol": repr(tol), "ksp_atol": "0",
-            "ksp_max_it": str(maxiter), "ksp_divtol": "1e12"}
+    opts = {
+        **dict(options),
+        "ksp_norm_type": "unpreconditioned",
+        "ksp_rtol": repr(tol),
+        "ksp_atol": "0",
+        "ksp_max_it": str(maxiter),
+        "ksp_divtol": "1e12",
+    }
     if system.dim in (2, 3) and len(set(system.shape)) == 1:
         M, dm = dmda_matrix(system.A, system.shape[0], system.dim)
     else:
@@ -215,7 +229,9 @@ def petsc_ksp(
             ksp.destroy()
     true = float(np.linalg.norm(b - system.A @ x))
     converged = bool(reason > 0 and true <= tol * np.linalg.norm(b) * 1.0001)
-    out = SolveResult(x, max(len(hist) - 1, 0), hist or [true], seconds, converged, method, setup_seconds=setup, times=times)
+    out = SolveResult(
+        x, max(len(hist) - 1, 0), hist or [true], seconds, converged, method, setup_seconds=setup, times=times
+    )
     out.info.update({"ksp": label, "reason": ksp_reason(reason), "true_residual": true})
     return out
 

@@ -32,16 +32,21 @@ import json
 import os
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
 from data.pdes import grid, random_fields
 from data.petsc import SolverDivergedError, ksp_reason, options_scope, petsc
 
-DEFAULT_OPTIONS = {"ksp_type": "cg", "pc_type": "gamg", "ksp_rtol": "1e-8", "ksp_norm_type": "unpreconditioned",
-                   "ksp_max_it": "1000"}
+DEFAULT_OPTIONS = {
+    "ksp_type": "cg",
+    "pc_type": "gamg",
+    "ksp_rtol": "1e-8",
+    "ksp_norm_type": "unpreconditioned",
+    "ksp_max_it": "1000",
+}
 PROBLEMS = ("poisson", "darcy")
 DARCY_MODES = 16  # cosine modes per dimension kept in the random field
 
@@ -97,8 +102,9 @@ def _all(comm, value: float) -> list[float]:
     return out
 
 
-def solve(n: int, problem: str = "poisson", petsc_options: Mapping[str, str] | None = None, seed: int = 0,
-          comm=None) -> dict:
+def solve(
+    n: int, problem: str = "poisson", petsc_options: Mapping[str, str] | None = None, seed: int = 0, comm=None
+) -> dict:
     """Assemble and solve on ``comm`` (default ``PETSc.COMM_WORLD``); every rank returns the
     same result dict (see the module docstring)."""
     if problem not in PROBLEMS:
@@ -143,17 +149,25 @@ def solve(n: int, problem: str = "poisson", petsc_options: Mapping[str, str] | N
         ksp_type, pc_type = ksp.getType(), ksp.getPC().getType()
         ksp.destroy()
     if reason < 0:
-        raise SolverDivergedError(f"PETSc KSP {ksp_type}/{pc_type} did not converge on {problem} n={n}: "
-                                  f"{ksp_reason(reason)} after {iterations} iterations; options {options}")
+        raise SolverDivergedError(
+            f"PETSc KSP {ksp_type}/{pc_type} did not converge on {problem} n={n}: "
+            f"{ksp_reason(reason)} after {iterations} iterations; options {options}"
+        )
 
     r = b.duplicate()
     A.mult(x, r)
     r.aypx(-1.0, b)  # r = b - A x
     result = {
-        "problem": problem, "n": n, "ranks": comm.getSize(), "unknowns": n * n,
+        "problem": problem,
+        "n": n,
+        "ranks": comm.getSize(),
+        "unknowns": n * n,
         "rank_unknowns": [int(v) for v in np.diff(A.getOwnershipRanges())],
         "rank_pids": [int(v) for v in _all(comm, os.getpid())],
-        "ksp": ksp_type, "pc": pc_type, "iterations": int(iterations), "reason": ksp_reason(reason),
+        "ksp": ksp_type,
+        "pc": pc_type,
+        "iterations": int(iterations),
+        "reason": ksp_reason(reason),
         "relative_residual": r.norm() / b.norm(),
         "assembly_seconds": max(_all(comm, assembly)),
         "setup_seconds": max(_all(comm, pc_setup)),
@@ -188,8 +202,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--n", type=int, default=1024, help="cells per side (unknowns = n²)")
     p.add_argument("--problem", choices=PROBLEMS, default="poisson")
     p.add_argument("--seed", type=int, default=0, help="darcy: random-field seed")
-    p.add_argument("--petsc-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="PETSc option over the defaults (repeatable), e.g. pc_type=hypre")
+    p.add_argument(
+        "--petsc-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="PETSc option over the defaults (repeatable), e.g. pc_type=hypre",
+    )
     p.add_argument("--json", type=Path, help="also write the result here (rank 0)")
     args = p.parse_args(argv)
     PETSc = petsc()

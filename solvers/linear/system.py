@@ -58,7 +58,9 @@ class GridSystem:
         return len(self.shape)
 
     @classmethod
-    def from_poisson(cls, n: int, dim: int = 2, bc: str = "neumann", obstacle: str = "none", seed: int = 0) -> "GridSystem":
+    def from_poisson(
+        cls, n: int, dim: int = 2, bc: str = "neumann", obstacle: str = "none", seed: int = 0
+    ) -> GridSystem:
         """The cell-centred Poisson matrix of ``data.pdes.poisson`` with its mask and null space."""
         from data.pdes import poisson
         from data.spec import PoissonSpec

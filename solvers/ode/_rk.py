@@ -37,7 +37,9 @@ def _tableau(method: str):
     try:
         return TABLEAUS[method]
     except KeyError:
-        raise InputError(f"local error estimates need an embedded RK method; {method!r} is not one of {sorted(TABLEAUS)}") from None
+        raise InputError(
+            f"local error estimates need an embedded RK method; {method!r} is not one of {sorted(TABLEAUS)}"
+        ) from None
 
 
 def initial_step(func, t: torch.Tensor, y: torch.Tensor, method: str, rtol: float, atol: float) -> torch.Tensor:
@@ -47,7 +49,9 @@ def initial_step(func, t: torch.Tensor, y: torch.Tensor, method: str, rtol: floa
         return _select_initial_step(func, t, y, order - 1, rtol, atol, _rms_norm)
 
 
-def one_step_error(func, t: torch.Tensor, y: torch.Tensor, dt: torch.Tensor, method: str, rtol: float, atol: float) -> torch.Tensor:
+def one_step_error(
+    func, t: torch.Tensor, y: torch.Tensor, dt: torch.Tensor, method: str, rtol: float, atol: float
+) -> torch.Tensor:
     """Error ratio of one step of size ``dt`` from ``(t, y)``:
     ``sqrt(mean((err / (atol + rtol * max(|y0|, |y1|)))**2))``, where ``err`` is the embedded
     estimate (already scaled by ``dt``). Differentiable in ``func``'s parameters (and ``y``)."""

@@ -59,7 +59,9 @@ class CountedFunc(torch.nn.Module):
 
     def callback_accept_step(self, t0, y0, dt):
         if self.recording:
-            self.steps.append((t0.detach().clone(), y0 if self.keep_graph else y0.detach().clone(), dt.detach().clone()))
+            self.steps.append(
+                (t0.detach().clone(), y0 if self.keep_graph else y0.detach().clone(), dt.detach().clone())
+            )
 
     def start(self, record: bool = False, keep_graph: bool = False) -> None:
         self.recording, self.keep_graph, self.steps = record, keep_graph, []
@@ -71,8 +73,15 @@ def check_tolerances(rtol: float, atol: float) -> None:
             raise InputError(f"{name} must be positive and finite, got {v}")
 
 
-def solve(func: CountedFunc, y0: torch.Tensor, t: torch.Tensor, rtol: float, atol: float,
-          method: str = "dopri5", max_steps: int = 10_000) -> torch.Tensor:
+def solve(
+    func: CountedFunc,
+    y0: torch.Tensor,
+    t: torch.Tensor,
+    rtol: float,
+    atol: float,
+    method: str = "dopri5",
+    max_steps: int = 10_000,
+) -> torch.Tensor:
     """``odeint`` with checked inputs and a step limit that raises :class:`StepLimitError`."""
     check_tolerances(rtol, atol)
     if not torch.isfinite(y0).all():
@@ -84,7 +93,9 @@ def solve(func: CountedFunc, y0: torch.Tensor, t: torch.Tensor, rtol: float, ato
     except AssertionError as exc:
         if "max_num_steps" in str(exc):
             where = float(func.last_t) if func.last_t is not None else float("nan")
-            raise StepLimitError(f"adaptive solver hit max_steps={max_steps} near t={where:.4g} (stiff or blowing-up dynamics)") from exc
+            raise StepLimitError(
+                f"adaptive solver hit max_steps={max_steps} near t={where:.4g} (stiff or blowing-up dynamics)"
+            ) from exc
         raise
 
 

@@ -16,6 +16,21 @@ from .derivatives import AutogradDerivatives, Derivatives, NonFiniteError, kkt_r
 from .minimize import METHODS, MINIMIZERS, OptimizeResult, minimize_eq
 from .sketch import SKETCHES, SketchSolver
 
-__all__ = ["BILEVEL_METHODS", "METHODS", "MINIMIZERS", "SKETCHES", "ALParams", "AutogradDerivatives",
-           "BilevelInputError", "BilevelResult", "CvxpyLowerLevel", "Derivatives", "NonFiniteError", "OptimizeResult",
-           "SketchSolver", "bilevel", "kkt_residual", "minimize_eq"]
+__all__ = [
+    "BILEVEL_METHODS",
+    "METHODS",
+    "MINIMIZERS",
+    "SKETCHES",
+    "ALParams",
+    "AutogradDerivatives",
+    "BilevelInputError",
+    "BilevelResult",
+    "CvxpyLowerLevel",
+    "Derivatives",
+    "NonFiniteError",
+    "OptimizeResult",
+    "SketchSolver",
+    "bilevel",
+    "kkt_residual",
+    "minimize_eq",
+]

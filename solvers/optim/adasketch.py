@@ -52,8 +52,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from .derivatives import Derivatives, NonFiniteError
-from .minimize_base import (DENSE_LIMIT, Callback, OptimizeResult, State, armijo, finish, frobenius, hessian_shift,
-                            kkt_matrix, record, shifted, stop_reason)
+from .minimize_base import (
+    DENSE_LIMIT,
+    Callback,
+    OptimizeResult,
+    State,
+    armijo,
+    finish,
+    frobenius,
+    hessian_shift,
+    kkt_matrix,
+    record,
+    shifted,
+    stop_reason,
+)
 from .sketch import SketchSolver
 
 
@@ -73,9 +85,19 @@ class ALParams:
     max_line_search: int = 60
 
 
-def al_sketch(d: Derivatives, x: np.ndarray, lam: np.ndarray, *, tol: float, max_iter: int,
-              max_seconds: float | None, callback: Callback | None, sketch: str, seed: int,
-              params: ALParams) -> OptimizeResult:
+def al_sketch(
+    d: Derivatives,
+    x: np.ndarray,
+    lam: np.ndarray,
+    *,
+    tol: float,
+    max_iter: int,
+    max_seconds: float | None,
+    callback: Callback | None,
+    sketch: str,
+    seed: int,
+    params: ALParams,
+) -> OptimizeResult:
     """AdaSketch-Newton from the checked start ``(x, lam)`` (called by
     :func:`~.minimize.minimize_eq`, which documents the arguments): KKT systems solved by the
     randomized ``sketch`` solver (:data:`~.sketch.SKETCHES`) to the adaptive accuracy of
@@ -83,9 +105,19 @@ def al_sketch(d: Derivatives, x: np.ndarray, lam: np.ndarray, *, tol: float, max
     return _adasketch(d, x, lam, "al-sketch", sketch, tol, max_iter, seed, params, max_seconds, callback)
 
 
-def newton_sqp(d: Derivatives, x: np.ndarray, lam: np.ndarray, *, tol: float, max_iter: int,
-               max_seconds: float | None, callback: Callback | None, seed: int, params: ALParams,
-               **_: object) -> OptimizeResult:
+def newton_sqp(
+    d: Derivatives,
+    x: np.ndarray,
+    lam: np.ndarray,
+    *,
+    tol: float,
+    max_iter: int,
+    max_seconds: float | None,
+    callback: Callback | None,
+    seed: int,
+    params: ALParams,
+    **_: object,
+) -> OptimizeResult:
     """AdaSketch-Newton with exact KKT solves (``sketch="exact"``; a ``sketch`` argument is ignored)."""
     return _adasketch(d, x, lam, "newton-sqp", "exact", tol, max_iter, seed, params, max_seconds, callback)
 
@@ -110,8 +142,19 @@ def _merit_grad(s: State, mu, nu) -> np.ndarray:
     return np.concatenate([s.gL + nu * HgL + mu * (s.G.T @ s.c), s.c + nu * (s.G @ s.gL)])
 
 
-def _adasketch(d: Derivatives, x: np.ndarray, lam: np.ndarray, method: str, sketch: str, tol: float, max_iter: int,
-               seed: int, P: ALParams, max_seconds: float | None, callback: Callback | None) -> OptimizeResult:
+def _adasketch(
+    d: Derivatives,
+    x: np.ndarray,
+    lam: np.ndarray,
+    method: str,
+    sketch: str,
+    tol: float,
+    max_iter: int,
+    seed: int,
+    P: ALParams,
+    max_seconds: float | None,
+    callback: Callback | None,
+) -> OptimizeResult:
     """Algorithm 1 (see the module docstring) from ``(x, lam)``; ``method`` only labels the result."""
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -135,7 +178,7 @@ def _adasketch(d: Derivatives, x: np.ndarray, lam: np.ndarray, method: str, sket
             ups = max(frobenius(s.G), H_norm, 1.0)
 
             def delta_trial(mu, nu):
-                return (0.5 - P.beta) * nu / ((1.0 + mu + nu) * ups ** 2 * psi ** 2)
+                return (0.5 - P.beta) * nu / ((1.0 + mu + nu) * ups**2 * psi**2)
 
             delta = max(min(delta, delta_trial(mu, nu)), P.delta_floor)
             K = kkt_matrix(B, s.G)
@@ -155,27 +198,34 @@ def _adasketch(d: Derivatives, x: np.ndarray, lam: np.ndarray, method: str, sket
         while True:  # adaptive accuracy + descent loop (Algorithm 1, inner loop)
             z = solver.z
             q = float(_merit_grad(s, mu, nu) @ z)
-            if q <= -0.5 * nu * bn ** 2:
+            if q <= -0.5 * nu * bn**2:
                 break
             if mu > 1e8 or nu < 1e-8:  # reference's numerical guard
                 break
             if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
                 break
-            mu, nu = mu * P.rho ** 2, nu / P.rho
-            delta = max(min(delta / P.rho ** 4, delta_trial(mu, nu)), P.delta_floor)
+            mu, nu = mu * P.rho**2, nu / P.rho
+            delta = max(min(delta / P.rho**4, delta_trial(mu, nu)), P.delta_floor)
             solver.run(P.theta * delta * bn / (K_norm * psi), P.max_inner)
         dx = z[: d.n]
         inner_total += solver.steps
-        if q > -0.5 * nu * bn ** 2 and max_seconds is not None and time.perf_counter() - t0 > max_seconds:
+        if q > -0.5 * nu * bn**2 and max_seconds is not None and time.perf_counter() - t0 > max_seconds:
             message = f"time budget of {max_seconds} s used inside the sketching loop; stalled with KKT {s.kkt:.3e}"
             break
         if not q < 0:  # also catches NaN
-            message = (f"no descent direction for the merit function (mu = {mu:.1e}, nu = {nu:.1e}); "
-                       f"stalled with KKT {s.kkt:.3e}, ||c|| = {np.linalg.norm(s.c):.3e}")
+            message = (
+                f"no descent direction for the merit function (mu = {mu:.1e}, nu = {nu:.1e}); "
+                f"stalled with KKT {s.kkt:.3e}, ||c|| = {np.linalg.norm(s.c):.3e}"
+            )
             break
-        dlam = z[d.n:]
-        alpha = armijo(lambda a: _merit(d, s.x + a * dx, s.lam + a * dlam, mu, nu), _merit_value(s, mu, nu), q,
-                       P.beta, P.max_line_search)
+        dlam = z[d.n :]
+        alpha = armijo(
+            lambda a: _merit(d, s.x + a * dx, s.lam + a * dlam, mu, nu),
+            _merit_value(s, mu, nu),
+            q,
+            P.beta,
+            P.max_line_search,
+        )
         if alpha is None:
             message = f"line search failed after {P.max_line_search} halvings; stalled with KKT {s.kkt:.3e}"
             break

@@ -32,8 +32,17 @@ import math
 from collections.abc import Callable
 from typing import Protocol
 
-from .bilevel_base import (DTYPE, BilevelInputError, BilevelResult, Monitor, Objective, Projection, Tensor, as_vector,
-                           positive)
+from .bilevel_base import (
+    DTYPE,
+    BilevelInputError,
+    BilevelResult,
+    Monitor,
+    Objective,
+    Projection,
+    Tensor,
+    as_vector,
+    positive,
+)
 from .implicit import CvxpyLowerLevel, implicit
 from .lv_hba import lv_hba
 
@@ -42,12 +51,33 @@ class BilevelMethod(Protocol):
     """The signature every registered method has: the problem, the checked start ``(x0, y0)``, the
     common options, and every method's own options as keywords (a method ignores the others')."""
 
-    def __call__(self, F: Objective, f: Objective | None, g: Objective | None, x0: Tensor, y0: Tensor, *,
-                 max_iter: int, tol: float, log_every: int, monitor: Monitor | None, h: Objective | None,
-                 project: Projection | None, project_theta: Callable[[Tensor], Tensor] | None, alpha: float,
-                 beta: float, eta: float, gamma1: float, gamma2: float, c0: float, p: float,
-                 multiplier_bound: float, lower: CvxpyLowerLevel | None,
-                 project_x: Callable[[Tensor], Tensor] | None, lr: float) -> BilevelResult: ...
+    def __call__(
+        self,
+        F: Objective,
+        f: Objective | None,
+        g: Objective | None,
+        x0: Tensor,
+        y0: Tensor,
+        *,
+        max_iter: int,
+        tol: float,
+        log_every: int,
+        monitor: Monitor | None,
+        h: Objective | None,
+        project: Projection | None,
+        project_theta: Callable[[Tensor], Tensor] | None,
+        alpha: float,
+        beta: float,
+        eta: float,
+        gamma1: float,
+        gamma2: float,
+        c0: float,
+        p: float,
+        multiplier_bound: float,
+        lower: CvxpyLowerLevel | None,
+        project_x: Callable[[Tensor], Tensor] | None,
+        lr: float,
+    ) -> BilevelResult: ...
 
 
 #: method name -> method; the one list of bilevel methods (``METHODS`` derives from it)
@@ -138,10 +168,39 @@ def bilevel(
         raise BilevelInputError(f"log_every must be >= 1, got {log_every}")
     positive("tol", tol)
     return BILEVEL_METHODS[method](
-        F, f, g, x0, y0, max_iter=int(max_iter), tol=tol, log_every=int(log_every), monitor=monitor, h=h,
-        project=project, project_theta=project_theta, alpha=alpha, beta=beta, eta=eta, gamma1=gamma1, gamma2=gamma2,
-        c0=c0, p=p, multiplier_bound=multiplier_bound, lower=lower, project_x=project_x, lr=lr)
+        F,
+        f,
+        g,
+        x0,
+        y0,
+        max_iter=int(max_iter),
+        tol=tol,
+        log_every=int(log_every),
+        monitor=monitor,
+        h=h,
+        project=project,
+        project_theta=project_theta,
+        alpha=alpha,
+        beta=beta,
+        eta=eta,
+        gamma1=gamma1,
+        gamma2=gamma2,
+        c0=c0,
+        p=p,
+        multiplier_bound=multiplier_bound,
+        lower=lower,
+        project_x=project_x,
+        lr=lr,
+    )
 
 
-__all__ = ["BILEVEL_METHODS", "DTYPE", "METHODS", "BilevelInputError", "BilevelMethod", "BilevelResult",
-           "CvxpyLowerLevel", "bilevel"]
+__all__ = [
+    "BILEVEL_METHODS",
+    "DTYPE",
+    "METHODS",
+    "BilevelInputError",
+    "BilevelMethod",
+    "BilevelResult",
+    "CvxpyLowerLevel",
+    "bilevel",
+]

@@ -88,7 +88,7 @@ def check_scalar(name: str, out, where: str) -> None:
 def grads(out: Tensor, inputs: Sequence[Tensor]) -> list[Tensor]:
     """Gradients of the scalar ``out`` with respect to ``inputs`` (zeros where it does not depend on one)."""
     gs = torch.autograd.grad(out, inputs, allow_unused=True)
-    return [torch.zeros_like(i) if gi is None else gi for gi, i in zip(gs, inputs)]
+    return [torch.zeros_like(i) if gi is None else gi for gi, i in zip(gs, inputs, strict=False)]
 
 
 def log_row(history: list, monitor, x: Tensor, y: Tensor, **row) -> float:
@@ -101,5 +101,17 @@ def log_row(history: list, monitor, x: Tensor, y: Tensor, **row) -> float:
     return time.perf_counter() - tm
 
 
-__all__ = ["DTYPE", "BilevelInputError", "BilevelResult", "Monitor", "Objective", "Projection", "Tensor", "as_vector",
-           "check_scalar", "grads", "log_row", "positive"]
+__all__ = [
+    "DTYPE",
+    "BilevelInputError",
+    "BilevelResult",
+    "Monitor",
+    "Objective",
+    "Projection",
+    "Tensor",
+    "as_vector",
+    "check_scalar",
+    "grads",
+    "log_row",
+    "positive",
+]

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -126,18 +127,29 @@ def llc_problem(n: int = 100, *, seed: int | None = None) -> BilevelProblem:
     y1, y2 = cp.Variable(n, name="y1"), cp.Variable(n, name="y2")
     objective = 0.5 * cp.sum_squares(y1) - xp @ y1 + cp.sum(y2) + 0.5 * cp.sum_squares(y2 - cp.sum(y2) / n)
     problem = cp.Problem(cp.Minimize(objective), [cp.sum(xp) + cp.sum(y1) + cp.sum(y2) == 0])
-    lower = CvxpyLowerLevel(problem, [xp], [y1, y2],
-                            solver_args=dict(tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10))
+    lower = CvxpyLowerLevel(
+        problem, [xp], [y1, y2], solver_args=dict(tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
+    )
 
     return BilevelProblem(
-        name=f"llc-{n}", F=F, f=f, g=None, h=h, x0=x0, y0=y0, project=project, lower=lower,
-        x_star=-0.3 * one, y_star=torch.cat([0.7 * one, -0.4 * one]),
+        name=f"llc-{n}",
+        F=F,
+        f=f,
+        g=None,
+        h=h,
+        x0=x0,
+        y0=y0,
+        project=project,
+        lower=lower,
+        x_star=-0.3 * one,
+        y_star=torch.cat([0.7 * one, -0.4 * one]),
         options={
             # alpha, eta, beta larger than the script's (0.008, 0.01, 0.02) and c_k = 10 (k+1)^0.45
             # instead of 0.025 (k+1)^0.3: the distance to x* is ~0.3/c_k (penalty bias), so c_k
             # must reach ~1e3 for 1e-3; p = 0.45 stays inside the paper's (0, 1/2).
-            "lv-hba": dict(alpha=0.3, eta=0.5, beta=0.5, gamma1=10.0, gamma2=10.0, c0=10.0, p=0.45,
-                           tol=1e-3, max_iter=20000),
+            "lv-hba": dict(
+                alpha=0.3, eta=0.5, beta=0.5, gamma1=10.0, gamma2=10.0, c0=10.0, p=0.45, tol=1e-3, max_iter=20000
+            ),
             # Phi(x) has Hessian eigenvalues 2 and 10: lr = 1/6 contracts both modes by 2/3.
             "implicit": dict(lr=1.0 / 6.0, tol=1e-6, max_iter=500),
         },
@@ -194,15 +206,21 @@ def _load_dataset(dataset: str):
     if dataset == "breast_cancer":
         Z, lab = load_breast_cancer(return_X_y=True)
     elif dataset == "synthetic":
-        Z, lab = make_classification(n_samples=600, n_features=20, n_informative=8, flip_y=0.1,
-                                     random_state=0)
+        Z, lab = make_classification(n_samples=600, n_features=20, n_informative=8, flip_y=0.1, random_state=0)
     else:
         raise InputError(f"dataset must be 'breast_cancer' or 'synthetic', got {dataset!r}")
     return Z.astype(float), np.where(lab > 0, 1.0, -1.0)
 
 
-def svm_problem(dataset: str = "breast_cancer", *, seed: int = 0, n_train: int = 200, n_val: int = 150,
-                c_init: float = -5.0, c_box: tuple[float, float] = (-10.0, 2.0)) -> BilevelProblem:
+def svm_problem(
+    dataset: str = "breast_cancer",
+    *,
+    seed: int = 0,
+    n_train: int = 200,
+    n_val: int = 150,
+    c_init: float = -5.0,
+    c_box: tuple[float, float] = (-10.0, 2.0),
+) -> BilevelProblem:
     """Per-sample hyperparameters c in R^N of a soft-margin linear SVM (paper's "Linear SVM"):
 
         min_c   F = sum_{j in val} LeakyReLU(2 sigmoid(-5 m_j) - 1),  m_j = l_j (w.z_j + b) / |w|
@@ -227,7 +245,7 @@ def svm_problem(dataset: str = "breast_cancer", *, seed: int = 0, n_train: int =
     perm = np.random.default_rng(seed).permutation(len(lab))
     if n_train + n_val >= len(lab):
         raise InputError(f"n_train + n_val must be < {len(lab)} samples")
-    tr, va, te = perm[:n_train], perm[n_train:n_train + n_val], perm[n_train + n_val:]
+    tr, va, te = perm[:n_train], perm[n_train : n_train + n_val], perm[n_train + n_val :]
     mu, sd = Z[tr].mean(0), Z[tr].std(0) + 1e-12
     Z = (Z - mu) / sd
     d, N = Z.shape[1], n_train
@@ -235,7 +253,7 @@ def svm_problem(dataset: str = "breast_cancer", *, seed: int = 0, n_train: int =
     Zv, lv = torch.as_tensor(Z[va]), torch.as_tensor(lab[va])
 
     def split(y):
-        return y[:d], y[d], y[d + 1:]
+        return y[:d], y[d], y[d + 1 :]
 
     def F(c, y):
         w, b, _ = split(y)
@@ -244,7 +262,7 @@ def svm_problem(dataset: str = "breast_cancer", *, seed: int = 0, n_train: int =
 
     def f(c, y):
         w, _, xi = split(y)
-        return 0.5 * (w @ w) + 0.5 * torch.sum(torch.exp(c) * xi ** 2)
+        return 0.5 * (w @ w) + 0.5 * torch.sum(torch.exp(c) * xi**2)
 
     def g(c, y):
         w, b, xi = split(y)
@@ -263,21 +281,50 @@ def svm_problem(dataset: str = "breast_cancer", *, seed: int = 0, n_train: int =
     w, b, xi = cp.Variable(d, name="w"), cp.Variable(name="b"), cp.Variable(N, name="xi")
     objective = 0.5 * cp.sum_squares(w) + 0.5 * cp.sum_squares(cp.multiply(p, xi))
     cons = [cp.multiply(lab[tr], Z[tr] @ w + b) >= 1 - xi]
-    lower = CvxpyLowerLevel(cp.Problem(cp.Minimize(objective), cons), [p], [w, b, xi],
-                            params_of_x=lambda c: (torch.exp(c / 2),))
+    lower = CvxpyLowerLevel(
+        cp.Problem(cp.Minimize(objective), cons), [p], [w, b, xi], params_of_x=lambda c: (torch.exp(c / 2),)
+    )
 
-    data = dict(Z_train=Z[tr], l_train=lab[tr], Z_val=Z[va], l_val=lab[va], Z_test=Z[te], l_test=lab[te],
-                d=d, dataset=dataset, seed=seed)
+    data = dict(
+        Z_train=Z[tr],
+        l_train=lab[tr],
+        Z_val=Z[va],
+        l_val=lab[va],
+        Z_test=Z[te],
+        l_test=lab[te],
+        d=d,
+        dataset=dataset,
+        seed=seed,
+    )
     return BilevelProblem(
-        name=f"svm-{dataset}", F=F, f=f, g=g, x0=x0, y0=y0, project=project, lower=lower, data=data,
+        name=f"svm-{dataset}",
+        F=F,
+        f=f,
+        g=g,
+        x0=x0,
+        y0=y0,
+        project=project,
+        lower=lower,
+        data=data,
         options={
             # Script: alpha = 0.01, beta = 0.1, eta = 0.01, 1/gamma = 0.1, c_k = (k+1)^0.5 (there
             # c never moves: its update is not in place). Larger alpha, eta make c move within
             # 1000 steps; p = 0.3 stays inside (0, 1/2).
-            "lv-hba": dict(alpha=0.05, beta=0.1, eta=0.05, gamma1=10.0, gamma2=10.0, c0=1.0, p=0.3,
-                           tol=1e-4, max_iter=1000, log_every=50),
-            "implicit": dict(lr=1.0, tol=1e-4, max_iter=100, log_every=10,
-                             project_x=lambda c: torch.clamp(c, c_box[0], c_box[1])),
+            "lv-hba": dict(
+                alpha=0.05,
+                beta=0.1,
+                eta=0.05,
+                gamma1=10.0,
+                gamma2=10.0,
+                c0=1.0,
+                p=0.3,
+                tol=1e-4,
+                max_iter=1000,
+                log_every=50,
+            ),
+            "implicit": dict(
+                lr=1.0, tol=1e-4, max_iter=100, log_every=10, project_x=lambda c: torch.clamp(c, c_box[0], c_box[1])
+            ),
         },
     )
 
@@ -299,8 +346,10 @@ def svm_grid_search(problem: BilevelProblem, grid=None) -> dict[str, Any]:
     grid = np.linspace(-6.0, 6.0, 25) if grid is None else np.asarray(grid, dtype=float)
     lower = problem.lower
     if lower is None or not grid.size:
-        raise InputError(f"svm_grid_search needs an SVM problem (svm_problem) and a non-empty grid; got "
-                         f"problem {problem.name!r} and {grid.size} grid points")
+        raise InputError(
+            f"svm_grid_search needs an SVM problem (svm_problem) and a non-empty grid; got "
+            f"problem {problem.name!r} and {grid.size} grid points"
+        )
     (param,) = lower.parameters
     t0 = time.perf_counter()
     best: tuple[tuple[float, float], float, torch.Tensor] | None = None
@@ -315,5 +364,12 @@ def svm_grid_search(problem: BilevelProblem, grid=None) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     assert best is not None  # the grid is not empty
     (neg_acc, Fv), c, y = best
-    return dict(c=float(c), y=y, val_acc=-neg_acc, test_acc=svm_accuracy(problem, y, "test"), F=Fv,
-                seconds=seconds, n_solves=len(grid))
+    return dict(
+        c=float(c),
+        y=y,
+        val_acc=-neg_acc,
+        test_acc=svm_accuracy(problem, y, "test"),
+        F=Fv,
+        seconds=seconds,
+        n_solves=len(grid),
+    )

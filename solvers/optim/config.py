@@ -51,8 +51,15 @@ def run_optimize(config: OptimizeConfig, callback: Callable[[dict], None] | None
     """Build the problem and solve it. Returns ``(result, summary)``; ``summary`` holds the
     problem-specific quality numbers (error to the published optimum, or the recovered
     coefficient's error and the data misfit) and, for the inverse problem, the problem object."""
-    kw: dict[str, Any] = dict(method=config.method, sketch=config.sketch, tol=config.tol, max_iter=config.max_iter,
-                              seed=config.seed, max_seconds=config.max_seconds, callback=callback)
+    kw: dict[str, Any] = dict(
+        method=config.method,
+        sketch=config.sketch,
+        tol=config.tol,
+        max_iter=config.max_iter,
+        seed=config.seed,
+        max_seconds=config.max_seconds,
+        callback=callback,
+    )
     if config.problem == "darcy-inverse":
         from .darcy_inverse import make_problem
 

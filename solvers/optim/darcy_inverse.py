@@ -104,13 +104,14 @@ class DarcyInverse:
         self._h2 = 1.0 / N
         self._w = self._h2 / self.sigma**2  # misfit weight
         self._reg = fv_operator(np.ones((self.grid,) * 2), bc="neumann") * self._h2  # graph Laplacian of the faces
-        self._colour_seeds = torch.stack([torch.as_tensor(_colours(self.grid) == k, dtype=torch.float64)
-                                          for k in range(5)])
+        self._colour_seeds = torch.stack(
+            [torch.as_tensor(_colours(self.grid) == k, dtype=torch.float64) for k in range(5)]
+        )
 
     # --- splitting and the pieces ---------------------------------------------------------------
     def split(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         g = self.grid
-        return x[: self._N].reshape(g, g), x[self._N:].reshape(g, g)
+        return x[: self._N].reshape(g, g), x[self._N :].reshape(g, g)
 
     def start(self) -> np.ndarray:
         """``m = 0`` (a = 1) and the PETSc forward solution for it: a feasible start."""
@@ -177,7 +178,9 @@ class DarcyInverse:
         return float(np.linalg.norm(u - self.d) / np.linalg.norm(self.d))
 
 
-def make_problem(n: int, noise: float = 0.01, beta: float = 1e-2, seed: int = 0, amplitude: float = 0.5) -> DarcyInverse:
+def make_problem(
+    n: int, noise: float = 0.01, beta: float = 1e-2, seed: int = 0, amplitude: float = 0.5
+) -> DarcyInverse:
     """Build the inverse problem on an ``n x n`` grid.
 
     Args:
@@ -197,4 +200,6 @@ def make_problem(n: int, noise: float = 0.01, beta: float = 1e-2, seed: int = 0,
     m_true = amplitude * field / field.std()
     u_true = darcy.solve(np.exp(m_true))
     d = u_true + noise * np.abs(u_true).max() * rng.standard_normal(u_true.shape)
-    return DarcyInverse(grid=int(n), sigma=0.01 * float(np.abs(u_true).max()), d=d, m_true=m_true, u_true=u_true, beta=float(beta))
+    return DarcyInverse(
+        grid=int(n), sigma=0.01 * float(np.abs(u_true).max()), d=d, m_true=m_true, u_true=u_true, beta=float(beta)
+    )

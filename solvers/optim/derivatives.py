@@ -52,8 +52,12 @@ class AutogradDerivatives:
     function and the shape.
     """
 
-    def __init__(self, f: Callable[[torch.Tensor], torch.Tensor] | None,
-                 c: Callable[[torch.Tensor], torch.Tensor] | None, x0: np.ndarray):
+    def __init__(
+        self,
+        f: Callable[[torch.Tensor], torch.Tensor] | None,
+        c: Callable[[torch.Tensor], torch.Tensor] | None,
+        x0: np.ndarray,
+    ):
         if not callable(f) or not callable(c):
             raise TypeError("f and c must be callables mapping a torch vector to a scalar / an m-vector")
         x0 = np.asarray(x0, dtype=np.float64)
@@ -70,8 +74,10 @@ class AutogradDerivatives:
             raise InputError(f"c must return a non-empty 1-D vector (m,), got shape {tuple(cv.shape)}")
         self.m = cv.numel()
         if self.m > self.n:
-            raise InputError(f"more equality constraints (m={self.m}) than variables (n={self.n}): "
-                             "the constraint Jacobian cannot have full row rank")
+            raise InputError(
+                f"more equality constraints (m={self.m}) than variables (n={self.n}): "
+                "the constraint Jacobian cannot have full row rank"
+            )
         self._fs = lambda x: torch.as_tensor(f(x)).reshape(())
         self._grad = torch.func.grad(self._fs)
         self._jac = torch.func.jacrev(lambda x: torch.as_tensor(c(x)))
@@ -92,7 +98,9 @@ class AutogradDerivatives:
         return finite("grad f(x)", self._grad(torch.as_tensor(x)).detach().numpy(), x)
 
     def jac(self, x: np.ndarray) -> np.ndarray:
-        return finite("the constraint Jacobian", self._jac(torch.as_tensor(x)).detach().numpy().reshape(self.m, self.n), x)
+        return finite(
+            "the constraint Jacobian", self._jac(torch.as_tensor(x)).detach().numpy().reshape(self.m, self.n), x
+        )
 
     def hess_lag(self, x: np.ndarray, lam: np.ndarray) -> np.ndarray:
         H = self._hess(torch.as_tensor(x), torch.as_tensor(lam)).detach().numpy()

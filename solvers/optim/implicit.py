@@ -15,8 +15,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from .bilevel_base import (DTYPE, BilevelInputError, BilevelResult, Monitor, Objective, Tensor, check_scalar, grads,
-                           log_row, positive)
+from .bilevel_base import (
+    DTYPE,
+    BilevelInputError,
+    BilevelResult,
+    Monitor,
+    Objective,
+    Tensor,
+    check_scalar,
+    grads,
+    log_row,
+    positive,
+)
 
 
 @dataclass(frozen=True)
@@ -42,9 +52,22 @@ class CvxpyLowerLevel:
     solver_args: Mapping[str, Any] | None = None
 
 
-def implicit(F: Objective, f: Objective | None, g: Objective | None, x0: Tensor, y0: Tensor, *, max_iter: int,
-             tol: float, log_every: int, monitor: Monitor | None, lower: CvxpyLowerLevel | None,
-             project_x: Callable[[Tensor], Tensor] | None, lr: float, **_: object) -> BilevelResult:
+def implicit(
+    F: Objective,
+    f: Objective | None,
+    g: Objective | None,
+    x0: Tensor,
+    y0: Tensor,
+    *,
+    max_iter: int,
+    tol: float,
+    log_every: int,
+    monitor: Monitor | None,
+    lower: CvxpyLowerLevel | None,
+    project_x: Callable[[Tensor], Tensor] | None,
+    lr: float,
+    **_: object,
+) -> BilevelResult:
     """Projected hypergradient descent from the checked start ``(x0, y0)`` (called by
     :func:`~.bilevel.bilevel`, which documents the arguments); ``f`` and ``g`` are not used
     (``lower`` is the lower level)."""
@@ -83,18 +106,18 @@ def make_layer(lower: CvxpyLowerLevel, x0: Tensor, m: int):
     vals = tuple(params_of_x(x0))
     if len(vals) != len(params):
         raise BilevelInputError(f"params_of_x returned {len(vals)} tensors for {len(params)} parameters")
-    for par, v in zip(params, vals):
+    for par, v in zip(params, vals, strict=False):
         if tuple(v.shape) != tuple(par.shape):
             raise BilevelInputError(
-                f"params_of_x(x0) gives shape {tuple(v.shape)} for parameter {par.name()} of shape {par.shape}")
+                f"params_of_x(x0) gives shape {tuple(v.shape)} for parameter {par.name()} of shape {par.shape}"
+            )
         if not torch.isfinite(v).all():
             raise BilevelInputError(f"params_of_x(x0) is not finite for parameter {par.name()}")
     solver_args = dict(lower.solver_args or {})
     if lower.solver is None:
         solver_args.setdefault("solve_method", "Clarabel")
     try:
-        layer = CvxpyLayer(prob, parameters=params, variables=variables, solver=lower.solver,
-                           solver_args=solver_args)
+        layer = CvxpyLayer(prob, parameters=params, variables=variables, solver=lower.solver, solver_args=solver_args)
     except (ValueError, AssertionError) as err:
         raise BilevelInputError(f"cvxpylayers refused the lower level: {err}") from err
     return layer, params_of_x
@@ -155,8 +178,17 @@ def _implicit(F, x, y0, lower, project_x, max_iter, tol, lr, log_every, monitor)
     seconds = time.perf_counter() - t0 - monitor_s
     with torch.no_grad():
         F_end = float(F(x, y))
-    return BilevelResult(x=x, y=y.detach(), F=F_end, nit=k + 1, converged=converged, seconds=seconds,
-                         method="implicit", history=history, message=message)
+    return BilevelResult(
+        x=x,
+        y=y.detach(),
+        F=F_end,
+        nit=k + 1,
+        converged=converged,
+        seconds=seconds,
+        method="implicit",
+        history=history,
+        message=message,
+    )
 
 
 __all__ = ["CvxpyLowerLevel", "implicit", "make_layer"]

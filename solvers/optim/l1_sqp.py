@@ -12,8 +12,19 @@ import numpy as np
 import scipy.sparse.linalg as spla
 
 from .derivatives import Derivatives, NonFiniteError
-from .minimize_base import (DENSE_LIMIT, Callback, OptimizeResult, State, armijo, finish, hessian_shift, kkt_matrix,
-                            record, shifted, stop_reason)
+from .minimize_base import (
+    DENSE_LIMIT,
+    Callback,
+    OptimizeResult,
+    State,
+    armijo,
+    finish,
+    hessian_shift,
+    kkt_matrix,
+    record,
+    shifted,
+    stop_reason,
+)
 
 
 def _l1_merit(d: Derivatives, x, pi) -> float:
@@ -38,14 +49,27 @@ def _gmres(K, b, rtol: float, deadline: float | None = None):
             raise _OutOfTime
 
     N = b.size
-    z, _ = spla.gmres(K, b, rtol=rtol, atol=0.0, restart=min(N, 200), maxiter=max(10, N),
-                      callback=count, callback_type="pr_norm")
+    z, _ = spla.gmres(
+        K, b, rtol=rtol, atol=0.0, restart=min(N, 200), maxiter=max(10, N), callback=count, callback_type="pr_norm"
+    )
     return z, it[0]
 
 
-def l1_sqp(d: Derivatives, x: np.ndarray, lam: np.ndarray, *, tol: float, max_iter: int,
-           max_seconds: float | None, callback: Callback | None, kappa: float = 0.1, tau: float = 0.1,
-           eta: float = 1e-8, xi_B: float = 0.1, **_: object) -> OptimizeResult:
+def l1_sqp(
+    d: Derivatives,
+    x: np.ndarray,
+    lam: np.ndarray,
+    *,
+    tol: float,
+    max_iter: int,
+    max_seconds: float | None,
+    callback: Callback | None,
+    kappa: float = 0.1,
+    tau: float = 0.1,
+    eta: float = 1e-8,
+    xi_B: float = 0.1,
+    **_: object,
+) -> OptimizeResult:
     """Inexact l1-penalty SQP from the checked start ``(x, lam)`` (called by
     :func:`~.minimize.minimize_eq`; dense problems get the reduced-Hessian shift, sparse ones
     none): KKT step by GMRES to relative residual ``kappa`` (tightened by 10x while the step gives
@@ -71,7 +95,7 @@ def l1_sqp(d: Derivatives, x: np.ndarray, lam: np.ndarray, *, tol: float, max_it
             while rtol >= 1e-12:
                 z, its = _gmres(K, b, rtol, deadline)
                 inner += its
-                dx, dlam = z[: d.n], z[d.n:]
+                dx, dlam = z[: d.n], z[d.n :]
                 lin = c1 - float(np.abs(s.c + s.G @ dx).sum())  # linearized infeasibility reduction
                 quad = float(s.g @ dx) + 0.5 * max(float(dx @ (B @ dx)), 0.0)
                 if lin > 0:

@@ -22,14 +22,45 @@ from collections.abc import Callable
 
 import torch
 
-from .bilevel_base import (DTYPE, BilevelInputError, BilevelResult, Monitor, Objective, Projection, Tensor,
-                           check_scalar, grads, log_row, positive)
+from .bilevel_base import (
+    DTYPE,
+    BilevelInputError,
+    BilevelResult,
+    Monitor,
+    Objective,
+    Projection,
+    Tensor,
+    check_scalar,
+    grads,
+    log_row,
+    positive,
+)
 
 
-def lv_hba(F: Objective, f: Objective | None, g: Objective | None, x0: Tensor, y0: Tensor, *, max_iter: int,
-           tol: float, log_every: int, monitor: Monitor | None, h: Objective | None, project: Projection | None,
-           project_theta: Callable[[Tensor], Tensor] | None, alpha: float, beta: float, eta: float, gamma1: float,
-           gamma2: float, c0: float, p: float, multiplier_bound: float, **_: object) -> BilevelResult:
+def lv_hba(
+    F: Objective,
+    f: Objective | None,
+    g: Objective | None,
+    x0: Tensor,
+    y0: Tensor,
+    *,
+    max_iter: int,
+    tol: float,
+    log_every: int,
+    monitor: Monitor | None,
+    h: Objective | None,
+    project: Projection | None,
+    project_theta: Callable[[Tensor], Tensor] | None,
+    alpha: float,
+    beta: float,
+    eta: float,
+    gamma1: float,
+    gamma2: float,
+    c0: float,
+    p: float,
+    multiplier_bound: float,
+    **_: object,
+) -> BilevelResult:
     """LV-HBA from the checked start ``(x0, y0)`` (called by :func:`~.bilevel.bilevel`, which
     documents the arguments and checks x0, y0, max_iter, tol and log_every); checks its own options."""
     if not callable(f):
@@ -38,12 +69,48 @@ def lv_hba(F: Objective, f: Objective | None, g: Objective | None, x0: Tensor, y
     steps = {k: positive(k, v) for k, v in steps.items()}
     positive("p", p, 1.0)
     positive("multiplier_bound", multiplier_bound if math.isfinite(multiplier_bound) else 1.0)
-    return _lv_hba(F, f, g, h, x0, y0, project, project_theta, max_iter, tol, p=float(p),
-                   r=float(multiplier_bound), log_every=log_every, monitor=monitor, **steps)
+    return _lv_hba(
+        F,
+        f,
+        g,
+        h,
+        x0,
+        y0,
+        project,
+        project_theta,
+        max_iter,
+        tol,
+        p=float(p),
+        r=float(multiplier_bound),
+        log_every=log_every,
+        monitor=monitor,
+        **steps,
+    )
 
 
-def _lv_hba(F, f, g, h, x, y, project, project_theta, max_iter, tol, *, alpha, beta, eta, gamma1,
-            gamma2, c0, p, r, log_every, monitor) -> BilevelResult:
+def _lv_hba(
+    F,
+    f,
+    g,
+    h,
+    x,
+    y,
+    project,
+    project_theta,
+    max_iter,
+    tol,
+    *,
+    alpha,
+    beta,
+    eta,
+    gamma1,
+    gamma2,
+    c0,
+    p,
+    r,
+    log_every,
+    monitor,
+) -> BilevelResult:
     """Algorithm 1 of Yao et al. (ICLR 2024). One iteration k, with cons = (g, h):
 
       d_theta = grad_y f(x, theta) + J_y cons(x, theta)^T lam + (theta - y) / gamma1
@@ -118,8 +185,9 @@ def _lv_hba(F, f, g, h, x, y, project, project_theta, max_iter, tol, *, alpha, b
         nxy = math.sqrt(float(x @ x + y @ y))
         step = ck * math.sqrt(float((x_new - x) @ (x_new - x) + (y_new - y) @ (y_new - y))) / (alpha * (1 + nxy))
         ll_gap = float(torch.linalg.vector_norm(y - theta_new)) / (1 + float(torch.linalg.vector_norm(y)))
-        inner = (float(torch.linalg.vector_norm(theta_new - theta)) + float(torch.linalg.vector_norm(lam_new - lam))) / (
-            eta * (1 + float(torch.linalg.vector_norm(theta)) + float(torch.linalg.vector_norm(lam))))
+        inner = (
+            float(torch.linalg.vector_norm(theta_new - theta)) + float(torch.linalg.vector_norm(lam_new - lam))
+        ) / (eta * (1 + float(torch.linalg.vector_norm(theta)) + float(torch.linalg.vector_norm(lam))))
         Fv = Fv.detach()
         if not all(math.isfinite(v) for v in (step, ll_gap, inner, float(Fv), float(z_new.sum()))):
             message = f"non-finite iterate at iteration {k} (step sizes too large?)"
@@ -131,8 +199,9 @@ def _lv_hba(F, f, g, h, x, y, project, project_theta, max_iter, tol, *, alpha, b
             feas = _infeasibility(g, h, x, y)
             done = done and feas <= tol
         if k % log_every == 0 or done or k == max_iter - 1:
-            monitor_s += log_row(history, monitor, x, y, k=k, F=float(Fv), c=ck, step=step, ll_gap=ll_gap,
-                                  inner=inner, infeas=feas)
+            monitor_s += log_row(
+                history, monitor, x, y, k=k, F=float(Fv), c=ck, step=step, ll_gap=ll_gap, inner=inner, infeas=feas
+            )
         if done:
             converged, message = True, f"stopping rule met at iteration {k}"
             break
@@ -141,8 +210,20 @@ def _lv_hba(F, f, g, h, x, y, project, project_theta, max_iter, tol, *, alpha, b
     seconds = time.perf_counter() - t0 - monitor_s
     with torch.no_grad():
         F_end = float(F(x, y))
-    return BilevelResult(x=x, y=y, F=F_end, nit=k + 1, converged=converged, seconds=seconds,
-                         method="lv-hba", history=history, message=message, theta=theta, lam=lam, z=z)
+    return BilevelResult(
+        x=x,
+        y=y,
+        F=F_end,
+        nit=k + 1,
+        converged=converged,
+        seconds=seconds,
+        method="lv-hba",
+        history=history,
+        message=message,
+        theta=theta,
+        lam=lam,
+        z=z,
+    )
 
 
 def _vector_out(name: str, out, where: str) -> int:

@@ -31,9 +31,20 @@ class EqMethod(Protocol):
     ``(x (n,), lam (m,))``, and the options of :func:`minimize_eq` as keywords (a method ignores
     those it has no use for)."""
 
-    def __call__(self, d: Derivatives, x: np.ndarray, lam: np.ndarray, *, tol: float, max_iter: int,
-                 max_seconds: float | None, callback: Callback | None, sketch: str, seed: int,
-                 params: ALParams) -> OptimizeResult: ...
+    def __call__(
+        self,
+        d: Derivatives,
+        x: np.ndarray,
+        lam: np.ndarray,
+        *,
+        tol: float,
+        max_iter: int,
+        max_seconds: float | None,
+        callback: Callback | None,
+        sketch: str,
+        seed: int,
+        params: ALParams,
+    ) -> OptimizeResult: ...
 
 
 #: method name -> method; the one list of ``minimize_eq`` methods (``METHODS`` and configs derive from it)
@@ -112,8 +123,18 @@ def minimize_eq(
     lam = np.zeros(d.m) if lam0 is None else _as_vector(lam0)
     if lam.size != d.m:
         raise InputError(f"lam0 has {lam.size} entries, c has m = {d.m} components")
-    return MINIMIZERS[method](d, x, lam, tol=tol, max_iter=int(max_iter), max_seconds=max_seconds,
-                              callback=callback, sketch=sketch, seed=seed, params=params)
+    return MINIMIZERS[method](
+        d,
+        x,
+        lam,
+        tol=tol,
+        max_iter=int(max_iter),
+        max_seconds=max_seconds,
+        callback=callback,
+        sketch=sketch,
+        seed=seed,
+        params=params,
+    )
 
 
 __all__ = ["METHODS", "MINIMIZERS", "ALParams", "EqMethod", "OptimizeResult", "minimize_eq"]

@@ -114,8 +114,9 @@ def armijo(merit_at: Callable[[float], float], m0: float, slope: float, c1: floa
     return None
 
 
-def finish(s: State, method: str, t0: float, nit: int, tol: float, message: str, inner: int,
-           history: list[dict]) -> OptimizeResult:
+def finish(
+    s: State, method: str, t0: float, nit: int, tol: float, message: str, inner: int, history: list[dict]
+) -> OptimizeResult:
     """The :class:`OptimizeResult` at the final state ``s``; ``converged`` iff its KKT residual is ``<= tol``."""
     kkt = s.kkt
     converged = kkt <= tol
@@ -123,10 +124,20 @@ def finish(s: State, method: str, t0: float, nit: int, tol: float, message: str,
         message = f"KKT residual {kkt:.2e} <= tol {tol:.0e}"
     else:
         message = f"{message} (KKT residual {kkt:.2e} > tol {tol:.0e})"
-    return OptimizeResult(x=s.x, lam=s.lam, fun=s.f, kkt=kkt, nit=nit, converged=converged,
-                          seconds=time.perf_counter() - t0, method=method, message=message,
-                          inner_iterations=inner, constraint_violation=float(np.linalg.norm(s.c)),
-                          history=history)
+    return OptimizeResult(
+        x=s.x,
+        lam=s.lam,
+        fun=s.f,
+        kkt=kkt,
+        nit=nit,
+        converged=converged,
+        seconds=time.perf_counter() - t0,
+        method=method,
+        message=message,
+        inner_iterations=inner,
+        constraint_violation=float(np.linalg.norm(s.c)),
+        history=history,
+    )
 
 
 def stop_reason(s: State, k: int, max_iter: int, t0: float, max_seconds: float | None) -> tuple[str, float]:
@@ -142,11 +153,19 @@ def stop_reason(s: State, k: int, max_iter: int, t0: float, max_seconds: float |
     return "", xi_G
 
 
-def record(history: list, callback: Callback | None, s: State, k: int, alpha: float, inner: int, t0: float,
-           **extra) -> None:
+def record(
+    history: list, callback: Callback | None, s: State, k: int, alpha: float, inner: int, t0: float, **extra
+) -> None:
     """Append iteration ``k``'s summary to ``history`` and pass it to the user's callback."""
-    info = {"nit": k, "kkt": s.kkt, "fun": s.f, "alpha": alpha, "inner": inner, **extra,
-            "seconds": time.perf_counter() - t0}
+    info = {
+        "nit": k,
+        "kkt": s.kkt,
+        "fun": s.f,
+        "alpha": alpha,
+        "inner": inner,
+        **extra,
+        "seconds": time.perf_counter() - t0,
+    }
     history.append(info)
     if callback is not None:
         callback(info)
@@ -154,9 +173,25 @@ def record(history: list, callback: Callback | None, s: State, k: int, alpha: fl
 
 def rank_deficient(s: State, xi_G: float) -> str:
     """The message for a constraint Jacobian without full row rank at ``s``."""
-    return (f"the constraint Jacobian is rank deficient at this point (lambda_min(G G^T) = {xi_G:.2e}): "
-            f"the constraints are inconsistent or degenerate; stalled with ||c(x)|| = {np.linalg.norm(s.c):.3e}")
+    return (
+        f"the constraint Jacobian is rank deficient at this point (lambda_min(G G^T) = {xi_G:.2e}): "
+        f"the constraints are inconsistent or degenerate; stalled with ||c(x)|| = {np.linalg.norm(s.c):.3e}"
+    )
 
 
-__all__ = ["DENSE_LIMIT", "Callback", "OptimizeResult", "State", "armijo", "finish", "frobenius", "hessian_shift",
-           "kkt_matrix", "min_eig_GGt", "rank_deficient", "record", "shifted", "stop_reason"]
+__all__ = [
+    "DENSE_LIMIT",
+    "Callback",
+    "OptimizeResult",
+    "State",
+    "armijo",
+    "finish",
+    "frobenius",
+    "hessian_shift",
+    "kkt_matrix",
+    "min_eig_GGt",
+    "rank_deficient",
+    "record",
+    "shifted",
+    "stop_reason",
+]

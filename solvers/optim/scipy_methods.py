@@ -11,20 +11,23 @@ from .derivatives import Derivatives, least_squares_multipliers
 from .minimize_base import OptimizeResult, State, finish
 
 
-def slsqp(d: Derivatives, x: np.ndarray, lam: np.ndarray, *, tol: float, max_iter: int,
-          max_seconds: float | None, **_: object) -> OptimizeResult:
+def slsqp(
+    d: Derivatives, x: np.ndarray, lam: np.ndarray, *, tol: float, max_iter: int, max_seconds: float | None, **_: object
+) -> OptimizeResult:
     """SciPy's SLSQP from ``x`` (``lam`` is not used: SciPy starts its own multipliers)."""
     return _minimize(d, x, "slsqp", tol, max_iter, max_seconds)
 
 
-def trust_constr(d: Derivatives, x: np.ndarray, lam: np.ndarray, *, tol: float, max_iter: int,
-                 max_seconds: float | None, **_: object) -> OptimizeResult:
+def trust_constr(
+    d: Derivatives, x: np.ndarray, lam: np.ndarray, *, tol: float, max_iter: int, max_seconds: float | None, **_: object
+) -> OptimizeResult:
     """SciPy's trust-constr from ``x`` (``lam`` is not used: SciPy starts its own multipliers)."""
     return _minimize(d, x, "trust-constr", tol, max_iter, max_seconds)
 
 
-def _minimize(d: Derivatives, x: np.ndarray, method: str, tol: float, max_iter: int,
-              max_seconds: float | None) -> OptimizeResult:
+def _minimize(
+    d: Derivatives, x: np.ndarray, method: str, tol: float, max_iter: int, max_seconds: float | None
+) -> OptimizeResult:
     """SciPy's SLSQP / trust-constr with exact first (and, for trust-constr, second) derivatives.
     The KKT residual is measured at the returned point with least-squares multipliers (the most
     favourable multipliers for that point; the other methods report their own iterate's)."""
@@ -40,16 +43,30 @@ def _minimize(d: Derivatives, x: np.ndarray, method: str, tol: float, max_iter: 
 
     if method == "slsqp":
         cons = [{"type": "eq", "fun": d.c, "jac": lambda x: _dense(d.jac(x))}]
-        res = minimize(d.f, x, jac=d.grad, constraints=cons, method="SLSQP", callback=budget,
-                       options={"maxiter": max_iter, "ftol": 1e-12})
+        res = minimize(
+            d.f,
+            x,
+            jac=d.grad,
+            constraints=cons,
+            method="SLSQP",
+            callback=budget,
+            options={"maxiter": max_iter, "ftol": 1e-12},
+        )
         inner = 0
     else:
         zero = np.zeros(d.m)
         hess_c = lambda x, v: d.hess_lag(x, v) - d.hess_lag(x, np.zeros_like(v))  # noqa: E731
         con = NonlinearConstraint(d.c, zero, zero, jac=d.jac, hess=hess_c)
-        res = minimize(d.f, x, jac=d.grad, hess=lambda x: d.hess_lag(x, np.zeros(d.m)), constraints=[con],
-                       method="trust-constr", callback=budget,
-                       options={"maxiter": max_iter, "gtol": tol, "xtol": 1e-14})
+        res = minimize(
+            d.f,
+            x,
+            jac=d.grad,
+            hess=lambda x: d.hess_lag(x, np.zeros(d.m)),
+            constraints=[con],
+            method="trust-constr",
+            callback=budget,
+            options={"maxiter": max_iter, "gtol": tol, "xtol": 1e-14},
+        )
         inner = int(getattr(res, "cg_niter", 0))
     xs = np.asarray(res.x, dtype=np.float64)
     s = State(d, xs, least_squares_multipliers(d.grad(xs), d.jac(xs)), with_hessian=False)

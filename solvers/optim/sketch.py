@@ -42,8 +42,14 @@ class SketchSolver:
         block_size: rows per block for ``"block"`` (default ``ceil(sqrt(N))``).
     """
 
-    def __init__(self, K, b: np.ndarray, kind: str = "kaczmarz", rng: np.random.Generator | None = None,
-                 block_size: int | None = None):
+    def __init__(
+        self,
+        K,
+        b: np.ndarray,
+        kind: str = "kaczmarz",
+        rng: np.random.Generator | None = None,
+        block_size: int | None = None,
+    ):
         if kind not in SKETCHES:
             raise InputError(f"sketch must be one of {SKETCHES}, got {kind!r}")
         self.kind = kind
@@ -136,7 +142,7 @@ class SketchSolver:
         while done < max_steps:
             order = self.rng.permutation(self.N)
             for start in range(0, self.N, self.block_size):
-                S = order[start:start + self.block_size]
+                S = order[start : start + self.block_size]
                 if self.sparse:
                     GS = self.gram[:, S].toarray()
                     KS = self.K[S]

@@ -1,0 +1,308 @@
+"""Render the docs' result tables from the committed benchmark JSON.
+
+    python -m flows.docs_tables            # print every table
+    python -m flows.docs_tables --write    # replace the block between <!-- table:NAME --> and
+                                           # <!-- /table:NAME --> in docs/NAME.md, for every benchmark
+
+One table per benchmark of :data:`flows.benchmarks.BENCHMARKS` (:data:`TABLES`, in registry
+order), each rendered from ``results/<name>-small.json`` by the function registered for that name
+with :func:`renders`; a benchmark without one fails at import.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from data.errors import InputError
+
+from .benchmarks import BENCHMARKS
+from .results import format_table
+
+_RENDERERS: dict[str, Callable[..., str]] = {}
+
+
+def renders(name: str) -> Callable[[Callable[..., str]], Callable[..., str]]:
+    """Register the decorated ``fn(path=None) -> str`` as the table of benchmark ``name``."""
+    if name not in BENCHMARKS:
+        raise InputError(f"renders({name!r}): not a benchmark in flows.benchmarks.BENCHMARKS {list(BENCHMARKS)}")
+
+    def register(fn: Callable[..., str]) -> Callable[..., str]:
+        _RENDERERS[name] = fn
+        return fn
+
+    return register
+
+
+DATAGEN_COLS = ["method", "problem", "samples", "seconds", "samples_per_s", "ratio_to_bare"]
+GAMG_COLS = [
+    "method",
+    "problem",
+    "unknowns",
+    "iterations",
+    "seconds",
+    "solve_seconds",
+    "us_per_unknown",
+    "ratio_to_smallest",
+]
+LINEAR_COLS = [
+    "method",
+    "problem",
+    "rhs",
+    "tol",
+    "iterations",
+    "seconds",
+    "converged",
+    "iters_vs_icpcg",
+    "time_vs_icpcg",
+    "time_vs_gamg",
+]
+ODE_COLS = [
+    "method",
+    "problem",
+    "metric",
+    "value",
+    "metric_delta",
+    "predict_nfe",
+    "nfe_ratio",
+    "predict_time_ratio",
+    "train_seconds",
+    "train_time_ratio",
+    "train_time_vs_global",
+]
+
+
+def results_path(name: str, scale: str = "small") -> Path:
+    """Where ``sciflow bench NAME --scale SCALE`` results are committed."""
+    return Path("results") / f"{name}-{scale}.json"
+
+
+def _rows(name: str, path: str | Path | None) -> list[dict]:
+    return json.loads(Path(path or results_path(name)).read_text())["rows"]
+
+
+@renders("datagen")
+def datagen(path: str | Path | None = None) -> str:
+    rows = _rows("datagen", path)
+    return (
+        format_table([r for r in rows if "ratio_to_bare" in r], DATAGEN_COLS)
+        + "\n\n"
+        + format_table([r for r in rows if "ratio_to_smallest" in r], GAMG_COLS)
+    )
+
+
+@renders("linear")
+def linear(path: str | Path | None = None) -> str:
+    rows = _rows("linear", path)
+    main = [r for r in rows if not r["problem"].startswith("growth") and r["rhs"] == "grf"]
+    other = [
+        r
+        for r in rows
+        if r["method"] in ("dcdm-k2", "icpcg") and r["rhs"] in ("ritz", "divergence") and r["tol"] == 1e-6
+    ]
+    growth = [r for r in rows if r["problem"].startswith("growth")]
+    return "\n\n".join(
+        [
+            "GRF right-hand sides, both tolerances:\n\n" + format_table(main, LINEAR_COLS),
+            "Ritz-sampled and divergence right-hand sides (DCDM k=2 vs ICPCG, tol 1e-6):\n\n"
+            + format_table(other, LINEAR_COLS),
+            "Iteration growth from the smallest to the largest 2D grid (mean over the three right-hand sides, tol 1e-6):\n\n"
+            + format_table(growth, ["method", "problem", "iterations", "growth", "converged"]),
+        ]
+    )
+
+
+@renders("neural-odes")
+def neural_odes(path: str | Path | None = None) -> str:
+    return (
+        format_table(_rows("neural-odes", path), ODE_COLS)
+        + "\n\n![prediction NFE over training](../results/neural-odes-small-nfe_over_training.png)"
+    )
+
+
+OPT_HS_COLS = [
+    "method",
+    "problem",
+    "n_solved",
+    "solved_fraction",
+    "median_outer",
+    "median_inner",
+    "outer_vs_l1sqp",
+    "common_with_l1sqp",
+    "seconds",
+]
+OPT_INV_COLS = [
+    "method",
+    "problem",
+    "variables",
+    "converged",
+    "kkt",
+    "outer",
+    "inner",
+    "seconds",
+    "seconds_per_outer",
+    "time_vs_trust_constr",
+    "peak_mib",
+    "coef_error",
+    "misfit",
+]
+OPT_BL_COLS = [
+    "method",
+    "problem",
+    "distance",
+    "test_accuracy",
+    "accuracy_vs_implicit",
+    "iterations",
+    "seconds",
+    "time_vs_implicit",
+    "converged",
+]
+
+
+@renders("optimizers")
+def optimizers(path: str | Path | None = None) -> str:
+    rows = _rows("optimizers", path)
+    hs = [r for r in rows if r["part"] == "hs" and "solved_fraction" in r]
+    per = [r for r in rows if r["part"] == "hs" and "solved_fraction" not in r]
+    failed = sorted({(r["problem"], r["method"]) for r in per if not r["solved"]})
+    by_problem: dict[str, list[str]] = {}
+    for prob, meth in failed:
+        by_problem.setdefault(prob, []).append(meth)
+    fails = "; ".join(f"{p}: {', '.join(m)}" for p, m in sorted(by_problem.items()))
+    return "\n\n".join(
+        [
+            "HS + BT equality problems (solved = KKT <= 1e-6 and objective within 1e-6 of the published optimum; "
+            "median iterations over each method's solved problems; outer_vs_l1sqp: median per-problem ratio over the problems both solved):\n\n"
+            + format_table(hs, OPT_HS_COLS),
+            f"Not solved: {fails}.",
+            "![performance profile](../results/optimizers-small-hs_performance_profile.png)",
+            "Darcy inverse problem (3 n^2 KKT unknowns; stop at KKT <= 1e-6 or the time budget):\n\n"
+            + format_table([r for r in rows if r["part"] == "inverse"], OPT_INV_COLS),
+            "![inverse problem scaling](../results/optimizers-small-inverse_scaling.png)",
+            "Bilevel (LLC toy: relative distance to the known solution; SVM on breast-cancer: test accuracy):\n\n"
+            + format_table([r for r in rows if r["part"] == "bilevel"], OPT_BL_COLS),
+        ]
+    )
+
+
+OPERATOR_COLS = [
+    "method",
+    "problem",
+    "params",
+    "compression_vs_fno",
+    "test_l2",
+    "l2_vs_fno",
+    "test_h1",
+    "test_l2_2x",
+    "l2_2x_vs_fno",
+    "test_h1_2x",
+    "sec_per_epoch",
+    "time_vs_fno",
+    "peak_mib",
+    "input_domain",
+]
+
+
+@renders("operators")
+def operators(path: str | Path | None = None) -> str:
+    return (
+        format_table(_rows("operators", path), OPERATOR_COLS)
+        + "\n\n![input / truth / prediction / error](../results/operators-small-predictions.png)"
+    )
+
+
+HC_COLS = [
+    "method",
+    "problem",
+    "experts",
+    "rel_l2",
+    "l2_vs_soft",
+    "l2_vs_hc",
+    "residual",
+    "conditions",
+    "jump_mean",
+    "jump_max",
+    "s_per_step",
+    "step_vs_hc",
+    "infer_s",
+    "infer_vs_hc",
+    "lm_iters",
+]
+HC_BACKEND_COLS = ["points", "w_rel_diff", "grad_rel_diff", "s_cholesky", "s_cvxpylayers", "cvxpylayers_vs_cholesky"]
+
+
+@renders("hard-constraints")
+def hard_constraints(path: str | Path | None = None) -> str:
+    rows = _rows("hard-constraints", path)
+    scaling = []
+    for problem in dict.fromkeys(r["problem"] for r in rows if r["part"] == "scaling"):
+        pts = {}
+        for r in rows:
+            if r["part"] == "scaling" and r["problem"] == problem:
+                pts.setdefault(r["points"], {})[r["experts"]] = r["s_per_step"]
+        for m, by_k in sorted(pts.items()):
+            scaling.append(
+                {
+                    "problem": problem,
+                    "points": m,
+                    "s_per_step_k1": by_k.get(1),
+                    "s_per_step_k4": by_k.get(4),
+                    "k4_vs_k1": round(by_k[4] / by_k[1], 3) if 1 in by_k and 4 in by_k else None,
+                }
+            )
+    return "\n\n".join(
+        [
+            format_table([r for r in rows if r["part"] == "models"], HC_COLS),
+            "Seconds per training step against constraint points (all experts together):\n\n"
+            + format_table(scaling, ["problem", "points", "s_per_step_k1", "s_per_step_k4", "k4_vs_k1"]),
+            "![step time vs constraint points](../results/hard-constraints-small-step_time_scaling.png)",
+            "cvxpylayers against the closed-form (Cholesky) layer on the same 2D-heat rows (ridge 1e-2):\n\n"
+            + format_table([r for r in rows if r["part"] == "backends"], HC_BACKEND_COLS),
+            "![diffusion-sorption: truth, predictions, errors](../results/hard-constraints-small-diffusion-sorption-predictions.png)",
+        ]
+    )
+
+
+if missing := [name for name in BENCHMARKS if name not in _RENDERERS]:
+    raise InputError(f"benchmarks {missing} have no docs table in flows.docs_tables; add a @renders(NAME) function")
+
+#: Benchmark name -> its table renderer, in registry order.
+TABLES: dict[str, Callable[..., str]] = {name: _RENDERERS[name] for name in BENCHMARKS}
+
+
+def page(name: str, docs: str | Path = "docs") -> Path:
+    """The docs page that holds benchmark ``name``'s table: ``docs/<name>.md``."""
+    return Path(docs) / f"{name}.md"
+
+
+def rendered(text: str, name: str, body: str) -> str:
+    """``text`` with the block of table ``name`` replaced by ``body``."""
+    pattern = re.compile(rf"(<!-- table:{re.escape(name)} -->\n).*?(<!-- /table:{re.escape(name)} -->)", re.S)
+    if not pattern.search(text):
+        raise InputError(f"no <!-- table:{name} --> ... <!-- /table:{name} --> block to fill in its docs page")
+    return pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
+
+
+def write(docs: str | Path = "docs") -> list[Path]:
+    """Regenerate every benchmark's table in its docs page; returns the pages written."""
+    written = []
+    for name, render in TABLES.items():
+        try:
+            body = render()
+        except FileNotFoundError:  # no committed results yet
+            continue
+        path = page(name, docs)
+        path.write_text(rendered(path.read_text(), name, body))
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    if "--write" in sys.argv:
+        write()
+    else:
+        for render in TABLES.values():
+            print(render(), end="\n\n")

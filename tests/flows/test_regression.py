@@ -1,0 +1,258 @@
+"""Night-over-night regression check (flows/regression.py) and its use in the nightly flow.
+
+The comparison is a plain function; the "previous successful night" query runs against a
+throwaway MLflow SQLite store; the nightly flow's verdict (Failed state, FAILED MLflow parent
+with the reason, report.md) is checked with its stages replaced by canned rows."""
+
+import json
+import math
+
+import pytest
+from mlflow import MlflowClient
+
+from flows import regression
+from flows.regression import compare, find_previous_run, previous_rows, render_markdown, summary
+
+
+def _row(method="cg", problem="poisson-64", stage="benchmark-linear-solvers", **metrics):
+    return {"stage": stage, "problem": problem, "scale": "small", "method": method, **metrics}
+
+
+def _status(comparison, metric, method="cg"):
+    return next(c["status"] for c in comparison if c["metric"] == metric and c["method"] == method)
+
+
+# ---------------------------------------------------------------------------------------------
+# compare
+
+
+def test_regression_beyond_the_threshold_is_flagged():
+    cmp = compare([_row(iterations=15, converged=True)], [_row(iterations=10, converged=True)], threshold=0.2)
+    entry = next(c for c in cmp if c["metric"] == "iterations")
+    assert entry["status"] == "regression" and entry["change"] == pytest.approx(0.5)
+    assert (entry["previous"], entry["current"], entry["direction"]) == (10, 15, "lower")
+    assert _status(cmp, "converged") == "ok"
+    assert regression.regressions(cmp) == [entry]
+
+
+def test_higher_is_better_metrics_regress_when_they_fall():
+    prev = [
+        _row("local", "digits", "benchmark-neural-odes", metric="accuracy", value=0.90),
+        _row("al-sketch", "hs", "benchmark-optimizers", solved_fraction=1.0, test_accuracy=0.8),
+    ]
+    cur = [
+        _row("local", "digits", "benchmark-neural-odes", metric="accuracy", value=0.60),
+        _row("al-sketch", "hs", "benchmark-optimizers", solved_fraction=0.95, test_accuracy=0.85),
+    ]
+    cmp = compare(cur, prev, threshold=0.2)
+    assert _status(cmp, "accuracy", "local") == "regression"  # {"metric": "accuracy", "value": ...} pair
+    assert _status(cmp, "solved_fraction", "al-sketch") == "regression"  # strict: one more unsolved problem counts
+    assert _status(cmp, "test_accuracy", "al-sketch") == "ok"  # +6 %: better, but within the threshold
+
+
+def test_an_improvement_is_not_flagged():
+    cmp = compare([_row(iterations=5, rel_l2=0.01)], [_row(iterations=10, rel_l2=0.05)], threshold=0.2)
+    assert {c["status"] for c in cmp} == {"improvement"}
+    assert not regression.regressions(cmp)
+
+
+def test_noise_below_the_threshold_or_the_floor_is_not_flagged():
+    prev = [_row(iterations=100, kkt=1e-12, seconds=0.02), _row("gamg", iterations=3)]
+    cur = [_row(iterations=115, kkt=5e-12, seconds=0.06), _row("gamg", iterations=4)]
+    cmp = compare(cur, prev, threshold=0.2)
+    assert _status(cmp, "iterations") == "ok"  # +15 % < 20 %
+    assert _status(cmp, "kkt") == "ok"  # x5, but 4e-12 is below the residual's noise floor
+    assert _status(cmp, "seconds") == "ok"  # x3, but 40 ms is below the wall-clock floor
+    assert _status(cmp, "iterations", "gamg") == "ok"  # +33 %, one iteration: the floor
+
+
+def test_missing_and_new_metrics_and_rows_are_reported():
+    prev = [_row(iterations=10, iters_vs_icpcg=1.0), _row("dpcg", iterations=7)]
+    cur = [_row(iterations=10, rel_l2=0.1), _row("dcdm-k2", iterations=4)]
+    cmp = compare(cur, prev, threshold=0.2)
+    assert _status(cmp, "rel_l2") == "new" and _status(cmp, "iters_vs_icpcg") == "missing"
+    assert _status(cmp, "iterations", "dcdm-k2") == "new" and _status(cmp, "iterations", "dpcg") == "missing"
+    new = next(c for c in cmp if c["method"] == "dcdm-k2")
+    assert new["previous"] is None and new["current"] == 4 and new["change"] is None
+    assert not regression.regressions(cmp)
+
+
+def test_nan_zero_and_context_fields():
+    prev = [
+        _row(rel_l2=0.1, n_solved=0, digest="abc", message="ok"),
+        _row("x", "poisson-16^2", "generate-dataset", seconds=0.1, samples_per_s=50.0),
+    ]
+    cur = [
+        _row(rel_l2=math.nan, n_solved=2, digest="def", message="ok"),
+        _row("x", "poisson-16^2", "generate-dataset", seconds=30.0, samples_per_s=0.2),
+    ]
+    cmp = compare(cur, prev, threshold=0.2)
+    assert _status(cmp, "rel_l2") == "regression"  # became NaN
+    assert _status(cmp, "n_solved") == "improvement"  # from zero: change is +inf
+    assert {c["metric"] for c in cmp} == {
+        "rel_l2",
+        "n_solved",
+    }  # digests, messages, cached datagen timings: not compared
+    with pytest.raises(ValueError, match="threshold"):
+        compare(cur, prev, threshold=0)
+
+
+def test_the_threshold_is_a_parameter():
+    cur, prev = [_row(iterations=23)], [_row(iterations=20)]  # +15 %
+    assert _status(compare(cur, prev, threshold=0.2), "iterations") == "ok"
+    assert _status(compare(cur, prev, threshold=0.1), "iterations") == "regression"
+
+
+def test_markdown_report_and_summary():
+    prev = [_row(iterations=10, rel_l2=0.05)]
+    cur = [_row(iterations=20, rel_l2=0.01)]
+    cmp = compare(cur, prev, threshold=0.2)
+    md = render_markdown(cmp, 0.2, current="tonight", previous="last night", current_rows=cur, previous_rows=prev)
+    assert "**1 regression(s)**" in md and "| stage | problem | method | metric |" in md
+    bold = next(line for line in md.splitlines() if line.startswith("| **benchmark"))
+    assert "**iterations**" in bold and "**+100.0%**" in bold and "**regression**" in bold
+    plain = next(line for line in md.splitlines() if "| rel_l2 |" in line)
+    assert "**" not in plain and "improvement" in plain and "-80.0%" in plain
+    msg = summary(cmp, 0.2)
+    assert msg.startswith("1 metric(s) regressed by more than 20%") and "iterations: 10 -> 20 (+100.0%" in msg
+    assert "No previous successful night" in render_markdown([], 0.2, current="tonight", previous=None)
+
+
+# ---------------------------------------------------------------------------------------------
+# the previous successful night, in a throwaway MLflow store
+
+
+@pytest.fixture
+def store(tmp_path):
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("nightly-test", artifact_location=(tmp_path / "artifacts").as_uri())
+    return client, exp
+
+
+def _night(client, exp, scale, status, start, rows=None, stage="nightly", parent=None):
+    tags = {"sciflow.stage": stage, **({"mlflow.parentRunId": parent} if parent else {})}
+    run = client.create_run(exp, start_time=start, tags=tags, run_name=f"nightly-{scale}")
+    client.log_param(run.info.run_id, "scale", scale)
+    if rows is not None:
+        client.log_text(
+            run.info.run_id, json.dumps({"rows": rows, "meta": {"scale": scale}}), f"results/nightly-{scale}.json"
+        )
+    if status != "RUNNING":
+        client.set_terminated(run.info.run_id, status, end_time=start + 1000)
+    return run.info.run_id
+
+
+def test_find_previous_successful_night_at_the_same_scale(store):
+    client, exp = store
+    older = _night(client, exp, "smoke", "FINISHED", 1_000_000, rows=[_row(iterations=10)])
+    newer = _night(client, exp, "smoke", "FINISHED", 2_000_000, rows=[_row(iterations=12)])
+    _night(client, exp, "smoke", "FAILED", 3_000_000, rows=[_row(iterations=99)])  # a failed night is no baseline
+    _night(client, exp, "small", "FINISHED", 4_000_000, rows=[_row(iterations=50)])  # another scale
+    _night(client, exp, "smoke", "FINISHED", 5_000_000, stage="bench-linear", parent=newer)  # a child run
+    current = _night(client, exp, "smoke", "RUNNING", 6_000_000)
+
+    found = find_previous_run(client, exp, "smoke", exclude_run_id=current)
+    assert found.info.run_id == newer
+    assert previous_rows(client, newer, "smoke") == [_row(iterations=12)]
+    assert find_previous_run(client, exp, "smoke", exclude_run_id=newer).info.run_id == older
+    assert find_previous_run(client, exp, "paper") is None
+
+
+# ---------------------------------------------------------------------------------------------
+# the nightly flow's verdict, stages replaced by canned rows (the real stages run in test_flows)
+
+
+@pytest.mark.slow
+def test_nightly_fails_on_a_regression_and_records_why(monkeypatch, tmp_path):
+    from prefect.artifacts import Artifact
+
+    from flows import nightly, tracking
+
+    client = tracking.client()
+    exp = client.create_experiment(
+        f"nightly-regression-{tmp_path.name}", artifact_location=(tmp_path / "artifacts").as_uri()
+    )
+    monkeypatch.setattr(tracking, "experiment_id", lambda name=None: exp)
+    monkeypatch.setitem(nightly.DATASETS, "smoke", [])
+    tonight = {"rows": []}
+    monkeypatch.setattr(nightly, "_stage_rows", lambda stage, *args: [])
+    monkeypatch.setitem(nightly.SUMMARIES, "linear", lambda rows, scale: [dict(r) for r in tonight["rows"]])
+
+    def night(iterations, **params):
+        tonight["rows"] = [
+            _row(iterations=iterations, converged=True, scale="smoke"),
+            _row("gamg", iterations=3, scale="smoke"),
+        ]
+        state = nightly.nightly_benchmark(scale="smoke", return_state=True, **params)
+        flow_run_id = str(state.state_details.flow_run_id)
+        run = client.search_runs([exp], filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'")[0]
+        report = client.download_artifacts(run.info.run_id, "report.md")
+        return state, run, open(report).read()
+
+    state, run, report = night(10)  # first night: the baseline
+    assert state.is_completed() and "No previous successful night" in report
+    state, run, report = night(11)  # +10 %: noise
+    assert state.is_completed() and run.data.tags["sciflow.regressions"] == "0" and "No regressions" in report
+
+    state, run, report = night(20)  # +82 % against the 11 of the previous successful night
+    assert state.is_failed()
+    assert "regressed by more than 20%" in state.message and "iterations: 11 -> 20" in state.message
+    assert run.info.status == "FAILED" and "RegressionError" in run.data.tags["sciflow.error"]
+    assert "iterations: 11 -> 20" in run.data.tags["sciflow.error"] and "**iterations**" in report
+    md = Artifact.get("nightly-smoke-regressions")
+    assert md is not None and "**iterations**" in md.data
+
+    # the failed night is not a baseline; switched off, the same regression is reported but does not fail
+    state, run, report = night(20, fail_on_regression=False)
+    assert state.is_completed() and run.data.tags["sciflow.regressions"] == "1" and "11 -> 20" in report
+
+
+# ---------------------------------------------------------------------------------------------
+# dispatch="deployments": a stage no worker picks up is cancelled at the timeout and fails the night
+
+
+def test_a_dispatched_stage_nobody_runs_is_cancelled_at_the_timeout(monkeypatch, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    from flows import nightly, tracking
+
+    client = tracking.client()
+    exp = client.create_experiment(
+        f"nightly-dispatch-{tmp_path.name}", artifact_location=(tmp_path / "artifacts").as_uri()
+    )
+    monkeypatch.setattr(tracking, "experiment_id", lambda name=None: exp)
+    monkeypatch.setitem(nightly.DATASETS, "smoke", [])
+    monkeypatch.setattr(nightly, "STAGES", {"benchmark-operators": nightly.STAGES["benchmark-operators"]})
+    with get_client(sync_client=True) as prefect:
+        prefect.create_work_pool(WorkPoolCreate(name=f"idle-{tmp_path.name}"[:50], type="process"))
+        flow_id = prefect.create_flow_from_name("benchmark-operators")
+        prefect.create_deployment(
+            flow_id=flow_id,
+            name="benchmark-operators",
+            work_pool_name=f"idle-{tmp_path.name}"[:50],
+            entrypoint="flows/operator.py:benchmark_operators",
+        )
+        state = nightly.nightly_benchmark(
+            scale="smoke", dispatch="deployments", stage_timeout_minutes=0.05, return_state=True
+        )
+        assert state.is_failed()
+        assert "benchmark-operators/benchmark-operators was still Scheduled after 3 s" in state.message
+        assert "is a worker serving its pool?" in state.message
+        child_id = state.message.split("(")[1].split(")")[0]
+        child = prefect.read_flow_run(child_id)
+        assert child.state.type.value in ("CANCELLED", "CANCELLING")  # nothing is left queued
+        assert child.parent_task_run_id is not None  # it was this night's child
+    run = client.search_runs([exp], filter_string=f"tags.`prefect.flow_run_id` = '{state.state_details.flow_run_id}'")[
+        0
+    ]
+    assert run.info.status == "FAILED" and "StageError" in run.data.tags["sciflow.error"]
+
+
+def test_gpu_stages_need_dispatch_to_deployments():
+    from flows.nightly import nightly_benchmark
+
+    state = nightly_benchmark(scale="smoke", gpu_stages=["benchmark-operators"], return_state=True)
+    assert state.is_failed() and "need dispatch='deployments'" in state.message
+    state = nightly_benchmark(scale="smoke", gpu_stages=["benchmark-everything"], return_state=True)
+    assert state.is_failed() and "gpu_stages" in state.message

@@ -1,0 +1,163 @@
+"""Linear solvers against direct solves, DCDM's iteration (A-orthogonality, stagnation), bad input."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+import torch
+
+from operators.dcdm import DCDMNet
+from solvers.linear import GridSystem, NotSPDError, ritz_pairs, solve
+
+from methods import LINEAR_SOLVERS
+
+
+def _condition(system):
+    """2-norm condition number of A on its range (the null space of a Neumann system excluded)."""
+    ev = np.linalg.eigvalsh(system.A.toarray())
+    ev = ev[np.abs(ev) > 1e-9 * ev.max()]
+    return ev.max() / ev.min()
+
+
+def _direct(system, b):
+    if system.null is None:
+        return spla.spsolve(system.A.tocsc(), b)
+    # singular: solve the bordered system [A n; n^T 0] [x; l] = [b; 0]
+    N = system.n
+    K = sp.bmat([[system.A, system.null[:, None]], [system.null[None, :], None]]).tocsc()
+    return spla.spsolve(K, np.append(b, 0.0))[:N]
+
+
+@pytest.mark.parametrize("method", [*(m for m in LINEAR_SOLVERS if m != "dcdm"), "dcdm-full"])
+@pytest.mark.parametrize("which", [0, 1], ids=["dirichlet-box", "neumann-disks"])
+def test_solvers_match_a_direct_solve(method, which, poisson_systems, dcdm_model):
+    system = poisson_systems[which]
+    b = system.project(np.random.default_rng(1).standard_normal(system.n))
+    if method == "dcdm-full":  # A-orthogonalised against every earlier direction: a conjugate
+        from solvers.linear import dcdm  # direction method, exact in at most N steps
+
+        res = dcdm(system, b, dcdm_model, tol=1e-10, maxiter=system.n, n_orth=system.n, patience=system.n)
+    else:
+        res = solve(system, b, method, tol=1e-10, maxiter=2000, petsc_options={"ksp_type": "cg", "pc_type": "jacobi"})
+    assert res.converged, (method, res.residuals[-3:], res.info)
+    x_ref = _direct(system, b)
+    x = system.project(res.x) if system.null is not None else res.x
+    # forward error <= cond(A) x relative residual (tol; 1.001: the KSP's ||b|| and the true residual
+    # agree with numpy's to far better than that) plus spsolve's ~cond x eps. cond ~ 2.0e3 for both
+    # systems, so ~2e-7; measured <= 6.4e-11 over the methods
+    assert np.linalg.norm(x - x_ref) <= 1.001 * _condition(system) * 1e-10 * np.linalg.norm(x_ref)
+    assert res.residuals[-1] <= 1e-10 * np.linalg.norm(b) * 1.001  # the stopping rule itself
+    assert len(res.residuals) == res.iterations + 1
+
+
+def test_dcdm_directions_are_a_orthogonal(poisson_systems, dcdm_model):
+    system = poisson_systems[1]
+    b = system.project(np.random.default_rng(2).standard_normal(system.n))
+    assert "directions" not in solve(system, b, "dcdm", tol=1e-8, maxiter=60, model=dcdm_model).info  # kept on request
+    from solvers.linear import dcdm
+
+    res = dcdm(system, b, dcdm_model, tol=1e-8, maxiter=60, n_orth=2, keep_directions=True)
+    P = res.info["directions"]
+    G = P @ (system.A @ P.T)
+    d = np.sqrt(np.abs(np.diag(G)))
+    C = G / np.outer(d, d)
+    # each direction is A-orthogonal to the 2 before: a float64 projection leaves |cos| ~ N eps sqrt(cond)
+    # ~ 2.5e-12 (measured 4e-15); a direction not projected (distance 3) has |cos| ~ 1
+    for k in (1, 2):
+        assert np.abs(np.diag(C, k)).max() < 1e-8
+    assert res.iterations > 3 and res.residuals[-1] < res.residuals[0]
+
+
+def test_dcdm_reports_stagnation_instead_of_spinning(poisson_systems, dcdm_model):
+    system = poisson_systems[1]
+    b = system.project(np.random.default_rng(3).standard_normal(system.n))
+    res = solve(system, b, "dcdm", tol=1e-14, maxiter=10_000, model=dcdm_model, n_orth=0)
+    assert not res.converged and res.info["reason"] in ("stagnated", "maxiter") and res.iterations < 10_000
+
+
+class _Identity(torch.nn.Module):
+    dim = 2
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        return x * self.w
+
+
+def test_non_convergence_returns_history(poisson_systems):
+    system = poisson_systems[0]
+    b = np.ones(system.n)
+    b[system.mask.ravel()] = 0
+    for method in ("cg", "dpcg", "icpcg", "gamg"):
+        res = solve(system, b, method, tol=1e-12, maxiter=2)
+        assert not res.converged and res.iterations <= 2 and len(res.residuals) >= 1, method
+
+
+def test_lanczos_ritz_values_match_eigenvalues():
+    A = sp.diags([np.arange(1.0, 41.0)], [0]).tocsr() + sp.diags([0.1 * np.ones(39), 0.1 * np.ones(39)], [-1, 1])
+    system = GridSystem(A=A.tocsr(), shape=(40,))
+    vals, V = ritz_pairs(system, 40)
+    # m = N steps, reorthogonalised twice: Ritz values and vectors are backward stable, errors
+    # ~eps ||A|| (||A|| ~ 40) and ~N eps. 100x those (9e-13); measured 4.3e-14 (4.8 eps ||A||) and 1.7e-15
+    eps = np.finfo(np.float64).eps
+    np.testing.assert_allclose(vals, np.linalg.eigvalsh(A.toarray()), rtol=0, atol=100 * eps * 40.2)
+    np.testing.assert_allclose(V.T @ V, np.eye(40), rtol=0, atol=100 * 40 * eps)
+
+
+@pytest.mark.parametrize(
+    "A, b, kwargs, err, match",
+    [
+        (sp.eye(4, 5, format="csr"), np.ones(4), {}, ValueError, "square"),
+        (sp.eye(16, format="csr"), np.ones(15), {}, ValueError, "15 entries"),
+        (sp.eye(16, format="csr"), np.full(16, np.nan), {}, ValueError, "NaN"),
+        (sp.csr_matrix(np.triu(np.ones((4, 4)))), np.ones(4), {}, NotSPDError, "not symmetric"),
+        (sp.diags([1.0, -2.0, 3.0, 1.0]).tocsr(), np.ones(4), {}, NotSPDError, "negative diagonal"),
+        (
+            sp.csr_matrix(np.array([[1.0, 3, 0, 0], [3, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])),
+            np.ones(4),
+            {},
+            NotSPDError,
+            "indefinite",
+        ),
+        (sp.eye(16, format="csr"), np.ones(16), {"method": "magic"}, ValueError, "unknown method"),
+        (sp.eye(16, format="csr"), np.ones(16), {"method": "dcdm"}, ValueError, "needs a trained model"),
+        (
+            sp.eye(16, format="csr"),
+            np.ones(16),
+            {"method": "dcdm", "model": DCDMNet(dim=3)},
+            ValueError,
+            "trained for 3D",
+        ),
+        (sp.eye(16, format="csr"), np.ones(16), {"tol": 0.0}, ValueError, "tol"),
+    ],
+)
+def test_bad_input_fails_before_iterating(A, b, kwargs, err, match):
+    with pytest.raises(err, match=match):
+        solve(A, b, **kwargs)
+
+
+def test_rhs_outside_the_range_of_a_singular_matrix(poisson_systems):
+    system = poisson_systems[1]
+    with pytest.raises(ValueError, match="not orthogonal to the null space"):
+        solve(system, np.ones(system.n), "cg")
+
+
+def test_linear_methods_come_from_one_registry_and_errors_from_one_family():
+    import ast
+
+    import solvers.linear.lanczos as lanczos
+    from data.errors import InputError
+    from solvers.linear import METHODS, SOLVERS
+
+    assert tuple(SOLVERS) == METHODS and all(callable(s) for s in SOLVERS.values())
+    assert issubclass(NotSPDError, InputError) and issubclass(NotSPDError, ValueError)
+    with pytest.raises(InputError, match="needs petsc_options"):
+        solve(sp.eye(16, format="csr"), np.ones(16), "petsc")
+    # lanczos.py imports nothing from system.py (which imports it): no circle
+    tree = ast.parse(Path(lanczos.__file__).read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert not any(m and m.endswith("system") for m in imported), imported
