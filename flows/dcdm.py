@@ -20,6 +20,7 @@ from operators import load_checkpoint  # noqa: E402
 from operators.dcdm import DCDMTrainConfig  # noqa: E402
 
 from . import plots, tracking  # noqa: E402
+from .names import run_name  # noqa: E402
 
 
 def checkpoint_path(cfg: DCDMTrainConfig) -> Path:
@@ -46,7 +47,7 @@ def _register(run_id: str, model, cfg: DCDMTrainConfig) -> None:
         )
 
 
-@flow(name="train-dcdm", validate_parameters=True)
+@flow(name="train-dcdm", validate_parameters=True, flow_run_name=run_name("train-dcdm-n{config.n}-{config.dim}d"))
 def train_dcdm(
     config: DCDMTrainConfig = DCDMTrainConfig(), parent_run_id: str | None = None, register_model: bool = True
 ) -> str:

@@ -12,10 +12,11 @@ settings.configure()
 
 from prefect import flow
 
+from .names import run_name  # noqa: E402
 from .scales import Scale
 
 
-@flow(name="benchmark-linear-solvers", validate_parameters=True)
+@flow(name="benchmark-linear-solvers", validate_parameters=True, flow_run_name=run_name("bench-linear-{scale}"))
 def benchmark_linear_solvers(
     scale: Scale = "smoke", out: str | None = None, parent_run_id: str | None = None
 ) -> list[dict]:

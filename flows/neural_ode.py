@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger  # noqa: E402
 from operators.node import ODETrainConfig  # noqa: E402
 
 from . import tracking  # noqa: E402
+from .names import run_name  # noqa: E402
 from .scales import Scale  # noqa: E402
 
 
@@ -25,7 +26,11 @@ def checkpoint_path(cfg: ODETrainConfig) -> Path:
     return settings.sciflow_home() / "models" / f"node-{cfg.key()}" / "checkpoint.pt"
 
 
-@flow(name="train-neural-ode", validate_parameters=True)
+@flow(
+    name="train-neural-ode",
+    validate_parameters=True,
+    flow_run_name=run_name("train-neural-ode-{config.task}-{config.regularizer}"),
+)
 def train_neural_ode(config: ODETrainConfig = ODETrainConfig(), parent_run_id: str | None = None) -> dict:
     """Train one neural ODE (or resume it); per-epoch NFE (train and predict), times and the task
     metric go to MLflow; the checkpoint is logged as the model artifact. Returns the last epoch's row."""
@@ -49,7 +54,7 @@ def train_neural_ode(config: ODETrainConfig = ODETrainConfig(), parent_run_id: s
     return history[-1]
 
 
-@flow(name="benchmark-neural-odes", validate_parameters=True)
+@flow(name="benchmark-neural-odes", validate_parameters=True, flow_run_name=run_name("bench-neural-odes-{scale}"))
 def benchmark_neural_odes(
     scale: Scale = "smoke", out: str | None = None, parent_run_id: str | None = None
 ) -> list[dict]:

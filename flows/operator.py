@@ -21,6 +21,7 @@ from data.spec import DarcySpec, NavierStokesSpec  # noqa: E402
 from operators.fno import OperatorTrainConfig  # noqa: E402
 
 from . import plots, tracking  # noqa: E402
+from .names import run_name  # noqa: E402
 from .scales import Scale  # noqa: E402
 
 
@@ -46,7 +47,11 @@ def _register(run_id: str, model, name: str, n: int) -> None:
         )
 
 
-@flow(name="train-operator", validate_parameters=True)
+@flow(
+    name="train-operator",
+    validate_parameters=True,
+    flow_run_name=run_name("train-operator-{config.model.name}-{dataset.family}-n{dataset.n}"),
+)
 def train_operator(
     dataset: NavierStokesSpec | DarcySpec = NavierStokesSpec(
         n=64, n_train=1000, n_test=200, viscosity=1e-4, horizon=5.0
@@ -107,7 +112,7 @@ def train_operator(
     return {**history[-1], "checkpoint": str(ckpt)}
 
 
-@flow(name="benchmark-operators", validate_parameters=True)
+@flow(name="benchmark-operators", validate_parameters=True, flow_run_name=run_name("bench-operators-{scale}"))
 def benchmark_operators(scale: Scale = "smoke", out: str | None = None, parent_run_id: str | None = None) -> list[dict]:
     """Dense FNO vs TFNO vs MG-TFNO on the same Navier-Stokes data and budget at ``scale``."""
     from .benchmarks import run_benchmark

@@ -67,7 +67,13 @@ def experiment_id(name: str = EXPERIMENT) -> str:
         return c.get_experiment_by_name(name).experiment_id
 
 
+#: the commit an image was built from (its Dockerfile's GIT_COMMIT build argument), for when there is no .git
+GIT_COMMIT_ENV = "SCIFLOW_GIT_COMMIT"
+
+
 def git_commit() -> str:
+    """The checkout's commit (``-dirty`` with uncommitted changes to tracked files); without a git work
+    tree (an image) ``$SCIFLOW_GIT_COMMIT``; else ``unknown``."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
@@ -84,7 +90,7 @@ def git_commit() -> str:
             return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         pass
-    return "unknown"
+    return os.environ.get(GIT_COMMIT_ENV, "").strip() or "unknown"
 
 
 def prefect_tags() -> dict[str, str]:

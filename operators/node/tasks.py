@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from data.errors import InputError
+from data.spec import LotkaVolterraSpec
 
 
 @dataclass
@@ -81,9 +82,8 @@ def _digits(rng: np.random.Generator, seed: int) -> Task:
 
 def _lotka_volterra(rng: np.random.Generator, seed: int) -> Task:
     import data
-    from data.spec import LotkaVolterraSpec
 
-    ref = data.generate(LotkaVolterraSpec.model_validate(dict(n_train=400, n_test=100, seed=seed)), progress=False)
+    ref = data.generate(dataset_spec("lotka-volterra", seed), progress=False)
     tr, te = data.load(ref)["u"], data.load(ref, "test")["u"]
     return Task(
         _f64(tr[:, 0]),
@@ -123,6 +123,16 @@ TASKS: dict[str, Callable[[np.random.Generator, int], Task]] = {
 }
 
 
+def dataset_spec(name: str, seed: int = 0) -> LotkaVolterraSpec | None:
+    """The spec of the stored dataset task ``name`` reads with ``seed`` (``data.generate`` finds or makes
+    it), or None for a task whose data are made in memory."""
+    if name not in TASKS:
+        raise InputError(f"unknown task {name!r}; choose one of {tuple(TASKS)}")
+    if name == "lotka-volterra":
+        return LotkaVolterraSpec.model_validate(dict(n_train=400, n_test=100, seed=seed))
+    return None
+
+
 def load_task(name: str, seed: int = 0) -> Task:
     """The task ``name`` (a key of :data:`TASKS`) with its train / test split drawn from ``seed``."""
     if name not in TASKS:
@@ -130,4 +140,4 @@ def load_task(name: str, seed: int = 0) -> Task:
     return TASKS[name](np.random.default_rng(seed), seed)
 
 
-__all__ = ["TASKS", "Task", "load_task"]
+__all__ = ["TASKS", "Task", "dataset_spec", "load_task"]

@@ -173,7 +173,7 @@ def test_nightly_fails_on_a_regression_and_records_why(monkeypatch, tmp_path):
         f"nightly-regression-{tmp_path.name}", artifact_location=(tmp_path / "artifacts").as_uri()
     )
     monkeypatch.setattr(tracking, "experiment_id", lambda name=None: exp)
-    monkeypatch.setitem(nightly.DATASETS, "smoke", [])
+    monkeypatch.setattr(nightly, "datasets_for", lambda scale: [])
     tonight = {"rows": []}
     monkeypatch.setattr(nightly, "_stage_rows", lambda stage, *args: [])
     monkeypatch.setitem(nightly.SUMMARIES, "linear", lambda rows, scale: [dict(r) for r in tonight["rows"]])
@@ -222,7 +222,7 @@ def test_a_dispatched_stage_nobody_runs_is_cancelled_at_the_timeout(monkeypatch,
         f"nightly-dispatch-{tmp_path.name}", artifact_location=(tmp_path / "artifacts").as_uri()
     )
     monkeypatch.setattr(tracking, "experiment_id", lambda name=None: exp)
-    monkeypatch.setitem(nightly.DATASETS, "smoke", [])
+    monkeypatch.setattr(nightly, "datasets_for", lambda scale: [])
     monkeypatch.setattr(nightly, "STAGES", {"benchmark-operators": nightly.STAGES["benchmark-operators"]})
     with get_client(sync_client=True) as prefect:
         prefect.create_work_pool(WorkPoolCreate(name=f"idle-{tmp_path.name}"[:50], type="process"))
