@@ -41,7 +41,8 @@ clean:
 	rm -rf .sciflow
 
 # Re-resolve requirements.lock and infra/build.lock from pyproject.toml's ranges (after changing a
-# dependency, or to take newer releases on purpose); commit both files. A failed resolution keeps the old lock.
+# dependency; current pins are kept where they still fit, `make lock UPGRADE=1` takes the newest releases);
+# commit both files. A failed resolution keeps the old lock.
 lock:
 	@test -x $(BIN)/python || python3.11 -m venv $(VENV)
-	$(BIN)/python infra/lock.py lock $(BIN)/python
+	$(BIN)/python infra/lock.py lock $(BIN)/python $(if $(UPGRADE),--upgrade)
