@@ -154,7 +154,8 @@ class Progress:
     """The bookkeeping of one run of a method: history rows (with the user's ``monitor(x, y)``
     values, whose time is not charged to the method), the stopping message and the result.
 
-    ``max_iter={max_iter} reached`` until :meth:`stop` says otherwise; the clock starts here."""
+    The clock starts at construction; the message is ``"max_iter=N reached"`` unless :meth:`stop`
+    ends the run earlier."""
 
     def __init__(self, max_iter: int, log_every: int, monitor: Monitor | None):
         self.max_iter, self.log_every, self.monitor = max_iter, log_every, monitor
