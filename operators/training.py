@@ -123,6 +123,7 @@ class TrainingTask(ABC, Generic[ConfigT]):
         distributed: whether :meth:`train_epoch` splits its batches over a :class:`World` of > 1 rank.
         config: the typed training config (stored as JSON; a checkpoint of another config is refused).
         epochs: the number of epochs (units between checkpoints).
+        gen: the ``"shuffle"`` stream of the default :meth:`generators`.
     """
 
     kind: ClassVar[str]
@@ -130,19 +131,24 @@ class TrainingTask(ABC, Generic[ConfigT]):
     distributed: ClassVar[bool] = False
     config: ConfigT
     epochs: int
+    gen: torch.Generator
 
     @abstractmethod
     def build(self, device: torch.device, world: World) -> nn.Module:
         """Seed, prepare the data and return the untrained network on ``device``."""
 
-    @abstractmethod
     def optimizers(self, model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
         """The optimizer and the learning-rate scheduler (``None``: none) for ``model``; the
-        scheduler steps once after every epoch."""
+        scheduler steps once after every epoch. Default: Adam at the config's ``lr``, no scheduler."""
+        config: Any = self.config  # a config without ``lr`` overrides this method
+        return torch.optim.Adam(model.parameters(), lr=config.lr), None
 
     def generators(self) -> dict[str, torch.Generator]:
-        """The task's RNG streams by name (created afresh; their states are checkpointed)."""
-        return {}
+        """The task's RNG streams by name (created afresh; their states are checkpointed). Default:
+        one stream, ``"shuffle"``, seeded from the config's ``seed`` and kept as :attr:`gen`."""
+        config: Any = self.config  # a config without ``seed`` overrides this method
+        self.gen = torch.Generator().manual_seed(config.seed)
+        return {"shuffle": self.gen}
 
     @abstractmethod
     def train_epoch(self, epoch: int, net: nn.Module, opt: torch.optim.Optimizer, world: World) -> list[dict]:

@@ -136,13 +136,6 @@ class DCDMTask(TrainingTask[DCDMTrainConfig]):
         self.shape = system.shape
         return DCDMNet(cfg.dim, cfg.filters, cfg.levels).to(device)
 
-    def optimizers(self, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, None]:
-        return torch.optim.Adam(model.parameters(), lr=self.config.lr), None
-
-    def generators(self) -> dict[str, torch.Generator]:
-        self.gen = torch.Generator().manual_seed(self.config.seed)
-        return {"shuffle": self.gen}
-
     def train_epoch(self, epoch: int, net: torch.nn.Module, opt: torch.optim.Optimizer, world: World) -> list[dict]:
         cfg, B = self.config, self.B
         device = next(net.parameters()).device

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -121,6 +122,10 @@ TASKS: dict[str, Callable[[np.random.Generator, int], Task]] = {
     "lotka-volterra": _lotka_volterra,
     "spiral": _spiral_task,
 }
+if TYPE_CHECKING:  # a type checker cannot read a Literal built from a tuple; it sees plain names
+    TaskName = str
+else:  # the task names: pydantic validates them, Prefect and the CLI offer them as choices
+    TaskName = Literal[tuple(TASKS)]
 
 
 def load_task(name: str, seed: int = 0) -> Task:
@@ -130,4 +135,4 @@ def load_task(name: str, seed: int = 0) -> Task:
     return TASKS[name](np.random.default_rng(seed), seed)
 
 
-__all__ = ["TASKS", "Task", "load_task"]
+__all__ = ["TASKS", "Task", "TaskName", "load_task"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,12 +26,7 @@ from solvers.ode.regularize import REGULARIZERS, Regularizer
 from ..checkpoint import config_key
 from ..training import OnEpoch, TrainingTask, World, fit
 from .model import ODEModel
-from .tasks import TASKS, Task, load_task
-
-if TYPE_CHECKING:
-    TaskName = str
-else:
-    TaskName = Literal[tuple(TASKS)]
+from .tasks import Task, TaskName, load_task
 
 
 class ODETrainConfig(BaseModel):
@@ -100,13 +95,6 @@ class NodeTask(TrainingTask[ODETrainConfig]):
         model = ODEModel(t.d_in, t.d_out, cfg.width if t.encode else t.d_in, cfg.hidden, t.encode, config=cfg).double()
         self.x, self.y = t.x_train.to(device), t.y_train.to(device)
         return model.to(device)
-
-    def optimizers(self, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, None]:
-        return torch.optim.Adam(model.parameters(), lr=self.config.lr), None
-
-    def generators(self) -> dict[str, torch.Generator]:
-        self.gen = torch.Generator().manual_seed(self.config.seed)
-        return {"shuffle": self.gen}
 
     def train_epoch(self, epoch: int, net: torch.nn.Module, opt: torch.optim.Optimizer, world: World) -> list[dict]:
         cfg, task = self.config, self.task
