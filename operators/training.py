@@ -40,7 +40,7 @@ from torch import nn
 from data.errors import InputError, TrainingDivergedError
 
 from .checkpoint import FORMAT, config_json, load_checkpoint, save_checkpoint, weights
-from .device import default_device
+from .device import record, resolve_device
 
 #: ``on_epoch(index, row)``: ``index`` is the row's epoch (or step, for step budgets)
 OnEpoch = Callable[[int, dict], None]
@@ -201,7 +201,8 @@ def fit(
         on_epoch: ``(index, row)`` for every history row, after its epoch's checkpoint (rank 0 only).
         world_size, rank: the data-parallel world (see :class:`World`); ``world_size > 1`` needs the
             process group and a task with ``distributed = True``.
-        device: where to train (default :func:`operators.device.default_device`).
+        device: where to train (default :func:`operators.device.default_device`); the task moves
+            its data there once, in :meth:`TrainingTask.build`.
 
     Returns:
         ``(model, history)``: the trained model (unwrapped) and every history row, the resumed
@@ -214,8 +215,9 @@ def fit(
     world = World(world_size, rank)
     if world.size > 1 and not task.distributed:
         raise InputError(f"{task.kind!r} training does not split batches over ranks; use world_size=1")
-    dev = torch.device(device) if device is not None else default_device()
+    dev = resolve_device(device)
     model = task.build(dev, world)
+    record(f"{task.kind} training", dev)
     opt, sched = task.optimizers(model)
     gens = task.generators()
     net = world.wrap(model, dev)

@@ -3,7 +3,8 @@ linear decoder (Pal, Edelman & Rackauckas, ICML 2023, Section 5's MNIST model).
 
 The ODE block integrates with :func:`solvers.ode.integrate` (adaptive dopri5), which also returns
 the solver-error regularizer; the vector field is wrapped in :class:`solvers.ode.CountedFunc`, so
-``model.func.nfe`` counts its evaluations. Shapes ``(B, d_in) -> (B, d_out)``, float64.
+``model.func.nfe`` counts its evaluations. Shapes ``(B, d_in) -> (B, d_out)``, float64. The whole
+integration runs on the model's device (inputs on another device are refused, not copied).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import torch
 
 from data.errors import InputError
 from solvers.ode.regularize import CountedFunc, Regularizer, integrate
+
+from ..device import check_device, module_device
 
 
 class Tolerances(Protocol):
@@ -39,7 +42,7 @@ class VectorField(torch.nn.Module):
         )
 
     def forward(self, t: Any, y: torch.Tensor) -> torch.Tensor:
-        tt = torch.as_tensor(t, dtype=y.dtype).expand(y.shape[0], 1)
+        tt = torch.as_tensor(t, dtype=y.dtype, device=y.device).expand(y.shape[0], 1)
         return self.net(torch.cat([y, tt], dim=1))
 
 
@@ -65,6 +68,7 @@ class ODEModel(torch.nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(prediction, R)`` for inputs ``x (B, d_in)``; ``R`` is the ``regularizer`` (zero for
         ``"none"``); ``cfg`` (default: the model's ``config``) gives the tolerances and the step limit."""
+        check_device(x, module_device(self), "the neural ODE's input")
         cfg = cfg or self.config
         if cfg is None:
             raise InputError(
