@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
+
+from data.settings import current
 
 
 def default_device() -> torch.device:
-    """``$SCIFLOW_DEVICE`` if set, else ``cuda`` when available, else ``cpu``."""
-    name = os.environ.get("SCIFLOW_DEVICE")
+    """``$SCIFLOW_DEVICE`` (:attr:`data.settings.Settings.device`) if set, else ``cuda`` when
+    available, else ``cpu``."""
+    name = current().device
     if name:
         return torch.device(name)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
