@@ -195,9 +195,10 @@ def _message(exc: ValidationError) -> str:
             origin.get(name, "default"), "its default"
         )
         value = f"={err['input']!r}" if err["type"] != "missing" else ""
-        if err["type"] == "extra_forbidden":
+        if err["type"] == "extra_forbidden":  # only the file can hold a name that is not a field
             lines.append(
-                f"  {name}{value} (in {where}): not a sciflow setting; known: {', '.join(Settings.model_fields)}"
+                f"  {name}{value} (in the settings file {config_file()}): not a sciflow setting; "
+                f"known: {', '.join(Settings.model_fields)}"
             )
         else:
             lines.append(f"  {env_var(name)}{value} (from {where}): {err['msg']}")

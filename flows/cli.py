@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--show", action="store_true", help="print the flow's parameters with their defaults and exit")
     run.add_argument(
+        "--dry-run", action="store_true", help="check the parameters, print them as the flow will get them, and exit"
+    )
+    run.add_argument(
         "--scale",
         choices=SCALES,
         default=None,
@@ -313,13 +316,20 @@ def flow_parameters(flow, params_json: str | None, presets: dict[str, Any], assi
 def validated(flow, params: dict[str, Any]) -> dict[str, Any]:
     """``params`` checked against the flow's parameter model (Prefect's own validation); a value of
     the wrong type is a :class:`UsageError` that names the parameter and the rule it breaks."""
+    import logging
+
     from prefect.exceptions import ParameterTypeError
 
+    prefect_flows = logging.getLogger("prefect.flows")  # it logs the raw pydantic errors; the message below says it
+    level = prefect_flows.level
+    prefect_flows.setLevel(logging.CRITICAL)
     try:
         return flow.validate_parameters(params)
     except ParameterTypeError as exc:
         text = str(exc).replace("Flow run received invalid parameters:", f"invalid parameters for flow {flow.name!r}:")
         raise UsageError(text.replace("\n - ", "\n  ")) from None
+    finally:
+        prefect_flows.setLevel(level)
 
 
 def _show(flow) -> int:
@@ -359,6 +369,10 @@ def run_flow(args: argparse.Namespace) -> int:
     if args.show:
         return _show(flow)
     params = validated(flow, flow_parameters(flow, args.params, _presets(name, args), args.assign))
+    if args.dry_run:
+        dumped = {k: v.model_dump(mode="json") if hasattr(v, "model_dump") else v for k, v in params.items()}
+        print(f"{name} " + json.dumps(dumped, default=str))
+        return 0
     return _print_result(name, flow(**params))
 
 
