@@ -37,6 +37,7 @@ stack: setup
 stack-down:
 	$(BIN)/sciflow stack down
 
+# a project-local state folder (SCIFLOW_HOME=$PWD/.sciflow make run); the default one is `sciflow config --get home`
 clean:
 	rm -rf .sciflow
 

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import settings
+from prefect import get_run_logger
 
-settings.configure()
+from operators import load_checkpoint
+from operators.dcdm import DCDMTrainConfig
 
-from prefect import flow, get_run_logger  # noqa: E402
-
-from operators import load_checkpoint  # noqa: E402
-from operators.dcdm import DCDMTrainConfig  # noqa: E402
-
-from . import plots, tracking  # noqa: E402
+from . import plots, settings, tracking
+from .progress import Progress
+from .settings import flow
 
 
 def checkpoint_path(cfg: DCDMTrainConfig) -> Path:
@@ -66,12 +64,15 @@ def train_dcdm(
         {"sciflow.stage": "train-dcdm"},
         parent_run_id,
     ) as run_id:
+        progress = Progress(config.epochs, f"train-dcdm {config.key()}", unit="epoch")
 
         def on_epoch(epoch: int, row: dict) -> None:
+            progress.set(epoch)
             tracking.log_metrics(run_id, {"loss": row["loss"], "epoch_seconds": row["seconds"]}, step=epoch)
             logger.info("epoch %d/%d loss %.4e (%.1f s)", epoch, config.epochs, row["loss"], row["seconds"])
 
-        model, history = train(config, checkpoint=ckpt, on_epoch=on_epoch)
+        with progress:
+            model, history = train(config, checkpoint=ckpt, on_epoch=on_epoch)
         fig = plots.loss_plot(history, f"DCDM training, {config.n}^{config.dim}")
         tracking.log_figure(run_id, fig, "loss.png")
         plots.plt.close(fig)

@@ -2,7 +2,8 @@
 
     python -m flows.docs_tables            # print every table
     python -m flows.docs_tables --write    # replace the block between <!-- table:NAME --> and
-                                           # <!-- /table:NAME --> in docs/NAME.md, for every benchmark
+                                           # <!-- /table:NAME --> in docs/NAME.md, for every benchmark,
+                                           # and the settings table in docs/configuration.md
 
 One table per benchmark of :data:`flows.benchmarks.BENCHMARKS` (:data:`TABLES`, in registry
 order), each rendered from ``results/<name>-small.json`` by the function registered for that name
@@ -286,9 +287,22 @@ def rendered(text: str, name: str, body: str) -> str:
     return pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
 
 
+#: The settings table's page (rendered from :class:`data.settings.Settings` by :func:`flows.settings.settings_table`).
+SETTINGS_PAGE = "configuration.md"
+
+
+def write_settings(docs: str | Path = "docs") -> Path:
+    """Regenerate the table of every ``SCIFLOW_*`` setting in ``docs/configuration.md``."""
+    from .settings import settings_table
+
+    path = Path(docs) / SETTINGS_PAGE
+    path.write_text(rendered(path.read_text(), "settings", settings_table()))
+    return path
+
+
 def write(docs: str | Path = "docs") -> list[Path]:
-    """Regenerate every benchmark's table in its docs page; returns the pages written."""
-    written = []
+    """Regenerate every benchmark's table in its docs page, and the settings table; returns the pages written."""
+    written = [write_settings(docs)]
     for name, render in TABLES.items():
         try:
             body = render()

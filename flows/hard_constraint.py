@@ -15,17 +15,15 @@ import hashlib
 import json
 from pathlib import Path
 
-from . import settings
+from prefect import get_run_logger
 
-settings.configure()
+from data.spec import DiffusionSorptionSpec, HeatSpec
+from operators.hard import HardModelConfig, HardTrainConfig
 
-from prefect import flow, get_run_logger  # noqa: E402
-
-from data.spec import DiffusionSorptionSpec, HeatSpec  # noqa: E402
-from operators.hard import HardModelConfig, HardTrainConfig  # noqa: E402
-
-from . import plots, tracking  # noqa: E402
-from .scales import Scale  # noqa: E402
+from . import plots, settings, tracking
+from .progress import Progress
+from .scales import Scale
+from .settings import flow
 
 
 def checkpoint_path(cfg: HardTrainConfig, digest: str) -> Path:
@@ -73,8 +71,10 @@ def train_hard_constraint(
         if done:
             logger.info("model already trained (%d steps): %s", config.steps, ckpt)
         else:
+            progress = Progress(config.steps, f"train-hard-constraint {label}", unit="step")
 
             def on_epoch(step: int, row: dict) -> None:
+                progress.set(step)
                 tracking.log_metrics(run_id, {k: v for k, v in row.items() if k != "step"}, step=step)
                 logger.info(
                     "step %d/%d loss %.4g (pde %.3g, conditions %.3g) %.3f s/step",
@@ -86,7 +86,8 @@ def train_hard_constraint(
                     row["seconds"],
                 )
 
-            train(config, pde, u0, checkpoint=ckpt, on_epoch=on_epoch, log_every=max(config.steps // 20, 1))
+            with progress:
+                train(config, pde, u0, checkpoint=ckpt, on_epoch=on_epoch, log_every=max(config.steps // 20, 1))
         model = model_from_checkpoint(ckpt, kind="hard", pde=pde)
         metrics = evaluate(model, u0_test, u_test)
         tracking.log_metrics(run_id, {f"test_{k}": v for k, v in metrics.items()})

@@ -6,13 +6,8 @@ The DCDM networks it compares are trained (or reused) through the ``train-dcdm``
 
 from __future__ import annotations
 
-from . import settings
-
-settings.configure()
-
-from prefect import flow
-
 from .scales import Scale
+from .settings import flow
 
 
 @flow(name="benchmark-linear-solvers", validate_parameters=True)

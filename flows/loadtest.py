@@ -26,8 +26,6 @@ from pathlib import Path
 
 from . import settings
 
-settings.configure()
-
 # Newton-SQP converges on each in < 0.2 s with 4-18 iterations (each one MLflow metric batch).
 PROBLEMS = (
     "bt2",

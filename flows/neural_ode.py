@@ -9,16 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import settings
+from prefect import get_run_logger
 
-settings.configure()
+from operators.node import ODETrainConfig
 
-from prefect import flow, get_run_logger  # noqa: E402
-
-from operators.node import ODETrainConfig  # noqa: E402
-
-from . import tracking  # noqa: E402
-from .scales import Scale  # noqa: E402
+from . import settings, tracking
+from .progress import Progress
+from .scales import Scale
+from .settings import flow
 
 
 def checkpoint_path(cfg: ODETrainConfig) -> Path:
@@ -38,13 +36,16 @@ def train_neural_ode(config: ODETrainConfig = ODETrainConfig(), parent_run_id: s
         {"sciflow.stage": "train-neural-ode"},
         parent_run_id,
     ) as run_id:
+        progress = Progress(config.epochs, f"train-neural-ode {config.task}-{config.regularizer}", unit="epoch")
 
         def on_epoch(epoch: int, row: dict) -> None:
+            progress.set(epoch)
             tracking.log_metrics(run_id, {k: v for k, v in row.items() if k != "epoch"}, step=epoch)
             logger.info("epoch %d/%d loss %.4g predict NFE %d", epoch, config.epochs, row["loss"], row["predict_nfe"])
 
         ckpt = checkpoint_path(config)
-        _, history = train(config, checkpoint=ckpt, on_epoch=on_epoch)
+        with progress:
+            _, history = train(config, checkpoint=ckpt, on_epoch=on_epoch)
         tracking.client().log_artifact(run_id, str(ckpt), "model")
     return history[-1]
 

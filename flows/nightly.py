@@ -14,25 +14,20 @@ the parent MLflow run FAILED with the list) unless ``fail_on_regression`` is off
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Annotated, Literal
 
-from . import settings
-
-settings.configure()
-
-from typing import Annotated  # noqa: E402
-
-from prefect import flow, get_run_logger  # noqa: E402
-from pydantic import Field  # noqa: E402
+from prefect import get_run_logger
+from pydantic import Field
 
 from data.errors import InputError, SciflowError
-from data.spec import DarcySpec, HeatSpec, PoissonSpec  # noqa: E402
+from data.spec import DarcySpec, HeatSpec, PoissonSpec
 
-from . import regression, tracking  # noqa: E402
+from . import regression, tracking
 from .benchmarks import BENCHMARKS, Benchmark
-from .generate import generate_dataset  # noqa: E402
-from .results import format_by, format_table, publish  # noqa: E402
-from .scales import Scale, per_scale  # noqa: E402
+from .generate import generate_dataset
+from .results import format_by, format_table, publish
+from .scales import Scale, per_scale
+from .settings import flow
 
 #: The datasets the night generates first, per scale.
 DATASETS = per_scale(

@@ -11,17 +11,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import settings
+from prefect import get_run_logger
 
-settings.configure()
+from data.spec import DarcySpec, NavierStokesSpec
+from operators.fno import OperatorTrainConfig
 
-from prefect import flow, get_run_logger  # noqa: E402
-
-from data.spec import DarcySpec, NavierStokesSpec  # noqa: E402
-from operators.fno import OperatorTrainConfig  # noqa: E402
-
-from . import plots, tracking  # noqa: E402
-from .scales import Scale  # noqa: E402
+from . import plots, settings, tracking
+from .progress import Progress
+from .scales import Scale
+from .settings import flow
 
 
 def checkpoint_path(cfg: OperatorTrainConfig, digest: str) -> Path:
@@ -83,7 +81,10 @@ def train_operator(
     ) as run_id:
         tracking.log_dataset(run_id, ref, "training")
 
+        progress = Progress(config.epochs, f"train-operator {name}", unit="epoch")
+
         def on_epoch(epoch: int, row: dict) -> None:
+            progress.set(epoch)
             tracking.log_metrics(run_id, {k: v for k, v in row.items() if k != "epoch"}, step=epoch)
             logger.info(
                 "epoch %d/%d loss %.4f test L2 %.4f H1 %.4f (%.1f s)",
@@ -95,7 +96,8 @@ def train_operator(
                 row["seconds"],
             )
 
-        model, history = train(config, train_xy, test_xy, checkpoint=ckpt, periodic=periodic, on_epoch=on_epoch)
+        with progress:
+            model, history = train(config, train_xy, test_xy, checkpoint=ckpt, periodic=periodic, on_epoch=on_epoch)
         model = model_from_checkpoint(ckpt, periodic=periodic)
         with torch.no_grad():
             pred = model(test_xy[0][:3])

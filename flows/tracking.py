@@ -17,15 +17,13 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from . import settings
-
-settings.configure()
-
-import mlflow  # noqa: E402
-from mlflow import MlflowClient  # noqa: E402
-from mlflow.entities import Metric, Param  # noqa: E402
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
 
 from data.errors import SciflowError
+
+from . import settings
 
 EXPERIMENT = os.environ.get("SCIFLOW_EXPERIMENT", "sciflow")
 _MAX_PARAM = 6000
@@ -40,7 +38,9 @@ _checked: set[str] = set()
 
 def client() -> MlflowClient:
     """An MlflowClient for the configured tracking URI. A tracking *server* is probed once per
-    process (``/health``, 5 s): a dead server is a clear error at once, not minutes of retries."""
+    process (``/health``, 5 s): a dead server is a clear error at once, not minutes of retries.
+    The first call in a process applies the settings (:func:`flows.settings.configure`)."""
+    settings.configure()
     uri = mlflow.get_tracking_uri()
     if uri.startswith(("http://", "https://")) and uri not in _checked:
         import urllib.request
@@ -62,7 +62,7 @@ def experiment_id(name: str = EXPERIMENT) -> str:
     if exp is not None:
         return exp.experiment_id
     try:
-        return c.create_experiment(name, artifact_location=os.environ.get("SCIFLOW_MLFLOW_ARTIFACTS"))
+        return c.create_experiment(name, artifact_location=settings.mlflow_artifact_location())
     except mlflow.exceptions.MlflowException:  # created concurrently
         return c.get_experiment_by_name(name).experiment_id
 
@@ -331,6 +331,7 @@ def ui_hint() -> str:
     """The command that opens the MLflow UI on this project's runs."""
     import sys
 
+    settings.configure()
     exe = Path(sys.executable).parent / "mlflow"
     with suppress(ValueError):
         exe = exe.relative_to(Path.cwd())

@@ -24,7 +24,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +32,7 @@ from typing import TypeVar
 import torch
 
 from data.errors import InputError
+from data.settings import current
 
 #: the environment variable that selects the device
 ENV = "SCIFLOW_DEVICE"
@@ -74,12 +74,12 @@ def _checked(device: torch.device | str, source: str) -> torch.device:
 
 
 def default_device() -> torch.device:
-    """``$SCIFLOW_DEVICE`` if set, else ``cuda`` when available, else ``cpu``.
+    """``$SCIFLOW_DEVICE`` (:attr:`data.settings.Settings.device`) if set, else ``cuda`` when available, else ``cpu``.
 
     Raises:
         InputError: ``SCIFLOW_DEVICE`` is not a device name, or names a device this machine lacks.
     """
-    name = os.environ.get(ENV, "").strip()
+    name = (current().device or "").strip()
     if name:
         if _parses(name) and torch.device(name).type not in ("cpu", "cuda", "mps"):
             raise InputError(f"{ENV}={name!r} is not a device sciflow runs on; use cpu, cuda, cuda:N or mps")

@@ -85,7 +85,7 @@ class Benchmark:
 BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
     for b in (
-        Benchmark("datagen", "flows.benchmarks.datagen"),
+        Benchmark("datagen", "flows.benchmarks.datagen", "flows.datagen:benchmark_datagen", "benchmark-datagen"),
         Benchmark(
             "linear",
             "flows.benchmarks.linear",
