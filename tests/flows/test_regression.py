@@ -237,6 +237,16 @@ def test_nightly_fails_on_a_regression_and_records_why(monkeypatch, tmp_path):
 
     state, run, report = night(10)  # first night: the baseline
     assert state.is_completed() and "No previous successful night" in report
+    # the night's rows as metrics (what the next night compares with) and as a table
+    assert (
+        run.data.metrics["linear/cg/poisson-64/iterations"] == 10
+        and run.data.metrics["linear/gamg/poisson-64/iterations"] == 3
+    )
+    assert "comparison.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    # the overview figure: by its artifact path in report.md, inline in the Prefect artifact (which cannot resolve it)
+    assert "](nightly-smoke.png)" in report and "data:image" not in report
+    md = Artifact.get("nightly-smoke-regressions")
+    assert "](data:image/png;base64,iVBOR" in md.data and "](nightly-smoke.png)" not in md.data
     state, run, report = night(11)  # +10 %: noise
     assert state.is_completed() and run.data.tags["sciflow.regressions"] == "0" and "No regressions" in report
 
