@@ -90,7 +90,7 @@ class Settings(BaseSettings):
         default="sciflow",
         min_length=1,
         max_length=256,
-        description="MLflow experiment the runs are recorded in.",
+        description="Prefix of the MLflow experiments: runs go to `<prefix>-data`, `-training`, `-benchmarks` and `-nightly`.",
     )
     mlflow_artifacts: str | None = Field(
         default=None,

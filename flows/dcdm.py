@@ -25,23 +25,10 @@ def checkpoint_path(cfg: DCDMTrainConfig) -> Path:
 
 
 def _register(run_id: str, model, cfg: DCDMTrainConfig) -> None:
-    """Log the model to the run and register it. Pickle format, not MLflow's default traced
-    'pt2': a traced graph would fix the grid size, and the network must run at any size."""
-    import mlflow
-    import mlflow.pytorch
-    import numpy as np
-
-    example = np.zeros((1, 1, *(cfg.n,) * cfg.dim), dtype=np.float32)
-    with mlflow.start_run(run_id=run_id):
-        mlflow.pytorch.log_model(
-            model,
-            name="model",
-            registered_model_name=f"dcdm-{cfg.dim}d",
-            serialization_format="pickle",
-            input_example=example,
-            pip_requirements=["torch==2.13.0"],
-            await_registration_for=0,
-        )
+    """Log the model to the run and register it as ``dcdm-<dim>d`` (:func:`flows.tracking.log_model`:
+    pickled with the project's code and pinned requirements, so it loads outside the repository;
+    any grid size: the network is convolutional)."""
+    tracking.log_model(run_id, model, f"dcdm-{cfg.dim}d", (-1, 1, *(-1,) * cfg.dim))
 
 
 @flow(name="train-dcdm", validate_parameters=True)

@@ -6,7 +6,9 @@ PI-HC-MoE model (physics-only: the trajectories are used for the test error only
 checkpoint every ``checkpoint_every`` steps under
 ``$SCIFLOW_HOME/models/hard-<config hash>-<dataset digest[:12]>/checkpoint.pt`` (a rerun resumes,
 or returns at once when finished), logs the loss terms, LM iterations and condition numbers per
-logged step, the test metrics and a truth / prediction / error figure to MLflow.
+logged step, the test metrics and a truth / prediction / error figure to MLflow, and registers the
+model as ``hard-<problem>-<label>`` (``label`` as the benchmark names it: ``soft-pinn``, ``pi-hc``,
+``pi-hc-moe-k4``, ...).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def train_hard_constraint(
     dataset: DiffusionSorptionSpec | HeatSpec = DEFAULT_DATA,
     config: HardTrainConfig = DEFAULT_CONFIG,
     parent_run_id: str | None = None,
+    register_model: bool = True,
 ) -> dict:
     """Train one soft / hard / MoE model on ``dataset`` (diffusion-sorption, or heat with ``dim=2``);
     returns the test metrics (``rel_l2``, ``residual``, ``conditions``, ``infer_seconds``, jumps) and the checkpoint."""
@@ -97,6 +100,11 @@ def train_hard_constraint(
         tracking.log_figure(run_id, fig, "predictions.png")
         plots.plt.close(fig)
         tracking.client().log_artifact(run_id, str(ckpt), "checkpoint")
+        if register_model:
+            from .benchmarks.hard_constraints import _label
+
+            name = f"hard-{pde.name}-{_label(config.model.model_dump())}"
+            tracking.log_model(run_id, model, name, (-1, *(-1,) * (len(pde.grid) - 1)), output=False)
     logger.info(
         "test relative L2 %.4f, residual %.3g, conditions %.3g",
         metrics["rel_l2"],

@@ -2,7 +2,7 @@
 
 ``train-neural-ode`` checkpoints every epoch under
 ``$SCIFLOW_HOME/models/node-<config key>/checkpoint.pt`` (a rerun resumes, or returns at once when
-finished) and logs that checkpoint as the run's model.
+finished), logs that checkpoint, and registers the model as ``node-<task>-<regularizer>``.
 """
 
 from __future__ import annotations
@@ -24,10 +24,13 @@ def checkpoint_path(cfg: ODETrainConfig) -> Path:
 
 
 @flow(name="train-neural-ode", validate_parameters=True)
-def train_neural_ode(config: ODETrainConfig = ODETrainConfig(), parent_run_id: str | None = None) -> dict:
+def train_neural_ode(
+    config: ODETrainConfig = ODETrainConfig(), parent_run_id: str | None = None, register_model: bool = True
+) -> dict:
     """Train one neural ODE (or resume it); per-epoch NFE (train and predict), times and the task
-    metric go to MLflow; the checkpoint is logged as the model artifact. Returns the last epoch's row."""
-    from operators.node import train
+    metric go to MLflow; the checkpoint is logged (artifact ``checkpoint``) and the model registered
+    as ``node-<task>-<regularizer>``. Returns the last epoch's row."""
+    from operators.node import load_task, train
 
     logger = get_run_logger()
     with tracking.mlflow_run(
@@ -45,8 +48,13 @@ def train_neural_ode(config: ODETrainConfig = ODETrainConfig(), parent_run_id: s
 
         ckpt = checkpoint_path(config)
         with progress:
-            _, history = train(config, checkpoint=ckpt, on_epoch=on_epoch)
-        tracking.client().log_artifact(run_id, str(ckpt), "model")
+            model, history = train(config, checkpoint=ckpt, on_epoch=on_epoch)
+        tracking.client().log_artifact(run_id, str(ckpt), "checkpoint")
+        if register_model:
+            d_in = load_task(config.task).d_in
+            tracking.log_model(
+                run_id, model, f"node-{config.task}-{config.regularizer}", (-1, d_in), dtype="float64", output=False
+            )
     return history[-1]
 
 

@@ -26,22 +26,11 @@ def checkpoint_path(cfg: OperatorTrainConfig, digest: str) -> Path:
     return settings.sciflow_home() / "models" / f"operator-{cfg.key()}-{digest[:12]}" / "checkpoint.pt"
 
 
-def _register(run_id: str, model, name: str, n: int) -> None:
-    """Pickle format: a traced 'pt2' graph would fix the resolution, and operators run at any."""
-    import mlflow
-    import mlflow.pytorch
-    import numpy as np
-
-    with mlflow.start_run(run_id=run_id):
-        mlflow.pytorch.log_model(
-            model,
-            name="model",
-            registered_model_name=f"operator-{name}",
-            serialization_format="pickle",
-            input_example=np.zeros((1, 1, n, n), dtype=np.float32),
-            pip_requirements=["torch==2.13.0"],
-            await_registration_for=0,
-        )
+def _register(run_id: str, model, name: str) -> None:
+    """Log the model and register it as ``operator-<name>`` (:func:`flows.tracking.log_model`:
+    pickled with the project's code and pinned requirements, so it loads outside the repository;
+    any resolution)."""
+    tracking.log_model(run_id, model, f"operator-{name}", (-1, 1, -1, -1))
 
 
 @flow(name="train-operator", validate_parameters=True)
@@ -105,7 +94,7 @@ def train_operator(
         tracking.log_figure(run_id, fig, "predictions.png")
         plots.plt.close(fig)
         if register_model:
-            _register(run_id, model, name, dataset.n)
+            _register(run_id, model, name)
     return {**history[-1], "checkpoint": str(ckpt)}
 
 

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import TYPE_CHECKING
 
 from operators.node import ODETrainConfig, evaluate, load_task, train
 from solvers.ode import REGULARIZERS
+
+if TYPE_CHECKING:
+    from ..tracking import MethodRuns
 
 CONFIGS = {
     "smoke": {
@@ -37,11 +41,16 @@ META = {
 }
 
 
-def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
+def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None) -> tuple[list[dict], dict]:
+    """Every task and regularizer of the scale. ``methods``: each regularizer's MLflow child run
+    gets its config per task, per-epoch metrics (``<task>/train/<name>``) and the trained model
+    (registered as ``node-<task>-<regularizer>``)."""
     from .. import plots
+    from ..tracking import MethodRuns
     from . import progress_logger
 
     log = progress_logger()
+    methods = methods or MethodRuns(None)
     rows: list[dict] = []
     curves: dict[str, dict[str, list[float]]] = {}
     train(ODETrainConfig(task="spiral", epochs=1, batch_size=1000, hidden=8))  # warm-up: first-call costs untimed
@@ -50,6 +59,7 @@ def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
         found = {}
         for reg in REGULARIZERS:
             cfg = ODETrainConfig(task=task_name, regularizer=reg, rtol=TOL[task_name], atol=TOL[task_name], **kw)
+            methods.log_params(reg, {task_name: cfg.model_dump(mode="json")})
             t0 = time.perf_counter()
             model, history = train(cfg)
             train_seconds = time.perf_counter() - t0
@@ -61,6 +71,9 @@ def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
                 "metric": evals[0][task.metric_name],
             }
             curves.setdefault(task_name, {})[reg] = [h["predict_nfe"] for h in history]
+            for row in history:  # after the timings: logging is not training time
+                methods.on_epoch(reg, task_name)(row["epoch"], row)
+            methods.log_model(reg, model, f"node-{task_name}-{reg}", (-1, task.d_in), dtype="float64", output=False)
             log(
                 f"{task_name:7s} {reg:15s} predict NFE {found[reg]['predict_nfe']:5d}  {task.metric_name} "
                 f"{found[reg]['metric']:.4g}  train {train_seconds:.1f} s"
