@@ -53,7 +53,7 @@ def train_neural_ode(
         if register_model:
             d_in = load_task(config.task).d_in
             tracking.log_model(
-                run_id, model, f"node-{config.task}-{config.regularizer}", (-1, d_in), dtype="float64", output=False
+                run_id, model, f"node-{config.task}-{config.regularizer}", (-1, d_in), dtype=config.dtype, output=False
             )
     return history[-1]
 

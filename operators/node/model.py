@@ -3,7 +3,7 @@ linear decoder (Pal, Edelman & Rackauckas, ICML 2023, Section 5's MNIST model).
 
 The ODE block integrates with :func:`solvers.ode.integrate` (adaptive dopri5), which also returns
 the solver-error regularizer; the vector field is wrapped in :class:`solvers.ode.CountedFunc`, so
-``model.func.nfe`` counts its evaluations. Shapes ``(B, d_in) -> (B, d_out)``, float64. The whole
+``model.func.nfe`` counts its evaluations. Shapes ``(B, d_in) -> (B, d_out)``, in the config's dtype (float64 by default, or float32). The whole
 integration runs on the model's device (inputs on another device are refused, not copied).
 """
 
@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import torch
 
 from data.errors import InputError
-from solvers.ode.regularize import CountedFunc, Regularizer, integrate
+from solvers.ode.regularize import CountedFunc, LocalDt, Regularizer, integrate
 
 from ..device import check_device, module_device
 
@@ -30,6 +30,12 @@ class Tolerances(Protocol):
 
     @property
     def max_steps(self) -> int: ...
+
+    @property
+    def adjoint(self) -> bool: ...
+
+    @property
+    def local_dt(self) -> LocalDt: ...
 
 
 class VectorField(torch.nn.Module):
@@ -67,7 +73,8 @@ class ODEModel(torch.nn.Module):
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(prediction, R)`` for inputs ``x (B, d_in)``; ``R`` is the ``regularizer`` (zero for
-        ``"none"``); ``cfg`` (default: the model's ``config``) gives the tolerances and the step limit."""
+        ``"none"``); ``cfg`` (default: the model's ``config``) gives the tolerances, the step limit, whether
+        gradients go through the adjoint, and the unbiased variant's step (``local_dt``)."""
         check_device(x, module_device(self), "the neural ODE's input")
         cfg = cfg or self.config
         if cfg is None:
@@ -85,6 +92,8 @@ class ODEModel(torch.nn.Module):
             cfg.atol,
             generator=generator,
             max_steps=cfg.max_steps,
+            adjoint=cfg.adjoint,
+            local_dt=cfg.local_dt,
         )
         return self.decoder(y1), reg
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from data.errors import InputError
-from solvers.ode.regularize import REGULARIZERS, Regularizer
+from solvers.ode.regularize import REGULARIZERS, LocalDt, Regularizer
 
 from ..checkpoint import config_key
 from ..device import module_device, record, synchronize
@@ -50,6 +50,30 @@ class ODETrainConfig(BaseModel):
     atol: float = Field(default=1e-6, gt=0, lt=1)
     max_steps: int = Field(default=5000, ge=10)
     seed: int = Field(default=0, ge=0)
+    dtype: Literal["float64", "float32"] = Field(
+        default="float64", description="dtype of the model, the data and the integration"
+    )
+    adjoint: bool = Field(
+        default=False, description="gradients of the solve by the adjoint method (torchdiffeq.odeint_adjoint)"
+    )
+    local_dt: LocalDt = Field(
+        default="controller",
+        description="local-unbiased's step: the adaptive controller's accepted step at t_reg (the paper's), "
+        "or torchdiffeq's initial-step heuristic ('initial', LocalRegNeuralDE.jl's shortcut)",
+    )
+
+    @model_validator(mode="after")
+    def _adjoint_needs_a_local_regularizer(self) -> ODETrainConfig:
+        if self.adjoint and self.regularizer == "global":
+            raise ValueError(
+                "regularizer='global' differentiates through every step of the solve, which adjoint=True "
+                "does not keep; use a local regularizer (or none) with the adjoint"
+            )
+        return self
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
 
     def key(self) -> str:
         return config_key(self)
@@ -61,7 +85,7 @@ def evaluate(model: ODEModel, task: Task, cfg: ODETrainConfig) -> dict:
     model.eval()
     model.func.nfe = 0
     device = module_device(model)
-    x = task.x_test.to(device)  # once per call, outside the timed prediction
+    x = task.x_test.to(device, next(model.parameters()).dtype)  # once per call, outside the timed prediction
     with torch.no_grad():
         t0 = time.perf_counter()
         pred, _ = model(x, cfg)
@@ -73,6 +97,11 @@ def evaluate(model: ODEModel, task: Task, cfg: ODETrainConfig) -> dict:
         "predict_seconds": seconds,
         task.metric_name: task.metric(pred.cpu(), task.y_test),
     }
+
+
+def as_target(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Targets in the model's ``dtype`` (class labels stay integers)."""
+    return y.to(dtype) if y.is_floating_point() else y
 
 
 class NodeTask(TrainingTask[ODETrainConfig]):
@@ -97,8 +126,9 @@ class NodeTask(TrainingTask[ODETrainConfig]):
         torch.manual_seed(cfg.seed)
         self.task = load_task(cfg.task, cfg.seed)
         t = self.task
-        model = ODEModel(t.d_in, t.d_out, cfg.width if t.encode else t.d_in, cfg.hidden, t.encode, config=cfg).double()
-        self.x, self.y = t.x_train.to(device), t.y_train.to(device)
+        model = ODEModel(t.d_in, t.d_out, cfg.width if t.encode else t.d_in, cfg.hidden, t.encode, config=cfg)
+        model = model.to(cfg.torch_dtype)
+        self.x, self.y = t.x_train.to(device, cfg.torch_dtype), as_target(t.y_train, cfg.torch_dtype).to(device)
         return model.to(device)
 
     def train_epoch(self, epoch: int, net: torch.nn.Module, opt: torch.optim.Optimizer, world: World) -> list[dict]:
@@ -152,7 +182,7 @@ def train(
     epoch). Returns it (on ``device``) and the per-epoch history (rows as in :class:`NodeTask`).
 
     ``device``: where the model, the data and the integration live (default
-    :func:`operators.device.default_device`); the dtype stays float64 on every device."""
+    :func:`operators.device.default_device`); the dtype is ``cfg.dtype`` on every device."""
     model, history = fit(NodeTask(cfg), checkpoint, on_epoch, device=device)
     assert isinstance(model, ODEModel)
     return model, history
@@ -162,7 +192,7 @@ def rebuild(config: Mapping[str, Any], d_in: int, d_out: int, encode: bool) -> O
     """The untrained model of a stored ``config`` (for :func:`operators.registry.model_from_checkpoint`);
     ``d_in``, ``d_out``, ``encode``: the task's, stored in the checkpoint's context."""
     cfg = ODETrainConfig.model_validate(config)
-    return ODEModel(d_in, d_out, cfg.width if encode else d_in, cfg.hidden, encode, config=cfg).double()
+    return ODEModel(d_in, d_out, cfg.width if encode else d_in, cfg.hidden, encode, config=cfg).to(cfg.torch_dtype)
 
 
 __all__ = ["NodeTask", "ODETrainConfig", "evaluate", "rebuild", "train"]
