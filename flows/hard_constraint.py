@@ -16,8 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Annotated
 
 from prefect import get_run_logger
+from pydantic import Field
 
 from data.spec import DiffusionSorptionSpec, HeatSpec
 from operators.hard import HardModelConfig, HardTrainConfig
@@ -39,7 +41,7 @@ DEFAULT_CONFIG = HardTrainConfig(model=HardModelConfig(experts=(1, 4), points=10
 
 @flow(name="train-hard-constraint", validate_parameters=True)
 def train_hard_constraint(
-    dataset: DiffusionSorptionSpec | HeatSpec = DEFAULT_DATA,
+    dataset: Annotated[DiffusionSorptionSpec | HeatSpec, Field(discriminator="family")] = DEFAULT_DATA,
     config: HardTrainConfig = DEFAULT_CONFIG,
     parent_run_id: str | None = None,
     register_model: bool = True,
@@ -101,9 +103,9 @@ def train_hard_constraint(
         plots.plt.close(fig)
         tracking.client().log_artifact(run_id, str(ckpt), "checkpoint")
         if register_model:
-            from .benchmarks.hard_constraints import _label
+            from .benchmarks.hard_constraints import model_label
 
-            name = f"hard-{pde.name}-{_label(config.model.model_dump())}"
+            name = f"hard-{pde.name}-{model_label(config.model.model_dump())}"
             tracking.log_model(run_id, model, name, (-1, *(-1,) * (len(pde.grid) - 1)), output=False)
     logger.info(
         "test relative L2 %.4f, residual %.3g, conditions %.3g",

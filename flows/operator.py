@@ -10,8 +10,10 @@ for test samples, and registers the final model in MLflow's registry as ``operat
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from prefect import get_run_logger
+from pydantic import Field
 
 from data.spec import DarcySpec, NavierStokesSpec
 from operators.fno import OperatorTrainConfig
@@ -35,7 +37,7 @@ def _register(run_id: str, model, name: str) -> None:
 
 @flow(name="train-operator", validate_parameters=True)
 def train_operator(
-    dataset: NavierStokesSpec | DarcySpec = NavierStokesSpec(
+    dataset: Annotated[NavierStokesSpec | DarcySpec, Field(discriminator="family")] = NavierStokesSpec(
         n=64, n_train=1000, n_test=200, viscosity=1e-4, horizon=5.0
     ),
     config: OperatorTrainConfig = OperatorTrainConfig(),

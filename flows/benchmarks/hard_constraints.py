@@ -96,7 +96,7 @@ META = {
 }
 
 
-def _label(mc: dict) -> str:
+def model_label(mc: dict) -> str:
     if mc.get("mode") == "soft":
         return "soft-pinn"
     k = int(np.prod(mc["experts"]))
@@ -243,7 +243,7 @@ def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None
         )
         found, preds = {}, {}
         for mc in model_configs(scale, pde.grid, problem):
-            label = _label(mc)
+            label = model_label(mc)
             cfg = HardTrainConfig(model=HardModelConfig(**mc), steps=c["steps"], batch_size=c["batch_size"], seed=0)
             methods.log_params(label, {problem: cfg.model_dump(mode="json")})
             t1 = time.perf_counter()
