@@ -74,6 +74,16 @@ ODE_COLS = [
     "train_time_ratio",
     "train_time_vs_global",
 ]
+ODE_VARIANT_COLS = [
+    "method",
+    "reference",
+    "value",
+    "predict_nfe",
+    "nfe_vs_reference",
+    "metric_vs_reference",
+    "train_seconds",
+    "train_time_vs_reference",
+]
 
 
 def results_path(name: str, scale: str = "small") -> Path:
@@ -118,10 +128,20 @@ def linear(path: str | Path | None = None) -> str:
 
 @renders("neural-odes")
 def neural_odes(path: str | Path | None = None) -> str:
-    return (
-        format_table(_rows("neural-odes", path), ODE_COLS)
-        + "\n\n![prediction NFE over training](../results/neural-odes-small-nfe_over_training.png)"
-    )
+    rows = _rows("neural-odes", path)
+    main = [r for r in rows if not r.get("reference") and not str(r["problem"]).startswith("sde-")]
+    sde = [r for r in rows if str(r["problem"]).startswith("sde-")]
+    variants = [r for r in rows if r.get("reference")]
+    parts = [format_table(main, ODE_COLS)]
+    if variants:
+        parts.append(
+            "Variants on digits, each against the run it varies (`reference`):\n\n"
+            + format_table(variants, ODE_VARIANT_COLS)
+        )
+    if sde:
+        parts.append("Neural SDEs (`operators.node.sde`):\n\n" + format_table(sde, ODE_COLS[:-1]))
+    parts.append("![prediction NFE over training](../results/neural-odes-small-nfe_over_training.png)")
+    return "\n\n".join(parts)
 
 
 OPT_HS_COLS = [

@@ -13,7 +13,9 @@ import time
 from typing import TYPE_CHECKING
 
 from operators.node import ODETrainConfig, evaluate, load_task, train
+from operators.node import sde as node_sde
 from solvers.ode import REGULARIZERS
+from solvers.ode.sde import SDE_REGULARIZERS
 
 if TYPE_CHECKING:
     from ..tracking import MethodRuns
@@ -47,6 +49,19 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "local-unbiased-initial-dt": ("local-unbiased", {"local_dt": "initial"}),
 }
 VARIANT_TASK = "digits"
+#: Neural SDEs (operators.node.sde), per scale: each problem's config; every SDE regularizer
+#: (none, local-unbiased, local-biased) trains on it with the same seed and budget.
+SDE_CONFIGS = {
+    "smoke": {"sde-digits": dict(task="digits", epochs=2, steps_per_epoch=5, batch_size=64, paths=1)},
+    "small": {
+        "sde-digits": dict(task="digits", epochs=15, steps_per_epoch=20, batch_size=64, paths=1, w_start=1, w_end=1),
+        "sde-ou": dict(task="ou", epochs=10, steps_per_epoch=20, w_start=1, w_end=1),
+    },
+    "paper": {
+        "sde-digits": dict(task="digits", epochs=40, steps_per_epoch=40, batch_size=128, paths=2, w_start=1, w_end=1),
+        "sde-ou": dict(task="ou", epochs=40, steps_per_epoch=20, w_start=1, w_end=1),
+    },
+}
 META = {
     "targets": "local on digits: predict NFE <= 0.65x, predict time <= 0.6x, accuracy within 0.5 point; "
     "Lotka-Volterra: NFE <= 0.7x with final-state MSE within 1.1x; local training time <= 0.8x global's; "
@@ -83,6 +98,7 @@ def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None
             train_seconds = time.perf_counter() - t0
             evals = [evaluate(model, task, cfg) for _ in range(5)]
             found[reg] = {
+                "reference": VARIANTS[reg][0] if reg in VARIANTS else None,
                 "train_seconds": train_seconds,
                 "predict_nfe": evals[0]["predict_nfe"],
                 "predict_seconds": statistics.median(e["predict_seconds"] for e in evals),
@@ -96,31 +112,56 @@ def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None
                 f"{task_name:7s} {reg:15s} predict NFE {found[reg]['predict_nfe']:5d}  {task.metric_name} "
                 f"{found[reg]['metric']:.4g}  train {train_seconds:.1f} s"
             )
-        base = found["none"]
-        for reg, f in found.items():
-            rows.append(
-                {
-                    "method": reg,
-                    "problem": task_name,
-                    "scale": scale,
-                    "metric": task.metric_name,
-                    "value": round(f["metric"], 5),
-                    "predict_nfe": f["predict_nfe"],
-                    "predict_seconds": round(f["predict_seconds"], 5),
-                    "train_seconds": round(f["train_seconds"], 2),
-                    "nfe_ratio": round(f["predict_nfe"] / base["predict_nfe"], 3),
-                    "predict_time_ratio": round(f["predict_seconds"] / base["predict_seconds"], 3),
-                    "train_time_ratio": round(f["train_seconds"] / base["train_seconds"], 3),
-                    "train_time_vs_global": round(f["train_seconds"] / found["global"]["train_seconds"], 3),
-                    "metric_delta": round(f["metric"] - base["metric"], 5),
-                }
-            )
-            if reg in VARIANTS:  # against the run it varies
-                ref = found[VARIANTS[reg][0]]
-                rows[-1] |= {
-                    "reference": VARIANTS[reg][0],
-                    "nfe_vs_reference": round(f["predict_nfe"] / ref["predict_nfe"], 3),
-                    "metric_vs_reference": round(f["metric"] / ref["metric"], 4),
-                    "train_time_vs_reference": round(f["train_seconds"] / ref["train_seconds"], 3),
-                }
+        rows += _rows(task_name, scale, task.metric_name, found)
+    for problem, kw in SDE_CONFIGS[scale].items():
+        found = {}
+        for reg in SDE_REGULARIZERS:
+            cfg = node_sde.SDETrainConfig(regularizer=reg, **kw)  # type: ignore[arg-type]
+            methods.log_params(reg, {problem: cfg.model_dump(mode="json")})
+            t0 = time.perf_counter()
+            model, history = node_sde.train(cfg)
+            train_seconds = time.perf_counter() - t0
+            metric = "accuracy" if cfg.task == "digits" else "moment_error"
+            last = history[-1]  # evaluated after the last epoch: one prediction solve of the test set
+            found[reg] = {"train_seconds": train_seconds, "metric": last[metric]} | {
+                k: last[k] for k in ("predict_nfe", "predict_seconds")
+            }
+            curves.setdefault(problem, {})[reg] = [h["predict_nfe"] for h in history]
+            for row in history:
+                methods.on_epoch(reg, problem)(row["epoch"], row)
+            log(f"{problem} {reg:15s} predict NFE {found[reg]['predict_nfe']:5d}  {metric} {found[reg]['metric']:.4g}")
+        rows += _rows(problem, scale, metric, found)
     return rows, {"nfe_over_training": plots.nfe_curves(curves)}
+
+
+def _rows(problem: str, scale: str, metric: str, found: dict[str, dict]) -> list[dict]:
+    """One row per method, with its ratios to the unregularized run (and to the global one where
+    there is one); a variant's row also against the run it varies."""
+    base, rows = found["none"], []
+    for method, f in found.items():
+        row = {
+            "method": method,
+            "problem": problem,
+            "scale": scale,
+            "metric": metric,
+            "value": round(f["metric"], 5),
+            "predict_nfe": f["predict_nfe"],
+            "predict_seconds": round(f["predict_seconds"], 5),
+            "train_seconds": round(f["train_seconds"], 2),
+            "nfe_ratio": round(f["predict_nfe"] / base["predict_nfe"], 3),
+            "predict_time_ratio": round(f["predict_seconds"] / base["predict_seconds"], 3),
+            "train_time_ratio": round(f["train_seconds"] / base["train_seconds"], 3),
+            "metric_delta": round(f["metric"] - base["metric"], 5),
+        }
+        if "global" in found:
+            row["train_time_vs_global"] = round(f["train_seconds"] / found["global"]["train_seconds"], 3)
+        if f.get("reference"):
+            ref = found[f["reference"]]
+            row |= {
+                "reference": f["reference"],
+                "nfe_vs_reference": round(f["predict_nfe"] / ref["predict_nfe"], 3),
+                "metric_vs_reference": round(f["metric"] / ref["metric"], 4),
+                "train_time_vs_reference": round(f["train_seconds"] / ref["train_seconds"], 3),
+            }
+        rows.append(row)
+    return rows
