@@ -100,3 +100,24 @@ def test_adjoint_training_config():
     assert adjoint[0]["loss"] == pytest.approx(direct[0]["loss"], rel=1e-4)
     with pytest.raises(ValueError, match="regularizer='global'.*adjoint=True"):
         ODETrainConfig(task="spiral", regularizer="global", adjoint=True)
+
+
+def test_neural_sde_tasks_train_resume_from_their_checkpoint_and_refuse_bad_configs(tmp_path):
+    """The digits SDE (encoder, latent SDE, decoder) trains on the one loop with its accuracy per
+    epoch and comes back from its checkpoint with the same weights; the OU task needs >= 2 paths
+    (it matches a standard deviation)."""
+    from operators import model_from_checkpoint
+    from operators.node.sde import SDETrainConfig
+    from operators.node.sde import train as train_sde
+
+    cfg = SDETrainConfig(
+        task="digits", regularizer="local-unbiased", epochs=1, steps_per_epoch=2, batch_size=16, paths=1, w_start=1
+    )
+    model, hist = train_sde(cfg, checkpoint=tmp_path / "sde.pt")
+    assert 0 <= hist[0]["accuracy"] <= 1 and hist[0]["predict_nfe"] > 0 and hist[0]["reg"] > 0
+    rebuilt = model_from_checkpoint(tmp_path / "sde.pt")
+    assert rebuilt.encoder.in_features == 64 and rebuilt.decoder.out_features == 10
+    for a, b in zip(rebuilt.state_dict().values(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="paths must be >= 2, got 1"):
+        SDETrainConfig(task="ou", paths=1)
