@@ -19,7 +19,7 @@ LOAD_OUTSIDE_REPO = """
 import importlib.util, json, sys
 sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
 sys.path_hooks[:] = [h for h in sys.path_hooks if "__editable__" not in getattr(h, "__module__", "")]
-sys.path[:] = [p for p in sys.path if "__editable__" not in p and not p.startswith(sys.argv[2])]
+sys.path[:] = [p for p in sys.path if "__editable__" not in p and p.rstrip("/") != sys.argv[2].rstrip("/")]
 sys.path_importer_cache.clear()
 found = importlib.util.find_spec("operators")
 assert found is None or not (found.origin or "").startswith(sys.argv[2]), found
