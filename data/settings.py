@@ -98,6 +98,14 @@ class Settings(BaseSettings):
         "`mlflow-artifacts:/sciflow` behind a tracking server, `s3://bucket/path`). Default "
         "`<home>/mlartifacts` with the local store; the server's default with a tracking server.",
     )
+    tracking_outage_s: float = Field(
+        default=600.0,
+        ge=0,
+        le=7 * 86400,
+        description="Seconds a run rides out an unreachable MLflow server (its tracking calls kept in "
+        "`<home>/spool/` and delivered when it answers) before it fails naming the spool; "
+        "`sciflow tracking flush` delivers a spool left on disk.",
+    )
     dask_address: str | None = Field(
         default=None,
         description="Dask scheduler (`tcp://host:8786`) for `generate-dataset` with `runner=dask`; "

@@ -186,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     shown.add_argument("--json", action="store_true", help="as JSON")
     shown.add_argument("--get", metavar="NAME", help="print one setting's value (home, SCIFLOW_HOME, ...)")
     sub.add_parser("ui", help="print how to open the MLflow UI on this project's runs")
+    trk = sub.add_parser("tracking", help="MLflow calls spooled during a tracking-server outage")
+    trk.add_argument(
+        "action", choices=["status", "flush"], help="status: the spooled runs; flush: deliver them in order"
+    )
     stack = sub.add_parser("stack", help="local Prefect server + MLflow server + worker on 127.0.0.1")
     stack.add_argument("action", choices=["up", "status", "down"])
     stack.add_argument(
@@ -420,6 +424,29 @@ def _config(args: argparse.Namespace) -> int:
 # the other commands
 
 
+def tracking_command(action: str) -> int:
+    """``sciflow tracking status|flush``: list, or deliver, the spools left under ``<home>/spool``
+    (exit 1 when a spool could not be delivered: the server is still unreachable)."""
+    from . import tracking
+    from .spool import Spool, spooled_runs
+
+    runs = spooled_runs()
+    if not runs:
+        print("no spooled tracking calls")
+        return 0
+    failed = 0
+    for run_id in runs:
+        n = sum(1 for _ in Spool(run_id).entries())
+        if action == "status":
+            print(f"{run_id}: {n} spooled calls in {Spool(run_id).path}")
+        elif tracking.deliver(run_id, force=True):
+            print(f"{run_id}: delivered {n} spooled calls")
+        else:
+            failed += 1
+            print(f"{run_id}: MLflow still unreachable; {n} calls stay in {Spool(run_id).path}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from .results import format_by, format_table
     from .tracking import ui_hint
@@ -429,6 +456,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "run":
         return run_flow(args)
+    if args.command == "tracking":
+        return tracking_command(args.action)
     if args.command == "stack":
         from .stack import main as stack_main
 

@@ -63,7 +63,7 @@ def train_dcdm(
         fig = plots.loss_plot(history, f"DCDM training, {config.n}^{config.dim}")
         tracking.log_figure(run_id, fig, "loss.png")
         plots.plt.close(fig)
-        tracking.client().log_artifact(run_id, str(ckpt), "checkpoint")
+        tracking.log_artifact(run_id, ckpt, "checkpoint")
         if register_model:
             _register(run_id, model, config)
     return str(ckpt)

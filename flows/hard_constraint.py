@@ -101,7 +101,7 @@ def train_hard_constraint(
         fig = plots.space_time_predictions(u_test[0], {label: pred}, pde.grid, title=pde.name)
         tracking.log_figure(run_id, fig, "predictions.png")
         plots.plt.close(fig)
-        tracking.client().log_artifact(run_id, str(ckpt), "checkpoint")
+        tracking.log_artifact(run_id, ckpt, "checkpoint")
         if register_model:
             from .benchmarks.hard_constraints import model_label
 

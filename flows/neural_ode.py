@@ -49,7 +49,7 @@ def train_neural_ode(
         ckpt = checkpoint_path(config)
         with progress:
             model, history = train(config, checkpoint=ckpt, on_epoch=on_epoch)
-        tracking.client().log_artifact(run_id, str(ckpt), "checkpoint")
+        tracking.log_artifact(run_id, ckpt, "checkpoint")
         if register_model:
             d_in = load_task(config.task).d_in
             tracking.log_model(

@@ -86,7 +86,14 @@ def database_url(values: Settings | None = None) -> str:
 
 
 def mlflow_defaults(values: Settings) -> dict[str, str]:
-    return {"MLFLOW_TRACKING_URI": f"sqlite:///{values.home / 'mlflow.db'}", "GIT_PYTHON_REFRESH": "quiet"}
+    return {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{values.home / 'mlflow.db'}",
+        "GIT_PYTHON_REFRESH": "quiet",
+        # an unreachable server is found in seconds and the calls spooled (flows.spool), not retried for minutes
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    }
 
 
 def configure(force: bool = False, create: bool = True) -> Path:

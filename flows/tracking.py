@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mlflow
 from mlflow import MlflowClient
@@ -38,6 +38,7 @@ from . import settings
 from .metric_names import key_part, numeric_fields
 
 _MAX_PARAM = 6000
+T = TypeVar("T")
 
 # ---------------------------------------------------------------------------------------------
 # experiments: one per kind of work (the ONE place their names come from)
@@ -464,12 +465,14 @@ def mlflow_run(
 
         status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit, TerminationSignal)) else "FAILED"
         try:
-            c.set_tag(run_id, "sciflow.error", redact_text(f"{type(exc).__name__}: {exc}")[:5000])
+            log_tags(run_id, {"sciflow.error": redact_text(f"{type(exc).__name__}: {exc}")})
         finally:
-            c.set_terminated(run_id, status)
+            write(run_id, "set_terminated", status=status)
+            finish(run_id, wait=False)  # a failing run does not wait for the server; its spool stays
         raise
     else:
-        c.set_terminated(run_id, "FINISHED")
+        write(run_id, "set_terminated", status="FINISHED")
+        finish(run_id)
 
 
 def _chunks(items: list, n: int) -> Iterator[list]:
@@ -479,21 +482,172 @@ def _chunks(items: list, n: int) -> Iterator[list]:
 
 def log_params(run_id: str, params: Mapping[str, Any]) -> None:
     """Log ``params`` flattened (:func:`flatten`), in batches of 100 (MLflow's limit)."""
-    for batch in _chunks([Param(k, v) for k, v in flatten(params).items()], 100):
-        client().log_batch(run_id, params=batch)
+    for batch in _chunks(list(flatten(params).items()), 100):
+        write(run_id, "log_batch", params=batch)
 
 
 def log_tags(run_id: str, tags: Mapping[str, str]) -> None:
     """Set ``tags`` in batches of 100."""
-    for batch in _chunks([RunTag(k, str(v)[:5000]) for k, v in tags.items()], 100):
-        client().log_batch(run_id, tags=batch)
+    for batch in _chunks([(k, str(v)[:5000]) for k, v in tags.items()], 100):
+        write(run_id, "log_batch", tags=batch)
 
 
 def log_metrics(run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
     """Log ``metrics`` at ``step`` in batches of 1000 (MLflow's limit per call)."""
     now = int(time.time() * 1000)
-    for batch in _chunks([Metric(k, float(v), now, step) for k, v in metrics.items()], 1000):
-        client().log_batch(run_id, metrics=batch)
+    for batch in _chunks([(k, float(v), now, step) for k, v in metrics.items()], 1000):
+        write(run_id, "log_batch", metrics=batch)
+
+
+def log_artifact(run_id: str, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:
+    """Upload the file ``local_path`` to the run's artifacts (under ``artifact_path``)."""
+    write(run_id, "log_artifact", local_path=str(local_path), artifact_path=artifact_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# writes that ride out a tracking-server outage (flows.spool)
+
+#: run id -> monotonic time of the first failed call of the outage in progress
+_outages: dict[str, float] = {}
+#: run id -> monotonic time of the last delivery attempt of its spool
+_attempts: dict[str, float] = {}
+#: seconds between delivery attempts of a spool while the server stays unreachable
+RETRY_S = 5.0
+
+
+def _send(run_id: str, op: str, args: Mapping[str, Any]) -> None:
+    """One run-scoped MLflow call (``op`` as :func:`write` names them) made now."""
+    c = client()
+    if op == "log_batch":
+        c.log_batch(
+            run_id,
+            metrics=[Metric(k, v, ts, step) for k, v, ts, step in args.get("metrics", [])],
+            params=[Param(k, v) for k, v in args.get("params", [])],
+            tags=[RunTag(k, v) for k, v in args.get("tags", [])],
+        )
+    elif op == "log_artifact":
+        c.log_artifact(run_id, args["local_path"], args.get("artifact_path"))
+    elif op == "log_text":
+        c.log_text(run_id, args["text"], args["artifact_file"])
+    elif op == "set_terminated":
+        c.set_terminated(run_id, args["status"])
+    else:
+        raise InputError(f"unknown tracking call {op!r} in a spool of run {run_id}")
+
+
+def _say(message: str) -> None:
+    """A warning in the flow run's logs (or this module's logger outside a run)."""
+    import logging
+
+    try:
+        from prefect import get_run_logger
+
+        get_run_logger().warning(message)
+    except Exception:  # noqa: BLE001 (outside a flow or task run)
+        logging.getLogger(__name__).warning(message)
+
+
+def _remote() -> bool:
+    return mlflow.get_tracking_uri().startswith(("http://", "https://"))
+
+
+def write(run_id: str, op: str, **args: Any) -> None:
+    """Make one run-scoped MLflow call (``log_batch`` with ``metrics`` ``[(key, value, ms, step)]``,
+    ``params`` / ``tags`` ``[(key, value)]``; ``log_artifact``; ``log_text``; ``set_terminated``),
+    or spool it while the tracking server is unreachable (:mod:`flows.spool`): the calls of a run
+    with a spool waiting join it in order, and the spool is delivered as soon as the server answers.
+    Past the outage limit (``SCIFLOW_TRACKING_OUTAGE_S``) a :class:`TrackingUnavailableError`
+    names the spool for ``sciflow tracking flush``."""
+    from .spool import Spool, is_outage
+
+    spool = Spool(run_id)
+    if spool.pending():
+        spool.append(op, **args)
+        deliver(run_id)
+    else:
+        try:
+            _send(run_id, op, args)
+            return
+        except Exception as exc:
+            if not _remote() or not is_outage(exc):
+                raise
+            _outages.setdefault(run_id, time.monotonic())
+            _attempts[run_id] = time.monotonic()
+            spool.append(op, **args)
+            _say(
+                f"MLflow at {redact_text(mlflow.get_tracking_uri())} is unreachable ({type(exc).__name__}); "
+                f"run {run_id}'s tracking calls are kept in {spool.path} and delivered when it answers "
+                f"(limit {current().tracking_outage_s:.0f} s); the work goes on"
+            )
+    _check_outage(run_id)
+
+
+def deliver(run_id: str, force: bool = False) -> bool:
+    """Try to deliver run ``run_id``'s spool (at most every :data:`RETRY_S` seconds unless
+    ``force``); True when nothing is left waiting."""
+    from .spool import Spool, is_outage
+
+    spool = Spool(run_id)
+    if not spool.pending():
+        return True
+    if not force and time.monotonic() - _attempts.get(run_id, 0.0) < RETRY_S:
+        return False
+    _attempts[run_id] = time.monotonic()
+    try:
+        n = spool.replay(lambda op, args: _send(run_id, op, args))
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        return False
+    started = _outages.pop(run_id, None)
+    outage = f" after {time.monotonic() - started:.0f} s" if started is not None else ""
+    _say(f"MLflow answers again{outage}: delivered {n} spooled tracking calls of run {run_id}")
+    return True
+
+
+def _check_outage(run_id: str) -> None:
+    started = _outages.get(run_id)
+    limit = current().tracking_outage_s
+    if started is not None and time.monotonic() - started > limit:
+        from .spool import Spool
+
+        raise TrackingUnavailableError(
+            f"MLflow at {redact_text(mlflow.get_tracking_uri())} has been unreachable for "
+            f"{time.monotonic() - started:.0f} s (limit SCIFLOW_TRACKING_OUTAGE_S={limit:.0f} s); run {run_id}'s "
+            f"tracking calls are kept in {Spool(run_id).path}: deliver them with `sciflow tracking flush` "
+            "once the server is back"
+        )
+
+
+def when_reachable(run_id: str, what: str, call: Callable[[], T]) -> T:
+    """``call()`` (a call that needs the server itself, e.g. a model registration) after run
+    ``run_id``'s spool is delivered; an outage is waited out up to the limit, then a
+    :class:`TrackingUnavailableError`."""
+    from .spool import is_outage
+
+    finish(run_id)
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            if not _remote() or not is_outage(exc):
+                raise
+            if run_id not in _outages:
+                _outages[run_id] = time.monotonic()
+                _say(f"MLflow unreachable while {what}; waiting for it (limit {current().tracking_outage_s:.0f} s)")
+            _check_outage(run_id)
+            time.sleep(RETRY_S)
+
+
+def finish(run_id: str, wait: bool = True) -> None:
+    """Deliver what run ``run_id`` spooled, waiting (``wait``) for the server up to the outage
+    limit; past it, a :class:`TrackingUnavailableError` naming the spool."""
+    while not deliver(run_id, force=True):
+        if not wait:
+            return
+        _outages.setdefault(run_id, time.monotonic())
+        _check_outage(run_id)
+        time.sleep(RETRY_S)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -620,9 +774,9 @@ class MethodRuns:
 
     def close(self, status: str = "FINISHED") -> None:
         """End every method's run with ``status``."""
-        c = client()
         for run_id in self._runs.values():
-            c.set_terminated(run_id, status)
+            write(run_id, "set_terminated", status=status)
+            finish(run_id, wait=status == "FINISHED")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -698,20 +852,22 @@ def log_model(
         model = copy.deepcopy(model).cpu()
     spec = Schema([TensorSpec(np.dtype(dtype), tuple(input_shape))])
     signature = ModelSignature(inputs=spec, outputs=spec if output else None)
-    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
-        info = mlflow.pytorch.log_model(
-            model,
-            name="model",
-            registered_model_name=name if register else None,
-            serialization_format="pickle",
-            signature=signature,
-            pip_requirements=model_requirements(),
-            code_paths=model_code_paths(),
-            await_registration_for=0,
-        )
-    if not register:
-        return None
-    return client().get_model_version(name, str(info.registered_model_version))
+
+    def log():
+        with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
+            info = mlflow.pytorch.log_model(
+                model,
+                name="model",
+                registered_model_name=name if register else None,
+                serialization_format="pickle",
+                signature=signature,
+                pip_requirements=model_requirements(),
+                code_paths=model_code_paths(),
+                await_registration_for=0,
+            )
+        return None if not register else client().get_model_version(name, str(info.registered_model_version))
+
+    return when_reachable(run_id, f"registering model {name}", log)
 
 
 def set_alias(name: str, alias: str, version: str | int) -> None:
@@ -779,11 +935,11 @@ def log_figure(run_id: str, fig, name: str, dpi: int = 80) -> None:
         path = Path(tmp) / Path(name).name
         fig.savefig(path, dpi=dpi)
         parent = str(Path(name).parent)
-        client().log_artifact(run_id, str(path), None if parent == "." else parent)
+        log_artifact(run_id, path, None if parent == "." else parent)
 
 
 def log_json(run_id: str, obj: Any, name: str) -> None:
-    client().log_text(run_id, json.dumps(obj, indent=2, default=str), name)
+    write(run_id, "log_text", text=json.dumps(obj, indent=2, default=str), artifact_file=name)
 
 
 def log_table(run_id: str, rows: list[dict], name: str = "comparison.json") -> None:
