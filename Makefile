@@ -37,11 +37,13 @@ stack: setup
 stack-down:
 	$(BIN)/sciflow stack down
 
+# a project-local state folder (SCIFLOW_HOME=$PWD/.sciflow make run); the default one is `sciflow config --get home`
 clean:
 	rm -rf .sciflow
 
 # Re-resolve requirements.lock and infra/build.lock from pyproject.toml's ranges (after changing a
-# dependency, or to take newer releases on purpose); commit both files. A failed resolution keeps the old lock.
+# dependency; current pins are kept where they still fit, `make lock UPGRADE=1` takes the newest releases);
+# commit both files. A failed resolution keeps the old lock.
 lock:
 	@test -x $(BIN)/python || python3.11 -m venv $(VENV)
-	$(BIN)/python infra/lock.py lock $(BIN)/python
+	$(BIN)/python infra/lock.py lock $(BIN)/python $(if $(UPGRADE),--upgrade)

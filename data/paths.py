@@ -1,24 +1,25 @@
-"""Where sciflow keeps its local state: the one resolver of ``$SCIFLOW_HOME``.
+"""Where sciflow keeps its local state: :func:`home`, the one resolver of the state folder.
 
 The dataset store (``datasets/``, ``chunks/``), model checkpoints (``models/``) and the local
-Prefect / MLflow state all live under :func:`home`. (A module named ``home`` would be shadowed by
-the function ``data.home``, hence ``paths``.)
+Prefect / MLflow state all live under :func:`home`: ``$SCIFLOW_HOME`` (or ``home`` in the settings
+file), else the absolute default ``$XDG_DATA_HOME/sciflow`` / ``~/.local/share/sciflow``
+(:mod:`data.settings`). (A module named ``home`` would be shadowed by the function ``data.home``,
+hence ``paths``.)
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from .settings import current, default_home, env_var
+
 #: the environment variable naming the state folder
-HOME_ENV = "SCIFLOW_HOME"
-#: the state folder when the variable is unset, relative to the working directory
-DEFAULT_HOME = ".sciflow"
+HOME_ENV = env_var("home")
 
 
 def home() -> Path:
-    """The state root, resolved to an absolute path: ``$SCIFLOW_HOME`` or ``./.sciflow``."""
-    return Path(os.environ.get(HOME_ENV, DEFAULT_HOME)).resolve()
+    """The state root, an absolute path (:attr:`data.settings.Settings.home`); nothing is created."""
+    return current().home
 
 
-__all__ = ["DEFAULT_HOME", "HOME_ENV", "home"]
+__all__ = ["HOME_ENV", "default_home", "home"]

@@ -241,7 +241,32 @@ def mat_to_csr(M) -> sp.csr_matrix:
     return sp.csr_matrix((data, indices, indptr), shape=M.getSize())
 
 
-class KSPSolver:
+class ScopedSolver:
+    """A PETSc solver object (a KSP, a TS) whose options live under a private prefix of the options
+    database for as long as the solver does. :meth:`close` (also on leaving a ``with`` block)
+    destroys the object and removes those options; it is idempotent. Subclasses keep the options
+    scope in ``_scope`` and destroy their PETSc object in :meth:`_destroy`."""
+
+    _scope: AbstractContextManager[str] | None = None
+
+    def _destroy(self) -> None:
+        """Destroy the PETSc object (if it still exists)."""
+
+    def close(self) -> None:
+        """Destroy the PETSc object and remove this solver's entries from the options database (idempotent)."""
+        self._destroy()
+        if self._scope is not None:
+            self._scope.__exit__(None, None, None)
+            self._scope = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class KSPSolver(ScopedSolver):
     """A reusable PETSc KSP configured from an options mapping, with optional fallbacks.
 
     ``nullspace`` (a vector) makes a singular operator solvable: ``b`` is projected orthogonal to it
@@ -290,7 +315,7 @@ class KSPSolver:
         self.failures: list[str] = []  # "[label] reason" of every failed attempt, in order
         self._option_failures = 0  # how many of them were options PETSc refused
         self._solves = 0
-        self._scope: AbstractContextManager[str] | None = None
+        self._scope = None
         self._prefix = ""
         self._dm = dm
         self._nullvec = None
@@ -444,23 +469,13 @@ class KSPSolver:
     def iterations(self) -> int:
         return self.ksp.getIterationNumber()
 
-    def close(self) -> None:
-        """Destroy the KSP and remove this solver's entries from the options database (idempotent)."""
+    def _destroy(self) -> None:
         if self.ksp is not None:
             self.ksp.destroy()
             self.ksp = None
-        if self._scope is not None:
-            self._scope.__exit__(None, None, None)
-            self._scope = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
-class TimeStepper:
+class TimeStepper(ScopedSolver):
     """A PETSc TS configured from an options mapping (under a private prefix), reused across
     initial conditions. Subclasses set up the problem on ``self.ts`` (RHS, Jacobian, DM), then
     call :meth:`configure`; :meth:`trajectory` steps to each output time exactly."""
@@ -470,7 +485,7 @@ class TimeStepper:
         self.options = dict(options)
         scope = options_scope(options, stem=stem)
         self._prefix = scope.__enter__()
-        self._scope: AbstractContextManager[str] | None = scope
+        self._scope = scope
         self.ts = PETSc.TS().create(comm=PETSc.COMM_SELF)
         self.ts.setOptionsPrefix(self._prefix)
         self.ts.setExactFinalTime(PETSc.TS.ExactFinalTime.MATCHSTEP)
@@ -528,20 +543,10 @@ class TimeStepper:
             out.append(u.getArray().copy())
         return np.stack(out)
 
-    def close(self) -> None:
-        """Destroy the TS and remove this stepper's options from the database (idempotent)."""
+    def _destroy(self) -> None:
         if self.ts is not None:
             self.ts.destroy()
             self.ts = None
-        if self._scope is not None:
-            self._scope.__exit__(None, None, None)
-            self._scope = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 __all__ = [
@@ -549,6 +554,7 @@ __all__ = [
     "KSPSolver",
     "PetscOptionError",
     "SciflowError",
+    "ScopedSolver",
     "SolverDivergedError",
     "TimeStepper",
     "known_types",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Any, ClassVar, Literal, Self, cast, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
@@ -58,10 +58,21 @@ class _SpecBase(BaseModel):
         "e.g. {'ksp_type': 'cg', 'pc_type': 'gamg'}; merged over the family defaults",
     )
 
+    #: pairs of fields ``(low, high)`` of a range, checked ``low < high``
+    ranges: ClassVar[tuple[tuple[str, str], ...]] = ()
+
     @field_validator("petsc_options", mode="before")
     @classmethod
     def _stringify_options(cls, v: object) -> object:
         return _stringify_petsc_options(v)
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> Self:
+        for low, high in self.ranges:
+            lo, hi = getattr(self, low), getattr(self, high)
+            if not lo < hi:
+                raise ValueError(f"{low} ({lo}) must be below {high} ({hi})")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -199,12 +210,7 @@ class LotkaVolterraSpec(_SpecBase):
     y0_high: float = Field(2.5, gt=0)
     t_final: float = Field(2.0, gt=0, le=1e4)
     n_times: int = Field(20, ge=1, le=100_000)
-
-    @model_validator(mode="after")
-    def _check_range(self) -> LotkaVolterraSpec:
-        if not self.y0_low < self.y0_high:
-            raise ValueError(f"y0_low ({self.y0_low}) must be below y0_high ({self.y0_high})")
-        return self
+    ranges = (("y0_low", "y0_high"),)
 
     def default_petsc_options(self) -> PetscOptions:
         return {"ts_type": "rk", "ts_rk_type": "5dp", "ts_adapt_type": "basic", "ts_rtol": "1e-10", "ts_atol": "1e-10"}
@@ -307,12 +313,7 @@ class DiffusionSorptionSpec(_SpecBase):
         description="regularisation of the singular power: u^(n_f - 1) is evaluated as "
         "(max(u, 0) + u_floor)^(n_f - 1) (PDEBench: 1e-6)",
     )
-
-    @model_validator(mode="after")
-    def _check_ic_range(self) -> DiffusionSorptionSpec:
-        if not self.ic_low < self.ic_high:
-            raise ValueError(f"ic_low ({self.ic_low}) must be below ic_high ({self.ic_high})")
-        return self
+    ranges = (("ic_low", "ic_high"),)
 
     def default_petsc_options(self) -> PetscOptions:
         return {
@@ -331,14 +332,9 @@ class DiffusionSorptionSpec(_SpecBase):
 #: any one family's spec (for annotations); :data:`PDESpec` is the same union, discriminated by ``family``
 AnySpec = PoissonSpec | DarcySpec | HeatSpec | LotkaVolterraSpec | NavierStokesSpec | DiffusionSorptionSpec
 PDESpec = Annotated[AnySpec, Field(discriminator="family")]
-FAMILIES: dict[str, type[_SpecBase]] = {
-    "poisson": PoissonSpec,
-    "darcy": DarcySpec,
-    "heat": HeatSpec,
-    "lotka_volterra": LotkaVolterraSpec,
-    "navier_stokes": NavierStokesSpec,
-    "diffusion_sorption": DiffusionSorptionSpec,
-}
+#: family name -> spec model, the one registry of PDE families (derived from :data:`AnySpec`); the
+#: generator of family ``name`` is the module ``data.pdes.<name>`` (:func:`data.pdes.family_module`)
+FAMILIES: dict[str, type[_SpecBase]] = {cls.model_fields["family"].default: cls for cls in get_args(AnySpec)}
 
 _ADAPTER: TypeAdapter = TypeAdapter(PDESpec)
 

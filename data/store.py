@@ -1,6 +1,6 @@
 """The dataset store: specs -> datasets by chunked generation, manifests, find and verified loads.
 
-Layout under the store root (``$SCIFLOW_HOME``, default ``./.sciflow``)::
+Layout under the store root (:func:`data.paths.home`: ``$SCIFLOW_HOME``, default ``~/.local/share/sciflow``)::
 
     datasets/<family>-<spec hash[:16]>/
         train.h5, test.h5      one file per split; arrays + attrs (spec JSON, axes, digest)

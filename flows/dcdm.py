@@ -10,17 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import settings
+from prefect import get_run_logger
 
-settings.configure()
+from operators import load_checkpoint
+from operators.dcdm import DCDMTrainConfig
 
-from prefect import flow, get_run_logger  # noqa: E402
-
-from operators import load_checkpoint  # noqa: E402
-from operators.dcdm import DCDMTrainConfig  # noqa: E402
-
-from . import plots, tracking  # noqa: E402
-from .names import run_name  # noqa: E402
+from . import plots, settings, tracking
+from .names import run_name
+from .progress import Progress
+from .settings import flow
 
 
 def checkpoint_path(cfg: DCDMTrainConfig) -> Path:
@@ -28,23 +26,10 @@ def checkpoint_path(cfg: DCDMTrainConfig) -> Path:
 
 
 def _register(run_id: str, model, cfg: DCDMTrainConfig) -> None:
-    """Log the model to the run and register it. Pickle format, not MLflow's default traced
-    'pt2': a traced graph would fix the grid size, and the network must run at any size."""
-    import mlflow
-    import mlflow.pytorch
-    import numpy as np
-
-    example = np.zeros((1, 1, *(cfg.n,) * cfg.dim), dtype=np.float32)
-    with mlflow.start_run(run_id=run_id):
-        mlflow.pytorch.log_model(
-            model,
-            name="model",
-            registered_model_name=f"dcdm-{cfg.dim}d",
-            serialization_format="pickle",
-            input_example=example,
-            pip_requirements=["torch==2.13.0"],
-            await_registration_for=0,
-        )
+    """Log the model to the run and register it as ``dcdm-<dim>d`` (:func:`flows.tracking.log_model`:
+    pickled with the project's code and pinned requirements, so it loads outside the repository;
+    any grid size: the network is convolutional)."""
+    tracking.log_model(run_id, model, f"dcdm-{cfg.dim}d", (-1, 1, *(-1,) * cfg.dim))
 
 
 @flow(name="train-dcdm", validate_parameters=True, flow_run_name=run_name("train-dcdm-n{config.n}-{config.dim}d"))
@@ -67,16 +52,19 @@ def train_dcdm(
         {"sciflow.stage": "train-dcdm"},
         parent_run_id,
     ) as run_id:
+        progress = Progress(config.epochs, f"train-dcdm {config.key()}", unit="epoch")
 
         def on_epoch(epoch: int, row: dict) -> None:
+            progress.set(epoch)
             tracking.log_metrics(run_id, {"loss": row["loss"], "epoch_seconds": row["seconds"]}, step=epoch)
             logger.info("epoch %d/%d loss %.4e (%.1f s)", epoch, config.epochs, row["loss"], row["seconds"])
 
-        model, history = train(config, checkpoint=ckpt, on_epoch=on_epoch)
+        with progress:
+            model, history = train(config, checkpoint=ckpt, on_epoch=on_epoch)
         fig = plots.loss_plot(history, f"DCDM training, {config.n}^{config.dim}")
         tracking.log_figure(run_id, fig, "loss.png")
         plots.plt.close(fig)
-        tracking.client().log_artifact(run_id, str(ckpt), "checkpoint")
+        tracking.log_artifact(run_id, ckpt, "checkpoint")
         if register_model:
             _register(run_id, model, config)
     return str(ckpt)

@@ -2,7 +2,8 @@
 
     python -m flows.docs_tables            # print every table
     python -m flows.docs_tables --write    # replace the block between <!-- table:NAME --> and
-                                           # <!-- /table:NAME --> in docs/NAME.md, for every benchmark
+                                           # <!-- /table:NAME --> in docs/NAME.md, for every benchmark,
+                                           # and the settings table in docs/configuration.md
 
 One table per benchmark of :data:`flows.benchmarks.BENCHMARKS` (:data:`TABLES`, in registry
 order), each rendered from ``results/<name>-small.json`` by the function registered for that name
@@ -73,6 +74,16 @@ ODE_COLS = [
     "train_time_ratio",
     "train_time_vs_global",
 ]
+ODE_VARIANT_COLS = [
+    "method",
+    "reference",
+    "value",
+    "predict_nfe",
+    "nfe_vs_reference",
+    "metric_vs_reference",
+    "train_seconds",
+    "train_time_vs_reference",
+]
 
 
 def results_path(name: str, scale: str = "small") -> Path:
@@ -117,10 +128,20 @@ def linear(path: str | Path | None = None) -> str:
 
 @renders("neural-odes")
 def neural_odes(path: str | Path | None = None) -> str:
-    return (
-        format_table(_rows("neural-odes", path), ODE_COLS)
-        + "\n\n![prediction NFE over training](../results/neural-odes-small-nfe_over_training.png)"
-    )
+    rows = _rows("neural-odes", path)
+    main = [r for r in rows if not r.get("reference") and not str(r["problem"]).startswith("sde-")]
+    sde = [r for r in rows if str(r["problem"]).startswith("sde-")]
+    variants = [r for r in rows if r.get("reference")]
+    parts = [format_table(main, ODE_COLS)]
+    if variants:
+        parts.append(
+            "Variants on digits, each against the run it varies (`reference`):\n\n"
+            + format_table(variants, ODE_VARIANT_COLS)
+        )
+    if sde:
+        parts.append("Neural SDEs (`operators.node.sde`):\n\n" + format_table(sde, ODE_COLS[:-1]))
+    parts.append("![prediction NFE over training](../results/neural-odes-small-nfe_over_training.png)")
+    return "\n\n".join(parts)
 
 
 OPT_HS_COLS = [
@@ -286,9 +307,22 @@ def rendered(text: str, name: str, body: str) -> str:
     return pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
 
 
+#: The settings table's page (rendered from :class:`data.settings.Settings` by :func:`flows.settings.settings_table`).
+SETTINGS_PAGE = "configuration.md"
+
+
+def write_settings(docs: str | Path = "docs") -> Path:
+    """Regenerate the table of every ``SCIFLOW_*`` setting in ``docs/configuration.md``."""
+    from .settings import settings_table
+
+    path = Path(docs) / SETTINGS_PAGE
+    path.write_text(rendered(path.read_text(), "settings", settings_table()))
+    return path
+
+
 def write(docs: str | Path = "docs") -> list[Path]:
-    """Regenerate every benchmark's table in its docs page; returns the pages written."""
-    written = []
+    """Regenerate every benchmark's table in its docs page, and the settings table; returns the pages written."""
+    written = [write_settings(docs)]
     for name, render in TABLES.items():
         try:
             body = render()

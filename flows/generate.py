@@ -28,26 +28,23 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from . import settings
+from prefect import get_run_logger, task
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import Field
 
-settings.configure()
+import data
+from data.settings import current
+from data.spec import DarcySpec, PDESpec
+from data.store import ChunkRef, DatasetRef
 
-from typing import Annotated  # noqa: E402
-
-from prefect import flow, get_run_logger, task  # noqa: E402
-from prefect.cache_policies import INPUTS, TASK_SOURCE  # noqa: E402
-from prefect.futures import as_completed  # noqa: E402
-from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
-from pydantic import Field  # noqa: E402
-
-import data  # noqa: E402
-from data.spec import DarcySpec, PDESpec  # noqa: E402
-from data.store import ChunkRef, DatasetRef  # noqa: E402
-
-from . import plots, tracking  # noqa: E402
-from .results import publish  # noqa: E402
+from . import plots, tracking
+from .progress import Progress
+from .results import publish
+from .settings import flow, route_library_logs
 
 
 def _transient(task, task_run, state) -> bool:
@@ -78,6 +75,7 @@ def _chunk_run_name() -> str:
 def generate_chunk(spec: PDESpec, split: str, start: int, stop: int, root: str, run_id: str | None = None) -> ChunkRef:
     """PETSc-solve samples ``start:stop`` of ``split`` into a chunk file (path + digest); log
     its throughput to the flow's MLflow run by id (MLflow's active run is thread-local)."""
+    route_library_logs()  # PETSc fallback warnings reach this task run's logs, on a Dask worker too
     t0 = time.perf_counter()
     ref = data.generate_chunk(spec, split, start, stop, root)
     seconds = time.perf_counter() - t0
@@ -95,9 +93,6 @@ def generate_chunk(spec: PDESpec, split: str, start: int, stop: int, root: str, 
 def assemble_dataset(spec: PDESpec, chunks: list[ChunkRef], root: str) -> DatasetRef:
     """Concatenate verified chunks into split files + manifest (atomic writes)."""
     return data.assemble(spec, chunks, root)
-
-
-DASK_ADDRESS_ENV = "SCIFLOW_DASK_ADDRESS"
 
 
 def _logger():
@@ -124,7 +119,7 @@ def dask_task_runner(address: str | None = None, n_workers: int = 2):
     from prefect.client.orchestration import get_client
     from prefect_dask import DaskTaskRunner
 
-    address = address or os.environ.get(DASK_ADDRESS_ENV) or None
+    address = address or current().dask_address
     if address:
         if not os.environ.get("PREFECT_API_URL"):
             _logger().warning(
@@ -245,7 +240,8 @@ def generate_dataset(
         total = sum(stop - start for _, start, stop in plan)
         logger.info("%s: %d samples in %d chunks (spec %s)", spec.family, total, len(plan), data.spec_hash(spec)[:12])
         chunks, done = [], 0
-        with _chunk_submitter(runner, dask_address, dask_workers) as submit:
+        progress = Progress(len(plan), f"generate-dataset {spec.family}", unit="chunk")
+        with _chunk_submitter(runner, dask_address, dask_workers) as submit, progress:
             futures = {
                 submit(spec, split, start, stop, root, run_id): (split, start, stop) for split, start, stop in plan
             }
@@ -253,6 +249,7 @@ def generate_dataset(
                 split, start, stop = futures[fut]
                 chunks.append(_ensure_chunk(spec, split, start, stop, root, fut))
                 done += stop - start
+                progress.update()
                 logger.info("progress %d/%d samples (%.0f%%)", done, total, 100.0 * done / total)
         ref = assemble_dataset(spec, chunks, root)
         seconds = time.perf_counter() - t0
@@ -283,5 +280,5 @@ def get_dataset(spec: PDESpec, parent_run_id: str | None = None) -> DatasetRef:
 
     if FlowRunContext.get() is None:
         return data.generate(spec, progress=False)
-    runner: Literal["threads", "dask"] = "dask" if os.environ.get(DASK_ADDRESS_ENV) else "threads"
+    runner: Literal["threads", "dask"] = "dask" if current().dask_address else "threads"
     return generate_dataset(spec=spec, parent_run_id=parent_run_id, runner=runner)

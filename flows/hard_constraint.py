@@ -6,7 +6,9 @@ PI-HC-MoE model (physics-only: the trajectories are used for the test error only
 checkpoint every ``checkpoint_every`` steps under
 ``$SCIFLOW_HOME/models/hard-<config hash>-<dataset digest[:12]>/checkpoint.pt`` (a rerun resumes,
 or returns at once when finished), logs the loss terms, LM iterations and condition numbers per
-logged step, the test metrics and a truth / prediction / error figure to MLflow.
+logged step, the test metrics and a truth / prediction / error figure to MLflow, and registers the
+model as ``hard-<problem>-<label>`` (``label`` as the benchmark names it: ``soft-pinn``, ``pi-hc``,
+``pi-hc-moe-k4``, ...).
 """
 
 from __future__ import annotations
@@ -14,19 +16,19 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Annotated
 
-from . import settings
+from prefect import get_run_logger
+from pydantic import Field
 
-settings.configure()
+from data.spec import DiffusionSorptionSpec, HeatSpec
+from operators.hard import HardModelConfig, HardTrainConfig
 
-from prefect import flow, get_run_logger  # noqa: E402
-
-from data.spec import DiffusionSorptionSpec, HeatSpec  # noqa: E402
-from operators.hard import HardModelConfig, HardTrainConfig  # noqa: E402
-
-from . import plots, tracking  # noqa: E402
-from .names import run_name  # noqa: E402
-from .scales import Scale  # noqa: E402
+from . import plots, settings, tracking
+from .names import run_name
+from .progress import Progress
+from .scales import Scale
+from .settings import flow
 
 
 def checkpoint_path(cfg: HardTrainConfig, digest: str) -> Path:
@@ -44,9 +46,10 @@ DEFAULT_CONFIG = HardTrainConfig(model=HardModelConfig(experts=(1, 4), points=10
     flow_run_name=run_name("train-hard-constraint-{config.model.mode}-{dataset.family}"),
 )
 def train_hard_constraint(
-    dataset: DiffusionSorptionSpec | HeatSpec = DEFAULT_DATA,
+    dataset: Annotated[DiffusionSorptionSpec | HeatSpec, Field(discriminator="family")] = DEFAULT_DATA,
     config: HardTrainConfig = DEFAULT_CONFIG,
     parent_run_id: str | None = None,
+    register_model: bool = True,
 ) -> dict:
     """Train one soft / hard / MoE model on ``dataset`` (diffusion-sorption, or heat with ``dim=2``);
     returns the test metrics (``rel_l2``, ``residual``, ``conditions``, ``infer_seconds``, jumps) and the checkpoint."""
@@ -78,8 +81,10 @@ def train_hard_constraint(
         if done:
             logger.info("model already trained (%d steps): %s", config.steps, ckpt)
         else:
+            progress = Progress(config.steps, f"train-hard-constraint {label}", unit="step")
 
             def on_epoch(step: int, row: dict) -> None:
+                progress.set(step)
                 tracking.log_metrics(run_id, {k: v for k, v in row.items() if k != "step"}, step=step)
                 logger.info(
                     "step %d/%d loss %.4g (pde %.3g, conditions %.3g) %.3f s/step",
@@ -91,7 +96,8 @@ def train_hard_constraint(
                     row["seconds"],
                 )
 
-            train(config, pde, u0, checkpoint=ckpt, on_epoch=on_epoch, log_every=max(config.steps // 20, 1))
+            with progress:
+                train(config, pde, u0, checkpoint=ckpt, on_epoch=on_epoch, log_every=max(config.steps // 20, 1))
         model = model_from_checkpoint(ckpt, kind="hard", pde=pde)
         metrics = evaluate(model, u0_test, u_test)
         tracking.log_metrics(run_id, {f"test_{k}": v for k, v in metrics.items()})
@@ -100,7 +106,12 @@ def train_hard_constraint(
         fig = plots.space_time_predictions(u_test[0], {label: pred}, pde.grid, title=pde.name)
         tracking.log_figure(run_id, fig, "predictions.png")
         plots.plt.close(fig)
-        tracking.client().log_artifact(run_id, str(ckpt), "checkpoint")
+        tracking.log_artifact(run_id, ckpt, "checkpoint")
+        if register_model:
+            from .benchmarks.hard_constraints import model_label
+
+            name = f"hard-{pde.name}-{model_label(config.model.model_dump())}"
+            tracking.log_model(run_id, model, name, (-1, *(-1,) * (len(pde.grid) - 1)), output=False)
     logger.info(
         "test relative L2 %.4f, residual %.3g, conditions %.3g",
         metrics["rel_l2"],

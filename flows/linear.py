@@ -6,14 +6,9 @@ The DCDM networks it compares are trained (or reused) through the ``train-dcdm``
 
 from __future__ import annotations
 
-from . import settings
-
-settings.configure()
-
-from prefect import flow
-
-from .names import run_name  # noqa: E402
+from .names import run_name
 from .scales import Scale
+from .settings import flow
 
 
 @flow(name="benchmark-linear-solvers", validate_parameters=True, flow_run_name=run_name("bench-linear-{scale}"))

@@ -26,8 +26,6 @@ from pathlib import Path
 
 from . import settings
 
-settings.configure()
-
 # Newton-SQP converges on each in < 0.2 s with 4-18 iterations (each one MLflow metric batch).
 PROBLEMS = (
     "bt2",
@@ -49,7 +47,7 @@ PROBLEMS = (
 )
 DEPLOYMENT = "optimize/optimize"
 ERROR = re.compile(r"database is locked|Traceback|\bERROR\b|\bFATAL\b|\bPANIC\b")
-# The first runs on a fresh store race to create the `sciflow` experiment; PostgreSQL logs the
+# The first runs on a fresh store race to create the `sciflow-training` experiment; PostgreSQL logs the
 # losers' unique-key violation, and tracking.experiment_id reads the winner's. Handled, not an error.
 HANDLED = re.compile(r'duplicate key value violates unique constraint "uq_experiments_workspace_name"')
 
@@ -163,10 +161,10 @@ def check_mlflow(flow_runs: dict[str, object], since: float) -> dict:
     ``optimize`` run started after ``since`` (epoch seconds)."""
     import mlflow
 
-    from .tracking import EXPERIMENT
+    from .tracking import experiment_name
 
     c = mlflow.MlflowClient()
-    exp = c.get_experiment_by_name(EXPERIMENT)
+    exp = c.get_experiment_by_name(experiment_name("training"))  # where top-level optimize runs go
     found = defaultdict(list)
     for run in (
         c.search_runs([exp.experiment_id], "tags.`prefect.deployment` = 'optimize'", max_results=5000) if exp else []

@@ -2,24 +2,22 @@
 
 ``train-neural-ode`` checkpoints every epoch under
 ``$SCIFLOW_HOME/models/node-<config key>/checkpoint.pt`` (a rerun resumes, or returns at once when
-finished) and logs that checkpoint as the run's model.
+finished), logs that checkpoint, and registers the model as ``node-<task>-<regularizer>``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from . import settings
+from prefect import get_run_logger
 
-settings.configure()
+from operators.node import ODETrainConfig
 
-from prefect import flow, get_run_logger  # noqa: E402
-
-from operators.node import ODETrainConfig  # noqa: E402
-
-from . import tracking  # noqa: E402
-from .names import run_name  # noqa: E402
-from .scales import Scale  # noqa: E402
+from . import settings, tracking
+from .names import run_name
+from .progress import Progress
+from .scales import Scale
+from .settings import flow
 
 
 def checkpoint_path(cfg: ODETrainConfig) -> Path:
@@ -31,10 +29,13 @@ def checkpoint_path(cfg: ODETrainConfig) -> Path:
     validate_parameters=True,
     flow_run_name=run_name("train-neural-ode-{config.task}-{config.regularizer}"),
 )
-def train_neural_ode(config: ODETrainConfig = ODETrainConfig(), parent_run_id: str | None = None) -> dict:
+def train_neural_ode(
+    config: ODETrainConfig = ODETrainConfig(), parent_run_id: str | None = None, register_model: bool = True
+) -> dict:
     """Train one neural ODE (or resume it); per-epoch NFE (train and predict), times and the task
-    metric go to MLflow; the checkpoint is logged as the model artifact. Returns the last epoch's row."""
-    from operators.node import train
+    metric go to MLflow; the checkpoint is logged (artifact ``checkpoint``) and the model registered
+    as ``node-<task>-<regularizer>``. Returns the last epoch's row."""
+    from operators.node import load_task, train
 
     logger = get_run_logger()
     with tracking.mlflow_run(
@@ -43,14 +44,22 @@ def train_neural_ode(config: ODETrainConfig = ODETrainConfig(), parent_run_id: s
         {"sciflow.stage": "train-neural-ode"},
         parent_run_id,
     ) as run_id:
+        progress = Progress(config.epochs, f"train-neural-ode {config.task}-{config.regularizer}", unit="epoch")
 
         def on_epoch(epoch: int, row: dict) -> None:
+            progress.set(epoch)
             tracking.log_metrics(run_id, {k: v for k, v in row.items() if k != "epoch"}, step=epoch)
             logger.info("epoch %d/%d loss %.4g predict NFE %d", epoch, config.epochs, row["loss"], row["predict_nfe"])
 
         ckpt = checkpoint_path(config)
-        _, history = train(config, checkpoint=ckpt, on_epoch=on_epoch)
-        tracking.client().log_artifact(run_id, str(ckpt), "model")
+        with progress:
+            model, history = train(config, checkpoint=ckpt, on_epoch=on_epoch)
+        tracking.log_artifact(run_id, ckpt, "checkpoint")
+        if register_model:
+            d_in = load_task(config.task).d_in
+            tracking.log_model(
+                run_id, model, f"node-{config.task}-{config.regularizer}", (-1, d_in), dtype=config.dtype, output=False
+            )
     return history[-1]
 
 

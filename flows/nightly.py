@@ -23,27 +23,22 @@ the parent MLflow run FAILED with the list) unless ``fail_on_regression`` is off
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Annotated, Literal
 
-from . import settings
+from prefect import get_run_logger
+from pydantic import Field
 
-settings.configure()
+import data
+from data.errors import InputError, SciflowError
+from data.spec import PDESpec
 
-from typing import Annotated  # noqa: E402
-
-from prefect import flow, get_run_logger  # noqa: E402
-from pydantic import Field  # noqa: E402
-
-import data  # noqa: E402
-from data.errors import InputError, SciflowError  # noqa: E402
-from data.spec import PDESpec  # noqa: E402
-
-from . import regression, tracking  # noqa: E402
-from .benchmarks import BENCHMARKS, Benchmark  # noqa: E402
-from .generate import generate_dataset, spec_label  # noqa: E402
-from .names import run_name  # noqa: E402
-from .results import format_by, format_table, publish  # noqa: E402
-from .scales import Scale, check_scale  # noqa: E402
+from . import regression, tracking
+from .benchmarks import BENCHMARKS, Benchmark
+from .generate import generate_dataset, spec_label
+from .names import run_name
+from .results import format_by, format_table, publish
+from .scales import Scale, check_scale
+from .settings import flow
 
 #: Stage (= the benchmark's flow name) -> its benchmark, for every benchmark marked ``stage``, in
 #: registry order.
@@ -79,11 +74,12 @@ def deployment_for(stage: str, gpu_stages: list[str]) -> str:
     return f"{stage}/{GPU_DEPLOYMENT if stage in gpu_stages else stage}"
 
 
-def _stage_results_run(client, flow_run_id: str, benchmark: str):
+def _stage_results_run(client, flow_run_id: str, benchmark: str, run_id: str):
     """The MLflow run a dispatched benchmark flow run logged its table to (tagged with its
-    Prefect flow-run id by ``flows.tracking``)."""
+    Prefect flow-run id by ``flows.tracking``; nested under the night's run ``run_id``, so in
+    the night's experiment)."""
     runs = client.search_runs(
-        [tracking.experiment_id()],
+        [client.get_run(run_id).info.experiment_id],
         filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}' and tags.`sciflow.stage` = 'bench-{benchmark}'",
         max_results=2,
     )
@@ -134,7 +130,7 @@ def _dispatch(stage: str, scale: str, run_id: str, deployment: str, timeout_s: f
             f"{stage}: flow run {child.name} ({child.id}) of {deployment} ended {state.name}: {state.message}"
         )
     client = tracking.client()
-    run = _stage_results_run(client, str(child.id), benchmark)
+    run = _stage_results_run(client, str(child.id), benchmark, run_id)
     rows = regression.run_rows(client, run.info.run_id, f"results/bench-{benchmark}-{scale}.json")
     logger.info("%s: flow run %s completed, %d rows (MLflow run %s)", stage, child.name, len(rows), run.info.run_id)
     return rows
@@ -299,17 +295,34 @@ if missing := [b.name for b in STAGES.values() if b.name not in SUMMARIES]:
     )
 
 
-def _results_section(client, rows: list[dict], scale: str, run_id: str) -> str:
+def _results_section(client, rows: list[dict], scale: str, run_id: str) -> tuple[str, str]:
     """The report's second half: the overview figure (logged beside ``report.md`` as
-    ``nightly-<scale>.png``), every stage's table, and where each stage's own plots are."""
+    ``nightly-<scale>.png``), every stage's table, and where each stage's own plots are.
+
+    Returned twice: for ``report.md`` in MLflow (the figure by its relative artifact path) and
+    for the Prefect markdown artifact, whose UI cannot resolve a relative path: there the figure
+    is inline, a small PNG (dpi 60) as a base64 ``data:`` URI, which Prefect's markdown renderer
+    shows as an ``<img>`` with no server and no credentials in between (with a tracking server,
+    a link to the full-size artifact follows it)."""
+    import base64
+    import io
+
     from .plots import nightly_overview
 
-    lines = ["", f"# Results (scale={scale})", ""]
+    head = ["", f"# Results (scale={scale})", ""]
+    inline = list(head)
     fig = nightly_overview(rows, title=f"nightly-benchmark, scale={scale}")
     if fig is not None:
         tracking.log_figure(run_id, fig, f"nightly-{scale}.png")
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=60)
         fig.clf()
-        lines += [f"![overview: one headline metric per stage](nightly-{scale}.png)", ""]
+        alt = "overview: one headline metric per stage"
+        head += [f"![{alt}](nightly-{scale}.png)", ""]
+        inline += [f"![{alt}](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()})", ""]
+        if url := tracking.artifact_url(run_id, f"nightly-{scale}.png"):
+            inline += [f"[full-size figure in MLflow]({url})", ""]
+    lines = []
     groups: dict[str, list[dict]] = {}
     for row in rows:
         groups.setdefault(row["stage"], []).append(row)
@@ -321,7 +334,8 @@ def _results_section(client, rows: list[dict], scale: str, run_id: str) -> str:
             "",
         ]
     plots = []
-    children = client.search_runs([tracking.experiment_id()], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
+    experiment = client.get_run(run_id).info.experiment_id
+    children = client.search_runs([experiment], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
     for child in sorted(children, key=lambda r: r.info.start_time or 0):
         pngs = [a.path for a in client.list_artifacts(child.info.run_id) if a.path.endswith(".png")]
         if pngs:
@@ -330,34 +344,75 @@ def _results_section(client, rows: list[dict], scale: str, run_id: str) -> str:
             )
     if plots:
         lines += ["## Plots of each stage", "", *plots, ""]
-    return "\n".join(lines)
+    return "\n".join(head + lines), "\n".join(inline + lines)
+
+
+#: A night's stages as they read in its metric names (``operators/<method>/<problem>/<field>``):
+#: the benchmark's name, ``data`` for dataset generation.
+STAGE_NAMES: dict[str, str] = {"generate-dataset": "data", **{stage: b.name for stage, b in STAGES.items()}}
+
+#: The alias the nightly moves to every model version it trained.
+ALIAS = "nightly"
+
+
+def _log_night(run_id: str, rows: list[dict]) -> None:
+    """The night's rows as MLflow data on its run: every number as a metric
+    ``<stage>/<method>/<problem>/<field>`` (:func:`flows.regression.flatten_rows`), digests as
+    tags of the same names, and the rows as the table ``comparison.json``."""
+    metrics, tags = regression.flatten_rows(rows, STAGE_NAMES)
+    tracking.log_metrics(run_id, metrics)
+    tracking.log_tags(run_id, tags)
+    tracking.log_table(run_id, rows)
+
+
+def _night_models(client, run_id: str) -> list:
+    """The model versions registered by the runs of this night (any run nested under ``run_id``:
+    the method runs of each benchmark, ``train-dcdm``), the newest per name, sorted by name."""
+    experiment = client.get_run(run_id).info.experiment_id
+    ids, frontier = [], [run_id]
+    while frontier:  # the night's tree, level by level
+        level = []
+        for parent in frontier:
+            level += [
+                r.info.run_id
+                for r in client.search_runs(
+                    [experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'", max_results=1000
+                )
+            ]
+        ids += level
+        frontier = level
+    newest: dict[str, object] = {}
+    for i in range(0, len(ids), 50):
+        quoted = ", ".join(f"'{r}'" for r in ids[i : i + 50])
+        for version in client.search_model_versions(f"run_id IN ({quoted})"):
+            if version.name not in newest or int(version.version) > int(newest[version.name].version):  # type: ignore[attr-defined]
+                newest[version.name] = version
+    return [newest[n] for n in sorted(newest)]
 
 
 class RegressionError(SciflowError, RuntimeError):
     """A metric got worse than the previous successful night by more than the threshold."""
 
 
-def _regression_check(scale: str, rows: list[dict], run_id: str, threshold: float) -> list[dict]:
-    """Compare ``rows`` with the previous successful nightly run at ``scale``; write the report
-    (Prefect markdown artifact ``nightly-<scale>-regressions``, MLflow ``report.md``) and return
-    the comparison. Wall-clock metrics are left out at ``smoke`` scale (milliseconds of noise)."""
+def _regression_check(
+    scale: str, rows: list[dict], run_id: str, threshold: float, models: list | None = None
+) -> list[dict]:
+    """Compare ``rows`` with the previous successful nightly run at ``scale`` (its metrics, read
+    back into rows); write the report (Prefect markdown artifact ``nightly-<scale>-regressions``,
+    MLflow ``report.md``), listing the ``models`` aliased tonight, and return the comparison.
+    Wall-clock metrics are left out at ``smoke`` scale (milliseconds of noise)."""
     from prefect.artifacts import create_markdown_artifact
     from prefect.runtime import flow_run
 
     logger = get_run_logger()
     client = tracking.client()
-    previous = regression.find_previous_run(client, tracking.experiment_id(), scale, exclude_run_id=run_id)
+    experiment = client.get_run(run_id).info.experiment_id
+    previous = regression.find_previous_run(client, experiment, scale, exclude_run_id=run_id)
     prev_rows: list[dict] = []
     if previous is not None:
-        try:
-            prev_rows = regression.previous_rows(client, previous.info.run_id, scale)
-        except Exception as exc:  # an old run without the artifact, or an unreadable one: no baseline
-            logger.warning(
-                "previous night %s has no readable %s (%s); not comparing",
-                previous.info.run_id,
-                regression.results_artifact(scale),
-                exc,
-            )
+        prev_rows = regression.rows_from_run(previous, STAGE_NAMES)
+        if not prev_rows:  # a night from before its rows were metrics: no baseline
+            logger.warning("previous night %s has no row metrics; not comparing", previous.info.run_id)
             previous = None
     metrics = regression.METRICS if scale != "smoke" else regression.without_timings()
     comparison = regression.compare(rows, prev_rows, threshold, metrics) if previous is not None else []
@@ -374,8 +429,14 @@ def _regression_check(scale: str, rows: list[dict], run_id: str, threshold: floa
     )
     if scale == "smoke":
         report += "\nWall-clock metrics are not compared at scale=smoke.\n"
-    report += _results_section(client, rows, scale, run_id)
-    client.log_text(run_id, report, "report.md")
+    if models:
+        report += (
+            f"\n## Models trained tonight\n\n`@{ALIAS}` moves to these versions when the night passes "
+            f'(load one with `mlflow.pytorch.load_model("models:/NAME@{ALIAS}")`):\n\n'
+            + "".join(f"- `{v.name}` version {v.version}\n" for v in models)
+        )
+    results, results_inline = _results_section(client, rows, scale, run_id)
+    client.log_text(run_id, report + results, "report.md")
     bad = regression.regressions(comparison)
     tracking.log_metrics(run_id, {"regressions": len(bad)})
     client.set_tag(run_id, "sciflow.regressions", str(len(bad)))
@@ -383,7 +444,7 @@ def _regression_check(scale: str, rows: list[dict], run_id: str, threshold: floa
         client.set_tag(run_id, "sciflow.baseline_run_id", previous.info.run_id)
     if flow_run.id:
         create_markdown_artifact(
-            markdown=report,
+            markdown=report + results_inline,
             key=f"nightly-{scale}-regressions",
             description=f"nightly-benchmark scale={scale}: tonight vs the previous successful night",
         )
@@ -484,9 +545,11 @@ def nightly_benchmark(
         for stage, stage_rows in by_stage.items():
             rows += [{"stage": stage, **row} for row in SUMMARIES[STAGES[stage].name](stage_rows, scale)]
         tracking.log_metrics(run_id, {"rows": len(rows), "seconds_total": time.perf_counter() - t_start})
+        _log_night(run_id, rows)
         publish(f"nightly-{scale}", rows, {"scale": scale}, run_id, description=f"nightly benchmark at scale={scale}")
         logger.info("nightly results\n%s", format_by(rows, "stage"))
-        comparison = _regression_check(scale, rows, run_id, regression_threshold)
+        models = _night_models(tracking.client(), run_id)
+        comparison = _regression_check(scale, rows, run_id, regression_threshold, models)
         bad = regression.regressions(comparison)
         if bad:
             message = regression.summary(comparison, regression_threshold)
@@ -495,4 +558,9 @@ def nightly_benchmark(
             logger.warning("%s\n(fail_on_regression is off: the run completes)", message)
         elif comparison:
             logger.info("no regressions against the previous night (%d metrics compared)", len(comparison))
+        for version in models:  # a night that passes moves @nightly to what it trained
+            tracking.set_alias(version.name, ALIAS, version.version)
+        if models:
+            logger.info("@%s now points at %s", ALIAS, ", ".join(f"{v.name}/{v.version}" for v in models))
+            tracking.log_tags(run_id, {"sciflow.models": ", ".join(f"{v.name}/{v.version}" for v in models)[:5000]})
     return rows

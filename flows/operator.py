@@ -10,41 +10,30 @@ for test samples, and registers the final model in MLflow's registry as ``operat
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from . import settings
+from prefect import get_run_logger
+from pydantic import Field
 
-settings.configure()
+from data.spec import DarcySpec, NavierStokesSpec
+from operators.fno import OperatorTrainConfig
 
-from prefect import flow, get_run_logger  # noqa: E402
-
-from data.spec import DarcySpec, NavierStokesSpec  # noqa: E402
-from operators.fno import OperatorTrainConfig  # noqa: E402
-
-from . import plots, tracking  # noqa: E402
-from .names import run_name  # noqa: E402
-from .scales import Scale  # noqa: E402
+from . import plots, settings, tracking
+from .names import run_name
+from .progress import Progress
+from .scales import Scale
+from .settings import flow
 
 
 def checkpoint_path(cfg: OperatorTrainConfig, digest: str) -> Path:
     return settings.sciflow_home() / "models" / f"operator-{cfg.key()}-{digest[:12]}" / "checkpoint.pt"
 
 
-def _register(run_id: str, model, name: str, n: int) -> None:
-    """Pickle format: a traced 'pt2' graph would fix the resolution, and operators run at any."""
-    import mlflow
-    import mlflow.pytorch
-    import numpy as np
-
-    with mlflow.start_run(run_id=run_id):
-        mlflow.pytorch.log_model(
-            model,
-            name="model",
-            registered_model_name=f"operator-{name}",
-            serialization_format="pickle",
-            input_example=np.zeros((1, 1, n, n), dtype=np.float32),
-            pip_requirements=["torch==2.13.0"],
-            await_registration_for=0,
-        )
+def _register(run_id: str, model, name: str) -> None:
+    """Log the model and register it as ``operator-<name>`` (:func:`flows.tracking.log_model`:
+    pickled with the project's code and pinned requirements, so it loads outside the repository;
+    any resolution)."""
+    tracking.log_model(run_id, model, f"operator-{name}", (-1, 1, -1, -1))
 
 
 @flow(
@@ -53,7 +42,7 @@ def _register(run_id: str, model, name: str, n: int) -> None:
     flow_run_name=run_name("train-operator-{config.model.name}-{dataset.family}-n{dataset.n}"),
 )
 def train_operator(
-    dataset: NavierStokesSpec | DarcySpec = NavierStokesSpec(
+    dataset: Annotated[NavierStokesSpec | DarcySpec, Field(discriminator="family")] = NavierStokesSpec(
         n=64, n_train=1000, n_test=200, viscosity=1e-4, horizon=5.0
     ),
     config: OperatorTrainConfig = OperatorTrainConfig(),
@@ -88,7 +77,10 @@ def train_operator(
     ) as run_id:
         tracking.log_dataset(run_id, ref, "training")
 
+        progress = Progress(config.epochs, f"train-operator {name}", unit="epoch")
+
         def on_epoch(epoch: int, row: dict) -> None:
+            progress.set(epoch)
             tracking.log_metrics(run_id, {k: v for k, v in row.items() if k != "epoch"}, step=epoch)
             logger.info(
                 "epoch %d/%d loss %.4f test L2 %.4f H1 %.4f (%.1f s)",
@@ -100,7 +92,8 @@ def train_operator(
                 row["seconds"],
             )
 
-        model, history = train(config, train_xy, test_xy, checkpoint=ckpt, periodic=periodic, on_epoch=on_epoch)
+        with progress:
+            model, history = train(config, train_xy, test_xy, checkpoint=ckpt, periodic=periodic, on_epoch=on_epoch)
         model = model_from_checkpoint(ckpt, periodic=periodic)
         with torch.no_grad():
             pred = model(test_xy[0][:3])
@@ -108,7 +101,7 @@ def train_operator(
         tracking.log_figure(run_id, fig, "predictions.png")
         plots.plt.close(fig)
         if register_model:
-            _register(run_id, model, name, dataset.n)
+            _register(run_id, model, name)
     return {**history[-1], "checkpoint": str(ckpt)}
 
 

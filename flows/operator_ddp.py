@@ -18,13 +18,9 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from . import settings
-
-settings.configure()
-
-from data.io import write_text  # noqa: E402
-from operators.fno import MODELS  # noqa: E402
-from operators.fno.ddp import SCALES, DDPConfig, config_for, train_ddp  # noqa: E402
+from data.io import write_text
+from operators.fno import MODELS
+from operators.fno.ddp import SCALES, DDPConfig, config_for, train_ddp
 
 
 def tracker(cfg: DDPConfig, mlflow: bool, run: dict):

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from . import settings
+from prefect import get_run_logger
 
-settings.configure()
+from solvers.optim.config import OptimizeConfig
 
-from prefect import flow, get_run_logger  # noqa: E402
-
-from solvers.optim.config import OptimizeConfig  # noqa: E402
-
-from . import tracking  # noqa: E402
-from .names import run_name  # noqa: E402
-from .scales import Scale  # noqa: E402
+from . import tracking
+from .names import run_name
+from .scales import Scale
+from .settings import flow
 
 
 @flow(name="optimize", validate_parameters=True, flow_run_name=run_name("optimize-{config.problem}-{config.method}"))

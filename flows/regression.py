@@ -5,8 +5,13 @@ problem and method) and classifies every known metric as ``regression`` / ``impr
 ``ok`` (within noise) / ``new`` / ``missing``. A change counts only when it is worse (or better)
 than ``threshold`` *relative* to the previous value **and** larger than the metric's absolute
 noise floor (a KKT residual going from 1e-12 to 3e-12 is not a regression; neither is a 20 ms
-solve taking 30 ms). :func:`find_previous_run` / :func:`previous_rows` fetch the baseline from
-MLflow, :func:`render_markdown` writes the report. No Prefect here; MLflow is imported lazily.
+solve taking 30 ms). :func:`render_markdown` writes the report.
+
+The baseline is MLflow data: each night logs its rows as flattened metrics of its parent run,
+``<stage>/<method>/<problem>/<field>`` (:func:`flatten_rows`; ``stage`` shortened through a
+``stage_names`` mapping, e.g. ``operators/mg-tfno-r0.02/navier-stokes-32/test_l2``), and
+:func:`find_previous_run` / :func:`previous_rows` read the previous successful night's metrics
+back into rows (:func:`rows_from_run`). No Prefect here; MLflow is imported lazily.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from .metric_names import key_part, numeric_fields
 from .results import format_cell
 
 LOWER, HIGHER = "lower", "higher"
@@ -94,19 +100,26 @@ STATUSES = ("regression", "improvement", "ok", "new", "missing")
 
 
 def _key(row: Mapping[str, Any]) -> tuple[str, str, str]:
-    return str(row.get("stage", "")), str(row.get("problem", "")), str(row.get("method", ""))
+    """A row's (stage, problem, method) as they read in metric names (:func:`~flows.metric_names.key_part`),
+    so tonight's rows match the ones read back from the previous night's metrics."""
+    return key_part(row.get("stage", "")), key_part(row.get("problem", "")), key_part(row.get("method", ""))
 
 
-def _index(rows: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, str], Mapping[str, Any]]:
-    """Rows by (stage, problem, method); a repeated key gets ``#2``, ``#3`` on its method."""
-    out: dict[tuple[str, str, str], Mapping[str, Any]] = {}
+def _index(
+    rows: Iterable[Mapping[str, Any]],
+) -> dict[tuple[str, str, str], tuple[tuple[str, str, str], Mapping[str, Any]]]:
+    """Rows by (stage, problem, method) key, each with the names it shows in the report; a
+    repeated key gets ``#2``, ``#3`` on its method."""
+    out: dict[tuple[str, str, str], tuple[tuple[str, str, str], Mapping[str, Any]]] = {}
     for row in rows:
         stage, problem, method = key = _key(row)
+        shown = [str(row.get("stage", "")), str(row.get("problem", "")), str(row.get("method", ""))]
         n = 2
-        while key in out:
-            key = (stage, problem, f"{method}#{n}")
+        while key in out:  # as flatten_rows names the repeats
+            key = (stage, problem, key_part(f"{row.get('method', '')}-{n}"))
+            shown[2] = f"{row.get('method', '')}#{n}"
             n += 1
-        out[key] = row
+        out[key] = (shown[0], shown[1], shown[2]), row
     return out
 
 
@@ -161,7 +174,8 @@ def compare(
 ) -> list[dict]:
     """Compare every known metric of tonight's rows with the previous night's.
 
-    Rows are matched on ``(stage, problem, method)``. Returns one dict per metric:
+    Rows are matched on ``(stage, problem, method)`` as they read in metric names (characters
+    MLflow does not allow in a name count as ``-``). Returns one dict per metric:
     ``stage, problem, method, metric, direction, previous, current, change, status`` with
     ``status`` in :data:`STATUSES`; ``previous`` / ``current`` are None for ``new`` / ``missing``.
     ``threshold`` is the relative change (0.2 = 20 %) a metric must exceed, in its worse
@@ -172,13 +186,14 @@ def compare(
     cur, prev = _index(current_rows), _index(previous_rows)
     out = []
     for key in [*cur, *(k for k in prev if k not in cur)]:
-        c = metrics_of(cur[key], metrics) if key in cur else {}
-        p = metrics_of(prev[key], metrics) if key in prev else {}
+        c = metrics_of(cur[key][1], metrics) if key in cur else {}
+        p = metrics_of(prev[key][1], metrics) if key in prev else {}
+        stage, problem, method = (cur.get(key) or prev[key])[0]
         for name in [*c, *(n for n in p if n not in c)]:
             entry = {
-                "stage": key[0],
-                "problem": key[1],
-                "method": key[2],
+                "stage": stage,
+                "problem": problem,
+                "method": method,
                 "metric": name,
                 "direction": metrics[name].direction,
                 "previous": p.get(name),
@@ -321,9 +336,67 @@ def find_previous_run(client, experiment_id: str, scale: str, exclude_run_id: st
     return next((r for r in runs if r.info.run_id != exclude_run_id and "mlflow.parentRunId" not in r.data.tags), None)
 
 
-def results_artifact(scale: str) -> str:
-    """Where the nightly flow logs its rows (flows.results.publish of ``nightly-<scale>``)."""
-    return f"results/nightly-{scale}.json"
+def headline_key(stage: str, method: str, problem: str, field: str) -> str:
+    """``<stage>/<method>/<problem>/<field>``, each part as :func:`~flows.metric_names.key_part` writes it."""
+    return "/".join(key_part(p) for p in (stage, method, problem, field))
+
+
+#: Text fields of a night's rows kept with its metrics (as tags of the same names): the report
+#: says when a dataset's digest changed.
+TEXT_FIELDS = ("digest",)
+
+
+def flatten_rows(
+    rows: Iterable[Mapping[str, Any]], stage_names: Mapping[str, str] | None = None
+) -> tuple[dict[str, float], dict[str, str]]:
+    """A night's rows as MLflow metrics ``{<stage>/<method>/<problem>/<field>: value}`` (every
+    numeric field, :func:`~flows.metric_names.numeric_fields`) and tags (:data:`TEXT_FIELDS`); a
+    row's ``stage`` is written as ``stage_names[stage]`` when given (``benchmark-operators`` ->
+    ``operators``). A key met twice gets ``#2``-style method suffixes as in :func:`compare`."""
+    names = stage_names or {}
+    metrics: dict[str, float] = {}
+    tags: dict[str, str] = {}
+    seen: set[tuple[str, str, str]] = set()
+    for row in rows:
+        stage = str(row.get("stage", ""))
+        stage, problem, method = key_part(names.get(stage, stage)), row.get("problem", ""), str(row.get("method", ""))
+        n, m = 2, method
+        while (stage, key_part(problem), key_part(m)) in seen:
+            m, n = f"{method}-{n}", n + 1
+        seen.add((stage, key_part(problem), key_part(m)))
+        for field, value in numeric_fields(row).items():
+            metrics[headline_key(stage, m, problem, field)] = value
+        for field in TEXT_FIELDS:
+            if isinstance(row.get(field), str):
+                tags[headline_key(stage, m, problem, field)] = row[field]
+    return metrics, tags
+
+
+def rows_from_run(run, stage_names: Mapping[str, str] | None = None) -> list[dict]:
+    """The rows a night logged with :func:`flatten_rows`, read back from its MLflow ``run``
+    (metrics, and the :data:`TEXT_FIELDS` tags); ``stage`` as the long name when ``stage_names``
+    maps it. Problem and method names read as in metric names (``poisson-16-2``)."""
+    back = {key_part(short): long for long, short in (stage_names or {}).items()}
+    rows: dict[tuple[str, str, str], dict] = {}
+    values: list[tuple[str, Any]] = [*run.data.metrics.items()]
+    values += [(k, v) for k, v in run.data.tags.items() if k.rsplit("/", 1)[-1] in TEXT_FIELDS]
+    for key, value in values:
+        parts = key.split("/")
+        if len(parts) != 4 or (back and parts[0] not in back):
+            continue
+        stage, method, problem, field = parts
+        row = rows.setdefault(
+            (stage, method, problem),
+            {"stage": back.get(stage, stage), "problem": "" if problem == "_" else problem}
+            | ({"method": method} if method != "_" else {}),
+        )
+        row[field] = value
+    return list(rows.values())
+
+
+def previous_rows(client, run_id: str, stage_names: Mapping[str, str] | None = None) -> list[dict]:
+    """The rows of the night ``run_id`` from its metrics (:func:`rows_from_run`)."""
+    return rows_from_run(client.get_run(run_id), stage_names)
 
 
 def run_rows(client, run_id: str, artifact: str) -> list[dict]:
@@ -331,11 +404,6 @@ def run_rows(client, run_id: str, artifact: str) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         path = client.download_artifacts(run_id, artifact, tmp)
         return list(json.loads(Path(path).read_text())["rows"])
-
-
-def previous_rows(client, run_id: str, scale: str) -> list[dict]:
-    """The result rows a nightly run logged as ``results/nightly-<scale>.json``."""
-    return run_rows(client, run_id, results_artifact(scale))
 
 
 __all__ = [
@@ -349,6 +417,9 @@ __all__ = [
     "summary",
     "render_markdown",
     "find_previous_run",
+    "flatten_rows",
+    "headline_key",
+    "rows_from_run",
     "previous_rows",
     "run_rows",
     "describe",

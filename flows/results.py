@@ -1,5 +1,6 @@
 """Benchmark/result tables: one list of flat rows, written as JSON, an MLflow artifact and a
-keyed Prefect table artifact, and printed as a plain-text table."""
+keyed Prefect table artifact, and printed as a plain-text table (the names rows' numbers take as
+MLflow metrics: :mod:`flows.metric_names`)."""
 
 from __future__ import annotations
 

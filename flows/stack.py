@@ -38,7 +38,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .settings import configure
+from data.settings import current
+
+from .settings import applied, configure, database_url, prefect_user_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -93,8 +95,8 @@ def _wait_http(url: str, seconds: float, name: str) -> None:
 
 def _pg_bin() -> Path:
     """The newest ``/usr/lib/postgresql/<version>/bin`` with a server (``$SCIFLOW_PG_BIN`` wins)."""
-    if os.environ.get("SCIFLOW_PG_BIN"):
-        return Path(os.environ["SCIFLOW_PG_BIN"])
+    if (named := current().pg_bin) is not None:
+        return named
     found = sorted(
         Path("/usr/lib/postgresql").glob("*/bin/postgres"),
         key=lambda p: [int(x) for x in p.parts[-3].split(".") if x.isdigit()],
@@ -111,7 +113,7 @@ def _pg_user() -> pwd.struct_passwd | None:
     """The user PostgreSQL runs as when we are root (it refuses root); None when we are not."""
     if os.geteuid() != 0:
         return None
-    name = os.environ.get("SCIFLOW_PG_USER", "postgres")
+    name = current().pg_user
     try:
         return pwd.getpwnam(name)
     except KeyError:
@@ -258,6 +260,10 @@ def up(prefect_port: int = 4200, mlflow_port: int = 5000, timeout: float = 120, 
     base = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
     stack_env = {**base, **env_for(ports)}
     prefect_env, mlflow_env = dict(base), {**base, "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{home / 'mlflow.db'}"}
+    if "PREFECT_SERVER_DATABASE_CONNECTION_URL" in applied() or not (
+        {"server.database.connection_url"} & prefect_user_settings()
+    ):  # the server's database is under $SCIFLOW_HOME unless the user configured one
+        prefect_env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url()
     if backend == "postgres":
         if not _pid("postgres"):
             _start_postgres(ports["postgres"], timeout)

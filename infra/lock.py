@@ -9,8 +9,9 @@
 
 Commands (run with the project's interpreter, Python 3.11):
 
-``lock PYTHON``
-    Resolve with ``PYTHON -m pip install --dry-run --ignore-installed --report`` (pip sees the
+``lock PYTHON [--upgrade]``
+    Resolve (keeping the current pins where they still fit; ``--upgrade`` takes the newest
+    releases) with ``PYTHON -m pip install --dry-run --ignore-installed --report`` (pip sees the
     machine's find-links, so the local CPU wheel of torch too; uv and poetry do not) and write both
     files atomically. A range that cannot be satisfied fails with pip's resolver message and the
     old lock stays in place. ``make lock`` calls this.
@@ -196,10 +197,27 @@ def _sdist_hash(python: str, spec: str) -> str:
         return hashlib.sha256(files[0].read_bytes()).hexdigest()
 
 
-def lock(python: str) -> None:
+def _preferring(python: str, args: list[str], upgrade: bool) -> list[dict]:
+    """Resolve ``args``, keeping the current lock's versions where they still fit (as pip-compile
+    does): first with the current pins as constraints, and only if that cannot be satisfied (a new
+    requirement needs another version) without them. ``upgrade`` resolves afresh (newest releases)."""
+    if upgrade or not LOCK.exists():
+        return _resolve(python, args)
+    with tempfile.TemporaryDirectory() as tmp:
+        constraints = Path(tmp) / "current.txt"
+        constraints.write_text("".join(f"{n}=={v}\n" for n, v in read_lock(LOCK).items()))
+        try:
+            return _resolve(python, ["-c", str(constraints), *args])
+        except LockError:
+            print("[lock] the current pins cannot satisfy pyproject.toml; resolving afresh", file=sys.stderr)
+            return _resolve(python, args)
+
+
+def lock(python: str, upgrade: bool = False) -> None:
     """Resolve and write ``requirements.lock`` and ``infra/build.lock`` (both or neither)."""
     where = f"python {platform.python_version()}, {sys.platform} {platform.machine()}"
-    items = _resolve(python, ["-e", f".[{','.join(EXTRAS)}]", *BOOTSTRAP])
+    before = read_lock(LOCK) if LOCK.exists() else {}
+    items = _preferring(python, ["-e", f".[{','.join(EXTRAS)}]", *BOOTSTRAP], upgrade)
     items = [it for it in items if not it["editable"]]
     numpy = next(it["version"] for it in items if normalize(it["name"]) == "numpy")
     build = _resolve(python, ["--only-binary", ":all:", f"numpy=={numpy}", "cython", "setuptools<70", "wheel"])
@@ -232,9 +250,15 @@ def lock(python: str) -> None:
     )
     _write_atomic(BUILD_LOCK, build_text)
     _write_atomic(LOCK, main_text)
+    after = read_lock(LOCK)
+    changed = [
+        f"\n  {n} {before.get(n, '-')} -> {after.get(n, '-')}"
+        for n in sorted(set(before) | set(after))
+        if before and before.get(n) != after.get(n)
+    ]
     print(
         f"[lock] {LOCK.relative_to(ROOT)}: {len(items)} packages; {BUILD_LOCK.relative_to(ROOT)}: "
-        f"{len(build)}; digest {digest()[:16]}"
+        f"{len(build)}; digest {digest()[:16]}" + "".join(changed)
     )
 
 
@@ -308,8 +332,8 @@ def split(path: Path, name: str, others: Path, chosen: Path) -> None:
 def main(argv: list[str]) -> int:
     cmd = argv[1] if len(argv) > 1 else ""
     try:
-        if cmd == "lock" and len(argv) == 3:
-            lock(argv[2])
+        if cmd == "lock" and len(argv) in (3, 4) and argv[3:] in ([], ["--upgrade"]):
+            lock(argv[2], upgrade=argv[3:] == ["--upgrade"])
         elif cmd == "check":
             problems = check()
             if problems:

@@ -10,7 +10,8 @@ that builds that kind's untrained network from the stored config and context:
 * ``"dcdm"``: the DCDM search-direction network (:mod:`operators.dcdm`);
 * ``"hard"``: soft / hard-constraint / MoE models (:mod:`operators.hard`), context ``pde`` (stored
   in the checkpoint; pass a :class:`~operators.hard.HardPDE` to use another);
-* ``"node"``: neural ODEs (:mod:`operators.node`), context ``d_in``, ``d_out``, ``encode``.
+* ``"node"``: neural ODEs (:mod:`operators.node`), context ``d_in``, ``d_out``, ``encode``;
+* ``"sde"``: neural SDEs (:mod:`operators.node.sde`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .checkpoint import load_checkpoint
 from .dcdm.train import rebuild as rebuild_dcdm
 from .fno.train import rebuild as rebuild_operator
 from .hard.train import rebuild as rebuild_hard
+from .node.sde import rebuild as rebuild_sde
 from .node.train import rebuild as rebuild_node
 
 #: model kind -> ``build(config_json, **context) -> untrained nn.Module``
@@ -37,6 +39,7 @@ KINDS: dict[str, Callable[..., torch.nn.Module]] = {
     "dcdm": rebuild_dcdm,
     "hard": rebuild_hard,
     "node": rebuild_node,
+    "sde": rebuild_sde,
 }
 
 

@@ -40,7 +40,7 @@ from torch import nn
 from data.errors import InputError, TrainingDivergedError
 
 from .checkpoint import FORMAT, config_json, load_checkpoint, save_checkpoint, weights
-from .device import default_device
+from .device import record, resolve_device
 
 #: ``on_epoch(index, row)``: ``index`` is the row's epoch (or step, for step budgets)
 OnEpoch = Callable[[int, dict], None]
@@ -123,6 +123,7 @@ class TrainingTask(ABC, Generic[ConfigT]):
         distributed: whether :meth:`train_epoch` splits its batches over a :class:`World` of > 1 rank.
         config: the typed training config (stored as JSON; a checkpoint of another config is refused).
         epochs: the number of epochs (units between checkpoints).
+        gen: the ``"shuffle"`` stream of the default :meth:`generators`.
     """
 
     kind: ClassVar[str]
@@ -130,19 +131,24 @@ class TrainingTask(ABC, Generic[ConfigT]):
     distributed: ClassVar[bool] = False
     config: ConfigT
     epochs: int
+    gen: torch.Generator
 
     @abstractmethod
     def build(self, device: torch.device, world: World) -> nn.Module:
         """Seed, prepare the data and return the untrained network on ``device``."""
 
-    @abstractmethod
     def optimizers(self, model: nn.Module) -> tuple[torch.optim.Optimizer, Any]:
         """The optimizer and the learning-rate scheduler (``None``: none) for ``model``; the
-        scheduler steps once after every epoch."""
+        scheduler steps once after every epoch. Default: Adam at the config's ``lr``, no scheduler."""
+        config: Any = self.config  # a config without ``lr`` overrides this method
+        return torch.optim.Adam(model.parameters(), lr=config.lr), None
 
     def generators(self) -> dict[str, torch.Generator]:
-        """The task's RNG streams by name (created afresh; their states are checkpointed)."""
-        return {}
+        """The task's RNG streams by name (created afresh; their states are checkpointed). Default:
+        one stream, ``"shuffle"``, seeded from the config's ``seed`` and kept as :attr:`gen`."""
+        config: Any = self.config  # a config without ``seed`` overrides this method
+        self.gen = torch.Generator().manual_seed(config.seed)
+        return {"shuffle": self.gen}
 
     @abstractmethod
     def train_epoch(self, epoch: int, net: nn.Module, opt: torch.optim.Optimizer, world: World) -> list[dict]:
@@ -195,7 +201,8 @@ def fit(
         on_epoch: ``(index, row)`` for every history row, after its epoch's checkpoint (rank 0 only).
         world_size, rank: the data-parallel world (see :class:`World`); ``world_size > 1`` needs the
             process group and a task with ``distributed = True``.
-        device: where to train (default :func:`operators.device.default_device`).
+        device: where to train (default :func:`operators.device.default_device`); the task moves
+            its data there once, in :meth:`TrainingTask.build`.
 
     Returns:
         ``(model, history)``: the trained model (unwrapped) and every history row, the resumed
@@ -208,8 +215,9 @@ def fit(
     world = World(world_size, rank)
     if world.size > 1 and not task.distributed:
         raise InputError(f"{task.kind!r} training does not split batches over ranks; use world_size=1")
-    dev = torch.device(device) if device is not None else default_device()
+    dev = resolve_device(device)
     model = task.build(dev, world)
+    record(f"{task.kind} training", dev)
     opt, sched = task.optimizers(model)
     gens = task.generators()
     net = world.wrap(model, dev)

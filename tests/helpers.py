@@ -13,6 +13,25 @@ import torch
 SMALL = dict(n_modes=6, hidden_channels=8, n_layers=2)
 
 
+#: ``python -c LOAD_OUTSIDE_REPO MODEL_URI REPO_ROOT`` in a fresh interpreter, cwd outside the repository: the editable install's finder is
+#: removed so nothing of the project is importable, then the model loads by alias and runs
+LOAD_OUTSIDE_REPO = """
+import importlib.util, json, sys
+sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")]
+sys.path_hooks[:] = [h for h in sys.path_hooks if "__editable__" not in getattr(h, "__module__", "")]
+sys.path[:] = [p for p in sys.path if "__editable__" not in p and p.rstrip("/") != sys.argv[2].rstrip("/")]
+sys.path_importer_cache.clear()
+found = importlib.util.find_spec("operators")
+assert found is None or not (found.origin or "").startswith(sys.argv[2]), found
+import mlflow.pytorch, torch
+model = mlflow.pytorch.load_model(sys.argv[1])
+import operators
+with torch.no_grad():
+    out = model(torch.zeros(2, 1, 24, 24))  # another resolution than the training one
+print(json.dumps({"shape": list(out.shape), "operators": operators.__file__, "finite": bool(torch.isfinite(out).all())}))
+"""
+
+
 def enospc(*args, **kwargs):
     """Stand-in for a write, fsync or rename on a full disk."""
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -6,9 +6,11 @@ parameter type (:mod:`flows.nightly`), the docs tables (:mod:`flows.docs_tables`
 deployments in ``infra/prefect.yaml`` and ``infra/cluster/prefect.yaml`` are checked against it
 (``tests/flows/test_infra.py``).
 
-Each benchmark's module has ``run(scale, run_id) -> (rows, figures)`` and optionally ``META``;
-:func:`run_benchmark` writes the JSON, logs it to MLflow and publishes a Prefect table artifact
-when inside a flow run. To add a benchmark: write ``flows/benchmarks/<name>.py``, a thin
+Each benchmark's module has ``run(scale, run_id, methods) -> (rows, figures)`` (``methods``: the
+:class:`flows.tracking.MethodRuns` of the run, one MLflow child run per compared method) and
+optionally ``META`` and ``metric_prefix(row)``; :func:`run_benchmark` writes the JSON, logs it
+to MLflow (rows as metrics of each method's child run, and as a table) and publishes a Prefect
+table artifact when inside a flow run. To add a benchmark: write ``flows/benchmarks/<name>.py``, a thin
 ``benchmark-<name>`` flow beside the others, one :class:`Benchmark` line here, its deployments,
 a nightly summary if it is a stage, and a docs table.
 """
@@ -38,7 +40,7 @@ class Benchmark:
     Attributes:
         name: ``sciflow bench NAME``; also names its results (``results/<name>-<scale>.json``,
             MLflow run ``bench-<name>-<scale>``, tag ``sciflow.stage=bench-<name>``).
-        module: the module with ``run(scale, run_id) -> (rows, figures)`` (imported on use:
+        module: the module with ``run(scale, run_id, methods) -> (rows, figures)`` (imported on use:
             benchmark modules import torch, PETSc, ...).
         flow: ``module:function`` of the Prefect flow that runs it, or None (run by the CLI only).
         flow_name: that flow's name: the nightly stage name, and its deployment's name in
@@ -85,7 +87,7 @@ class Benchmark:
 BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
     for b in (
-        Benchmark("datagen", "flows.benchmarks.datagen"),
+        Benchmark("datagen", "flows.benchmarks.datagen", "flows.datagen:benchmark_datagen", "benchmark-datagen"),
         Benchmark(
             "linear",
             "flows.benchmarks.linear",
@@ -178,7 +180,17 @@ def progress_logger():
 
 
 def run_benchmark(name: str, scale: str, out: str | Path | None = None, parent_run_id: str | None = None):
-    """Run benchmark ``name`` at ``scale``; write ``{"rows", "meta"}`` to ``out`` if given."""
+    """Run benchmark ``name`` at ``scale``; write ``{"rows", "meta"}`` to ``out`` if given.
+
+    One MLflow run ``bench-<name>-<scale>`` (nested under ``parent_run_id``) with one child run
+    per compared method (:class:`flows.tracking.MethodRuns`, handed to the module's
+    ``run(scale, run_id, methods)``): the module logs each method's config, per-epoch training
+    metrics and trained model there; then every numeric field of every row goes to its method's
+    run as ``<prefix>/<field>`` (prefix: the module's ``metric_prefix(row)``, default the row's
+    problem). The rows are also the run's table artifact ``comparison.json``, its JSON
+    ``results/bench-<name>-<scale>.json`` and a Prefect table artifact."""
+    from prefect.exceptions import TerminationSignal
+
     from .. import tracking
     from ..results import publish, write_json
 
@@ -188,7 +200,14 @@ def run_benchmark(name: str, scale: str, out: str | Path | None = None, parent_r
         f"bench-{name}-{scale}", {"benchmark": name, "scale": scale}, {"sciflow.stage": f"bench-{name}"}, parent_run_id
     ) as run_id:
         t0 = time.perf_counter()
-        rows, figures = module.run(scale, run_id=run_id)
+        methods = tracking.MethodRuns(run_id, name, scale)
+        try:
+            rows, figures = module.run(scale, run_id=run_id, methods=methods)
+            methods.log_rows(rows, getattr(module, "metric_prefix", tracking.row_prefix))
+        except BaseException as exc:
+            methods.close("KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit, TerminationSignal)) else "FAILED")
+            raise
+        methods.close()
         meta = {
             "benchmark": name,
             "scale": scale,
@@ -206,5 +225,11 @@ def run_benchmark(name: str, scale: str, out: str | Path | None = None, parent_r
             fig.clf()
         if out is not None:
             write_json(out, rows, meta)
+        tracking.log_metrics(run_id, {"seconds": meta["seconds"], "rows": len(rows), "methods": len(methods.run_ids)})
+        if methods.models:
+            tracking.log_tags(
+                run_id, {"sciflow.models": ", ".join(f"{v.name}/{v.version}" for v in methods.models)[:5000]}
+            )
+        tracking.log_table(run_id, rows)
         publish(f"bench-{name}-{scale}", rows, meta, run_id, description=f"{name} benchmark at scale={scale}")
     return rows, meta

@@ -68,7 +68,9 @@ def gamg_solve(n: int) -> tuple[float, float, int]:
     return t2 - t0, t2 - t1, its
 
 
-def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
+def run(scale: str, run_id: str | None = None, methods=None) -> tuple[list[dict], dict]:
+    """Flow vs bare loop on Darcy, then GAMG scaling (``methods``: unused beyond the rows, which
+    :func:`flows.benchmarks.run_benchmark` logs to each method's MLflow child run)."""
     from ..generate import generate_dataset
 
     rows: list[dict] = []

@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from data.spec import DiffusionSorptionSpec, HeatSpec, NavierStokesSpec, PDESpec
+
+if TYPE_CHECKING:
+    from ..tracking import MethodRuns
 
 PROBLEMS = {
     "smoke": {
@@ -92,7 +96,7 @@ META = {
 }
 
 
-def _label(mc: dict) -> str:
+def model_label(mc: dict) -> str:
     if mc.get("mode") == "soft":
         return "soft-pinn"
     k = int(np.prod(mc["experts"]))
@@ -211,7 +215,20 @@ def backend_oracle(pde, u0, scale: str) -> list[dict]:
     return rows
 
 
-def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
+def metric_prefix(row: dict) -> str:
+    """MLflow metric prefix of a row: the problem; the step-time and backend rows add their
+    number of constraint points (``heat-2d/points64/s_per_step``)."""
+    from ..tracking import key_part
+
+    if row.get("part") in ("scaling", "backends"):
+        return f"{key_part(row['problem'])}/points{row['points']}"
+    return key_part(row["problem"])
+
+
+def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None) -> tuple[list[dict], dict]:
+    """Every problem and model of the scale. ``methods``: each model's MLflow child run gets its
+    config per problem, the training history (``<problem>/train/<name>`` per logged step) and the
+    trained model (registered as ``hard-<problem>-<label>``)."""
     import torch
 
     from operators.hard import HardModelConfig, HardTrainConfig, evaluate, train
@@ -221,6 +238,7 @@ def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
     from .training import train_model
 
     log = progress_logger()
+    methods = methods or tracking.MethodRuns(None)
     c = CONFIGS[scale]
     rows, figures, curves = [], {}, {}
     for problem, spec in PROBLEMS[scale].items():
@@ -235,8 +253,9 @@ def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
         )
         found, preds = {}, {}
         for mc in model_configs(scale, pde.grid, problem):
-            label = _label(mc)
+            label = model_label(mc)
             cfg = HardTrainConfig(model=HardModelConfig(**mc), steps=c["steps"], batch_size=c["batch_size"], seed=0)
+            methods.log_params(label, {problem: cfg.model_dump(mode="json")})
             trained = train_model(
                 "hard",
                 f"{problem}-{label}",
@@ -272,6 +291,9 @@ def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
                 f"{problem} {label:22s} rel L2 {ev['rel_l2']:.4f} residual {ev['residual']:.3g} "
                 f"jump {ev.get('jump_mean', 0):.3g}"
             )
+            for row in hist:  # after the timings: logging is not training time
+                methods.on_epoch(label, problem)(row["step"], row)
+            methods.log_model(label, model, f"hard-{problem}-{label}", (-1, *(-1,) * len(pde.grid[1:])), output=False)
         soft, hard = found["soft-pinn"], found["pi-hc"]
         for row in found.values():
             row["l2_vs_soft"] = round(row["rel_l2"] / soft["rel_l2"], 3)

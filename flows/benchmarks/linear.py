@@ -11,6 +11,8 @@ measured in the same run, plus iteration growth from the smallest to the largest
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from data.pdes.random_fields import grf
@@ -18,6 +20,9 @@ from operators.dcdm import DCDMTrainConfig
 from solvers.linear import GridSystem, ritz_pairs, solve
 
 from . import progress_logger
+
+if TYPE_CHECKING:
+    from ..tracking import MethodRuns
 
 SIZES = {"smoke": [16, 32], "small": [64, 128, 256], "paper": [64, 128, 256, 512]}
 TRAIN = {
@@ -122,10 +127,36 @@ def _table(model, sizes: list[int], dim: int, kinds, scale: str, log) -> tuple[l
     return rows, histories
 
 
-def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
+def metric_prefix(row: dict) -> str:
+    """MLflow metric prefix of a row: problem, right-hand side and tolerance
+    (``poisson2d-neumann-disks-32/grf-tol1e-06/iterations``)."""
+    from ..tracking import key_part
+
+    return f"{key_part(row['problem'])}/{key_part(row['rhs'])}-tol{row['tol']:g}"
+
+
+def method_params(method: str, scale: str) -> dict:
+    """A method's configuration as logged to its MLflow child run."""
+    if method.startswith("dcdm"):
+        return {
+            "solver": "dcdm",
+            "n_orth": int(method[-1]),
+            "maxiter": 400,
+            "training": TRAIN[scale].model_dump(mode="json"),
+        }
+    return {"solver": method, "maxiter": "5 x unknowns"}
+
+
+def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None) -> tuple[list[dict], dict]:
+    """Every solver on the scale's held-out systems; the DCDM network comes from ``train-dcdm``
+    (its own MLflow run, nested under ``run_id``, registers ``dcdm-2d`` / ``dcdm-3d``).
+    ``methods``: each solver's MLflow child run gets its configuration."""
     from ..dcdm import train_dcdm
 
     log = progress_logger()
+    if methods is not None:
+        for method in METHODS:
+            methods.log_params(method, {**method_params(method, scale), "tol": min(TOLS)})
     ckpt = train_dcdm(config=TRAIN[scale], parent_run_id=run_id)
     from operators import default_device, model_from_checkpoint
 

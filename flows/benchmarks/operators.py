@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import TYPE_CHECKING
 
 from data.spec import NavierStokesSpec
+
+if TYPE_CHECKING:
+    from ..tracking import MethodRuns
 
 MODELS = {  # label -> model config fields (beyond the scale's width / modes)
     "fno": dict(name="fno"),
@@ -79,7 +83,9 @@ def datasets(scale: str) -> list[NavierStokesSpec]:
     ]
 
 
-def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
+def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None) -> tuple[list[dict], dict]:
+    """Train and evaluate every model of the scale. ``methods``: each model's MLflow child run gets
+    its config, per-epoch metrics and the trained model (registered as ``operator-<label>``)."""
     import torch
 
     import data
@@ -95,11 +101,14 @@ def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
 
     from .. import plots
     from ..generate import get_dataset
+    from ..tracking import MethodRuns
     from . import progress_logger
     from .training import train_model
 
     log = progress_logger()
+    methods = methods or MethodRuns(None)
     c = CONFIGS[scale]
+    problem = f"navier-stokes-{c['n']}"
     t0 = time.perf_counter()
     ref, ref2 = (get_dataset(spec, run_id) for spec in datasets(scale))
     log(f"datasets ready in {time.perf_counter() - t0:.1f} s: {ref.path}, {ref2.path}")
@@ -115,6 +124,7 @@ def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
             loss="h1",
             seed=0,
         )
+        methods.log_params(label, cfg.model_dump(mode="json"))
         trained = train_model(
             "operator",
             label,
@@ -131,7 +141,7 @@ def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
             preds[label] = model(test_xy[0][:3].to(next(model.parameters()).device)).cpu()
         found[label] = {
             "method": label,
-            "problem": f"navier-stokes-{c['n']}",
+            "problem": problem,
             "scale": scale,
             "params": count_params(model),
             "test_l2": round(err["l2"], 4),
@@ -146,6 +156,9 @@ def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
             f"{label:14s} params {found[label]['params']} test L2 {err['l2']:.4f} H1 {err['h1']:.4f} "
             f"2x L2 {err2['l2']:.4f}"
         )
+        for row in history:  # after the measurements: logging is not training time or memory
+            methods.on_epoch(label, problem)(row["epoch"], row)
+        methods.log_model(label, model, f"operator-{label}", (-1, 1, -1, -1))
     base = found["fno"]
     rows = []
     for row in found.values():

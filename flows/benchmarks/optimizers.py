@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..tracking import MethodRuns
 
 HS_METHODS = ("al-sketch", "al-sketch-block", "newton-sqp", "l1-sqp", "slsqp", "trust-constr")
 INV_METHODS = ("al-sketch", "newton-sqp", "l1-sqp", "trust-constr", "slsqp")
@@ -305,10 +309,31 @@ def bilevel_part(scale: str, log) -> list[dict]:
     return rows
 
 
-def run(scale: str, run_id: str | None = None) -> tuple[list[dict], dict]:
+def method_params(name: str, scale: str) -> dict:
+    """A method's configuration as logged to its MLflow child run."""
+    cfg = CONFIGS[scale]
+    if name in HS_METHODS:
+        method, sketch = _method(name)
+        return {
+            "solver": method,
+            "sketch": sketch,
+            "tol": 1e-6,
+            "max_iter": 500,
+            "seed": 0,
+            "hs.max_seconds": cfg["hs_seconds"],
+            "inverse.max_seconds": cfg["inv_seconds"],
+        }
+    return {"solver": name, "llc_n": cfg["llc_n"], "svm": cfg["svm"]}
+
+
+def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None) -> tuple[list[dict], dict]:
+    """The three parts at ``scale``. ``methods``: each method's MLflow child run gets its configuration."""
     from . import progress_logger
 
     log = progress_logger()
+    if methods is not None:
+        for name in (*HS_METHODS, "lv-hba", "implicit", "grid-search"):
+            methods.log_params(name, method_params(name, scale))
     t0 = time.perf_counter()
     hs_rows, figs = hs_part(scale, log)
     inv_rows, figs2 = inverse_part(scale, log)

@@ -23,11 +23,14 @@ from torch import nn
 
 from data.errors import InputError
 
+from ..device import check_device
+
 
 class DCDMNet(nn.Module):
     """Search-direction CNN for 2D or 3D grids.
 
-    Input/output: ``(B, 1, *grid)`` float tensors; every grid side must be even (one pooling).
+    Input/output: ``(B, 1, *grid)`` float tensors on the network's device (an input on another
+    device is a :class:`~operators.device.DeviceMismatchError`); every grid side must be even (one pooling).
     """
 
     def __init__(self, dim: int = 2, filters: int = 16, levels: tuple[int, int, int] = (4, 6, 4)):
@@ -63,6 +66,7 @@ class DCDMNet(nn.Module):
             )
         if any(s % 2 for s in r.shape[2:]):
             raise InputError(f"grid sides must be even for the pooling level, got {tuple(r.shape[2:])}")
+        check_device(r, self.inp.weight.device, "the DCDM network's input")
         h = self._res(self.down, self.inp(r))
         m = self._res(self.mid, self.pool(h))
         m = nn.functional.interpolate(m, scale_factor=2, mode="nearest")

@@ -127,8 +127,9 @@ class DCDMTask(TrainingTask[DCDMTrainConfig]):
         torch.manual_seed(cfg.seed)
         system = cfg.system()
         t0 = time.perf_counter()
-        self.B = torch.as_tensor(training_rhs(system, cfg.ritz_m, cfg.theta, cfg.n_samples, cfg.seed))
+        B = torch.as_tensor(training_rhs(system, cfg.ritz_m, cfg.theta, cfg.n_samples, cfg.seed))
         self.data_seconds = time.perf_counter() - t0
+        self.B = B.to(device)  # once: the batches are drawn on the device
         self.A = sparse_torch(system, device=device)
         self.fluid = (
             None if system.mask is None else torch.as_tensor(~system.mask.ravel(), dtype=torch.float32, device=device)
@@ -136,22 +137,15 @@ class DCDMTask(TrainingTask[DCDMTrainConfig]):
         self.shape = system.shape
         return DCDMNet(cfg.dim, cfg.filters, cfg.levels).to(device)
 
-    def optimizers(self, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, None]:
-        return torch.optim.Adam(model.parameters(), lr=self.config.lr), None
-
-    def generators(self) -> dict[str, torch.Generator]:
-        self.gen = torch.Generator().manual_seed(self.config.seed)
-        return {"shuffle": self.gen}
-
     def train_epoch(self, epoch: int, net: torch.nn.Module, opt: torch.optim.Optimizer, world: World) -> list[dict]:
         cfg, B = self.config, self.B
         device = next(net.parameters()).device
         net.train()
         self.gen.manual_seed(cfg.seed * 1000 + epoch - 1)  # the same batches after a resume
-        perm = torch.randperm(B.shape[0], generator=self.gen)
+        perm = torch.randperm(B.shape[0], generator=self.gen).to(device)
         t_ep, total = time.perf_counter(), 0.0
         for i in range(0, B.shape[0], cfg.batch_size):
-            batch = B[perm[i : i + cfg.batch_size]].to(device)
+            batch = B[perm[i : i + cfg.batch_size]]
             loss = dcdm_loss(net, batch, self.A, self.shape, self.fluid)
             if not world.all_finite(loss):
                 raise self.diverged(f"non-finite training loss ({float(loss.detach())}) in epoch {epoch}", epoch)

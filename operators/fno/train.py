@@ -156,10 +156,6 @@ class OperatorTask(TrainingTask[OperatorTrainConfig]):
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
 
-    def generators(self) -> dict[str, torch.Generator]:
-        self.gen = torch.Generator().manual_seed(self.config.seed)
-        return {"shuffle": self.gen}
-
     def train_epoch(self, epoch: int, net: torch.nn.Module, opt: torch.optim.Optimizer, world: World) -> list[dict]:
         x, y, size = self.x, self.y, self.config.batch_size
         device = next(net.parameters()).device

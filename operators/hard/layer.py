@@ -67,6 +67,21 @@ class SolveInfo:
     notes: list[str] = field(default_factory=list)
 
 
+def merge_infos(infos: list[SolveInfo]) -> SolveInfo:
+    """One :class:`SolveInfo` for a batch solved in parts (e.g. experts on several devices): the
+    worst case over the parts, as for one batch."""
+    if len(infos) == 1:
+        return infos[0]
+    return SolveInfo(
+        infos[0].backend,
+        condition=max(i.condition for i in infos),
+        damping=max(i.damping for i in infos),
+        iterations=max(i.iterations for i in infos),
+        converged=all(i.converged for i in infos),
+        notes=[n for i in infos for n in i.notes],
+    )
+
+
 @dataclass
 class LeastSquares:
     """A batch of ``E`` least-squares systems with ``N`` unknowns each.
@@ -113,6 +128,20 @@ class LeastSquares:
             return self.A.shape[0]
         assert self.data is not None  # __post_init__ checked
         return next(iter(self.data.values())).shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the system's tensors."""
+        return self.A.device if self.A is not None else next(iter((self.data or {}).values())).device
+
+    def select(self, rows: Tensor, device: torch.device | None = None) -> LeastSquares:
+        """The systems ``rows`` (indices along ``E``) as a new batch, on ``device`` (default: here);
+        differentiable (gradients flow back to this batch's tensors across devices)."""
+        dev = self.device if device is None else device
+        if self.A is not None and self.b is not None:
+            return LeastSquares(A=self.A[rows].to(dev), b=self.b[rows].to(dev))
+        data = {k: v[rows].to(dev) for k, v in (self.data or {}).items()}
+        return LeastSquares(residual=self.residual, data=data, n=self.n)
 
     def as_function(self) -> tuple[ResidualFn, dict[str, Tensor]]:
         """``(residual, data)`` for any system (a linear one as ``A w - b``)."""
@@ -291,9 +320,13 @@ def _lm_backend(
 ) -> tuple[Tensor, SolveInfo]:
     n = system.n or 0
     if not torch.is_tensor(w0):
-        w0 = torch.full((system.batch, n), float(w0), dtype=torch.float64)
+        w0 = torch.full((system.batch, n), float(w0), dtype=torch.float64, device=system.device)
     if w0.shape != (system.batch, n):
         raise ConstraintSolveError(f"w0 must have shape {(system.batch, n)}, got {tuple(w0.shape)}")
+    if w0.device != system.device:
+        raise ConstraintSolveError(
+            f"w0 is on {w0.device}, the system on {system.device}: give w0 on the system's device"
+        )
     return _lm(system, w0, ridge, tol, max_iter)
 
 

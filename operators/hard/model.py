@@ -16,8 +16,9 @@ input is the normalized grid coordinates and the initial condition broadcast alo
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, cast
 
@@ -27,7 +28,8 @@ from torch import Tensor, nn
 
 from data.errors import InputError
 
-from .layer import BACKENDS, LeastSquares, SolveInfo, solve
+from ..device import assign_experts, check_device, record, run_on_devices, same_device, visible_devices
+from .layer import BACKENDS, LeastSquares, SolveInfo, merge_infos, solve
 from .moe import Router
 from .pdes import HardPDE
 
@@ -105,7 +107,12 @@ class HardOutput:
 
 
 class HardConstraintModel(nn.Module):
-    """``forward(u0 (B, *space)) -> HardOutput`` with ``u`` on the PDE's ``(nt, *space)`` grid."""
+    """``forward(u0 (B, *space)) -> HardOutput`` with ``u`` on the PDE's ``(nt, *space)`` grid.
+
+    Devices: ``.to(device)`` moves the basis network and the grid coordinates; inputs must be on
+    that device (:class:`~operators.device.DeviceMismatchError` otherwise, never a copy per call).
+    The experts' constraint solves run on the model's device, or spread over every visible CUDA
+    device when there are several (:meth:`spread`, :meth:`expert_devices`)."""
 
     def __init__(self, cfg: HardModelConfig, pde: HardPDE, seed: int = 0):
         super().__init__()
@@ -128,10 +135,56 @@ class HardConstraintModel(nn.Module):
         self.router = (
             Router(pde.grid, cfg.experts, pde.residual_mask(), cfg.assignment, seed) if cfg.mode == "hard" else None
         )
+        self._expert_devices: list[torch.device] | None = None  # None: visible_devices() of the model's device
+        self._parallel: bool | None = None
+
+    def spread(
+        self, devices: Sequence[torch.device | str] | None = None, parallel: bool | None = None
+    ) -> HardConstraintModel:
+        """Put expert ``k``'s constraint solves on ``devices[k % len(devices)]``; ``None`` (the default):
+        every visible CUDA device when the model is on one and there are several
+        (:func:`operators.device.visible_devices`), else the model's device. The basis network stays
+        on the model's device; each expert's rows go to its device, are solved there and ``w``
+        comes back (differentiably). ``parallel``: solve the devices' shares in one thread each
+        (default: when they are distinct CUDA devices; never for ``cvxpylayers``). Returns the model."""
+        self._expert_devices = None if devices is None else [torch.device(d) for d in devices]
+        self._parallel = parallel
+        return self
+
+    def expert_devices(self, device: torch.device | None = None) -> list[torch.device]:
+        """The device of each expert's constraint solve (``[]`` for a soft model), for a model on
+        ``device`` (default: where its buffers are)."""
+        if self.router is None:
+            return []
+        device = self.coords.device if device is None else torch.device(device)
+        return assign_experts(self.router.K, self._expert_devices or visible_devices(device))
+
+    def _solve(self, system: LeastSquares, backend: str, B: int, K: int, **kw) -> tuple[Tensor, SolveInfo]:
+        """:func:`~operators.hard.layer.solve` with each expert's systems (rows ``b * K + k``) on its device."""
+        device = system.device
+        groups: dict[torch.device, list[int]] = {}
+        for k, d in enumerate(self.expert_devices(device)):
+            groups.setdefault(d, []).append(k)
+        if len(groups) == 1 and same_device(next(iter(groups)), device):
+            record("hard constraint solves", device)
+            return solve(system, backend, **kw)
+        rows, calls = [], []
+        for d, ks in groups.items():
+            r = (torch.arange(B, device=device)[:, None] * K + torch.tensor(ks, device=device)[None]).reshape(-1)
+            rows.append(r)
+            calls.append((d, functools.partial(solve, system.select(r, d), backend, **kw)))
+        parallel = self._parallel
+        if parallel is None:
+            parallel = len({str(d) for d in groups}) > 1 and all(d.type == "cuda" for d in groups)
+        results = run_on_devices(calls, parallel and backend != "cvxpylayers")
+        record("hard constraint solves", list(groups))
+        w = torch.cat([w_d.to(device) for w_d, _ in results])[torch.argsort(torch.cat(rows))]
+        return w, merge_infos([info for _, info in results])
 
     def backbone(self, u0: Tensor) -> Tensor:
         """Network output ``(B, *grid, C)`` (C = N basis functions, or 1 for soft)."""
         self.pde.check_u0(u0)
+        check_device(u0, self.coords.device, "u0 (the initial conditions)")
         B = u0.shape[0]
         grid = self.pde.grid
         ic = u0.to(self.coords).unsqueeze(1).expand(B, grid[0], *grid[1:]).unsqueeze(1)
@@ -166,6 +219,8 @@ class HardConstraintModel(nn.Module):
         cfg, pde, router = self.cfg, self.pde, self.router
         if router is None:
             raise InputError("constrain() needs a hard model (mode='hard'); a soft model has no constraint layer")
+        check_device(phi, self.coords.device, "phi (the basis)")
+        check_device(u0, self.coords.device, "u0 (the initial conditions)")
         B, N, K = phi.shape[0], phi.shape[-1], router.K
         terms = pde.terms(phi)
         if pde.ic_ansatz:  # u = u0 + phi w: the offset's terms enter every row, no condition rows
@@ -179,7 +234,7 @@ class HardConstraintModel(nn.Module):
             Krows, c = Krows * rw[..., None], c * rw
         scale = 1.0 / pde.t_final  # PDE rows in physical units, as the reference
         pts = (router.sample(cfg.points, generator) if points is None else router.check_points(points)).to(phi.device)
-        cmask = router.condition_mask(pde.condition_points()).to(phi) if not pde.ic_ansatz else phi.new_zeros(K, 0)
+        cmask = router.condition_mask(pde.condition_points(), phi.device) if not pde.ic_ansatz else phi.new_zeros(K, 0)
         m, R = pts.shape[1], Krows.shape[1]
         sel = {k: v[:, pts].reshape(B * K, m, N) for k, v in terms.items()}
         osel = {k: v[:, pts].reshape(B * K, m) for k, v in off_terms.items()}
@@ -207,7 +262,9 @@ class HardConstraintModel(nn.Module):
                 return torch.cat([r_pde, d["K"] @ w - d["c"]])
 
             system = LeastSquares(residual=residual, data={**sel, **offs, **known, "K": Kr, "c": cr}, n=N)
-        w, info = solve(system, backend, ridge=cfg.ridge, w0=pde.w0, tol=cfg.lm_tol, max_iter=cfg.lm_max_iter)
+        w, info = self._solve(
+            system, backend, B, K, ridge=cfg.ridge, w0=pde.w0, tol=cfg.lm_tol, max_iter=cfg.lm_max_iter
+        )
         w = w.reshape(B, K, N)
         phi_flat = phi.reshape(B, -1, N)
         u = router.stitch(phi_flat, w).reshape(B, *pde.grid)

@@ -116,6 +116,14 @@ class Router:
         self.expert = expert_index(self.grid, self.splits, assignment, seed)
         self.residual_mask = np.asarray(residual_mask, dtype=bool)
         self.candidates = [np.flatnonzero(self.residual_mask & (self.expert == e)) for e in range(self.K)]
+        self._on: dict[tuple, Tensor] = {}  # constant tensors per device (see _constant)
+
+    def _constant(self, key: tuple, make, device: torch.device) -> Tensor:
+        """``make()`` on ``device``, built once and kept (the layout is fixed: no copy per step)."""
+        slot = (*key, torch.device(device))
+        if slot not in self._on:
+            self._on[slot] = torch.as_tensor(make()).to(device)
+        return self._on[slot]
 
     def points_per_expert(self, total: int) -> int:
         if total < self.K:
@@ -161,8 +169,12 @@ class Router:
             raise ExpertLayoutError("constraint points row e must lie in expert e's subdomain")
         return points
 
-    def condition_mask(self, row_points: np.ndarray) -> Tensor:
-        """``(K, R)`` 0/1 weights: row r belongs to expert e (global rows, ``-1``, to all)."""
+    def condition_mask(self, row_points: np.ndarray, device: torch.device | None = None) -> Tensor:
+        """``(K, R)`` 0/1 weights (float64): row r belongs to expert e (global rows, ``-1``, to all);
+        on ``device`` (kept per device and rows)."""
+        if device is not None:
+            rows = np.asarray(row_points)
+            return self._constant(("condition_mask", rows.tobytes()), lambda: self.condition_mask(rows), device)
         row_points = np.asarray(row_points)
         glob = row_points < 0
         owner = np.where(glob, 0, self.expert[np.where(glob, 0, row_points)])
@@ -171,7 +183,7 @@ class Router:
 
     def stitch(self, phi_flat: Tensor, w: Tensor) -> Tensor:
         """``u (B, P)`` from ``phi_flat (B, P, N)`` and the experts' ``w (B, K, N)``: each point uses its expert."""
-        idx = torch.as_tensor(self.expert, device=w.device)
+        idx = self._constant(("expert",), lambda: self.expert, w.device)
         return (phi_flat * w[:, idx]).sum(-1)
 
     def interface_jump(self, phi_flat: Tensor, w: Tensor) -> tuple[float, float]:

@@ -23,11 +23,16 @@ Deviations from the reference, all for accuracy or conditioning:
 
 Shapes: a grid is ``(nt, *space)`` (time first, then the data's space axes); a basis is
 ``(B, nt, *space, N)``; ``P = prod(grid)`` points are flattened C-order.
+
+Devices: the terms and rows come out on the basis' device. The constant operators (stencil
+matrices, masks, forcing) are built once per device and dtype and kept (:meth:`HardPDE.constant`),
+so a training step on a GPU copies none of them from the host; a PDE's fields are therefore
+not to be changed after it was first used.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from typing import Any, ClassVar, NoReturn, cast
 
@@ -133,10 +138,27 @@ class HardPDE:
     def dt(self) -> Tensor:
         return torch.as_tensor(derivative_matrix(self.t, 1))
 
+    def constant(
+        self, key: str, make: Callable[[], np.ndarray | Tensor], device: torch.device, dtype: torch.dtype | None = None
+    ) -> Tensor:
+        """``make()`` as a tensor on ``device`` (in ``dtype``, default its own), built on the first
+        call for this ``key``, device and dtype and kept: the PDE's constant operators reach a GPU
+        once, not once per step."""
+        cache = self.__dict__.setdefault("_constants", {})
+        slot = (key, torch.device(device), dtype)
+        if slot not in cache:
+            t = torch.as_tensor(make())
+            cache[slot] = t.to(device=device, dtype=dtype or t.dtype)
+        return cache[slot]
+
+    def _dt(self, like: Tensor) -> Tensor:
+        """:meth:`dt` on ``like``'s device and dtype (kept)."""
+        return self.constant("dt", lambda: derivative_matrix(self.t, 1), like.device, like.dtype)
+
     def full_residual(self, u: Tensor) -> Tensor:
         """Residual of a solution ``u`` (B, *grid) on its residual points: ``(B, P_res)``."""
         terms = self.terms(u.unsqueeze(-1))
-        mask = torch.as_tensor(self.residual_mask(), device=u.device)
+        mask = self.constant("residual_mask", self.residual_mask, u.device)
         v = {k: t[:, mask, 0] for k, t in terms.items()}
         v.update({k: d.to(u) for k, d in self.point_data(torch.nonzero(mask).squeeze(1)).items()})
         return self.residual(v)
@@ -178,7 +200,8 @@ class DiffusionSorption(HardPDE):
 
     def terms(self, phi: Tensor) -> dict[str, Tensor]:
         B, N = phi.shape[0], phi.shape[-1]
-        dt, dxx = self.dt().to(phi), torch.as_tensor(derivative_matrix(self.x, 2)).to(phi)
+        dt = self._dt(phi)
+        dxx = self.constant("dxx", lambda: derivative_matrix(self.x, 2), phi.device, phi.dtype)
         flat = lambda a: a.reshape(B, -1, N)  # noqa: E731
         return {"u": flat(phi), "u_t": flat(_along(dt, phi, 0)), "u_xx": flat(_along(dxx, phi, 1))}
 
@@ -208,16 +231,19 @@ class DiffusionSorption(HardPDE):
     def condition_rows(self, phi: Tensor, u0: Tensor) -> tuple[Tensor, Tensor]:
         self.check_u0(u0)
         x = self.x
-        left = torch.as_tensor(lagrange_weights(x[:3], 0.0, 0)).to(phi)
-        right = torch.as_tensor(lagrange_weights(x[-3:], 1.0, 0) + self.params.D * lagrange_weights(x[-3:], 1.0, 1)).to(
-            phi
+        left = self.constant("left", lambda: lagrange_weights(x[:3], 0.0, 0), phi.device, phi.dtype)
+        right = self.constant(
+            "right",
+            lambda: lagrange_weights(x[-3:], 1.0, 0) + self.params.D * lagrange_weights(x[-3:], 1.0, 1),
+            phi.device,
+            phi.dtype,
         )
         ic = phi[:, 0]  # (B, nx, N): u(x, 0) = u0
         lb = torch.einsum("btjn,j->btn", phi[:, 1:, :3], left)  # u(0, t) = 1, t > 0
         rb = torch.einsum("btjn,j->btn", phi[:, 1:, -3:], right)  # u(1, t) + D u_x(1, t) = 0
         K = torch.cat([ic, lb, rb], dim=1)
         nt1 = lb.shape[1]
-        c = torch.cat([u0.to(phi), torch.ones(phi.shape[0], nt1).to(phi), torch.zeros(phi.shape[0], nt1).to(phi)], 1)
+        c = torch.cat([u0.to(phi), phi.new_ones(phi.shape[0], nt1), phi.new_zeros(phi.shape[0], nt1)], 1)
         return K, c
 
 
@@ -253,9 +279,9 @@ class Heat2D(HardPDE):
 
     def terms(self, phi: Tensor) -> dict[str, Tensor]:
         B, N = phi.shape[0], phi.shape[-1]
-        L = torch.as_tensor(self._lap1d()).to(phi)
+        L = self.constant("lap1d", self._lap1d, phi.device, phi.dtype)
         lap = _along(L, phi, 1) + _along(L, phi, 2)
-        return {"u_t": _along(self.dt().to(phi), phi, 0).reshape(B, -1, N), "lap": lap.reshape(B, -1, N)}
+        return {"u_t": _along(self._dt(phi), phi, 0).reshape(B, -1, N), "lap": lap.reshape(B, -1, N)}
 
     def coefficients(self) -> dict[str, float]:
         return {"u_t": self.t_final, "lap": -self.t_final * self.kappa}
@@ -319,7 +345,7 @@ class NavierStokes2D(HardPDE):
         dx, dy = 2j * np.pi * kx, 2j * np.pi * ky
         return {
             "w": phi.reshape(B, -1, N),
-            "w_t": _along(self.dt().to(phi), phi, 0).reshape(B, -1, N),
+            "w_t": _along(self._dt(phi), phi, 0).reshape(B, -1, N),
             "w_x": back(dx),
             "w_y": back(dy),
             "psi_x": back(dx * inv),
@@ -328,7 +354,7 @@ class NavierStokes2D(HardPDE):
         }
 
     def point_data(self, points: Tensor) -> dict[str, Tensor]:
-        f = torch.as_tensor(self.f, dtype=torch.float64, device=points.device).reshape(-1)
+        f = self.constant("f", lambda: np.asarray(self.f).reshape(-1), points.device, torch.float64)
         return {"f": f[points % (self.n * self.n)]}
 
     def residual(self, v: Mapping[str, Tensor]) -> Tensor:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from data.errors import InputError
 
+from ..device import module_device, record, synchronize
 from ..training import OnEpoch, TrainingTask, World, fit
 from .layer import ConstraintSolveError
 from .model import HardConstraintModel, HardModelConfig, loss_terms
@@ -90,7 +91,7 @@ class HardTask(TrainingTask[HardTrainConfig]):
     def build(self, device: torch.device, world: World) -> HardConstraintModel:
         torch.manual_seed(self.config.seed)
         model = HardConstraintModel(self.config.model, self.pde, seed=self.config.seed).to(device)
-        self.u0 = self.u0_train.to(device)
+        self.u0 = self.u0_train.to(device)  # once: every step's batch is drawn on the device
         self.times: list[float] = []
         return model
 
@@ -121,6 +122,7 @@ class HardTask(TrainingTask[HardTrainConfig]):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), config.clip)
             opt.step()
+            synchronize(self.u0.device)  # the step's queued device work belongs to its time
             self.times.append(time.perf_counter() - t0)
             if not all(torch.isfinite(p).all() for p in net.parameters()):
                 raise self.diverged(f"non-finite weights after step {step} (not checkpointed)", epoch)
@@ -146,9 +148,13 @@ def train(
     checkpoint: str | Path | None = None,
     on_epoch: OnEpoch | None = None,
     log_every: int = 25,
+    device: torch.device | str | None = None,
 ) -> tuple[HardConstraintModel, list[dict]]:
     """Train on initial conditions ``u0_train (N, *space)``; resume from ``checkpoint`` if it exists
-    (written every ``config.checkpoint_every`` steps and after the last).
+    (written every ``config.checkpoint_every`` steps and after the last). ``device``: where the
+    model, the data and the constraint solves live (default
+    :func:`operators.device.default_device`; the experts spread over the visible GPUs when there
+    are several, see :meth:`HardConstraintModel.spread`); ``u0_train`` is moved there once.
 
     Returns ``(model, history)`` with the rows of :class:`HardTask`; ``on_epoch(step, row)`` is
     called for each row once the checkpoint after it is written.
@@ -159,7 +165,7 @@ def train(
         CheckpointError: the checkpoint was written for another configuration or kind.
         InputError: data that does not fit the PDE's grid.
     """
-    model, history = fit(HardTask(config, pde, u0_train, log_every), checkpoint, on_epoch)
+    model, history = fit(HardTask(config, pde, u0_train, log_every), checkpoint, on_epoch, device=device)
     assert isinstance(model, HardConstraintModel)
     return model, history
 
@@ -181,6 +187,7 @@ def evaluate(
     ``residual``: RMS non-dimensional PDE residual on held-out residual points (not sampled as
     constraint points in that forward pass); ``conditions``: RMS initial/boundary violation;
     ``infer_seconds``: wall time per sample of the forward pass (incl. the constraint solve);
+    on the model's device (the batches are copied there, outside the clock);
     ``jump_mean`` / ``jump_max``: disagreement of neighbouring experts at their interfaces
     (:meth:`Router.interface_jump`), relative to the RMS of ``u_true``.
     """
@@ -189,7 +196,8 @@ def evaluate(
     if tuple(u_true.shape) != (len(u0), *pde.grid):
         raise InputError(f"test trajectories must be {(len(u0), *pde.grid)}, got {tuple(u_true.shape)}")
     model.eval()
-    device = next(model.parameters()).device
+    device = module_device(model)
+    record("hard evaluation", device)
     gen = torch.Generator().manual_seed(seed)
     errs, res, cond, jumps, jmax = [], [], [], [], []
     elapsed = 0.0
@@ -200,6 +208,7 @@ def evaluate(
         ub, tb = u0[i : i + batch_size].to(device), u_true[i : i + batch_size].double().to(device)
         t0 = time.perf_counter()
         out = model(ub, generator=gen)
+        synchronize(device)
         elapsed += time.perf_counter() - t0
         u = out.u
         errs += ((u - tb).flatten(1).norm(dim=1) / tb.flatten(1).norm(dim=1)).tolist()

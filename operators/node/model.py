@@ -3,7 +3,8 @@ linear decoder (Pal, Edelman & Rackauckas, ICML 2023, Section 5's MNIST model).
 
 The ODE block integrates with :func:`solvers.ode.integrate` (adaptive dopri5), which also returns
 the solver-error regularizer; the vector field is wrapped in :class:`solvers.ode.CountedFunc`, so
-``model.func.nfe`` counts its evaluations. Shapes ``(B, d_in) -> (B, d_out)``, float64.
+``model.func.nfe`` counts its evaluations. Shapes ``(B, d_in) -> (B, d_out)``, in the config's dtype (float64 by default, or float32). The whole
+integration runs on the model's device (inputs on another device are refused, not copied).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import Any, Protocol
 import torch
 
 from data.errors import InputError
-from solvers.ode.regularize import CountedFunc, Regularizer, integrate
+from solvers.ode.regularize import CountedFunc, LocalDt, Regularizer, integrate
+
+from ..device import check_device, module_device
 
 
 class Tolerances(Protocol):
@@ -28,6 +31,12 @@ class Tolerances(Protocol):
     @property
     def max_steps(self) -> int: ...
 
+    @property
+    def adjoint(self) -> bool: ...
+
+    @property
+    def local_dt(self) -> LocalDt: ...
+
 
 class VectorField(torch.nn.Module):
     """``f(t, y) = W2 tanh(W1 [y, t] + b1) + b2``; shapes ``(B, d) -> (B, d)``."""
@@ -39,7 +48,7 @@ class VectorField(torch.nn.Module):
         )
 
     def forward(self, t: Any, y: torch.Tensor) -> torch.Tensor:
-        tt = torch.as_tensor(t, dtype=y.dtype).expand(y.shape[0], 1)
+        tt = torch.as_tensor(t, dtype=y.dtype, device=y.device).expand(y.shape[0], 1)
         return self.net(torch.cat([y, tt], dim=1))
 
 
@@ -64,7 +73,9 @@ class ODEModel(torch.nn.Module):
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(prediction, R)`` for inputs ``x (B, d_in)``; ``R`` is the ``regularizer`` (zero for
-        ``"none"``); ``cfg`` (default: the model's ``config``) gives the tolerances and the step limit."""
+        ``"none"``); ``cfg`` (default: the model's ``config``) gives the tolerances, the step limit, whether
+        gradients go through the adjoint, and the unbiased variant's step (``local_dt``)."""
+        check_device(x, module_device(self), "the neural ODE's input")
         cfg = cfg or self.config
         if cfg is None:
             raise InputError(
@@ -81,6 +92,8 @@ class ODEModel(torch.nn.Module):
             cfg.atol,
             generator=generator,
             max_steps=cfg.max_steps,
+            adjoint=cfg.adjoint,
+            local_dt=cfg.local_dt,
         )
         return self.decoder(y1), reg
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
@@ -83,7 +84,7 @@ def _digits(rng: np.random.Generator, seed: int) -> Task:
 def _lotka_volterra(rng: np.random.Generator, seed: int) -> Task:
     import data
 
-    ref = data.generate(dataset_spec("lotka-volterra", seed), progress=False)
+    ref = data.generate(_lotka_volterra_spec(seed), progress=False)
     tr, te = data.load(ref)["u"], data.load(ref, "test")["u"]
     return Task(
         _f64(tr[:, 0]),
@@ -97,6 +98,10 @@ def _lotka_volterra(rng: np.random.Generator, seed: int) -> Task:
         "mse",
         False,
     )
+
+
+def _lotka_volterra_spec(seed: int) -> LotkaVolterraSpec:
+    return LotkaVolterraSpec.model_validate(dict(n_train=400, n_test=100, seed=seed))
 
 
 def _spiral_task(rng: np.random.Generator, seed: int) -> Task:
@@ -121,6 +126,10 @@ TASKS: dict[str, Callable[[np.random.Generator, int], Task]] = {
     "lotka-volterra": _lotka_volterra,
     "spiral": _spiral_task,
 }
+if TYPE_CHECKING:  # a type checker cannot read a Literal built from a tuple; it sees plain names
+    TaskName = str
+else:  # the task names: pydantic validates them, Prefect and the CLI offer them as choices
+    TaskName = Literal[tuple(TASKS)]
 
 
 def dataset_spec(name: str, seed: int = 0) -> LotkaVolterraSpec | None:
@@ -129,7 +138,7 @@ def dataset_spec(name: str, seed: int = 0) -> LotkaVolterraSpec | None:
     if name not in TASKS:
         raise InputError(f"unknown task {name!r}; choose one of {tuple(TASKS)}")
     if name == "lotka-volterra":
-        return LotkaVolterraSpec.model_validate(dict(n_train=400, n_test=100, seed=seed))
+        return _lotka_volterra_spec(seed)
     return None
 
 
@@ -140,4 +149,4 @@ def load_task(name: str, seed: int = 0) -> Task:
     return TASKS[name](np.random.default_rng(seed), seed)
 
 
-__all__ = ["TASKS", "Task", "dataset_spec", "load_task"]
+__all__ = ["TASKS", "Task", "TaskName", "dataset_spec", "load_task"]

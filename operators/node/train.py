@@ -15,23 +15,19 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from data.errors import InputError
-from solvers.ode.regularize import REGULARIZERS, Regularizer
+from solvers.ode.regularize import REGULARIZERS, LocalDt, Regularizer
 
 from ..checkpoint import config_key
+from ..device import module_device, record, synchronize
 from ..training import OnEpoch, TrainingTask, World, fit
 from .model import ODEModel
-from .tasks import TASKS, Task, load_task
-
-if TYPE_CHECKING:
-    TaskName = str
-else:
-    TaskName = Literal[tuple(TASKS)]
+from .tasks import Task, TaskName, load_task
 
 
 class ODETrainConfig(BaseModel):
@@ -54,25 +50,58 @@ class ODETrainConfig(BaseModel):
     atol: float = Field(default=1e-6, gt=0, lt=1)
     max_steps: int = Field(default=5000, ge=10)
     seed: int = Field(default=0, ge=0)
+    dtype: Literal["float64", "float32"] = Field(
+        default="float64", description="dtype of the model, the data and the integration"
+    )
+    adjoint: bool = Field(
+        default=False, description="gradients of the solve by the adjoint method (torchdiffeq.odeint_adjoint)"
+    )
+    local_dt: LocalDt = Field(
+        default="controller",
+        description="local-unbiased's step: the adaptive controller's accepted step at t_reg (the paper's), "
+        "or torchdiffeq's initial-step heuristic ('initial', LocalRegNeuralDE.jl's shortcut)",
+    )
+
+    @model_validator(mode="after")
+    def _adjoint_needs_a_local_regularizer(self) -> ODETrainConfig:
+        if self.adjoint and self.regularizer == "global":
+            raise ValueError(
+                "regularizer='global' differentiates through every step of the solve, which adjoint=True "
+                "does not keep; use a local regularizer (or none) with the adjoint"
+            )
+        return self
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
 
     def key(self) -> str:
         return config_key(self)
 
 
 def evaluate(model: ODEModel, task: Task, cfg: ODETrainConfig) -> dict:
-    """Prediction NFE, seconds and metric on the held-out split (one batch, no regularizer)."""
+    """Prediction NFE, seconds and metric on the held-out split (one batch, no regularizer), on the
+    model's device (the inputs are copied there before the clock starts)."""
     model.eval()
     model.func.nfe = 0
-    device = next(model.parameters()).device
+    device = module_device(model)
+    x = task.x_test.to(device, next(model.parameters()).dtype)  # once per call, outside the timed prediction
     with torch.no_grad():
         t0 = time.perf_counter()
-        pred, _ = model(task.x_test.to(device), cfg)
+        pred, _ = model(x, cfg)
+        synchronize(device)
         seconds = time.perf_counter() - t0
+    record("node prediction", device)
     return {
         "predict_nfe": model.func.nfe,
         "predict_seconds": seconds,
         task.metric_name: task.metric(pred.cpu(), task.y_test),
     }
+
+
+def as_target(y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Targets in the model's ``dtype`` (class labels stay integers)."""
+    return y.to(dtype) if y.is_floating_point() else y
 
 
 class NodeTask(TrainingTask[ODETrainConfig]):
@@ -97,16 +126,10 @@ class NodeTask(TrainingTask[ODETrainConfig]):
         torch.manual_seed(cfg.seed)
         self.task = load_task(cfg.task, cfg.seed)
         t = self.task
-        model = ODEModel(t.d_in, t.d_out, cfg.width if t.encode else t.d_in, cfg.hidden, t.encode, config=cfg).double()
-        self.x, self.y = t.x_train.to(device), t.y_train.to(device)
+        model = ODEModel(t.d_in, t.d_out, cfg.width if t.encode else t.d_in, cfg.hidden, t.encode, config=cfg)
+        model = model.to(cfg.torch_dtype)
+        self.x, self.y = t.x_train.to(device, cfg.torch_dtype), as_target(t.y_train, cfg.torch_dtype).to(device)
         return model.to(device)
-
-    def optimizers(self, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, None]:
-        return torch.optim.Adam(model.parameters(), lr=self.config.lr), None
-
-    def generators(self) -> dict[str, torch.Generator]:
-        self.gen = torch.Generator().manual_seed(self.config.seed)
-        return {"shuffle": self.gen}
 
     def train_epoch(self, epoch: int, net: torch.nn.Module, opt: torch.optim.Optimizer, world: World) -> list[dict]:
         cfg, task = self.config, self.task
@@ -114,7 +137,7 @@ class NodeTask(TrainingTask[ODETrainConfig]):
         w = cfg.w_start + (cfg.w_end - cfg.w_start) * ((epoch - 1) / max(cfg.epochs - 1, 1))
         n = self.x.shape[0]
         net.train()
-        perm = torch.randperm(n, generator=self.gen)
+        perm = torch.randperm(n, generator=self.gen).to(self.x.device)
         t0, nfe, total, total_reg = time.perf_counter(), 0, 0.0, 0.0
         for i in range(0, n, cfg.batch_size):
             b = perm[i : i + cfg.batch_size]
@@ -153,13 +176,13 @@ def train(
     cfg: ODETrainConfig,
     checkpoint: str | Path | None = None,
     on_epoch: OnEpoch | None = None,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
 ) -> tuple[ODEModel, list[dict]]:
     """Train one model; resume from ``checkpoint`` if it exists (written atomically after every
-    epoch). Returns it and the per-epoch history (rows as in :class:`NodeTask`).
+    epoch). Returns it (on ``device``) and the per-epoch history (rows as in :class:`NodeTask`).
 
-    ``device``: the CPU by default (small float64 networks and adaptive steps with a host-side
-    controller gain nothing from a GPU)."""
+    ``device``: where the model, the data and the integration live (default
+    :func:`operators.device.default_device`); the dtype is ``cfg.dtype`` on every device."""
     model, history = fit(NodeTask(cfg), checkpoint, on_epoch, device=device)
     assert isinstance(model, ODEModel)
     return model, history
@@ -169,7 +192,7 @@ def rebuild(config: Mapping[str, Any], d_in: int, d_out: int, encode: bool) -> O
     """The untrained model of a stored ``config`` (for :func:`operators.registry.model_from_checkpoint`);
     ``d_in``, ``d_out``, ``encode``: the task's, stored in the checkpoint's context."""
     cfg = ODETrainConfig.model_validate(config)
-    return ODEModel(d_in, d_out, cfg.width if encode else d_in, cfg.hidden, encode, config=cfg).double()
+    return ODEModel(d_in, d_out, cfg.width if encode else d_in, cfg.hidden, encode, config=cfg).to(cfg.torch_dtype)
 
 
 __all__ = ["NodeTask", "ODETrainConfig", "evaluate", "rebuild", "train"]

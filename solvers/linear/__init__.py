@@ -8,15 +8,16 @@
 method stops on ``||b - A x|| <= tol ||b||`` with the true residual, and records the residual
 history. Non-convergence returns ``converged=False`` with the history; it never raises.
 
-The methods are the :data:`SOLVERS` registry (name -> function with the :class:`LinearSolver`
-signature); :data:`METHODS` and every list of method names derive from it. A new method is one
-function and one entry there.
+The methods are the :data:`SOLVERS` registry (name -> function of the checked arguments,
+:class:`SolveArgs`); :data:`METHODS` and every list of method names derive from it. A new method
+is one function and one entry there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -29,77 +30,53 @@ from .lanczos import ritz_pairs
 from .system import GridSystem, NotSPDError, check_rhs, check_spd
 
 
-class LinearSolver(Protocol):
-    """The signature every registered method has: the checked system and right-hand side, the
-    relative tolerance, the iteration cap, and the options some methods use."""
+@dataclass(frozen=True)
+class SolveArgs:
+    """The checked arguments of :func:`solve`, as every registered method receives them: the
+    system, the right-hand side (flat, ``N`` entries), the relative tolerance, the iteration cap,
+    the initial guess (None: zero) and the options some methods use (``model``, ``n_orth``: dcdm;
+    ``petsc_options``: petsc)."""
 
-    def __call__(
-        self,
-        system: GridSystem,
-        b: np.ndarray,
-        tol: float,
-        maxiter: int,
-        *,
-        x0: np.ndarray | None,
-        model: Any,
-        petsc_options: Mapping[str, str] | None,
-        n_orth: int,
-    ) -> SolveResult: ...
-
-
-def _cg(
-    system: GridSystem, b: np.ndarray, tol: float, maxiter: int, *, x0: np.ndarray | None, **_: object
-) -> SolveResult:
-    return pcg(system, b, tol, maxiter, x0=x0)
+    system: GridSystem
+    b: np.ndarray
+    tol: float
+    maxiter: int
+    x0: np.ndarray | None = None
+    model: Any = None
+    petsc_options: Mapping[str, str] | None = None
+    n_orth: int = 2
 
 
-def _dpcg(
-    system: GridSystem, b: np.ndarray, tol: float, maxiter: int, *, x0: np.ndarray | None, **_: object
-) -> SolveResult:
-    return dpcg(system, b, tol, maxiter, x0=x0)
+#: a registered method: the checked arguments -> the result
+LinearSolver = Callable[[SolveArgs], SolveResult]
 
 
-def _icpcg(
-    system: GridSystem, b: np.ndarray, tol: float, maxiter: int, *, x0: np.ndarray | None, **_: object
-) -> SolveResult:
-    return petsc_ksp(system, b, tol, maxiter, ic0_petsc_options(), "icpcg", x0)
+def _cg(a: SolveArgs) -> SolveResult:
+    return pcg(a.system, a.b, a.tol, a.maxiter, x0=a.x0)
 
 
-def _gamg(
-    system: GridSystem, b: np.ndarray, tol: float, maxiter: int, *, x0: np.ndarray | None, **_: object
-) -> SolveResult:
-    return petsc_ksp(system, b, tol, maxiter, gamg_petsc_options(), "gamg", x0)
+def _dpcg(a: SolveArgs) -> SolveResult:
+    return dpcg(a.system, a.b, a.tol, a.maxiter, x0=a.x0)
 
 
-def _petsc(
-    system: GridSystem,
-    b: np.ndarray,
-    tol: float,
-    maxiter: int,
-    *,
-    x0: np.ndarray | None,
-    petsc_options: Mapping[str, str] | None,
-    **_: object,
-) -> SolveResult:
-    if not petsc_options:
+def _icpcg(a: SolveArgs) -> SolveResult:
+    return petsc_ksp(a.system, a.b, a.tol, a.maxiter, ic0_petsc_options(), "icpcg", a.x0)
+
+
+def _gamg(a: SolveArgs) -> SolveResult:
+    return petsc_ksp(a.system, a.b, a.tol, a.maxiter, gamg_petsc_options(), "gamg", a.x0)
+
+
+def _petsc(a: SolveArgs) -> SolveResult:
+    if not a.petsc_options:
         raise InputError("method='petsc' needs petsc_options, e.g. {'ksp_type': 'cg', 'pc_type': 'gamg'}")
-    return petsc_ksp(system, b, tol, maxiter, petsc_options, "petsc", x0)
+    return petsc_ksp(a.system, a.b, a.tol, a.maxiter, a.petsc_options, "petsc", a.x0)
 
 
-def _dcdm(
-    system: GridSystem,
-    b: np.ndarray,
-    tol: float,
-    maxiter: int,
-    *,
-    x0: np.ndarray | None,
-    model: Any,
-    n_orth: int,
-    **_: object,
-) -> SolveResult:
-    if model is None:
+def _dcdm(a: SolveArgs) -> SolveResult:
+    if a.model is None:
         raise InputError("method='dcdm' needs a trained model (operators.dcdm.DCDMNet)")
-    return dcdm(system, b, model, tol, maxiter, n_orth=n_orth, x0=x0)
+    return dcdm(a.system, a.b, a.model, a.tol, a.maxiter, n_orth=a.n_orth, x0=a.x0)
 
 
 #: method name -> solver; the one list of linear methods (``METHODS``, CLI choices derive from it)
@@ -183,7 +160,7 @@ def solve(
         if not np.isfinite(x0).all():
             raise InputError("x0 (initial guess) contains NaN or inf")
     maxiter = int(maxiter or system.n)
-    return SOLVERS[method](system, b, tol, maxiter, x0=x0, model=model, petsc_options=petsc_options, n_orth=n_orth)
+    return SOLVERS[method](SolveArgs(system, b, tol, maxiter, x0, model, petsc_options, n_orth))
 
 
 __all__ = [
@@ -192,6 +169,7 @@ __all__ = [
     "GridSystem",
     "LinearSolver",
     "NotSPDError",
+    "SolveArgs",
     "SolveResult",
     "as_system",
     "dcdm",

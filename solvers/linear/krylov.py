@@ -19,8 +19,10 @@ from .system import GridSystem, NotSPDError
 
 @dataclass
 class SolveResult:
-    """Outcome of one solve. ``residuals`` are true residual 2-norms, one per iteration plus the
-    initial one; ``converged`` is False when ``maxiter`` ran out (``x`` is then the last iterate)."""
+    """Outcome of one solve. ``residuals`` are residual 2-norms, one per iteration plus the initial
+    one (true residuals; :func:`pcg`'s between its true-residual checks are the recursively updated
+    ones); ``converged`` is False when ``maxiter`` ran out or the iteration stopped early (``x`` is
+    then the last iterate, ``info["reason"]`` says why)."""
 
     x: np.ndarray
     iterations: int
@@ -45,6 +47,10 @@ class SolveResult:
         return None
 
 
+#: after a true-residual check above ``tol``, :func:`pcg` checks again at least this often
+RECHECK_EVERY = 10
+
+
 def initial_state(system: GridSystem, b: np.ndarray, x0: np.ndarray | None):
     """``(x, r, ||b||, [||r||])`` at the start of an iteration from ``x0`` (zero if None)."""
     x = np.zeros(system.n) if x0 is None else np.array(x0, dtype=np.float64)
@@ -66,6 +72,16 @@ def pcg(
 
     ``deflate`` (used by :func:`dpcg`) maps a preconditioned residual ``z`` to the part of it
     that is A-orthogonal to a deflation space; search directions are then ``deflate(z) + beta p``.
+
+    The residual is updated recursively (``r -= alpha A p``). When it falls to ``tol ||b||`` the
+    true residual ``b - A x`` is computed: the solve has converged if that is below ``tol ||b||``
+    too; otherwise it replaces the recursive one (whose rounding errors had drifted from it) and
+    the iteration goes on, checking the true residual again when the recursive one is below
+    ``tol ||b||`` or :data:`RECHECK_EVERY` iterations later, whichever comes first. A check that
+    finds the true residual no smaller than the previous one means ``tol`` is below the accuracy
+    rounding errors allow: the solve stops there, not converged, with ``info["reason"]`` set to
+    ``"stagnated"``. The history records the true norm at a check, the recursive one elsewhere; with an accurate
+    recursive residual the iterates and iteration count are those of plain CG.
     """
     A = system.A
     t0 = time.perf_counter()
@@ -75,6 +91,7 @@ def pcg(
     p = deflate(z) if deflate else z.copy()
     rz = r @ z
     converged = res[0] <= tol * bnorm
+    stagnated, last_check, next_check = False, np.inf, -1  # the true residual at the last check; the next one
     it = 0
     while not converged and it < maxiter:
         Ap = A @ p
@@ -85,16 +102,25 @@ def pcg(
         x += alpha * p
         r -= alpha * Ap
         it += 1
-        res.append(float(np.linalg.norm(r)))
+        rnorm = float(np.linalg.norm(r))
+        if rnorm <= tol * bnorm or it == next_check:  # the stopping rule is the true residual's
+            r = b - A @ x
+            rnorm = float(np.linalg.norm(r))
+            converged = rnorm <= tol * bnorm
+            stagnated = not converged and rnorm >= last_check
+            last_check, next_check = rnorm, it + RECHECK_EVERY
+        res.append(rnorm)
         times.append(time.perf_counter() - t0)
-        if res[-1] <= tol * bnorm:
-            converged = True
+        if converged or stagnated:
             break
         z = precond(r) if precond else r
         rz_new = r @ z
         p = (deflate(z) if deflate else z) + (rz_new / rz) * p
         rz = rz_new
-    return SolveResult(x, it, res, time.perf_counter() - t0, converged, method, times=times)
+    out = SolveResult(x, it, res, time.perf_counter() - t0, converged, method, times=times)
+    if stagnated:
+        out.info["reason"] = "stagnated"
+    return out
 
 
 def lowest_eigvecs(system: GridSystem, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -49,16 +49,36 @@ def initial_step(func, t: torch.Tensor, y: torch.Tensor, method: str, rtol: floa
         return _select_initial_step(func, t, y, order - 1, rtol, atol, _rms_norm)
 
 
+_CAST: dict[tuple[str, torch.dtype, torch.device], object] = {}
+
+
+def tableau_for(method: str, dtype: torch.dtype, device: torch.device):
+    """The method's Butcher tableau in the state's dtype and on its device (cached), as torchdiffeq's
+    own solver copies it (``RKAdaptiveStepsizeODESolver.__init__``): the module-level tableau is
+    float64 on the CPU, and a float64 stage weight would promote a float32 state."""
+    key = (method, dtype, device)
+    if key not in _CAST:
+        tableau, _ = _tableau(method)
+        _CAST[key] = type(tableau)(
+            alpha=tableau.alpha.to(device=device, dtype=dtype),
+            beta=[b.to(device=device, dtype=dtype) for b in tableau.beta],
+            c_sol=tableau.c_sol.to(device=device, dtype=dtype),
+            c_error=tableau.c_error.to(device=device, dtype=dtype),
+        )
+    return _CAST[key]
+
+
 def one_step_error(
     func, t: torch.Tensor, y: torch.Tensor, dt: torch.Tensor, method: str, rtol: float, atol: float
 ) -> torch.Tensor:
     """Error ratio of one step of size ``dt`` from ``(t, y)``:
     ``sqrt(mean((err / (atol + rtol * max(|y0|, |y1|)))**2))``, where ``err`` is the embedded
-    estimate (already scaled by ``dt``). Differentiable in ``func``'s parameters (and ``y``)."""
-    tableau, _ = _tableau(method)
+    estimate (already scaled by ``dt``). Differentiable in ``func``'s parameters (and ``y``).
+    Works in ``y``'s dtype and device (float32 or float64, CPU or GPU); time stays float64."""
+    tableau = tableau_for(method, y.dtype, y.device)
     f = _AcceptPerturb(func)
-    t = torch.as_tensor(t, dtype=torch.float64)
-    dt = torch.as_tensor(dt, dtype=torch.float64)
+    t = torch.as_tensor(t, dtype=torch.float64, device=y.device)
+    dt = torch.as_tensor(dt, dtype=torch.float64, device=y.device)
     f0 = f(t, y)
     y1, _, err, _ = _runge_kutta_step(f, y, f0, t, dt, t + dt, tableau)
     return _compute_error_ratio(err, rtol, atol, y, y1, _rms_norm)

@@ -52,20 +52,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .derivatives import Derivatives, NonFiniteError
-from .minimize_base import (
-    DENSE_LIMIT,
-    Callback,
-    OptimizeResult,
-    State,
-    armijo,
-    finish,
-    frobenius,
-    hessian_shift,
-    kkt_matrix,
-    record,
-    shifted,
-    stop_reason,
-)
+from .kkt import DENSE_LIMIT, armijo, frobenius, hessian_shift, kkt_matrix, shifted
+from .minimize_base import MinimizeArgs, OptimizeResult, State, finish, record, stop_reason
 from .sketch import SketchSolver
 
 
@@ -85,41 +73,16 @@ class ALParams:
     max_line_search: int = 60
 
 
-def al_sketch(
-    d: Derivatives,
-    x: np.ndarray,
-    lam: np.ndarray,
-    *,
-    tol: float,
-    max_iter: int,
-    max_seconds: float | None,
-    callback: Callback | None,
-    sketch: str,
-    seed: int,
-    params: ALParams,
-) -> OptimizeResult:
-    """AdaSketch-Newton from the checked start ``(x, lam)`` (called by
-    :func:`~.minimize.minimize_eq`, which documents the arguments): KKT systems solved by the
-    randomized ``sketch`` solver (:data:`~.sketch.SKETCHES`) to the adaptive accuracy of
-    Algorithm 1; ``seed`` seeds its sampling."""
-    return _adasketch(d, x, lam, "al-sketch", sketch, tol, max_iter, seed, params, max_seconds, callback)
+def al_sketch(args: MinimizeArgs, *, sketch: str, seed: int, params: ALParams, **_: object) -> OptimizeResult:
+    """AdaSketch-Newton (called by :func:`~.minimize.minimize_eq`, which documents the arguments):
+    KKT systems solved by the randomized ``sketch`` solver (:data:`~.sketch.SKETCHES`) to the
+    adaptive accuracy of Algorithm 1; ``seed`` seeds its sampling."""
+    return _adasketch(args, "al-sketch", sketch, seed, params)
 
 
-def newton_sqp(
-    d: Derivatives,
-    x: np.ndarray,
-    lam: np.ndarray,
-    *,
-    tol: float,
-    max_iter: int,
-    max_seconds: float | None,
-    callback: Callback | None,
-    seed: int,
-    params: ALParams,
-    **_: object,
-) -> OptimizeResult:
+def newton_sqp(args: MinimizeArgs, *, seed: int, params: ALParams, **_: object) -> OptimizeResult:
     """AdaSketch-Newton with exact KKT solves (``sketch="exact"``; a ``sketch`` argument is ignored)."""
-    return _adasketch(d, x, lam, "newton-sqp", "exact", tol, max_iter, seed, params, max_seconds, callback)
+    return _adasketch(args, "newton-sqp", "exact", seed, params)
 
 
 def _merit(d: Derivatives, x, lam, mu, nu) -> float:
@@ -142,30 +105,19 @@ def _merit_grad(s: State, mu, nu) -> np.ndarray:
     return np.concatenate([s.gL + nu * HgL + mu * (s.G.T @ s.c), s.c + nu * (s.G @ s.gL)])
 
 
-def _adasketch(
-    d: Derivatives,
-    x: np.ndarray,
-    lam: np.ndarray,
-    method: str,
-    sketch: str,
-    tol: float,
-    max_iter: int,
-    seed: int,
-    P: ALParams,
-    max_seconds: float | None,
-    callback: Callback | None,
-) -> OptimizeResult:
-    """Algorithm 1 (see the module docstring) from ``(x, lam)``; ``method`` only labels the result."""
+def _adasketch(args: MinimizeArgs, method: str, sketch: str, seed: int, P: ALParams) -> OptimizeResult:
+    """Algorithm 1 (see the module docstring) from ``(args.x, args.lam)``; ``method`` only labels the result."""
+    d, tol, max_seconds = args.d, args.tol, args.max_seconds
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     mu, nu, delta = P.mu0, P.nu0, P.delta0
-    s = State(d, x, lam)
+    s = State(d, args.x, args.lam)
     history: list[dict] = []
     inner_total, k, message = 0, 0, ""
     dense = d.n <= DENSE_LIMIT
     sparse_shift = 0.0
     while s.kkt > tol:
-        message, xi_G = stop_reason(s, k, max_iter, t0, max_seconds)
+        message, xi_G = stop_reason(s, k, args.max_iter, t0, max_seconds)
         if message:
             break
         H_norm = frobenius(s.H)
@@ -231,7 +183,7 @@ def _adasketch(
             break
         s = State(d, s.x + alpha * dx, s.lam + alpha * dlam)
         k += 1
-        record(history, callback, s, k, alpha, solver.steps, t0, mu=mu, nu=nu, shift=t_shift)
+        record(history, args.callback, s, k, alpha, solver.steps, t0, mu=mu, nu=nu, shift=t_shift)
     return finish(s, method, t0, k, tol, message, inner_total, history)
 
 

@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Protocol
 
 from .bilevel_base import (
     DTYPE,
+    BilevelArgs,
     BilevelInputError,
     BilevelResult,
+    CvxpyLowerLevel,
     Monitor,
     Objective,
     Projection,
@@ -43,41 +44,11 @@ from .bilevel_base import (
     as_vector,
     positive,
 )
-from .implicit import CvxpyLowerLevel, implicit
+from .implicit import implicit
 from .lv_hba import lv_hba
 
-
-class BilevelMethod(Protocol):
-    """The signature every registered method has: the problem, the checked start ``(x0, y0)``, the
-    common options, and every method's own options as keywords (a method ignores the others')."""
-
-    def __call__(
-        self,
-        F: Objective,
-        f: Objective | None,
-        g: Objective | None,
-        x0: Tensor,
-        y0: Tensor,
-        *,
-        max_iter: int,
-        tol: float,
-        log_every: int,
-        monitor: Monitor | None,
-        h: Objective | None,
-        project: Projection | None,
-        project_theta: Callable[[Tensor], Tensor] | None,
-        alpha: float,
-        beta: float,
-        eta: float,
-        gamma1: float,
-        gamma2: float,
-        c0: float,
-        p: float,
-        multiplier_bound: float,
-        lower: CvxpyLowerLevel | None,
-        project_x: Callable[[Tensor], Tensor] | None,
-        lr: float,
-    ) -> BilevelResult: ...
+#: a registered method: the checked arguments -> the result
+BilevelMethod = Callable[[BilevelArgs], BilevelResult]
 
 
 #: method name -> method; the one list of bilevel methods (``METHODS`` derives from it)
@@ -167,17 +138,17 @@ def bilevel(
     if int(log_every) < 1:
         raise BilevelInputError(f"log_every must be >= 1, got {log_every}")
     positive("tol", tol)
-    return BILEVEL_METHODS[method](
-        F,
-        f,
-        g,
-        x0,
-        y0,
+    args = BilevelArgs(
+        F=F,
+        f=f,
+        g=g,
+        h=h,
+        x0=x0,
+        y0=y0,
         max_iter=int(max_iter),
         tol=tol,
         log_every=int(log_every),
         monitor=monitor,
-        h=h,
         project=project,
         project_theta=project_theta,
         alpha=alpha,
@@ -192,12 +163,14 @@ def bilevel(
         project_x=project_x,
         lr=lr,
     )
+    return BILEVEL_METHODS[method](args)
 
 
 __all__ = [
     "BILEVEL_METHODS",
     "DTYPE",
     "METHODS",
+    "BilevelArgs",
     "BilevelInputError",
     "BilevelMethod",
     "BilevelResult",

@@ -1,4 +1,6 @@
-"""What both bilevel methods share: the result, the input error and checks, gradients, history rows.
+"""What both bilevel methods share: their arguments (:class:`BilevelArgs`, with the lower level as a
+cvxpylayers problem, :class:`CvxpyLowerLevel`), the result and the bookkeeping that fills it
+(:class:`Progress`), the input error and checks, gradients.
 
 Functions act on float64 torch vectors (:data:`DTYPE`): ``x`` of shape ``(n,)``, ``y`` of shape
 ``(m,)``; see :mod:`.bilevel` for the problem and the methods.
@@ -10,6 +12,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,6 +52,62 @@ class BilevelResult:
     theta: Tensor | None = None
     lam: Tensor | None = None
     z: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class CvxpyLowerLevel:
+    """The lower level as a cvxpylayers-ready problem, for ``method="implicit"``.
+
+    ``problem``: a convex, DPP ``cvxpy.Problem`` whose parameters are exactly ``parameters``.
+    ``variables``: the cvxpy variables that make up y, in order; y is their flattened (C-order)
+    concatenation, so it must match the ``y`` that F expects. ``params_of_x(x)`` maps the torch
+    vector x to one tensor per parameter (differentiably; default: ``(x,)``, one parameter of
+    x's shape). Reparametrize to stay DPP, e.g. ``exp(c_i) xi_i^2`` as
+    ``sum_squares(multiply(p, xi))`` with ``p = exp(c / 2)``. ``solver``/``solver_args`` go to
+    ``CvxpyLayer``; the default (diffcp) uses Clarabel, tolerances ``solver_args`` may tighten
+    (e.g. ``tol_gap_abs``, ``tol_gap_rel``, ``tol_feas``).
+    The LL solution must be unique for the derivative to exist (add a selection term if not).
+    """
+
+    problem: Any
+    parameters: Sequence[Any]
+    variables: Sequence[Any]
+    params_of_x: Callable[[Tensor], Sequence[Tensor]] | None = None
+    solver: str | None = None
+    solver_args: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class BilevelArgs:
+    """The checked arguments of :func:`~.bilevel.bilevel`, as every method receives them (each
+    reads its own options and ignores the others'; see :func:`~.bilevel.bilevel` for their meaning):
+    the problem (``F``, ``f``, ``g``, ``h``), the start ``(x0, y0)``, the stopping and logging
+    controls, LV-HBA's options (``project`` ... ``multiplier_bound``) and the implicit method's
+    (``lower``, ``project_x``, ``lr``)."""
+
+    F: Objective
+    f: Objective | None
+    g: Objective | None
+    h: Objective | None
+    x0: Tensor
+    y0: Tensor
+    max_iter: int
+    tol: float
+    log_every: int
+    monitor: Monitor | None
+    project: Projection | None
+    project_theta: Callable[[Tensor], Tensor] | None
+    alpha: float
+    beta: float
+    eta: float
+    gamma1: float
+    gamma2: float
+    c0: float
+    p: float
+    multiplier_bound: float
+    lower: CvxpyLowerLevel | None
+    project_x: Callable[[Tensor], Tensor] | None
+    lr: float
 
 
 class BilevelInputError(InputError):
@@ -91,27 +150,72 @@ def grads(out: Tensor, inputs: Sequence[Tensor]) -> list[Tensor]:
     return [torch.zeros_like(i) if gi is None else gi for gi, i in zip(gs, inputs, strict=False)]
 
 
-def log_row(history: list, monitor, x: Tensor, y: Tensor, **row) -> float:
-    """Append ``row`` (plus the user's ``monitor(x, y)`` values) to ``history``; returns the
-    seconds spent in the monitor, which are not charged to the method."""
-    tm = time.perf_counter()
-    if monitor is not None:
-        row.update({key: float(v) for key, v in monitor(x, y).items()})
-    history.append(row)
-    return time.perf_counter() - tm
+class Progress:
+    """The bookkeeping of one run of a method: history rows (with the user's ``monitor(x, y)``
+    values, whose time is not charged to the method), the stopping message and the result.
+
+    The clock starts at construction; the message is ``"max_iter=N reached"`` unless :meth:`stop`
+    ends the run earlier."""
+
+    def __init__(self, max_iter: int, log_every: int, monitor: Monitor | None):
+        self.max_iter, self.log_every, self.monitor = max_iter, log_every, monitor
+        self.history: list[dict[str, float]] = []
+        self.monitor_s = 0.0
+        self.converged, self.failed, self.message = False, False, f"max_iter={max_iter} reached"
+        self.t0 = time.perf_counter()
+
+    def due(self, k: int) -> bool:
+        """Whether iteration ``k`` is logged anyway: every ``log_every``-th and the last."""
+        return k % self.log_every == 0 or k == self.max_iter - 1
+
+    def log(self, x: Tensor, y: Tensor, **row: float) -> None:
+        """Append ``row`` plus the monitor's values at ``(x, y)`` to the history."""
+        tm = time.perf_counter()
+        if self.monitor is not None:
+            row.update({key: float(v) for key, v in self.monitor(x, y).items()})
+        self.history.append(row)
+        self.monitor_s += time.perf_counter() - tm
+
+    def stop(self, k: int, failure: str = "") -> None:
+        """The run ends at iteration ``k``: converged (the stopping rule held), or not, for the reason ``failure``."""
+        self.converged, self.failed = not failure, bool(failure)
+        self.message = failure or f"stopping rule met at iteration {k}"
+
+    def result(self, method: str, F: Objective, x: Tensor, y: Tensor, k: int, **extra: Tensor) -> BilevelResult:
+        """The :class:`BilevelResult` after iteration ``k`` at ``(x, y)`` (``F`` evaluated there);
+        ``extra``: LV-HBA's ``theta``, ``lam``, ``z``."""
+        seconds = time.perf_counter() - self.t0 - self.monitor_s
+        with torch.no_grad():
+            F_end = float(F(x, y))
+        return BilevelResult(
+            x=x,
+            y=y,
+            F=F_end,
+            nit=k + 1,
+            converged=self.converged,
+            seconds=seconds,
+            method=method,
+            history=self.history,
+            message=self.message,
+            theta=extra.get("theta"),
+            lam=extra.get("lam"),
+            z=extra.get("z"),
+        )
 
 
 __all__ = [
     "DTYPE",
+    "BilevelArgs",
     "BilevelInputError",
     "BilevelResult",
+    "CvxpyLowerLevel",
     "Monitor",
     "Objective",
+    "Progress",
     "Projection",
     "Tensor",
     "as_vector",
     "check_scalar",
     "grads",
-    "log_row",
     "positive",
 ]

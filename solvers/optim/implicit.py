@@ -7,73 +7,42 @@ its derivative from a cvxpylayers layer (convex, DPP lower level; see :class:`Cv
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 
 from .bilevel_base import (
     DTYPE,
+    BilevelArgs,
     BilevelInputError,
     BilevelResult,
-    Monitor,
-    Objective,
+    CvxpyLowerLevel,
+    Progress,
     Tensor,
     check_scalar,
     grads,
-    log_row,
     positive,
 )
 
 
-@dataclass(frozen=True)
-class CvxpyLowerLevel:
-    """The lower level as a cvxpylayers-ready problem, for ``method="implicit"``.
-
-    ``problem``: a convex, DPP ``cvxpy.Problem`` whose parameters are exactly ``parameters``.
-    ``variables``: the cvxpy variables that make up y, in order; y is their flattened (C-order)
-    concatenation, so it must match the ``y`` that F expects. ``params_of_x(x)`` maps the torch
-    vector x to one tensor per parameter (differentiably; default: ``(x,)``, one parameter of
-    x's shape). Reparametrize to stay DPP, e.g. ``exp(c_i) xi_i^2`` as
-    ``sum_squares(multiply(p, xi))`` with ``p = exp(c / 2)``. ``solver``/``solver_args`` go to
-    ``CvxpyLayer``; the default (diffcp) uses Clarabel, tolerances ``solver_args`` may tighten
-    (e.g. ``tol_gap_abs``, ``tol_gap_rel``, ``tol_feas``).
-    The LL solution must be unique for the derivative to exist (add a selection term if not).
-    """
-
-    problem: Any
-    parameters: Sequence[Any]
-    variables: Sequence[Any]
-    params_of_x: Callable[[Tensor], Sequence[Tensor]] | None = None
-    solver: str | None = None
-    solver_args: Mapping[str, Any] | None = None
-
-
-def implicit(
-    F: Objective,
-    f: Objective | None,
-    g: Objective | None,
-    x0: Tensor,
-    y0: Tensor,
-    *,
-    max_iter: int,
-    tol: float,
-    log_every: int,
-    monitor: Monitor | None,
-    lower: CvxpyLowerLevel | None,
-    project_x: Callable[[Tensor], Tensor] | None,
-    lr: float,
-    **_: object,
-) -> BilevelResult:
-    """Projected hypergradient descent from the checked start ``(x0, y0)`` (called by
-    :func:`~.bilevel.bilevel`, which documents the arguments); ``f`` and ``g`` are not used
-    (``lower`` is the lower level)."""
-    if lower is None:
+def implicit(args: BilevelArgs) -> BilevelResult:
+    """Projected hypergradient descent (called by :func:`~.bilevel.bilevel`, which documents the
+    arguments and checks the common ones); ``f``, ``g``, ``h`` are not used (``lower`` is the
+    lower level)."""
+    if args.lower is None:
         raise BilevelInputError('method="implicit" needs lower=CvxpyLowerLevel(...)')
-    return _implicit(F, x0, y0, lower, project_x, max_iter, tol, positive("lr", lr), log_every, monitor)
+    return _implicit(
+        args.F,
+        args.x0,
+        args.y0,
+        args.lower,
+        args.project_x,
+        args.max_iter,
+        args.tol,
+        positive("lr", args.lr),
+        args.log_every,
+        args.monitor,
+    )
 
 
 def make_layer(lower: CvxpyLowerLevel, x0: Tensor, m: int):
@@ -138,16 +107,14 @@ def _implicit(F, x, y0, lower, project_x, max_iter, tol, lr, log_every, monitor)
         sols = layer(*params_of_x(xv))
         return torch.cat([s.reshape(-1) for s in sols]).to(DTYPE)
 
-    history: list[dict[str, float]] = []
-    monitor_s, converged, message, k = 0.0, False, "", 0
     y = y0
-    t0 = time.perf_counter()
+    run, k = Progress(max_iter, log_every, monitor), 0
     for k in range(max_iter):
         xr = x.detach().requires_grad_(True)
         try:
             y = solve_ll(xr)
         except Exception as err:  # solver failure: report, never mark converged
-            message = f"lower-level solve failed at iteration {k}: {err}"
+            run.stop(k, f"lower-level solve failed at iteration {k}: {err}")
             break
         Fv = F(xr, y)
         if k == 0:
@@ -156,39 +123,24 @@ def _implicit(F, x, y0, lower, project_x, max_iter, tol, lr, log_every, monitor)
         x_new = torch.as_tensor(project_x(x - lr * gx), dtype=DTYPE).detach()
         Fv = Fv.detach()
         if not torch.isfinite(x_new).all() or not math.isfinite(float(Fv)):
-            message = f"non-finite iterate at iteration {k} (lr too large?)"
+            run.stop(k, f"non-finite iterate at iteration {k} (lr too large?)")
             break
         step = float(torch.linalg.vector_norm(x_new - x)) / (lr * (1 + float(torch.linalg.vector_norm(x))))
         x_prev, x, y = x, x_new, y.detach()
         done = step <= tol
-        if k % log_every == 0 or done or k == max_iter - 1:
-            monitor_s += log_row(history, monitor, x_prev, y, k=k, F=float(Fv), step=step)
+        if run.due(k) or done:
+            run.log(x_prev, y, k=k, F=float(Fv), step=step)
         if done:
-            converged, message = True, f"stopping rule met at iteration {k}"
+            run.stop(k)
             break
-    else:
-        message = f"max_iter={max_iter} reached"
     # y is y*(x) at the last x where the LL was solved; re-solve at the returned x.
-    if converged or message.startswith("max_iter"):
+    if not run.failed:
         try:
             with torch.no_grad():
                 y = solve_ll(x)
         except Exception as err:
-            converged, message = False, f"lower-level solve failed at the final x: {err}"
-    seconds = time.perf_counter() - t0 - monitor_s
-    with torch.no_grad():
-        F_end = float(F(x, y))
-    return BilevelResult(
-        x=x,
-        y=y.detach(),
-        F=F_end,
-        nit=k + 1,
-        converged=converged,
-        seconds=seconds,
-        method="implicit",
-        history=history,
-        message=message,
-    )
+            run.stop(k, f"lower-level solve failed at the final x: {err}")
+    return run.result("implicit", F, x, y.detach(), k)
 
 
 __all__ = ["CvxpyLowerLevel", "implicit", "make_layer"]

@@ -12,19 +12,8 @@ import numpy as np
 import scipy.sparse.linalg as spla
 
 from .derivatives import Derivatives, NonFiniteError
-from .minimize_base import (
-    DENSE_LIMIT,
-    Callback,
-    OptimizeResult,
-    State,
-    armijo,
-    finish,
-    hessian_shift,
-    kkt_matrix,
-    record,
-    shifted,
-    stop_reason,
-)
+from .kkt import DENSE_LIMIT, armijo, hessian_shift, kkt_matrix, shifted
+from .minimize_base import MinimizeArgs, OptimizeResult, State, finish, record, stop_reason
 
 
 def _l1_merit(d: Derivatives, x, pi) -> float:
@@ -56,32 +45,21 @@ def _gmres(K, b, rtol: float, deadline: float | None = None):
 
 
 def l1_sqp(
-    d: Derivatives,
-    x: np.ndarray,
-    lam: np.ndarray,
-    *,
-    tol: float,
-    max_iter: int,
-    max_seconds: float | None,
-    callback: Callback | None,
-    kappa: float = 0.1,
-    tau: float = 0.1,
-    eta: float = 1e-8,
-    xi_B: float = 0.1,
-    **_: object,
+    args: MinimizeArgs, *, kappa: float = 0.1, tau: float = 0.1, eta: float = 1e-8, xi_B: float = 0.1, **_: object
 ) -> OptimizeResult:
-    """Inexact l1-penalty SQP from the checked start ``(x, lam)`` (called by
-    :func:`~.minimize.minimize_eq`; dense problems get the reduced-Hessian shift, sparse ones
-    none): KKT step by GMRES to relative residual ``kappa`` (tightened by 10x while the step gives
-    no model reduction), penalty ``pi >= (g.dx + dx^T B dx / 2) / ((1 - tau)(||c||_1 - ||c + G dx||_1))``
-    (Byrd-Curtis-Nocedal), Armijo on ``f + pi ||c||_1``."""
+    """Inexact l1-penalty SQP (called by :func:`~.minimize.minimize_eq`; dense problems get the
+    reduced-Hessian shift, sparse ones none): KKT step by GMRES to relative residual ``kappa``
+    (tightened by 10x while the step gives no model reduction), penalty
+    ``pi >= (g.dx + dx^T B dx / 2) / ((1 - tau)(||c||_1 - ||c + G dx||_1))`` (Byrd-Curtis-Nocedal),
+    Armijo on ``f + pi ||c||_1``."""
+    d, tol, max_seconds = args.d, args.tol, args.max_seconds
     t0 = time.perf_counter()
-    s = State(d, x, lam)
+    s = State(d, args.x, args.lam)
     history: list[dict] = []
     pi, k, inner, message = 1.0, 0, 0, ""
     dense = d.n <= DENSE_LIMIT
     while s.kkt > tol:
-        message, xi_G = stop_reason(s, k, max_iter, t0, max_seconds)
+        message, xi_G = stop_reason(s, k, args.max_iter, t0, max_seconds)
         if message:
             break
         t_shift = hessian_shift(s.H, s.G, xi_B) if dense else 0.0
@@ -116,7 +94,7 @@ def l1_sqp(
             break
         s = State(d, s.x + alpha * dx, s.lam + alpha * dlam)
         k += 1
-        record(history, callback, s, k, alpha, its, t0, pi=pi)
+        record(history, args.callback, s, k, alpha, its, t0, pi=pi)
     return finish(s, "l1-sqp", t0, k, tol, message, inner, history)
 
 

@@ -17,73 +17,49 @@ penalized objective ``F / c_k + f - v_gamma`` in (x, y, z), with ``c_k = c0 (k +
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
 
 import torch
 
 from .bilevel_base import (
     DTYPE,
+    BilevelArgs,
     BilevelInputError,
     BilevelResult,
-    Monitor,
     Objective,
+    Progress,
     Projection,
     Tensor,
     check_scalar,
     grads,
-    log_row,
     positive,
 )
 
 
-def lv_hba(
-    F: Objective,
-    f: Objective | None,
-    g: Objective | None,
-    x0: Tensor,
-    y0: Tensor,
-    *,
-    max_iter: int,
-    tol: float,
-    log_every: int,
-    monitor: Monitor | None,
-    h: Objective | None,
-    project: Projection | None,
-    project_theta: Callable[[Tensor], Tensor] | None,
-    alpha: float,
-    beta: float,
-    eta: float,
-    gamma1: float,
-    gamma2: float,
-    c0: float,
-    p: float,
-    multiplier_bound: float,
-    **_: object,
-) -> BilevelResult:
-    """LV-HBA from the checked start ``(x0, y0)`` (called by :func:`~.bilevel.bilevel`, which
-    documents the arguments and checks x0, y0, max_iter, tol and log_every); checks its own options."""
-    if not callable(f):
+def lv_hba(args: BilevelArgs) -> BilevelResult:
+    """LV-HBA (called by :func:`~.bilevel.bilevel`, which documents the arguments and checks the
+    common ones); checks its own options."""
+    if not callable(args.f):
         raise BilevelInputError("f must be callable (x, y) -> scalar tensor for LV-HBA")
-    steps = dict(alpha=alpha, beta=beta, eta=eta, gamma1=gamma1, gamma2=gamma2, c0=c0)
+    steps = dict(alpha=args.alpha, beta=args.beta, eta=args.eta, gamma1=args.gamma1, gamma2=args.gamma2, c0=args.c0)
     steps = {k: positive(k, v) for k, v in steps.items()}
-    positive("p", p, 1.0)
-    positive("multiplier_bound", multiplier_bound if math.isfinite(multiplier_bound) else 1.0)
+    positive("p", args.p, 1.0)
+    r = args.multiplier_bound
+    positive("multiplier_bound", r if math.isfinite(r) else 1.0)
     return _lv_hba(
-        F,
-        f,
-        g,
-        h,
-        x0,
-        y0,
-        project,
-        project_theta,
-        max_iter,
-        tol,
-        p=float(p),
-        r=float(multiplier_bound),
-        log_every=log_every,
-        monitor=monitor,
+        args.F,
+        args.f,
+        args.g,
+        args.h,
+        args.x0,
+        args.y0,
+        args.project,
+        args.project_theta,
+        args.max_iter,
+        args.tol,
+        p=float(args.p),
+        r=float(r),
+        log_every=args.log_every,
+        monitor=args.monitor,
         **steps,
     )
 
@@ -154,9 +130,7 @@ def _lv_hba(
         out = f(xv, tv)
         return out + lv @ cons(xv, tv) if cons is not None else out
 
-    history: list[dict[str, float]] = []
-    monitor_s, converged, message, k = 0.0, False, "", 0
-    t0 = time.perf_counter()
+    run, k = Progress(max_iter, log_every, monitor), 0
     for k in range(max_iter):
         ck = c0 * (k + 1) ** p
         # theta, lam: one projected gradient step on the saddle problem defining v_gamma.
@@ -190,40 +164,20 @@ def _lv_hba(
         ) / (eta * (1 + float(torch.linalg.vector_norm(theta)) + float(torch.linalg.vector_norm(lam))))
         Fv = Fv.detach()
         if not all(math.isfinite(v) for v in (step, ll_gap, inner, float(Fv), float(z_new.sum()))):
-            message = f"non-finite iterate at iteration {k} (step sizes too large?)"
+            run.stop(k, f"non-finite iterate at iteration {k} (step sizes too large?)")
             break
         x, y, theta, lam, z = x_new.detach(), y_new.detach(), theta_new, lam_new, z_new
         done = step <= tol and ll_gap <= tol and inner <= tol
         feas = math.nan
-        if done or k % log_every == 0 or k == max_iter - 1:
+        if done or run.due(k):
             feas = _infeasibility(g, h, x, y)
             done = done and feas <= tol
-        if k % log_every == 0 or done or k == max_iter - 1:
-            monitor_s += log_row(
-                history, monitor, x, y, k=k, F=float(Fv), c=ck, step=step, ll_gap=ll_gap, inner=inner, infeas=feas
-            )
+        if run.due(k) or done:
+            run.log(x, y, k=k, F=float(Fv), c=ck, step=step, ll_gap=ll_gap, inner=inner, infeas=feas)
         if done:
-            converged, message = True, f"stopping rule met at iteration {k}"
+            run.stop(k)
             break
-    else:
-        message = f"max_iter={max_iter} reached"
-    seconds = time.perf_counter() - t0 - monitor_s
-    with torch.no_grad():
-        F_end = float(F(x, y))
-    return BilevelResult(
-        x=x,
-        y=y,
-        F=F_end,
-        nit=k + 1,
-        converged=converged,
-        seconds=seconds,
-        method="lv-hba",
-        history=history,
-        message=message,
-        theta=theta,
-        lam=lam,
-        z=z,
-    )
+    return run.result("lv-hba", F, x, y, k, theta=theta, lam=lam, z=z)
 
 
 def _vector_out(name: str, out, where: str) -> int:

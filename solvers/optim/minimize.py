@@ -21,30 +21,17 @@ from data.errors import InputError
 from .adasketch import ALParams, al_sketch, newton_sqp
 from .derivatives import AutogradDerivatives, Derivatives
 from .l1_sqp import l1_sqp
-from .minimize_base import Callback, OptimizeResult
+from .minimize_base import MinimizeArgs, OptimizeResult
 from .scipy_methods import slsqp, trust_constr
 from .sketch import SKETCHES
 
 
 class EqMethod(Protocol):
-    """The signature every registered method has: the problem's derivatives, the checked start
-    ``(x (n,), lam (m,))``, and the options of :func:`minimize_eq` as keywords (a method ignores
-    those it has no use for)."""
+    """The signature every registered method has: the checked arguments (:class:`MinimizeArgs`)
+    and, as keywords, the options of :func:`minimize_eq` that only some methods use; a method
+    ignores those it has no use for."""
 
-    def __call__(
-        self,
-        d: Derivatives,
-        x: np.ndarray,
-        lam: np.ndarray,
-        *,
-        tol: float,
-        max_iter: int,
-        max_seconds: float | None,
-        callback: Callback | None,
-        sketch: str,
-        seed: int,
-        params: ALParams,
-    ) -> OptimizeResult: ...
+    def __call__(self, args: MinimizeArgs, *, sketch: str, seed: int, params: ALParams) -> OptimizeResult: ...
 
 
 #: method name -> method; the one list of ``minimize_eq`` methods (``METHODS`` and configs derive from it)
@@ -123,18 +110,8 @@ def minimize_eq(
     lam = np.zeros(d.m) if lam0 is None else _as_vector(lam0)
     if lam.size != d.m:
         raise InputError(f"lam0 has {lam.size} entries, c has m = {d.m} components")
-    return MINIMIZERS[method](
-        d,
-        x,
-        lam,
-        tol=tol,
-        max_iter=int(max_iter),
-        max_seconds=max_seconds,
-        callback=callback,
-        sketch=sketch,
-        seed=seed,
-        params=params,
-    )
+    args = MinimizeArgs(d, x, lam, tol, int(max_iter), max_seconds, callback)
+    return MINIMIZERS[method](args, sketch=sketch, seed=seed, params=params)
 
 
-__all__ = ["METHODS", "MINIMIZERS", "ALParams", "EqMethod", "OptimizeResult", "minimize_eq"]
+__all__ = ["METHODS", "MINIMIZERS", "ALParams", "EqMethod", "MinimizeArgs", "OptimizeResult", "minimize_eq"]

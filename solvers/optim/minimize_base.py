@@ -1,9 +1,9 @@
 """What every method of :func:`~.minimize.minimize_eq` shares.
 
-The result (:class:`OptimizeResult`) and the bookkeeping that fills it (:func:`stop_reason`,
-:func:`record`, :func:`finish`), the iterate (:class:`State`: values and derivatives at
-``(x, lam)``), and the pieces of a Newton (KKT) step the SQP-type methods have in common: the KKT
-matrix, the Hessian shift that makes the reduced Hessian positive definite, and Armijo backtracking.
+The checked arguments every method receives (:class:`MinimizeArgs`), the result
+(:class:`OptimizeResult`) and the bookkeeping that fills it (:func:`stop_reason`, :func:`record`,
+:func:`finish`), and the iterate (:class:`State`: values and derivatives at ``(x, lam)``). The
+pieces of a Newton (KKT) step that the SQP-type methods share are in :mod:`.kkt`.
 """
 
 from __future__ import annotations
@@ -13,13 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.sparse as sp
-import scipy.sparse.linalg as spla
 
 from .derivatives import Derivatives
-
-#: problems with more variables take the sparse path (no dense reduced-Hessian test)
-DENSE_LIMIT = 2000
+from .kkt import frobenius, min_eig_GGt
 
 Callback = Callable[[dict], None]
 
@@ -44,6 +40,22 @@ class OptimizeResult:
     history: list[dict] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class MinimizeArgs:
+    """The checked arguments of :func:`~.minimize.minimize_eq` that every method receives: the
+    problem's derivatives, the start ``x`` (n,) and ``lam`` (m,), the KKT tolerance, the iteration
+    cap, the wall-clock budget (None: none) and the per-iteration callback. Each method's own
+    options come as keywords beside it (:class:`~.minimize.EqMethod`)."""
+
+    d: Derivatives
+    x: np.ndarray
+    lam: np.ndarray
+    tol: float
+    max_iter: int
+    max_seconds: float | None = None
+    callback: Callback | None = None
+
+
 class State:
     """Function values and derivatives at one point."""
 
@@ -56,62 +68,6 @@ class State:
     @property
     def kkt(self) -> float:
         return float(np.sqrt(self.gL @ self.gL + self.c @ self.c))
-
-
-def frobenius(A) -> float:
-    """Frobenius norm of a dense or sparse matrix."""
-    return float(sp.linalg.norm(A)) if sp.issparse(A) else float(np.linalg.norm(A))
-
-
-def min_eig_GGt(G) -> float:
-    """``lambda_min(G G^T)`` (0 when the sparse factorization finds it exactly singular)."""
-    if sp.issparse(G):
-        GGt = (G @ G.T).tocsc()
-        try:
-            return float(spla.eigsh(GGt, k=1, sigma=0.0, which="LM", return_eigenvectors=False)[0])
-        except RuntimeError:  # exactly singular: the factorization fails
-            return 0.0
-    return float(np.linalg.eigvalsh(G @ G.T)[0])
-
-
-def hessian_shift(H, G, xi_B: float) -> float:
-    """Shift ``t`` for ``B = H + t I``: the reference's test ``lambda_min(Z^T H Z) < 1e-6`` (``Z`` an
-    orthonormal null-space basis of ``G``), then the smallest ``t`` with ``Z^T B Z >= xi_B I``."""
-    m, n = G.shape
-    if m >= n:
-        return 0.0
-    Gd = G.toarray() if sp.issparse(G) else G
-    Hd = H.toarray() if sp.issparse(H) else H
-    Q, _ = np.linalg.qr(Gd.T, mode="complete")
-    Z = Q[:, m:]
-    low = float(np.linalg.eigvalsh(Z.T @ Hd @ Z)[0])
-    return xi_B - low if low < 1e-6 else 0.0
-
-
-def kkt_matrix(B, G):
-    """``[[B, G^T], [G, 0]]``, sparse if either block is."""
-    m = G.shape[0]
-    if sp.issparse(B) or sp.issparse(G):
-        return sp.bmat([[sp.csr_matrix(B), sp.csr_matrix(G).T], [sp.csr_matrix(G), None]], format="csr")
-    return np.block([[B, G.T], [G, np.zeros((m, m))]])
-
-
-def shifted(H, t: float):
-    """``H + t I`` (``H`` itself when ``t == 0``)."""
-    if t == 0.0:
-        return H
-    return H + t * (sp.identity(H.shape[0], format="csr") if sp.issparse(H) else np.eye(H.shape[0]))
-
-
-def armijo(merit_at: Callable[[float], float], m0: float, slope: float, c1: float, max_halvings: int) -> float | None:
-    """Backtracking from ``alpha = 1`` until ``merit_at(alpha) <= m0 + c1 alpha slope``; None if
-    ``max_halvings`` halvings do not get there."""
-    alpha = 1.0
-    for _ in range(max_halvings):
-        if merit_at(alpha) <= m0 + c1 * alpha * slope:
-            return alpha
-        alpha *= 0.5
-    return None
 
 
 def finish(
@@ -179,19 +135,4 @@ def rank_deficient(s: State, xi_G: float) -> str:
     )
 
 
-__all__ = [
-    "DENSE_LIMIT",
-    "Callback",
-    "OptimizeResult",
-    "State",
-    "armijo",
-    "finish",
-    "frobenius",
-    "hessian_shift",
-    "kkt_matrix",
-    "min_eig_GGt",
-    "rank_deficient",
-    "record",
-    "shifted",
-    "stop_reason",
-]
+__all__ = ["Callback", "MinimizeArgs", "OptimizeResult", "State", "finish", "rank_deficient", "record", "stop_reason"]

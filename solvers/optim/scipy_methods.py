@@ -8,21 +8,17 @@ import numpy as np
 import scipy.sparse as sp
 
 from .derivatives import Derivatives, least_squares_multipliers
-from .minimize_base import OptimizeResult, State, finish
+from .minimize_base import MinimizeArgs, OptimizeResult, State, finish
 
 
-def slsqp(
-    d: Derivatives, x: np.ndarray, lam: np.ndarray, *, tol: float, max_iter: int, max_seconds: float | None, **_: object
-) -> OptimizeResult:
-    """SciPy's SLSQP from ``x`` (``lam`` is not used: SciPy starts its own multipliers)."""
-    return _minimize(d, x, "slsqp", tol, max_iter, max_seconds)
+def slsqp(args: MinimizeArgs, **_: object) -> OptimizeResult:
+    """SciPy's SLSQP from ``args.x`` (``args.lam`` is not used: SciPy starts its own multipliers)."""
+    return _minimize(args.d, args.x, "slsqp", args.tol, args.max_iter, args.max_seconds)
 
 
-def trust_constr(
-    d: Derivatives, x: np.ndarray, lam: np.ndarray, *, tol: float, max_iter: int, max_seconds: float | None, **_: object
-) -> OptimizeResult:
-    """SciPy's trust-constr from ``x`` (``lam`` is not used: SciPy starts its own multipliers)."""
-    return _minimize(d, x, "trust-constr", tol, max_iter, max_seconds)
+def trust_constr(args: MinimizeArgs, **_: object) -> OptimizeResult:
+    """SciPy's trust-constr from ``args.x`` (``args.lam`` is not used: SciPy starts its own multipliers)."""
+    return _minimize(args.d, args.x, "trust-constr", args.tol, args.max_iter, args.max_seconds)
 
 
 def _minimize(

@@ -134,6 +134,19 @@ def test_petsc_options_are_scoped():
     assert petsc().Options().getAll() == before
 
 
+def test_ksp_and_ts_solvers_share_one_close_that_removes_their_options():
+    from data.petsc import ScopedSolver, TimeStepper, petsc
+
+    before = petsc().Options().getAll()
+    for make in (lambda: KSPSolver(sp.identity(4, format="csr"), {"ksp_type": "cg"}), lambda: TimeStepper({})):
+        with make() as solver:
+            assert isinstance(solver, ScopedSolver)
+            assert petsc().Options().getAll() != before or not solver.options
+        solver.close()  # idempotent
+        assert petsc().Options().getAll() == before
+        assert getattr(solver, "ksp", None) is None and getattr(solver, "ts", None) is None
+
+
 @pytest.mark.parametrize(
     "options, match",
     [

@@ -1,4 +1,5 @@
 import math
+import typing
 
 import pytest
 from hypothesis import given, settings
@@ -63,3 +64,30 @@ def test_heat_validator_accepts_exactly_the_documented_ranges(n, kappa, dim):
     else:
         assert valid
         assert parse_spec(spec.model_dump(mode="json")) == spec
+
+
+def test_one_registry_of_families_names_each_spec_and_its_generator_module():
+    from data.pdes import family_module
+    from data.spec import FAMILIES, AnySpec
+
+    assert tuple(FAMILIES.values()) == typing.get_args(AnySpec)
+    for family, cls in FAMILIES.items():
+        assert cls().family == family
+        module = family_module(family)
+        assert module.__name__ == f"data.pdes.{family}"
+        assert callable(module.sample_arrays) and callable(module.shared_arrays) and module.AXES
+    with pytest.raises(ValueError, match="unknown PDE family 'navier'"):
+        family_module("navier")
+
+
+@pytest.mark.parametrize(
+    "family, low, high", [("lotka_volterra", "y0_low", "y0_high"), ("diffusion_sorption", "ic_low", "ic_high")]
+)
+def test_a_range_whose_ends_are_swapped_names_both_fields(family, low, high):
+    from data.spec import FAMILIES
+
+    cls = FAMILIES[family]
+    assert cls.ranges == ((low, high),)
+    top = cls.model_fields[high].default
+    with pytest.raises(ValidationError, match=rf"{low} \({top}\) must be below {high} \({top}\)"):
+        parse_spec({"family": family, low: top})

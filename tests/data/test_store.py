@@ -191,6 +191,12 @@ def test_one_state_root_for_the_store_and_the_flows(tmp_path, monkeypatch):
     monkeypatch.setenv("SCIFLOW_HOME", str(tmp_path / "state"))
     assert data.home() == sciflow_home() == (tmp_path / "state").resolve()
     assert data.store.dataset_dir(DarcySpec(n=8)).is_relative_to(tmp_path / "state" / "datasets")
+    # unset: an absolute default that does not depend on the working directory
     monkeypatch.delenv("SCIFLOW_HOME")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("SCIFLOW_CONFIG", str(tmp_path / "no-such-config.toml"))
     monkeypatch.chdir(tmp_path)
-    assert data.home() == sciflow_home() == (tmp_path / ".sciflow").resolve()
+    assert data.home() == sciflow_home() == tmp_path / "xdg" / "sciflow"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "user"))
+    assert data.home() == tmp_path / "user" / ".local" / "share" / "sciflow"

@@ -175,7 +175,7 @@ FLOW_CASES = [
         "flows.operator",
         "train_operator",
         {"dataset": {"family": "poisson"}},
-        "dataset.DarcySpec.family: Input should be 'darcy'",
+        "dataset: Input tag 'poisson' found using 'family' does not match any of the expected tags: 'navier_stokes', 'darcy'",
     ),
     (
         "hard-unknown-backend",

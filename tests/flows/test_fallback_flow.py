@@ -82,8 +82,7 @@ async def _flow_run_logs(flow_run_id) -> list[str]:
 
 @pytest.mark.slow
 def test_flow_success_by_fallback_and_permanent_failure_run_each_chunk_task_once(tmp_path):
-    from mlflow import MlflowClient
-
+    from flows import tracking
     from flows.generate import generate_dataset
 
     good = PoissonSpec(n=12, n_train=4, n_test=0, seed=7, petsc_options=DIVERGE, petsc_fallbacks=[LU])
@@ -117,10 +116,7 @@ def test_flow_success_by_fallback_and_permanent_failure_run_each_chunk_task_once
     assert state.is_failed()
     runs = asyncio.run(_task_run_counts(state.state_details.flow_run_id))
     assert runs and all(count == 1 for count, _ in runs.values()), runs  # permanent: not retried by Prefect
-    mlflow_run = MlflowClient().search_runs(
-        [MlflowClient().get_experiment_by_name("sciflow").experiment_id],
-        filter_string=f"tags.`prefect.flow_run_id` = '{state.state_details.flow_run_id}'",
-    )[0]
+    mlflow_run = tracking.find_runs(f"tags.`prefect.flow_run_id` = '{state.state_details.flow_run_id}'")[0]
     error = mlflow_run.data.tags["sciflow.error"]
     assert mlflow_run.info.status == "FAILED"
     assert "all 1 fallbacks" in error and "cg/jacobi did not converge: DIVERGED_" in error, error

@@ -11,16 +11,14 @@ from mlflow import MlflowClient
 import data
 from data.pdes import darcy
 from data.spec import DarcySpec, HeatSpec
+from flows import tracking
 from flows.generate import generate_dataset
 
 pytestmark = pytest.mark.slow
 
 
 def _mlflow_run_for(flow_run_id: str):
-    runs = MlflowClient().search_runs(
-        [MlflowClient().get_experiment_by_name("sciflow").experiment_id],
-        filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'",
-    )
+    runs = tracking.find_runs(f"tags.`prefect.flow_run_id` = '{flow_run_id}'")
     assert len(runs) == 1, f"expected one MLflow run for flow run {flow_run_id}, got {len(runs)}"
     return runs[0]
 
@@ -238,8 +236,10 @@ def test_train_neural_ode_logs_nfe_per_epoch():
     run = _mlflow_run_for(str(state.state_details.flow_run_id))
     history = MlflowClient().get_metric_history(run.info.run_id, "predict_nfe")
     assert [m.step for m in history] == [1, 2] and all(m.value > 0 for m in history)
-    assert "model" in {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
+    assert "checkpoint" in {a.path for a in MlflowClient().list_artifacts(run.info.run_id)}
     assert run.data.params["config.regularizer"] == "local-biased"
+    versions = MlflowClient().search_model_versions("name = 'node-spiral-local-biased'")
+    assert any(v.run_id == run.info.run_id for v in versions)
 
 
 def test_optimize_flow_logs_iterations_and_the_recovered_coefficient():
@@ -353,10 +353,7 @@ def test_killed_run_resumes_from_cached_chunks_and_is_marked_killed(tmp_path):
     for f in done:  # everything under a real name is whole
         with h5py.File(f) as fh:
             assert fh["u"].shape[0] == 8
-    killed = MlflowClient().search_runs(
-        [MlflowClient().get_experiment_by_name("sciflow").experiment_id],
-        filter_string="attributes.status = 'RUNNING' and tags.`sciflow.stage` = 'generate-dataset'",
-    )
+    killed = tracking.find_runs("attributes.status = 'RUNNING' and tags.`sciflow.stage` = 'generate-dataset'")
     assert len(killed) == 1
 
     state = generate_dataset(spec=spec, chunk_size=8, root=str(root), return_state=True)
@@ -418,10 +415,7 @@ def test_killed_training_flow_resumes_from_its_checkpoint_and_is_marked_crashed(
     assert 3 <= at_kill < cfg.epochs, "the kill did not land mid-training"
     killed = [
         r
-        for r in MlflowClient().search_runs(
-            [MlflowClient().get_experiment_by_name("sciflow").experiment_id],
-            filter_string="attributes.status = 'RUNNING' and tags.`sciflow.stage` = 'train-operator'",
-        )
+        for r in tracking.find_runs("attributes.status = 'RUNNING' and tags.`sciflow.stage` = 'train-operator'")
         if r.data.params.get("config_key") == cfg.key()
     ]
     assert len(killed) == 1

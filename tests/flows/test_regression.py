@@ -4,14 +4,17 @@ The comparison is a plain function; the "previous successful night" query runs a
 throwaway MLflow SQLite store; the nightly flow's verdict (Failed state, FAILED MLflow parent
 with the reason, report.md) is checked with its stages replaced by canned rows."""
 
-import json
 import math
+from types import SimpleNamespace
 
 import pytest
 from mlflow import MlflowClient
 
 from flows import regression
 from flows.regression import compare, find_previous_run, previous_rows, render_markdown, summary
+
+#: as the nightly shortens its stages in metric names (flows.nightly.STAGE_NAMES)
+STAGE_NAMES = {"benchmark-linear-solvers": "linear", "generate-dataset": "data"}
 
 
 def _row(method="cg", problem="poisson-64", stage="benchmark-linear-solvers", **metrics):
@@ -119,6 +122,46 @@ def test_markdown_report_and_summary():
 
 
 # ---------------------------------------------------------------------------------------------
+# a night's rows as MLflow metrics, and back
+
+
+def test_rows_flatten_to_metric_names_and_read_back():
+    rows = [
+        _row(iterations=12, converged=True, iters_vs_icpcg=float("nan"), message="ok"),
+        _row("al-sketch", "hs+bt (3)", "benchmark-optimizers", solved_fraction=1.0, median_outer=None),
+        {"stage": "generate-dataset", "problem": "poisson-16^2", "scale": "smoke", "seconds": 0.5, "digest": "abc"},
+        _row("local", "digits", "benchmark-neural-odes", metric="accuracy", value=0.9),
+    ]
+    metrics, tags = regression.flatten_rows(rows, STAGE_NAMES)
+    assert metrics["linear/cg/poisson-64/iterations"] == 12.0 and metrics["linear/cg/poisson-64/converged"] == 1.0
+    assert math.isnan(metrics["linear/cg/poisson-64/iters_vs_icpcg"])
+    assert metrics["benchmark-optimizers/al-sketch/hs-bt-3/solved_fraction"] == 1.0  # no short name: as is
+    assert metrics["data/_/poisson-16-2/seconds"] == 0.5 and tags == {"data/_/poisson-16-2/digest": "abc"}
+    assert metrics["benchmark-neural-odes/local/digits/accuracy"] == 0.9  # the {"metric", "value"} pair
+    assert not any("message" in k or "median_outer" in k or "scale" in k for k in metrics)
+
+    run = SimpleNamespace(data=SimpleNamespace(metrics={**metrics, "rows": 4.0}, tags={**tags, "mlflow.user": "x"}))
+    back = regression.rows_from_run(
+        run,
+        {
+            **STAGE_NAMES,
+            "benchmark-optimizers": "benchmark-optimizers",
+            "benchmark-neural-odes": "benchmark-neural-odes",
+        },
+    )
+    by = {(r["stage"], r["problem"], r.get("method")): r for r in back}
+    assert by[("generate-dataset", "poisson-16-2", None)] == {
+        "stage": "generate-dataset",
+        "problem": "poisson-16-2",
+        "seconds": 0.5,
+        "digest": "abc",
+    }
+    # matched against tonight's rows although the name differs from MLflow's ("hs+bt (3)"); shown as tonight's
+    cmp = compare(rows, back, threshold=0.2)
+    assert {c["status"] for c in cmp} == {"ok"} and {c["problem"] for c in cmp} == {"poisson-64", "hs+bt (3)", "digits"}
+
+
+# ---------------------------------------------------------------------------------------------
 # the previous successful night, in a throwaway MLflow store
 
 
@@ -133,10 +176,12 @@ def _night(client, exp, scale, status, start, rows=None, stage="nightly", parent
     tags = {"sciflow.stage": stage, **({"mlflow.parentRunId": parent} if parent else {})}
     run = client.create_run(exp, start_time=start, tags=tags, run_name=f"nightly-{scale}")
     client.log_param(run.info.run_id, "scale", scale)
-    if rows is not None:
-        client.log_text(
-            run.info.run_id, json.dumps({"rows": rows, "meta": {"scale": scale}}), f"results/nightly-{scale}.json"
-        )
+    if rows is not None:  # as the nightly logs them: flattened metrics
+        metrics, texts = regression.flatten_rows(rows, STAGE_NAMES)
+        for key, value in metrics.items():
+            client.log_metric(run.info.run_id, key, value)
+        for key, value in texts.items():
+            client.set_tag(run.info.run_id, key, value)
     if status != "RUNNING":
         client.set_terminated(run.info.run_id, status, end_time=start + 1000)
     return run.info.run_id
@@ -153,7 +198,8 @@ def test_find_previous_successful_night_at_the_same_scale(store):
 
     found = find_previous_run(client, exp, "smoke", exclude_run_id=current)
     assert found.info.run_id == newer
-    assert previous_rows(client, newer, "smoke") == [_row(iterations=12)]
+    back = {"stage": "benchmark-linear-solvers", "problem": "poisson-64", "method": "cg", "iterations": 12.0}
+    assert previous_rows(client, newer, STAGE_NAMES) == [back]
     assert find_previous_run(client, exp, "smoke", exclude_run_id=newer).info.run_id == older
     assert find_previous_run(client, exp, "paper") is None
 
@@ -191,6 +237,16 @@ def test_nightly_fails_on_a_regression_and_records_why(monkeypatch, tmp_path):
 
     state, run, report = night(10)  # first night: the baseline
     assert state.is_completed() and "No previous successful night" in report
+    # the night's rows as metrics (what the next night compares with) and as a table
+    assert (
+        run.data.metrics["linear/cg/poisson-64/iterations"] == 10
+        and run.data.metrics["linear/gamg/poisson-64/iterations"] == 3
+    )
+    assert "comparison.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    # the overview figure: by its artifact path in report.md, inline in the Prefect artifact (which cannot resolve it)
+    assert "](nightly-smoke.png)" in report and "data:image" not in report
+    md = Artifact.get("nightly-smoke-regressions")
+    assert "](data:image/png;base64,iVBOR" in md.data and "](nightly-smoke.png)" not in md.data
     state, run, report = night(11)  # +10 %: noise
     assert state.is_completed() and run.data.tags["sciflow.regressions"] == "0" and "No regressions" in report
 

@@ -171,7 +171,7 @@ def test_model_from_checkpoint_rebuilds_any_kind_from_the_stored_config(tmp_path
     from operators import KINDS, model_from_checkpoint
     from operators.checkpoint import weights
 
-    assert set(KINDS) == {"operator", "dcdm", "hard", "node"}
+    assert set(KINDS) == {"operator", "dcdm", "hard", "node", "sde"}
     cfg = OperatorTrainConfig(model=OperatorModelConfig(name="fno", **SMALL), epochs=1, batch_size=4)
     ckpt = tmp_path / "ck.pt"
     trained, _ = train(cfg, _data(N=4), checkpoint=ckpt, periodic=False)

@@ -139,3 +139,23 @@ def test_bilevel_methods_come_from_one_registry():
     assert METHODS == tuple(BILEVEL_METHODS) == ("lv-hba", "implicit")
     assert BILEVEL_METHODS["lv-hba"] is lv_hba and BILEVEL_METHODS["implicit"] is implicit
     assert issubclass(BilevelInputError, InputError) and issubclass(BilevelInputError, ValueError)
+
+
+def test_a_registry_entry_takes_the_checked_arguments_and_logs_like_the_entry_point(llc10):
+    """Every method receives one BilevelArgs; the shared bookkeeping logs every log_every-th
+    iteration and the last, and says why the run ended."""
+    from dataclasses import replace
+
+    from solvers.optim import BILEVEL_METHODS
+    from solvers.optim.bilevel_base import BilevelArgs
+
+    opts = dict(alpha=0.3, eta=0.5, beta=0.5, gamma1=10.0, gamma2=10.0, c0=10.0, p=0.45, multiplier_bound=float("inf"))
+    via = solve(llc10, "lv-hba", max_iter=25, tol=1e-3, log_every=10, **opts)
+    P = llc10
+    common = dict(max_iter=25, tol=1e-3, log_every=10, monitor=None, project=P.project, project_theta=None)
+    args = BilevelArgs(P.F, P.f, P.g, P.h, P.x0, P.y0, **common, **opts, lower=None, project_x=None, lr=0.1)
+    direct = BILEVEL_METHODS["lv-hba"](args)
+    assert torch.equal(direct.x, via.x) and direct.nit == via.nit == 25 and not direct.converged
+    assert [row["k"] for row in direct.history] == [0, 10, 20, 24] and direct.message == "max_iter=25 reached"
+    with pytest.raises(BilevelInputError, match="needs lower="):
+        BILEVEL_METHODS["implicit"](replace(args, lower=None))

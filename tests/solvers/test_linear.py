@@ -77,6 +77,42 @@ def test_dcdm_reports_stagnation_instead_of_spinning(poisson_systems, dcdm_model
     assert not res.converged and res.info["reason"] in ("stagnated", "maxiter") and res.iterations < 10_000
 
 
+def _plain_cg_iterations(A, b, tol):
+    """Textbook CG stopping on the recursively updated residual (what pcg did before its true-residual check)."""
+    x, r = np.zeros_like(b), b.copy()
+    p, rr, it = r.copy(), r @ r, 0
+    while np.sqrt(rr) > tol * np.linalg.norm(b):
+        Ap = A @ p
+        alpha = rr / (p @ Ap)
+        x, r, it = x + alpha * p, r - alpha * Ap, it + 1
+        rr, rr_old = r @ r, rr
+        p = r + (rr / rr_old) * p
+    return it
+
+
+@pytest.mark.parametrize("method", ["cg", "dpcg"])
+@pytest.mark.parametrize("which", [0, 1], ids=["dirichlet-box", "neumann-disks"])
+def test_cg_stops_on_the_true_residual_even_at_tight_tolerances(method, which, poisson_systems):
+    """At 1e-15 the recursive residual of CG falls below tol while the true one stays above it
+    (measured: 1.4e-15 and 1.5e-15 for cg and dpcg on the Dirichlet system, ~1e-14 on the Neumann
+    one, whose attainable accuracy is above 1e-15). Converged must mean the true residual is below
+    tol; an unattainable tol ends as "stagnated" well before maxiter."""
+    system = poisson_systems[which]
+    for seed in range(3):
+        b = system.project(np.random.default_rng(seed).standard_normal(system.n))
+        bnorm = np.linalg.norm(b)
+        for tol in (1e-8, 1e-14, 1e-15):
+            res = solve(system, b, method, tol=tol, maxiter=10 * system.n)
+            true = np.linalg.norm(b - system.A @ res.x)
+            assert res.residuals[-1] == pytest.approx(true, rel=1e-12)  # the last entry is a true-residual check
+            if res.converged:
+                assert true <= tol * bnorm, (seed, tol)
+            else:
+                assert res.info["reason"] == "stagnated" and res.iterations < system.n, (seed, tol)
+        if method == "cg":  # where the recursive residual is accurate, the iterations are plain CG's
+            assert solve(system, b, "cg", tol=1e-8).iterations == _plain_cg_iterations(system.A, b, 1e-8)
+
+
 class _Identity(torch.nn.Module):
     dim = 2
 

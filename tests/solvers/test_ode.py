@@ -6,6 +6,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from data.errors import InputError
 from operators.node import ODETrainConfig
 from solvers.ode import CountedFunc, StepLimitError, integrate, solve
 from solvers.ode._rk import initial_step, one_step_error
@@ -128,6 +129,78 @@ def test_unbiased_uses_the_initial_step_heuristic_and_detached_state():
         f, torch.tensor(0.5, dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64), "dopri5", 1e-6, 1e-6
     )
     assert 0 < float(dt) < 1
+
+
+class Tanh(torch.nn.Module):
+    """A small smooth field, like the neural ODEs' (3 -> 16 -> 3)."""
+
+    def __init__(self, dtype=torch.float64, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.net = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).to(dtype)
+
+    def forward(self, t, y):
+        return self.net(y)
+
+
+def test_unbiased_takes_the_controllers_step_and_the_reference_heuristic_regularizes_nothing():
+    f = CountedFunc(Tanh())
+    y0 = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    _, r_ctrl = integrate(f, y0, 0.0, 1.0, "local-unbiased", 1e-5, 1e-5, generator=g())
+    _, r_init = integrate(f, y0, 0.0, 1.0, "local-unbiased", 1e-5, 1e-5, generator=g(), local_dt="initial")
+    _, r_biased = integrate(f, y0, 0.0, 1.0, "local-biased", 1e-5, 1e-5, generator=g())
+    # the accepted steps sit at error ratios ~0.1-1 (the controller's target); the initial-step
+    # heuristic aims ~0.01^(1/5) lower in step size, i.e. an error ratio ~1e-5-1e-8 smaller
+    assert float(r_ctrl) > 1e-4 and float(r_init) < 1e-3 * float(r_ctrl)
+    assert 0.1 < float(r_ctrl) / float(r_biased) < 10  # same kind of step, another time in it
+
+
+@pytest.mark.parametrize("reg", [r for r in ODE_REGULARIZERS if r != "none"])
+def test_regularizers_work_in_float32_and_return_the_states_dtype(reg):
+    f32, f64 = CountedFunc(Tanh(torch.float32)), CountedFunc(Tanh(torch.float64))
+    y0 = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    out = {}
+    for f, y in ((f32, y0.float()), (f64, y0)):
+        y1, r = integrate(f, y, 0.0, 1.0, reg, 1e-5, 1e-5, generator=torch.Generator().manual_seed(1))
+        assert y1.dtype == y.dtype and r.dtype == y.dtype
+        r.backward()
+        assert all(torch.isfinite(p.grad).all() for p in f.parameters())
+        out[y.dtype] = (y1.detach().double(), float(r), f.nfe)
+    # the same field in float32: the solution to ~tol (1e-5, plus float32 rounding of the weights),
+    # R to a few percent (a ratio of small differences of stages, rounded in float32)
+    (y32, r32, _), (y64, r64, _) = out[torch.float32], out[torch.float64]
+    assert (y32 - y64).abs().max() < 1e-4 * y64.abs().max() + 1e-4
+    assert r32 == pytest.approx(r64, rel=0.05)
+
+
+def test_a_dtype_mix_is_refused_naming_both_dtypes():
+    f = CountedFunc(Tanh(torch.float32))
+    with pytest.raises(
+        InputError, match=r"dtype mix: the vector field's parameters are torch.float32, y0 is torch.float64"
+    ):
+        integrate(f, torch.ones(2, 3, dtype=torch.float64), 0.0, 1.0, "local-biased")
+
+
+@pytest.mark.parametrize("reg", ["none", "local-unbiased", "local-biased"])
+def test_adjoint_gradients_match_the_direct_ones(reg):
+    """``adjoint=True`` solves the main ODE with odeint_adjoint; the local regularizer keeps its own
+    one-step graph. Gradients agree to the solvers' tolerance (1e-8; measured 8e-8 relative: the
+    backward adjoint solve's error, ~tol times the flow's sensitivity), so 1e-5 is a safe bound."""
+    f = CountedFunc(Tanh())
+    y0 = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    grads = []
+    for adjoint in (False, True):
+        f.zero_grad()
+        y1, r = integrate(f, y0, 0.0, 1.0, reg, 1e-8, 1e-8, generator=torch.Generator().manual_seed(1), adjoint=adjoint)
+        (y1.pow(2).sum() + 10 * r).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in f.parameters()]))
+    assert (grads[0] - grads[1]).abs().max() <= 1e-5 * grads[0].abs().max()
+
+
+def test_the_global_regularizer_refuses_the_adjoint():
+    with pytest.raises(InputError, match="adjoint=True does not keep"):
+        integrate(CountedFunc(Tanh()), torch.ones(2, 3, dtype=torch.float64), 0.0, 1.0, "global", adjoint=True)
 
 
 def test_bad_input():

@@ -252,24 +252,14 @@ def test_method_names_come_from_one_registry():
 
 @pytest.mark.parametrize("method", EQ_OPTIMIZERS)
 def test_each_registered_method_is_callable_directly(method):
-    """A registry entry takes the uniform keyword signature and gives the same answer as the entry point."""
+    """A registry entry takes the uniform signature and gives the same answer as the entry point."""
     from solvers.optim import MINIMIZERS, ALParams
+    from solvers.optim.minimize import MinimizeArgs
 
     f, c = _circle()
     x0 = np.array([-1.2, -0.8])
-    d = AutogradDerivatives(f, c, x0)
-    direct = MINIMIZERS[method](
-        d,
-        x0.copy(),
-        np.zeros(1),
-        tol=1e-8,
-        max_iter=100,
-        max_seconds=None,
-        callback=None,
-        sketch="exact",
-        seed=0,
-        params=ALParams(),
-    )
+    args = MinimizeArgs(AutogradDerivatives(f, c, x0), x0.copy(), np.zeros(1), tol=1e-8, max_iter=100)
+    direct = MINIMIZERS[method](args, sketch="exact", seed=0, params=ALParams())
     via = minimize_eq(f, c, x0, method=method, tol=1e-8, max_iter=100, sketch="exact")
     assert direct.method == via.method == method
     np.testing.assert_array_equal(direct.x, via.x)

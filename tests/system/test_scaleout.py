@@ -137,7 +137,7 @@ def test_ddp_two_ranks_one_checkpoint_one_mlflow_run_same_weights(tmp_path):
 
     # exactly one MLflow run (rank 0's), finished, with the epoch's metrics
     client = MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
+    exp = client.get_experiment_by_name(f"{experiment}-training")  # SCIFLOW_EXPERIMENT is the prefix of each kind's
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 1 and runs[0].info.run_id == summary["mlflow_run_id"]
     assert runs[0].info.status == "FINISHED"

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import LOAD_OUTSIDE_REPO
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -120,7 +122,8 @@ def test_stack_up_deployed_nightly_smoke_down(tmp_path):
         print(f"\ndeployed nightly smoke: COMPLETED in {seconds:.0f} s end to end")
 
         mlflow, prefect = stack_env["MLFLOW_TRACKING_URI"], stack_env["PREFECT_API_URL"]
-        exp = _rest(mlflow, "/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": "sciflow"})
+        # a night and everything nested in it live in the nightly experiment
+        exp = _rest(mlflow, "/api/2.0/mlflow/experiments/get-by-name", params={"experiment_name": "sciflow-nightly"})
         exp_id = exp["experiment"]["experiment_id"]
         [parent] = _search(mlflow, exp_id, f"tags.`prefect.flow_run_id` = '{flow_run_id}'")
         tags, metrics = parent["data"]["tags"], parent["data"]["metrics"]
@@ -128,7 +131,29 @@ def test_stack_up_deployed_nightly_smoke_down(tmp_path):
         assert tags["prefect.deployment"] == "nightly" and tags["prefect.flow_name"] == "nightly-benchmark"
         assert parent["data"]["params"]["dispatch"] == "deployments" and parent["data"]["params"]["scale"] == "smoke"
         assert {"rows", "seconds_total", "regressions"} <= set(metrics)
-        assert _artifacts(mlflow, parent["info"]["run_id"]) >= {"report.md", "results"}
+        assert _artifacts(mlflow, parent["info"]["run_id"]) >= {"report.md", "results", "comparison.json"}
+        # MLflow's Source / Version / User columns; both ways between the Prefect flow run and the MLflow run
+        assert (
+            tags["mlflow.source.name"] == "flows/nightly.py:nightly_benchmark" and tags["mlflow.source.type"] == "JOB"
+        )
+        assert tags["mlflow.user"] and tags["mlflow.source.git.commit"]
+        assert tags["prefect.flow_run_url"].endswith(f"/runs/flow-run/{flow_run_id}")
+        links = _rest(
+            prefect,
+            "/artifacts/filter",
+            {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}, "type": {"any_": ["link"]}}},
+        )
+        assert any(f"/#/experiments/{exp_id}/runs/{parent['info']['run_id']})" in a["data"] for a in links)
+        # the report's figure inline in the Prefect markdown artifact
+        [md] = _rest(
+            prefect,
+            "/artifacts/filter",
+            {"artifacts": {"key": {"any_": ["nightly-smoke-regressions"]}, "flow_run_id": {"any_": [flow_run_id]}}},
+        )
+        assert "](data:image/png;base64," in md["data"]
+        # the night's headline numbers as flat metrics <benchmark>/<method>/<problem>/<field>
+        assert metrics["operators/fno/navier-stokes-32/compression_vs_fno"] == 1.0
+        assert {"linear/cg/poisson2d-neumann-disks-32/iterations", "data/_/darcy-16-2/samples_per_s"} <= set(metrics)
         assert "results/nightly-smoke.json" in _artifacts(mlflow, parent["info"]["run_id"], "results")
 
         children = _search(mlflow, exp_id, f"tags.`mlflow.parentRunId` = '{parent['info']['run_id']}'")
@@ -180,6 +205,48 @@ def test_stack_up_deployed_nightly_smoke_down(tmp_path):
             ("lotka-volterra", "global"),
         }
         assert "residuals.png" in _artifacts(mlflow, bench["benchmark-linear-solvers"]["info"]["run_id"])
+        # every compared method is a child run of its benchmark run: params, every row number as a metric
+        for stage, run in bench.items():
+            assert "comparison.json" in _artifacts(mlflow, run["info"]["run_id"])
+            methods = _search(
+                mlflow,
+                exp_id,
+                f"tags.`mlflow.parentRunId` = '{run['info']['run_id']}' and tags.`sciflow.stage` = 'method'",
+            )
+            assert {m["info"]["run_name"] for m in methods} >= {r["method"] for r in by_stage(stage)}, stage
+            for m in methods:
+                assert m["info"]["status"] == "FINISHED" and m["data"]["metrics"] and m["data"]["params"]["method"]
+        ops = {
+            m["info"]["run_name"]: m
+            for m in _search(
+                mlflow, exp_id, f"tags.`mlflow.parentRunId` = '{bench['benchmark-operators']['info']['run_id']}'"
+            )
+        }
+        assert float(ops["mg-tfno-r0.02"]["data"]["params"]["model.rank"]) == 0.02
+        history = _rest(
+            mlflow,
+            "/api/2.0/mlflow/metrics/get-history",
+            params={"run_id": ops["mg-tfno-r0.02"]["info"]["run_id"], "metric_key": "navier-stokes-32/train/loss"},
+        )["metrics"]
+        assert sorted(m["step"] for m in history) == [1, 2]  # per epoch
+        # @nightly moved to what the night trained; the model loads by alias in a fresh process outside the repository
+        alias = _rest(
+            mlflow,
+            "/api/2.0/mlflow/registered-models/alias",
+            params={"name": "operator-mg-tfno-r0.02", "alias": "nightly"},
+        )["model_version"]
+        assert alias["run_id"] == ops["mg-tfno-r0.02"]["info"]["run_id"]
+        assert _rest(mlflow, "/api/2.0/mlflow/registered-models/alias", params={"name": "dcdm-2d", "alias": "nightly"})
+        loaded = subprocess.run(
+            [sys.executable, "-c", LOAD_OUTSIDE_REPO, "models:/operator-mg-tfno-r0.02@nightly", str(ROOT)],
+            cwd=tmp_path,
+            env={**{k: v for k, v in env.items() if k != "PYTHONPATH"}, "MLFLOW_TRACKING_URI": mlflow},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert loaded.returncode == 0, loaded.stderr[-3000:]
+        assert json.loads(loaded.stdout.strip().splitlines()[-1])["shape"] == [2, 1, 24, 24]
         # one comparison: the overview figure and every stage's table in report.md, with where the plots are
         assert "nightly-smoke.png" in _artifacts(mlflow, parent["info"]["run_id"])
         report = (
