@@ -327,8 +327,6 @@ def up(prefect_port: int = 4200, mlflow_port: int = 5000, timeout: float = 120, 
 
 
 AUTOMATIONS = ROOT / "infra" / "automations.yaml"
-#: ``<block-type-slug>/<block-name>`` of a notification block the ``notify`` automations also send through
-ALERTS_BLOCK_ENV = "SCIFLOW_ALERTS_BLOCK"
 
 
 def _api(base: str, method: str, path: str, body: object = None) -> object:
@@ -352,7 +350,7 @@ def _alerts_block(api_url: str, ref: str) -> str:
         doc = _api(api_url, "GET", f"/block_types/slug/{slug}/block_documents/name/{name}")
     except urllib.error.HTTPError as exc:
         raise RuntimeError(
-            f"${ALERTS_BLOCK_ENV}={ref!r}: no block {name!r} of type {slug!r} on {api_url} ({exc.code}); create it "
+            f"$SCIFLOW_ALERTS_BLOCK={ref!r}: no block {name!r} of type {slug!r} on {api_url} ({exc.code}); create it "
             "(e.g. in the UI: Blocks > Slack Webhook) or unset the variable"
         ) from None
     return str(doc["id"])  # type: ignore[index]
@@ -392,8 +390,10 @@ def automation_specs(path: Path = AUTOMATIONS, alerts_block_id: str | None = Non
 def apply_automations(api_url: str, path: Path = AUTOMATIONS) -> list[str]:
     """Make the server's automations tagged ``sciflow`` exactly those of ``path``: create the new
     ones, update those of the same name, delete the ones the file no longer lists. Returns their
-    names. With ``$SCIFLOW_ALERTS_BLOCK`` set, the ``notify`` ones also send through that block."""
-    ref = os.environ.get(ALERTS_BLOCK_ENV, "").strip()
+    names. With the ``alerts_block`` setting (``$SCIFLOW_ALERTS_BLOCK``), the ``notify`` ones also send through that block."""
+    from data.settings import current
+
+    ref = current().alerts_block
     specs = automation_specs(path, _alerts_block(api_url, ref) if ref else None)
     existing: list[dict] = _api(api_url, "POST", "/automations/filter", {})  # type: ignore[assignment]
     ours: dict[str, list[str]] = {}

@@ -3,12 +3,12 @@
 # repository root, and pin the Kubernetes manifests to that tag.
 #
 #   infra/cluster/build.sh                                   # local images
-#   SCIFLOW_REGISTRY=registry.example/team infra/cluster/build.sh --push
+#   CLUSTER_REGISTRY=registry.example/team infra/cluster/build.sh --push
 #
 # sciflow-gpu:<commit> gets the commit as its build argument GIT_COMMIT, so every run inside it
 # records that commit (SCIFLOW_GIT_COMMIT, read by flows.tracking.git_commit: the image has no
-# .git). A tree with uncommitted changes is refused (the tag would lie); SCIFLOW_ALLOW_DIRTY=1
-# builds it anyway as <commit>-dirty. Writes $SCIFLOW_RELEASE_DIR (default infra/cluster/k8s/release,
+# .git). A tree with uncommitted changes is refused (the tag would lie); CLUSTER_ALLOW_DIRTY=1
+# builds it anyway as <commit>-dirty. Writes $CLUSTER_RELEASE_DIR (default infra/cluster/k8s/release,
 # git-ignored): a kustomize overlay of infra/cluster/k8s with the image pinned
 # (`kubectl apply -k infra/cluster/k8s/release`). Prints the variables compose and
 # infra/cluster/gpu-pool.sh read.
@@ -18,13 +18,13 @@ cd "$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
 commit=$(git rev-parse HEAD)
 tag=$commit
 if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
-  if [ -z "${SCIFLOW_ALLOW_DIRTY:-}" ]; then
-    echo "build.sh: uncommitted changes to tracked files; commit them (an image is one commit), or set SCIFLOW_ALLOW_DIRTY=1" >&2
+  if [ -z "${CLUSTER_ALLOW_DIRTY:-}" ]; then
+    echo "build.sh: uncommitted changes to tracked files; commit them (an image is one commit), or set CLUSTER_ALLOW_DIRTY=1" >&2
     exit 1
   fi
   tag=$commit-dirty
 fi
-registry=${SCIFLOW_REGISTRY:+${SCIFLOW_REGISTRY%/}/}
+registry=${CLUSTER_REGISTRY:+${CLUSTER_REGISTRY%/}/}
 gpu=${registry}sciflow-gpu
 mlflow=${registry}sciflow-mlflow:3.17
 docker=${DOCKER:-docker}
@@ -36,7 +36,7 @@ if [ "${1:-}" = "--push" ]; then
   "$docker" push "$mlflow"
 fi
 
-release=${SCIFLOW_RELEASE_DIR:-infra/cluster/k8s/release}
+release=${CLUSTER_RELEASE_DIR:-infra/cluster/k8s/release}
 mkdir -p "$release"
 cat > "$release/kustomization.yaml" <<YAML
 # Written by infra/cluster/build.sh for commit $tag: infra/cluster/k8s with the images pinned.
@@ -54,5 +54,5 @@ images:
 YAML
 
 echo "export SCIFLOW_GIT_COMMIT=$tag"
-echo "export SCIFLOW_IMAGE_NAME=$gpu"
-echo "export SCIFLOW_IMAGE=$gpu:$tag"
+echo "export CLUSTER_IMAGE_NAME=$gpu"
+echo "export CLUSTER_IMAGE=$gpu:$tag"

@@ -2,20 +2,20 @@
 # Create (or update) the `gpu` work pool with its concurrency bound and the image of this release.
 #
 #   export PREFECT_API_URL=http://127.0.0.1:4200/api
-#   SCIFLOW_IMAGE=registry.example/team/sciflow-gpu:<commit> infra/cluster/gpu-pool.sh kubernetes
+#   CLUSTER_IMAGE=registry.example/team/sciflow-gpu:<commit> infra/cluster/gpu-pool.sh kubernetes
 #   infra/cluster/gpu-pool.sh process       # compose: the gpu-worker container runs the flow runs
 #
 # TYPE kubernetes (default): base job template infra/cluster/k8s-gpu-job-template.json; docker:
-# infra/docker/gpu-base-job-template.json; both with their default image set to $SCIFLOW_IMAGE
+# infra/docker/gpu-base-job-template.json; both with their default image set to $CLUSTER_IMAGE
 # (required: the commit-tagged image infra/cluster/build.sh printed) and pull policy IfNotPresent
 # (commit tags are immutable). process: Prefect's default template.
-# The pool's concurrency limit, $SCIFLOW_GPU_POOL_LIMIT (default 2), is how many flow runs the
+# The pool's concurrency limit, $GPU_POOL_LIMIT (default 2), is how many flow runs the
 # server lets start on the pool at once, however many are queued or however many workers poll it.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 type=${1:-kubernetes}
-name=${SCIFLOW_GPU_POOL:-gpu}
-limit=${SCIFLOW_GPU_POOL_LIMIT:-2}
+name=${GPU_POOL_NAME:-gpu}
+limit=${GPU_POOL_LIMIT:-2}
 prefect=(${PREFECT:-prefect} --no-prompt)
 
 case "$type" in
@@ -26,9 +26,9 @@ case "$type" in
 esac
 
 if [ -n "$template" ]; then
-  image=${SCIFLOW_IMAGE:?gpu-pool.sh: set SCIFLOW_IMAGE to the commit-tagged image (infra/cluster/build.sh prints it)}
+  image=${CLUSTER_IMAGE:?gpu-pool.sh: set CLUSTER_IMAGE to the commit-tagged image (infra/cluster/build.sh prints it)}
   case "$image" in
-    *:latest|*:set-by-*) echo "gpu-pool.sh: SCIFLOW_IMAGE=$image is not a commit tag" >&2; exit 2 ;;
+    *:latest|*:set-by-*) echo "gpu-pool.sh: CLUSTER_IMAGE=$image is not a commit tag" >&2; exit 2 ;;
   esac
   rendered=$(mktemp --suffix=.json)
   trap 'rm -f "$rendered"' EXIT

@@ -490,6 +490,21 @@ def test_cluster_deployments_point_at_flows_on_known_pools():
     assert local["nightly-benchmark", "nightly"]["parameters"]["dispatch"] == "deployments"
 
 
+def test_nightly_deployments_never_overlap_themselves():
+    """Every nightly deployment has a deployment concurrency limit of 1 that cancels a new run while
+    one is running (a long night never overlaps the next), in the form Prefect's deployment model
+    accepts; the other deployments are unbounded (the pools bound them)."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+
+    for path in (ROOT / "infra" / "prefect.yaml", CLUSTER / "prefect.yaml"):
+        for (flow, name), dep in _deployments(path).items():
+            if flow != "nightly-benchmark":
+                assert "concurrency_limit" not in dep, (path.name, name)
+                continue
+            limit = ConcurrencyLimitConfig.model_validate(dep["concurrency_limit"])
+            assert limit.limit == 1 and limit.collision_strategy.value == "CANCEL_NEW", (path.name, name)
+
+
 # ---------------------------------------------------------------------------------------------
 # images tagged with the commit they carry (infra/cluster/build.sh), never :latest
 
@@ -530,7 +545,7 @@ def test_sciflow_images_carry_the_commit():
     Dockerfile turns the GIT_COMMIT build argument into SCIFLOW_GIT_COMMIT and a label."""
     text = (CLUSTER / "compose.yaml").read_text()
     anchor = COMPOSE["x-sciflow-image"]
-    assert anchor["image"].startswith("${SCIFLOW_IMAGE_NAME:-sciflow-gpu}:${SCIFLOW_GIT_COMMIT:?")
+    assert anchor["image"].startswith("${CLUSTER_IMAGE_NAME:-sciflow-gpu}:${SCIFLOW_GIT_COMMIT:?")
     assert anchor["build"]["args"]["GIT_COMMIT"].startswith("${SCIFLOW_GIT_COMMIT:?")
     assert "sciflow-gpu:latest" not in text
     for name in ("worker", "gpu-worker", "dask-worker"):
@@ -590,8 +605,8 @@ def test_build_script_tags_with_the_commit_and_refuses_a_dirty_tree(tmp_path):
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "release"]):
         subprocess.run([*git, *args], check=True, capture_output=True)
     commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    env = {**os.environ, "DOCKER": str(_fake(tmp_path, "docker")), "SCIFLOW_REGISTRY": "registry.example/team/"}
-    env.pop("SCIFLOW_ALLOW_DIRTY", None)
+    env = {**os.environ, "DOCKER": str(_fake(tmp_path, "docker")), "CLUSTER_REGISTRY": "registry.example/team/"}
+    env.pop("CLUSTER_ALLOW_DIRTY", None)
     out = subprocess.run([str(repo / "infra/cluster/build.sh"), "--push"], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     build, build_mlflow, push, _ = _calls(tmp_path, "docker")
@@ -609,7 +624,7 @@ def test_build_script_tags_with_the_commit_and_refuses_a_dirty_tree(tmp_path):
     dirty = subprocess.run([str(repo / "infra/cluster/build.sh")], env=env, capture_output=True, text=True)
     assert dirty.returncode == 1 and "uncommitted changes" in dirty.stderr
     forced = subprocess.run(
-        [str(repo / "infra/cluster/build.sh")], env={**env, "SCIFLOW_ALLOW_DIRTY": "1"}, capture_output=True, text=True
+        [str(repo / "infra/cluster/build.sh")], env={**env, "CLUSTER_ALLOW_DIRTY": "1"}, capture_output=True, text=True
     )
     assert forced.returncode == 0 and f"export SCIFLOW_GIT_COMMIT={commit}-dirty" in forced.stdout
 
@@ -618,8 +633,8 @@ def test_gpu_pool_script_sets_the_image_and_the_concurrency_limit(tmp_path):
     """infra/cluster/gpu-pool.sh with a stand-in prefect (tests/system/test_stack_command.py runs it
     against a real server)."""
     script = str(CLUSTER / "gpu-pool.sh")
-    env = {**os.environ, "PREFECT": str(_fake(tmp_path, "prefect")), "SCIFLOW_IMAGE": "reg.example/sciflow-gpu:abc123"}
-    env.pop("SCIFLOW_GPU_POOL_LIMIT", None)
+    env = {**os.environ, "PREFECT": str(_fake(tmp_path, "prefect")), "CLUSTER_IMAGE": "reg.example/sciflow-gpu:abc123"}
+    env.pop("GPU_POOL_LIMIT", None)
     out = subprocess.run([script, "kubernetes"], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     create, limit = _calls(tmp_path, "prefect")
@@ -635,10 +650,8 @@ def test_gpu_pool_script_sets_the_image_and_the_concurrency_limit(tmp_path):
     assert rendered == CLUSTER_K8S  # nothing else changed
 
     (tmp_path / "prefect.calls").unlink()
-    out = subprocess.run(
-        [script, "process"], env={**env, "SCIFLOW_GPU_POOL_LIMIT": "1"}, capture_output=True, text=True
-    )
+    out = subprocess.run([script, "process"], env={**env, "GPU_POOL_LIMIT": "1"}, capture_output=True, text=True)
     assert out.returncode == 0 and _calls(tmp_path, "prefect")[-1][-2:] == ["gpu", "1"]
     for bad in ("sciflow-gpu:latest", "sciflow-gpu:set-by-infra-cluster-gpu-pool-sh"):
-        refused = subprocess.run([script], env={**env, "SCIFLOW_IMAGE": bad}, capture_output=True, text=True)
+        refused = subprocess.run([script], env={**env, "CLUSTER_IMAGE": bad}, capture_output=True, text=True)
         assert refused.returncode == 2 and "is not a commit tag" in refused.stderr
