@@ -523,7 +523,11 @@ def nightly_benchmark(
         "stage_concurrency": stage_concurrency,
     }
     with tracking.mlflow_run(f"nightly-{scale}", params, {"sciflow.stage": "nightly"}) as run_id:
+        labels: set[str] = set()
         for spec in datasets_for(scale):
+            label = spec_label(spec)
+            label = label if label not in labels else f"{label}-{data.spec_hash(spec)[:8]}"  # two specs, one grid
+            labels.add(label)
             t0 = time.perf_counter()
             ref = generate_dataset(spec=spec, chunk_size=chunk_size, parent_run_id=run_id, runner=datagen_runner)
             seconds = time.perf_counter() - t0
@@ -531,7 +535,7 @@ def nightly_benchmark(
             rows.append(
                 {
                     "stage": "generate-dataset",
-                    "problem": spec_label(spec),
+                    "problem": label,
                     "scale": scale,
                     "samples": n,
                     "seconds": round(seconds, 3),
