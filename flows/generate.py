@@ -13,9 +13,9 @@ chunking is the same, so the dataset (and its digest) is bit-identical either wa
 
 A dataset already in the store (same spec hash) is returned at once, without chunk tasks: the
 flow run still records it (MLflow run tagged ``sciflow.dataset.cached``). Benchmarks obtain their
-data through :func:`get_dataset`, which calls this flow inside a Prefect flow run and the library
-(:func:`data.generate`) outside one; the nightly's data stage generates the same specs first
-(:func:`flows.nightly.datasets_for`), so every benchmark finds them stored.
+data through :func:`get_dataset`: the stored dataset, else this flow inside a Prefect flow run
+and the library (:func:`data.generate`) outside one; the nightly's data stage generates the same
+specs first (:func:`flows.nightly.datasets_for`), so every benchmark finds them stored.
 
 Run it: ``sciflow generate darcy --n 64 --n-train 32``.
 """
@@ -232,7 +232,7 @@ def generate_dataset(
         stored = data.find(spec, root)
         if stored is not None:  # generated before (this spec hash): no chunk tasks, no PETSc work
             tracking.log_dataset(run_id, stored)
-            tracking.client().set_tag(run_id, "sciflow.dataset.cached", "true")
+            tracking.log_tags(run_id, {"sciflow.dataset.cached": "true"})
             tracking.log_metrics(run_id, {"samples": sum(spec.splits.values()), "seconds": time.perf_counter() - t0})
             logger.info("dataset %s already stored (digest %s): reused", stored.path, stored.digest[:12])
             return stored
@@ -271,14 +271,19 @@ def generate_dataset(
     return ref
 
 
-def get_dataset(spec: PDESpec, parent_run_id: str | None = None) -> DatasetRef:
-    """The stored dataset for ``spec``, generated if it is missing: through the ``generate-dataset``
-    flow (a subflow) inside a Prefect flow run, so its chunks are cached tasks and fan out on Dask
-    when ``$SCIFLOW_DASK_ADDRESS`` names a scheduler; through :func:`data.generate` (same store,
-    same spec hash, bit-identical data) outside one."""
+def get_dataset(spec: PDESpec) -> DatasetRef:
+    """The stored dataset for ``spec``; a missing one is generated, inside a Prefect flow run
+    through the ``generate-dataset`` flow (a subflow: cached chunk tasks, fanned out on Dask when
+    the ``dask_address`` setting names a scheduler; its MLflow run is a top-level run of the data
+    experiment, so a benchmark run's children stay its compared methods), outside one through
+    :func:`data.generate` (same store, same spec hash, bit-identical data). A stored dataset (what
+    the nightly's data stage made) is returned at once, with no flow run."""
     from prefect.context import FlowRunContext
 
+    stored = data.find(spec)
+    if stored is not None:
+        return stored
     if FlowRunContext.get() is None:
         return data.generate(spec, progress=False)
     runner: Literal["threads", "dask"] = "dask" if current().dask_address else "threads"
-    return generate_dataset(spec=spec, parent_run_id=parent_run_id, runner=runner)
+    return generate_dataset(spec=spec, runner=runner)

@@ -129,7 +129,7 @@ def datasets(scale: str) -> list[PDESpec]:
     return list(PROBLEMS[scale].values())
 
 
-def _load(spec, run_id: str | None = None):
+def _load(spec):
     import torch
 
     import data
@@ -137,7 +137,7 @@ def _load(spec, run_id: str | None = None):
 
     from ..generate import get_dataset
 
-    ref = get_dataset(spec, run_id)
+    ref = get_dataset(spec)
     tr, te = data.load(ref, "train"), data.load(ref, "test")
     pde = from_dataset(spec.family, spec, tr.arrays)
     key = "w" if spec.family == "navier_stokes" else "u"
@@ -243,7 +243,7 @@ def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None
     rows, figures, curves = [], {}, {}
     for problem, spec in PROBLEMS[scale].items():
         t0 = time.perf_counter()
-        pde, u0, u0_test, u_test, ref = _load(spec, run_id)
+        pde, u0, u0_test, u_test, ref = _load(spec)
         if problem == "heat-2d":
             heat = pde, u0  # the backend check below runs on it
         if run_id is not None:

@@ -92,7 +92,7 @@ def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None
     train(ODETrainConfig(task="spiral", epochs=1, batch_size=1000, hidden=8))  # warm-up: first-call costs untimed
     for task_name, kw in CONFIGS[scale].items():
         spec = dataset_spec(task_name, ODETrainConfig().seed)
-        digest = get_dataset(spec, run_id).digest if spec is not None else None  # stored before load_task reads it
+        digest = get_dataset(spec).digest if spec is not None else None  # stored before load_task reads it
         task = load_task(task_name)
         found = {}
         runs: dict[str, tuple[str, dict]] = {reg: (reg, {}) for reg in REGULARIZERS}

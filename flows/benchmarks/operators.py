@@ -110,7 +110,7 @@ def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None
     c = CONFIGS[scale]
     problem = f"navier-stokes-{c['n']}"
     t0 = time.perf_counter()
-    ref, ref2 = (get_dataset(spec, run_id) for spec in datasets(scale))
+    ref, ref2 = (get_dataset(spec) for spec in datasets(scale))
     log(f"datasets ready in {time.perf_counter() - t0:.1f} s: {ref.path}, {ref2.path}")
     train_xy, test_xy = pairs(data.load(ref, "train")), pairs(data.load(ref, "test"))
     test2x = pairs(data.load(ref2, "test"))
