@@ -15,6 +15,7 @@ are logged with the project's code and full requirements and registered (:func:`
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -201,7 +202,11 @@ def source_tags(commit: str | None = None) -> dict[str, str]:
     ctx = FlowRunContext.get()
     if ctx is not None and ctx.flow is not None:
         fn = ctx.flow.fn
-        name = f"{fn.__module__.replace('.', '/')}.py:{fn.__name__}"
+        try:  # the file in the checkout: a deployment loads its entrypoint as a script (module `nightly`)
+            where = Path(inspect.getfile(fn)).resolve().relative_to(Path(__file__).resolve().parents[1]).as_posix()
+        except (TypeError, ValueError):  # (not a file of this checkout)
+            where = f"{fn.__module__.replace('.', '/')}.py"
+        name = f"{where}:{fn.__name__}"
     else:
         arg0 = sys.argv[0] if sys.argv else ""
         name = Path(arg0).name if arg0 and arg0 != "-c" else "python -c"
