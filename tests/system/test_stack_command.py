@@ -3,6 +3,7 @@ both deployment files (infra/prefect.yaml by `up`, infra/cluster/prefect.yaml on
 `prefect deployment run 'nightly-benchmark/nightly' --param scale=smoke` as a user types it, the
 result checked through MLflow's and Prefect's REST APIs, then everything stopped by PID."""
 
+import datetime
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from helpers import LOAD_OUTSIDE_REPO
 
@@ -43,13 +45,19 @@ def _search(mlflow: str, experiment_id: str, filter_string: str) -> list[dict]:
     return runs
 
 
+def _when(stamp: str) -> float:
+    """Seconds since the epoch of a Prefect API time stamp."""
+    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
 def _artifacts(mlflow: str, run_id: str, path: str = "") -> set[str]:
     listing = _rest(mlflow, "/api/2.0/mlflow/artifacts/list", params={"run_id": run_id, "path": path})
     return {f["path"] for f in listing.get("files", [])}
 
 
 def test_stack_up_deployed_nightly_smoke_down(tmp_path):
-    from flows.nightly import STAGES
+    from flows.generate import spec_label
+    from flows.nightly import STAGES, datasets_for
 
     env = {
         **os.environ,
@@ -141,8 +149,8 @@ def test_stack_up_deployed_nightly_smoke_down(tmp_path):
         links = _rest(
             prefect,
             "/artifacts/filter",
-            {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}, "type": {"any_": ["link"]}}},
-        )
+            {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}},
+        )  # (Prefect 3.9 stores a link artifact with type "markdown")
         assert any(f"/#/experiments/{exp_id}/runs/{parent['info']['run_id']})" in a["data"] for a in links)
         # the report's figure inline in the Prefect markdown artifact
         [md] = _rest(
@@ -153,25 +161,45 @@ def test_stack_up_deployed_nightly_smoke_down(tmp_path):
         assert "](data:image/png;base64," in md["data"]
         # the night's headline numbers as flat metrics <benchmark>/<method>/<problem>/<field>
         assert metrics["operators/fno/navier-stokes-32/compression_vs_fno"] == 1.0
-        assert {"linear/cg/poisson2d-neumann-disks-32/iterations", "data/_/darcy-16-2/samples_per_s"} <= set(metrics)
+        assert {"linear/cg/poisson2d-neumann-disks-32/iterations", "data/_/navier_stokes-n32/samples_per_s"} <= set(
+            metrics
+        )
         assert "results/nightly-smoke.json" in _artifacts(mlflow, parent["info"]["run_id"], "results")
 
         children = _search(mlflow, exp_id, f"tags.`mlflow.parentRunId` = '{parent['info']['run_id']}'")
         assert all(c["info"]["status"] == "FINISHED" for c in children)
         generated = [c for c in children if c["data"]["tags"]["sciflow.stage"] == "generate-dataset"]
-        assert len(generated) == 3  # poisson, darcy, heat: in the nightly's own flow run
+        assert len(generated) == len(datasets_for("smoke"))  # what the benchmarks read, in the nightly's own flow run
         bench = {
             c["data"]["tags"]["prefect.flow_name"]: c
             for c in children
             if c["data"]["tags"]["sciflow.stage"].startswith("bench-")
         }
         assert set(bench) == set(STAGES)  # each stage: its own flow run of its own deployment
+        spans = {}
         for stage, run in bench.items():
             t = run["data"]["tags"]
             assert t["prefect.deployment"] == stage and t["prefect.flow_run_id"] != flow_run_id
             child = _rest(prefect, f"/flow_runs/{t['prefect.flow_run_id']}")
             assert child["state"]["type"] == "COMPLETED" and child["deployment_id"] and child["parent_task_run_id"]
+            assert child["name"] == f"bench-{STAGES[stage].name}-smoke"  # flow_run_name templates, not random names
             assert any(p.startswith("results") for p in _artifacts(mlflow, run["info"]["run_id"]))
+            spans[stage] = (_when(child["start_time"]), _when(child["end_time"]))
+        # dispatched stages run two at a time (stage_concurrency=2)
+        edges = sorted([(a, 1) for a, _ in spans.values()] + [(b, -1) for _, b in spans.values()])
+        at_once = max(sum(step for _, step in edges[: i + 1]) for i in range(len(edges)))
+        wall = max(b for _, b in spans.values()) - min(a for a, _ in spans.values())
+        busy = sum(b - a for a, b in spans.values())
+        print(f"stages: {wall:.0f} s wall for {busy:.0f} s of stage flow runs, {at_once} at once at most")
+        assert at_once == 2 and wall < busy
+        night = _rest(prefect, f"/flow_runs/{flow_run_id}")
+        assert re.fullmatch(r"nightly-smoke-\d{4}-\d\d-\d\d", night["name"]), night["name"]
+        # the automations of infra/automations.yaml, applied by `stack up`
+        automations = {a["name"]: a for a in _rest(prefect, "/automations/filter", {}) if "sciflow" in a["tags"]}
+        assert set(automations) == {
+            a["name"] for a in yaml.safe_load((ROOT / "infra/automations.yaml").read_text())["automations"]
+        }
+        assert all(a["enabled"] for a in automations.values())
         rows = json.loads(
             urllib.request.urlopen(
                 f"{mlflow}/get-artifact?"
@@ -180,7 +208,7 @@ def test_stack_up_deployed_nightly_smoke_down(tmp_path):
             ).read()
         )["rows"]
         assert len(rows) == metrics["rows"] and {r["stage"] for r in rows} == {"generate-dataset", *STAGES}
-        assert [r["problem"].split("-")[0] for r in rows[:3]] == ["poisson", "darcy", "heat"]
+        assert [r["problem"] for r in rows[: len(generated)]] == [spec_label(s) for s in datasets_for("smoke")]
         by_stage = lambda stage: [r for r in rows if r["stage"] == stage]  # noqa: E731
         linear = by_stage("benchmark-linear-solvers")
         assert {r["method"] for r in linear} == {"dcdm-k2", "dcdm-k0", "cg", "icpcg", "dpcg", "gamg"}
