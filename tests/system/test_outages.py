@@ -161,6 +161,20 @@ def _prefect_state(api: str, flow_run_id: str) -> str | None:
         return None
 
 
+def _restart(env: dict, service: str, down_s: float, *up_args: str) -> float:
+    """Stop one service of the stack by PID, wait ``down_s``, `sciflow stack up` again (it starts
+    what is not running); returns how long the service was away."""
+    stop = [sys.executable, "-c", f"from flows.stack import stop_service; stop_service({service!r})"]
+    subprocess.run(stop, env=env, cwd=ROOT, check=True, timeout=60)
+    down = time.time()
+    time.sleep(down_s)
+    again = subprocess.run(
+        [str(BIN / "sciflow"), "stack", "up", *up_args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    return time.time() - down
+
+
 def test_prefect_server_restarted_during_a_deployed_generate_dataset_run(tmp_path):
     """The flow run (a worker's subprocess) keeps running while the API is down for 20 s and
     reports COMPLETED once it is back (Prefect's client retries, PREFECT_CLIENT_MAX_RETRIES=8
@@ -204,13 +218,7 @@ def test_prefect_server_restarted_during_a_deployed_generate_dataset_run(tmp_pat
         while _prefect_state(api, flow_run_id) != "RUNNING":
             assert time.time() - t0 < 300, "the flow run never started"
             time.sleep(0.5)
-        stop_prefect = [sys.executable, "-c", "from flows.stack import stop_service; stop_service('prefect')"]
-        subprocess.run(stop_prefect, env=env, cwd=ROOT, check=True, timeout=60)
-        down = time.time()
-        time.sleep(20)
-        again = subprocess.run([sciflow, "stack", "up"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-        assert again.returncode == 0, again.stdout + again.stderr
-        outage = time.time() - down
+        outage = _restart(env, "prefect", 20)
         while (state := _prefect_state(api, flow_run_id)) not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
             assert time.time() - t0 < 900, f"flow run still {state}"
             time.sleep(1)
@@ -288,20 +296,7 @@ def test_postgres_restarted_during_8_concurrent_optimize_runs(tmp_path):
             if running:
                 break
             time.sleep(0.3)
-        stop_pg = [sys.executable, "-c", "from flows.stack import stop_service; stop_service('postgres')"]
-        subprocess.run(stop_pg, env=env, cwd=ROOT, check=True, timeout=60)
-        down = time.time()
-        time.sleep(10)
-        again = subprocess.run(
-            [sciflow, "stack", "up", "--backend", "postgres"],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert again.returncode == 0, again.stdout + again.stderr
-        outage = time.time() - down
+        outage = _restart(env, "postgres", 10, "--backend", "postgres")
         load.wait(timeout=900)
     finally:
         subprocess.run([sciflow, "stack", "down"], env=env, cwd=ROOT, capture_output=True, timeout=120)
