@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -253,11 +255,15 @@ def test_prefect_server_restarted_during_a_deployed_generate_dataset_run(tmp_pat
     print(f"\nPrefect API down {outage:.0f} s mid generate-dataset: COMPLETED, digest equal to an undisturbed run's")
 
 
-def test_postgres_restarted_during_8_concurrent_optimize_runs(tmp_path):
+def test_postgres_restarted_during_8_concurrent_optimize_runs():
     """`sciflow stack up --backend postgres`, 8 concurrent deployed `optimize` runs (`sciflow
     loadtest`), PostgreSQL stopped by PID once runs are under way and started again 10 s later:
     8/8 COMPLETED, 8 MLflow runs FINISHED with the expected metric histories, none lost. (The
     servers' logs do show the outage's errors; they are reported, not counted as failures here.)"""
+    # PostgreSQL runs as the unprivileged `postgres` user when the tests run as root: it must reach
+    # the state folder, and pytest's tmp_path sits under a private (0700) folder
+    tmp_path = Path(tempfile.mkdtemp(prefix="sciflow-pg-outage-"))
+    tmp_path.chmod(0o711)
     env = _stack_env(tmp_path)
     sciflow = str(BIN / "sciflow")
     up = subprocess.run(
@@ -302,6 +308,7 @@ def test_postgres_restarted_during_8_concurrent_optimize_runs(tmp_path):
         subprocess.run([sciflow, "stack", "down"], env=env, cwd=ROOT, capture_output=True, timeout=120)
     report = json.loads((tmp_path / "load.json").read_text())
     out = (tmp_path / "load.log").read_text()
+    shutil.rmtree(tmp_path, ignore_errors=True)
     assert report["completed"] == 8 and report["lost"] == 0 and not report["failures"], out
     assert report["mlflow_runs_matched"] == 8 and not report["mlflow_mismatches"], out
     assert report["mlflow_unexpected_runs"] == 0, out
