@@ -171,7 +171,7 @@ def _restart(env: dict, service: str, down_s: float, *up_args: str) -> float:
     down = time.time()
     time.sleep(down_s)
     again = subprocess.run(
-        [str(BIN / "sciflow"), "stack", "up", *up_args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
+        [str(BIN / "sciflow"), "stack", "up", *up_args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600
     )
     assert again.returncode == 0, again.stdout + again.stderr
     return time.time() - down
@@ -186,7 +186,7 @@ def test_prefect_server_restarted_during_a_deployed_generate_dataset_run(tmp_pat
     spec = DarcySpec(n=48, n_train=96, n_test=8)
     env = _stack_env(tmp_path)
     sciflow = str(BIN / "sciflow")
-    up = subprocess.run([sciflow, "stack", "up"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    up = subprocess.run([sciflow, "stack", "up"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         stack_env = {
@@ -272,7 +272,7 @@ def test_postgres_restarted_during_8_concurrent_optimize_runs():
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     try:
         assert up.returncode == 0, up.stdout + up.stderr
