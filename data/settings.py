@@ -127,6 +127,19 @@ class Settings(BaseSettings):
         description="System user that runs that PostgreSQL server when sciflow runs as root.",
     )
 
+    git_commit: str | None = Field(
+        default=None,
+        description="The git commit the code was built from, for where there is no git work tree (an image: "
+        "`infra/cluster/build.sh` bakes it in); runs record it as `mlflow.source.git.commit`.",
+    )
+    alerts_block: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9-]+/[A-Za-z0-9_.-]+$",
+        description="`<block-type-slug>/<block-name>` of a Prefect notification block (e.g. "
+        "`slack-webhook/sciflow-alerts`) that the alerting automations of `infra/automations.yaml` also "
+        "send through; `sciflow stack up` applies them.",
+    )
+
     @field_validator("home", "config", "repo", "pg_bin")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:

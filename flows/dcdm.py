@@ -16,6 +16,7 @@ from operators import load_checkpoint
 from operators.dcdm import DCDMTrainConfig
 
 from . import plots, settings, tracking
+from .names import run_name
 from .progress import Progress
 from .settings import flow
 
@@ -31,7 +32,7 @@ def _register(run_id: str, model, cfg: DCDMTrainConfig) -> None:
     tracking.log_model(run_id, model, f"dcdm-{cfg.dim}d", (-1, 1, *(-1,) * cfg.dim))
 
 
-@flow(name="train-dcdm", validate_parameters=True)
+@flow(name="train-dcdm", validate_parameters=True, flow_run_name=run_name("train-dcdm-n{config.n}-{config.dim}d"))
 def train_dcdm(
     config: DCDMTrainConfig = DCDMTrainConfig(), parent_run_id: str | None = None, register_model: bool = True
 ) -> str:

@@ -25,6 +25,7 @@ from data.spec import DiffusionSorptionSpec, HeatSpec
 from operators.hard import HardModelConfig, HardTrainConfig
 
 from . import plots, settings, tracking
+from .names import run_name
 from .progress import Progress
 from .scales import Scale
 from .settings import flow
@@ -39,7 +40,11 @@ DEFAULT_DATA = DiffusionSorptionSpec(n=64, n_times=40, n_train=64, n_test=16)
 DEFAULT_CONFIG = HardTrainConfig(model=HardModelConfig(experts=(1, 4), points=1024), steps=400)
 
 
-@flow(name="train-hard-constraint", validate_parameters=True)
+@flow(
+    name="train-hard-constraint",
+    validate_parameters=True,
+    flow_run_name=run_name("train-hard-constraint-{config.model.mode}-{dataset.family}"),
+)
 def train_hard_constraint(
     dataset: Annotated[DiffusionSorptionSpec | HeatSpec, Field(discriminator="family")] = DEFAULT_DATA,
     config: HardTrainConfig = DEFAULT_CONFIG,
@@ -116,7 +121,11 @@ def train_hard_constraint(
     return {**metrics, "checkpoint": str(ckpt)}
 
 
-@flow(name="benchmark-hard-constraints", validate_parameters=True)
+@flow(
+    name="benchmark-hard-constraints",
+    validate_parameters=True,
+    flow_run_name=run_name("bench-hard-constraints-{scale}"),
+)
 def benchmark_hard_constraints(
     scale: Scale = "smoke", out: str | None = None, parent_run_id: str | None = None
 ) -> list[dict]:

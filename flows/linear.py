@@ -6,11 +6,12 @@ The DCDM networks it compares are trained (or reused) through the ``train-dcdm``
 
 from __future__ import annotations
 
+from .names import run_name
 from .scales import Scale
 from .settings import flow
 
 
-@flow(name="benchmark-linear-solvers", validate_parameters=True)
+@flow(name="benchmark-linear-solvers", validate_parameters=True, flow_run_name=run_name("bench-linear-{scale}"))
 def benchmark_linear_solvers(
     scale: Scale = "smoke", out: str | None = None, parent_run_id: str | None = None
 ) -> list[dict]:

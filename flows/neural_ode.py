@@ -14,6 +14,7 @@ from prefect import get_run_logger
 from operators.node import ODETrainConfig
 
 from . import settings, tracking
+from .names import run_name
 from .progress import Progress
 from .scales import Scale
 from .settings import flow
@@ -23,7 +24,11 @@ def checkpoint_path(cfg: ODETrainConfig) -> Path:
     return settings.sciflow_home() / "models" / f"node-{cfg.key()}" / "checkpoint.pt"
 
 
-@flow(name="train-neural-ode", validate_parameters=True)
+@flow(
+    name="train-neural-ode",
+    validate_parameters=True,
+    flow_run_name=run_name("train-neural-ode-{config.task}-{config.regularizer}"),
+)
 def train_neural_ode(
     config: ODETrainConfig = ODETrainConfig(), parent_run_id: str | None = None, register_model: bool = True
 ) -> dict:
@@ -58,7 +63,7 @@ def train_neural_ode(
     return history[-1]
 
 
-@flow(name="benchmark-neural-odes", validate_parameters=True)
+@flow(name="benchmark-neural-odes", validate_parameters=True, flow_run_name=run_name("bench-neural-odes-{scale}"))
 def benchmark_neural_odes(
     scale: Scale = "smoke", out: str | None = None, parent_run_id: str | None = None
 ) -> list[dict]:

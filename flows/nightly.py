@@ -1,9 +1,18 @@
 """``nightly-benchmark`` flow: every stage of the project at one scale, in one tracked run.
 
-Stages: PETSc data generation for each PDE family (:data:`DATASETS`), then every benchmark of
-:data:`flows.benchmarks.BENCHMARKS` marked as a stage (:data:`STAGES`: the linear solvers, the
-neural operators, the neural ODEs, the constrained optimizers and the hard constraints). The flow
-run is the parent MLflow run; each stage's flow run is nested under it.
+Stages: PETSc data generation of exactly the datasets the benchmarks will read
+(:func:`datasets_for`, from each stage module's ``datasets(scale)``), through the cached
+``generate-dataset`` flow, then every benchmark of :data:`flows.benchmarks.BENCHMARKS` marked as
+a stage (:data:`STAGES`: the linear solvers, the neural operators, the neural ODEs, the
+constrained optimizers and the hard constraints), which find those datasets stored. The flow run
+is the parent MLflow run; each stage's flow run is nested under it.
+
+Inline (``dispatch="inline"``) the stages run one after another as subflows of this process
+(PETSc and torch's thread pools are per process: stages in threads would share them). With
+``dispatch="deployments"`` up to ``stage_concurrency`` stages run at once, each a flow run of its
+deployment in its own process, on the pool that deployment names. Every benchmark training
+checkpoints under ``$SCIFLOW_HOME/models`` (:mod:`flows.benchmarks.training`), so a night killed
+mid-way and run again retrains only what had not finished.
 
 After the stages, every key metric is compared with the previous successful night at the same
 scale (:mod:`flows.regression`): the report goes to a Prefect markdown artifact and to the MLflow
@@ -19,38 +28,17 @@ from typing import Annotated, Literal
 from prefect import get_run_logger
 from pydantic import Field
 
+import data
 from data.errors import InputError, SciflowError
-from data.spec import DarcySpec, HeatSpec, PoissonSpec
+from data.spec import PDESpec
 
 from . import regression, tracking
 from .benchmarks import BENCHMARKS, Benchmark
-from .generate import generate_dataset
+from .generate import generate_dataset, spec_label
+from .names import run_name
 from .results import format_by, format_table, publish
-from .scales import Scale, per_scale
+from .scales import Scale, check_scale
 from .settings import flow
-
-#: The datasets the night generates first, per scale.
-DATASETS = per_scale(
-    {
-        "smoke": [
-            PoissonSpec(n=16, n_train=4, n_test=2),
-            DarcySpec(n=16, n_train=4, n_test=2),
-            HeatSpec(n=16, dim=1, n_train=4, n_test=2, n_times=4),
-        ],
-        "small": [
-            PoissonSpec(n=64, n_train=64, n_test=16, obstacle="disks"),
-            DarcySpec(n=64, n_train=256, n_test=64),
-            HeatSpec(n=64, dim=2, n_train=32, n_test=8, n_times=10),
-        ],
-        "paper": [
-            PoissonSpec(n=64, dim=3, n_train=1000, n_test=100, obstacle="disks"),
-            DarcySpec(n=128, n_train=1000, n_test=100),
-            HeatSpec(n=128, dim=2, n_train=1000, n_test=100, n_times=20),
-        ],
-    },
-    "flows.nightly.DATASETS",
-)
-
 
 #: Stage (= the benchmark's flow name) -> its benchmark, for every benchmark marked ``stage``, in
 #: registry order.
@@ -58,6 +46,19 @@ STAGES: dict[str, Benchmark] = {b.flow_name: b for b in BENCHMARKS.values() if b
 
 #: A stage name, as a flow parameter (a choice list in the Prefect UI form).
 Stage = Literal[tuple(STAGES)]  # type: ignore[valid-type]
+
+
+def datasets_for(scale: str) -> list[PDESpec]:
+    """The datasets the night generates first: every spec a stage's benchmark module lists in its
+    ``datasets(scale)`` (the ones it reads), once each (by spec hash), in stage order."""
+    check_scale(scale)
+    specs: dict[str, PDESpec] = {}
+    for bench in STAGES.values():
+        listed = getattr(bench.load(), "datasets", None)
+        for spec in listed(scale) if listed is not None else []:
+            specs.setdefault(data.spec_hash(spec), spec)
+    return list(specs.values())
+
 
 #: Deployment name of each stage's flow on the ``gpu`` pool (infra/cluster/prefect.yaml); the
 #: ``local`` deployments (infra/prefect.yaml) are named after their flow.
@@ -143,6 +144,56 @@ def _stage_rows(
     if dispatch == "deployments":
         return _dispatch(stage, scale, run_id, deployment_for(stage, gpu_stages), timeout_s)
     return STAGES[stage].load_flow()(scale=scale, parent_run_id=run_id)
+
+
+def _run_stages(
+    scale: str, run_id: str, dispatch: str, gpu_stages: list[str], timeout_s: float, concurrency: int
+) -> dict[str, list[dict]]:
+    """Every stage's full rows, by stage in :data:`STAGES` order.
+
+    Inline, one after another (the first failure stops the night). Dispatched, up to
+    ``concurrency`` stage flow runs at once, each started by a ``dispatch-<stage>`` task of this
+    flow run (so each child flow run stays linked to it); every stage runs to its end, and the
+    night then fails naming each stage that did not complete."""
+    if dispatch != "deployments":
+        return {stage: _stage_rows(stage, scale, run_id, dispatch, gpu_stages, timeout_s) for stage in STAGES}
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    dispatch_stage = task(
+        _stage_rows,
+        name="dispatch-stage",
+        task_run_name="dispatch-{stage}",
+        cache_policy=NO_CACHE,
+        persist_result=False,
+    )
+    with ThreadPoolTaskRunner(max_workers=concurrency) as runner:
+        futures = {
+            stage: runner.submit(
+                dispatch_stage,
+                {
+                    "stage": stage,
+                    "scale": scale,
+                    "run_id": run_id,
+                    "dispatch": dispatch,
+                    "gpu_stages": gpu_stages,
+                    "timeout_s": timeout_s,
+                },
+            )
+            for stage in STAGES
+        }
+        for future in futures.values():
+            future.wait()
+    out, failed = {}, []
+    for stage, future in futures.items():
+        try:
+            out[stage] = future.result()
+        except Exception as exc:  # noqa: BLE001 (each failed stage is named below)
+            failed.append(f"{stage}: {exc}")
+    if failed:
+        raise StageError(f"{len(failed)} of {len(STAGES)} stages did not complete:\n" + "\n".join(failed))
+    return out
 
 
 def _linear_summary(rows: list[dict], scale: str) -> list[dict]:
@@ -400,7 +451,7 @@ def _regression_check(
     return comparison
 
 
-@flow(name="nightly-benchmark", validate_parameters=True)
+@flow(name="nightly-benchmark", validate_parameters=True, flow_run_name=run_name("nightly-{scale}-{date}"))
 def nightly_benchmark(
     scale: Scale = "smoke",
     chunk_size: int = 16,
@@ -426,15 +477,26 @@ def nightly_benchmark(
     stage_timeout_minutes: Annotated[
         float, Field(gt=0, description="a dispatched stage still running after this is cancelled and fails the run")
     ] = 720,
+    stage_concurrency: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=16,
+            description="dispatch=deployments: stage flow runs started at once (each in its own process; "
+            "inline stages run one after another)",
+        ),
+    ] = 2,
 ) -> list[dict]:
     """Run every stage at ``scale`` ("smoke": seconds, "small": minutes on 2 CPU cores,
     "paper": the papers' sizes on a GPU worker); returns and publishes the results table.
 
-    Data generation runs in this flow run (``datagen_runner="dask"`` fans its chunks out through
-    Dask, see ``generate-dataset``). Each benchmark stage (:data:`STAGES`) runs either inline, as
-    a subflow, or with ``dispatch="deployments"`` as a flow run of its deployment: the ``local``
-    pool's ``<flow>/<flow>``, or ``<flow>/gpu`` on the ``gpu`` pool for the stages listed in
-    ``gpu_stages``; this run waits for each and reads its table back from MLflow.
+    Data generation runs in this flow run, for exactly the datasets the stages read
+    (:func:`datasets_for`; ``datagen_runner="dask"`` fans its chunks out through Dask, see
+    ``generate-dataset``). Each benchmark stage (:data:`STAGES`) runs either inline, as a subflow,
+    one after another, or with ``dispatch="deployments"`` as a flow run of its deployment, up to
+    ``stage_concurrency`` at once: the ``local`` pool's ``<flow>/<flow>``, or ``<flow>/gpu`` on the
+    ``gpu`` pool for the stages listed in ``gpu_stages``; this run waits for each and reads its
+    table back from MLflow.
 
     Then compares each stage's key metrics with the previous successful night at the same
     scale; with ``fail_on_regression`` a regression beyond ``regression_threshold`` fails the
@@ -458,9 +520,14 @@ def nightly_benchmark(
         "datagen_runner": datagen_runner,
         "dispatch": dispatch,
         "gpu_stages": ",".join(gpu_stages) or "none",
+        "stage_concurrency": stage_concurrency,
     }
     with tracking.mlflow_run(f"nightly-{scale}", params, {"sciflow.stage": "nightly"}) as run_id:
-        for spec in DATASETS[scale]:
+        labels: set[str] = set()
+        for spec in datasets_for(scale):
+            label = spec_label(spec)
+            label = label if label not in labels else f"{label}-{data.spec_hash(spec)[:8]}"  # two specs, one grid
+            labels.add(label)
             t0 = time.perf_counter()
             ref = generate_dataset(spec=spec, chunk_size=chunk_size, parent_run_id=run_id, runner=datagen_runner)
             seconds = time.perf_counter() - t0
@@ -468,7 +535,7 @@ def nightly_benchmark(
             rows.append(
                 {
                     "stage": "generate-dataset",
-                    "problem": f"{spec.family}-{spec.n}^{getattr(spec, 'dim', 2)}",
+                    "problem": label,
                     "scale": scale,
                     "samples": n,
                     "seconds": round(seconds, 3),
@@ -476,8 +543,10 @@ def nightly_benchmark(
                     "digest": ref.digest[:12],
                 }
             )
-        for stage in STAGES:
-            stage_rows = _stage_rows(stage, scale, run_id, dispatch, gpu_stages, 60 * stage_timeout_minutes)
+        t_stages = time.perf_counter()
+        by_stage = _run_stages(scale, run_id, dispatch, gpu_stages, 60 * stage_timeout_minutes, stage_concurrency)
+        logger.info("stages done in %.1f s (%s)", time.perf_counter() - t_stages, dispatch)
+        for stage, stage_rows in by_stage.items():
             rows += [{"stage": stage, **row} for row in SUMMARIES[STAGES[stage].name](stage_rows, scale)]
         tracking.log_metrics(run_id, {"rows": len(rows), "seconds_total": time.perf_counter() - t_start})
         _log_night(run_id, rows)

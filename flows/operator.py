@@ -19,6 +19,7 @@ from data.spec import DarcySpec, NavierStokesSpec
 from operators.fno import OperatorTrainConfig
 
 from . import plots, settings, tracking
+from .names import run_name
 from .progress import Progress
 from .scales import Scale
 from .settings import flow
@@ -35,7 +36,11 @@ def _register(run_id: str, model, name: str) -> None:
     tracking.log_model(run_id, model, f"operator-{name}", (-1, 1, -1, -1))
 
 
-@flow(name="train-operator", validate_parameters=True)
+@flow(
+    name="train-operator",
+    validate_parameters=True,
+    flow_run_name=run_name("train-operator-{config.model.name}-{dataset.family}-n{dataset.n}"),
+)
 def train_operator(
     dataset: Annotated[NavierStokesSpec | DarcySpec, Field(discriminator="family")] = NavierStokesSpec(
         n=64, n_train=1000, n_test=200, viscosity=1e-4, horizon=5.0
@@ -100,7 +105,7 @@ def train_operator(
     return {**history[-1], "checkpoint": str(ckpt)}
 
 
-@flow(name="benchmark-operators", validate_parameters=True)
+@flow(name="benchmark-operators", validate_parameters=True, flow_run_name=run_name("bench-operators-{scale}"))
 def benchmark_operators(scale: Scale = "smoke", out: str | None = None, parent_run_id: str | None = None) -> list[dict]:
     """Dense FNO vs TFNO vs MG-TFNO on the same Navier-Stokes data and budget at ``scale``."""
     from .benchmarks import run_benchmark

@@ -7,11 +7,12 @@ from prefect import get_run_logger
 from solvers.optim.config import OptimizeConfig
 
 from . import tracking
+from .names import run_name
 from .scales import Scale
 from .settings import flow
 
 
-@flow(name="optimize", validate_parameters=True)
+@flow(name="optimize", validate_parameters=True, flow_run_name=run_name("optimize-{config.problem}-{config.method}"))
 def optimize(config: OptimizeConfig = OptimizeConfig(), parent_run_id: str | None = None) -> dict:
     """Solve one equality-constrained problem. Per outer iteration the KKT residual, objective,
     step size and sketch steps go to MLflow; the solution (x, lam) is logged as JSON and, for the
@@ -67,7 +68,7 @@ def optimize(config: OptimizeConfig = OptimizeConfig(), parent_run_id: str | Non
     return row
 
 
-@flow(name="benchmark-optimizers", validate_parameters=True)
+@flow(name="benchmark-optimizers", validate_parameters=True, flow_run_name=run_name("bench-optimizers-{scale}"))
 def benchmark_optimizers(
     scale: Scale = "smoke", out: str | None = None, parent_run_id: str | None = None
 ) -> list[dict]:

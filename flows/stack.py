@@ -1,6 +1,7 @@
 """A local stack on 127.0.0.1: Prefect server, MLflow tracking server and a process worker.
 
-    sciflow stack up       # start all three, create the `local` pool, deploy infra/prefect.yaml
+    sciflow stack up       # start all three, create the `local` pool, deploy infra/prefect.yaml,
+                           # apply the automations of infra/automations.yaml
     sciflow stack up --backend postgres   # the same on a PostgreSQL server it starts (see below)
     sciflow stack status   # which are running, and their addresses
     sciflow stack down     # stop exactly what `up` started (by PID)
@@ -314,10 +315,102 @@ def up(prefect_port: int = 4200, mlflow_port: int = 5000, timeout: float = 120, 
     )
     if deploy.returncode != 0:
         raise RuntimeError(f"prefect deploy failed:\n{deploy.stdout[-2000:]}{deploy.stderr[-2000:]}")
+    try:
+        apply_automations(stack_env["PREFECT_API_URL"])
+    except (OSError, ValueError) as exc:  # HTTPError is an OSError; a bad file a ValueError
+        detail = exc.read().decode(errors="replace")[:2000] if hasattr(exc, "read") else ""
+        raise RuntimeError(f"applying {AUTOMATIONS.relative_to(ROOT)} failed: {exc} {detail}") from exc
     if not _pid("worker"):
         _start("worker", [BIN / "prefect", "worker", "start", "--pool", "local"], stack_env)
     (d / "stack.env").write_text("".join(f"export {k}={v}\n" for k, v in env_for(ports).items()))
     return status()
+
+
+AUTOMATIONS = ROOT / "infra" / "automations.yaml"
+
+
+def _api(base: str, method: str, path: str, body: object = None) -> object:
+    req = urllib.request.Request(
+        base.rstrip("/") + path,
+        data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        raw = resp.read()
+    return json.loads(raw) if raw else None
+
+
+def _alerts_block(api_url: str, ref: str) -> str:
+    """The id of the block document ``<block-type-slug>/<name>``; a clear error when there is none."""
+    import urllib.error
+
+    slug, _, name = ref.partition("/")
+    try:
+        doc = _api(api_url, "GET", f"/block_types/slug/{slug}/block_documents/name/{name}")
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(
+            f"$SCIFLOW_ALERTS_BLOCK={ref!r}: no block {name!r} of type {slug!r} on {api_url} ({exc.code}); create it "
+            "(e.g. in the UI: Blocks > Slack Webhook) or unset the variable"
+        ) from None
+    return str(doc["id"])  # type: ignore[index]
+
+
+def automation_specs(path: Path = AUTOMATIONS, alerts_block_id: str | None = None) -> list[dict]:
+    """The automations of ``path`` validated by Prefect's own model (as JSON), with a
+    ``send-notification`` action through ``alerts_block_id`` added to those listed under ``notify``."""
+    import yaml
+    from prefect.events.schemas.automations import AutomationCore
+
+    doc = yaml.safe_load(path.read_text())
+    notify = set(doc.get("notify", []))
+    names = [a["name"] for a in doc["automations"]]
+    if unknown := notify - set(names):
+        raise ValueError(f"{path}: notify lists {sorted(unknown)}, which are not automations here")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: automation names must be unique, got {names}")
+    specs = []
+    for raw in doc["automations"]:
+        spec = AutomationCore.model_validate(raw).model_dump(mode="json", exclude={"owner_resource"})
+        if alerts_block_id and raw["name"] in notify:
+            spec["actions"] = [a for a in spec["actions"] if a["type"] != "do-nothing"]
+            spec["actions"].append(
+                {
+                    "type": "send-notification",
+                    "block_document_id": alerts_block_id,
+                    "subject": f"[sciflow] {raw['name']}",
+                    "body": "{{ flow.name }} / {{ flow_run.name }} is {{ flow_run.state.name }}: "
+                    "{{ flow_run.state.message }}\nflow run {{ flow_run.id }}",
+                }
+            )
+        specs.append(spec)
+    return specs
+
+
+def apply_automations(api_url: str, path: Path = AUTOMATIONS) -> list[str]:
+    """Make the server's automations tagged ``sciflow`` exactly those of ``path``: create the new
+    ones, update those of the same name, delete the ones the file no longer lists. Returns their
+    names. With the ``alerts_block`` setting (``$SCIFLOW_ALERTS_BLOCK``), the ``notify`` ones also send through that block."""
+    from data.settings import current
+
+    ref = current().alerts_block
+    specs = automation_specs(path, _alerts_block(api_url, ref) if ref else None)
+    existing: list[dict] = _api(api_url, "POST", "/automations/filter", {})  # type: ignore[assignment]
+    ours: dict[str, list[str]] = {}
+    for a in existing:
+        if "sciflow" in a.get("tags", []):
+            ours.setdefault(a["name"], []).append(a["id"])
+    for spec in specs:
+        ids = ours.pop(spec["name"], [])
+        if ids:
+            _api(api_url, "PUT", f"/automations/{ids[0]}", spec)
+            ours["duplicates of " + spec["name"]] = ids[1:]  # (one created twice by hand: removed below)
+        else:
+            _api(api_url, "POST", "/automations/", spec)
+    for stale in ours.values():
+        for automation_id in stale:
+            _api(api_url, "DELETE", f"/automations/{automation_id}")
+    return [spec["name"] for spec in specs]
 
 
 def status() -> dict:

@@ -130,6 +130,9 @@ def find_runs(filter_string: str, max_results: int = 1000) -> list:
 
 
 def git_commit() -> str:
+    """The checkout's commit (``-dirty`` with uncommitted changes to tracked files); without a git work
+    tree (an image) the ``git_commit`` setting (``$SCIFLOW_GIT_COMMIT``, baked in by
+    ``infra/cluster/build.sh``); else ``unknown``."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
@@ -146,7 +149,9 @@ def git_commit() -> str:
             return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         pass
-    return "unknown"
+    from data.settings import current
+
+    return current().git_commit or "unknown"
 
 
 def prefect_flow_run_url(flow_run_id: str) -> str | None:

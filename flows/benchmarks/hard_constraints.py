@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from data.spec import DiffusionSorptionSpec, HeatSpec, NavierStokesSpec
+from data.spec import DiffusionSorptionSpec, HeatSpec, NavierStokesSpec, PDESpec
 
 if TYPE_CHECKING:
     from ..tracking import MethodRuns
@@ -124,13 +124,20 @@ def model_configs(scale: str, grid: tuple[int, ...], problem: str = "") -> list[
     return out
 
 
+def datasets(scale: str) -> list[PDESpec]:
+    """The specs this benchmark reads at ``scale``: one per problem."""
+    return list(PROBLEMS[scale].values())
+
+
 def _load(spec):
     import torch
 
     import data
     from operators.hard import from_dataset
 
-    ref = data.generate(spec, progress=False)
+    from ..generate import get_dataset
+
+    ref = get_dataset(spec)
     tr, te = data.load(ref, "train"), data.load(ref, "test")
     pde = from_dataset(spec.family, spec, tr.arrays)
     key = "w" if spec.family == "navier_stokes" else "u"
@@ -228,6 +235,7 @@ def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None
 
     from .. import plots, tracking
     from . import progress_logger
+    from .training import train_model
 
     log = progress_logger()
     methods = methods or tracking.MethodRuns(None)
@@ -236,6 +244,8 @@ def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None
     for problem, spec in PROBLEMS[scale].items():
         t0 = time.perf_counter()
         pde, u0, u0_test, u_test, ref = _load(spec)
+        if problem == "heat-2d":
+            heat = pde, u0  # the backend check below runs on it
         if run_id is not None:
             tracking.log_dataset(run_id, ref, "training")
         log(
@@ -246,16 +256,19 @@ def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None
             label = model_label(mc)
             cfg = HardTrainConfig(model=HardModelConfig(**mc), steps=c["steps"], batch_size=c["batch_size"], seed=0)
             methods.log_params(label, {problem: cfg.model_dump(mode="json")})
-            t1 = time.perf_counter()
-            model, hist = train(
+            trained = train_model(
+                "hard",
+                f"{problem}-{label}",
                 cfg,
-                pde,
-                u0,
-                log_every=max(c["steps"] // 4, 1),
-                on_epoch=lambda s, r, label=label: log(
+                lambda ckpt, on_epoch, cfg=cfg: train(
+                    cfg, pde, u0, checkpoint=ckpt, on_epoch=on_epoch, log_every=max(c["steps"] // 4, 1)
+                ),
+                digest=ref.digest,
+                on_epoch=lambda s, r, label=label, cfg=cfg: log(
                     f"{problem} {label:22s} step {s}/{cfg.steps} loss {r['loss']:.4g} ({r['seconds']:.3f} s/step)"
                 ),
             )
+            model, hist = trained.model, trained.history
             ev = evaluate(model, u0_test, u_test)
             with torch.no_grad():
                 preds[label] = model(u0_test[:1]).u[0].float()
@@ -272,7 +285,7 @@ def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None
                 "jump_mean": round(ev.get("jump_mean", 0.0), 4),
                 "jump_max": round(ev.get("jump_max", 0.0), 4),
                 "lm_iters": hist[-1].get("lm_iterations"),
-                "train_s": round(time.perf_counter() - t1, 1),
+                "train_s": round(trained.seconds, 1),
             }
             log(
                 f"{problem} {label:22s} rel L2 {ev['rel_l2']:.4f} residual {ev['residual']:.3g} "
@@ -295,8 +308,7 @@ def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None
         for r in curve:
             rows.append({"part": "scaling", "method": f"K={r['experts']}", "problem": problem, "scale": scale, **r})
     figures["step_time_scaling"] = plots.step_time_scaling(curves)
-    heat = PROBLEMS[scale]["heat-2d"]
-    pde, u0, *_ = _load(heat)
+    pde, u0 = heat
     for r in backend_oracle(pde, u0, scale):
         rows.append(
             {"part": "backends", "method": "cvxpylayers-vs-cholesky", "problem": "heat-2d", "scale": scale, **r}

@@ -9,11 +9,12 @@ training seconds, the task metric, and each as a ratio to the unregularized mode
 from __future__ import annotations
 
 import statistics
-import time
 from typing import TYPE_CHECKING
 
+from data.spec import PDESpec
 from operators.node import ODETrainConfig, evaluate, load_task, train
 from operators.node import sde as node_sde
+from operators.node.tasks import dataset_spec
 from solvers.ode import REGULARIZERS
 from solvers.ode.sde import SDE_REGULARIZERS
 
@@ -69,13 +70,20 @@ META = {
 }
 
 
+def datasets(scale: str) -> list[PDESpec]:
+    """The stored datasets this benchmark reads at ``scale`` (the tasks' data made in memory are not listed)."""
+    return [spec for name in CONFIGS[scale] if (spec := dataset_spec(name, ODETrainConfig().seed)) is not None]
+
+
 def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None) -> tuple[list[dict], dict]:
     """Every task and regularizer of the scale. ``methods``: each regularizer's MLflow child run
     gets its config per task, per-epoch metrics (``<task>/train/<name>``) and the trained model
     (registered as ``node-<task>-<regularizer>``)."""
     from .. import plots
+    from ..generate import get_dataset
     from ..tracking import MethodRuns
     from . import progress_logger
+    from .training import train_model
 
     log = progress_logger()
     methods = methods or MethodRuns(None)
@@ -83,6 +91,8 @@ def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None
     curves: dict[str, dict[str, list[float]]] = {}
     train(ODETrainConfig(task="spiral", epochs=1, batch_size=1000, hidden=8))  # warm-up: first-call costs untimed
     for task_name, kw in CONFIGS[scale].items():
+        spec = dataset_spec(task_name, ODETrainConfig().seed)
+        digest = get_dataset(spec).digest if spec is not None else None  # stored before load_task reads it
         task = load_task(task_name)
         found = {}
         runs: dict[str, tuple[str, dict]] = {reg: (reg, {}) for reg in REGULARIZERS}
@@ -93,9 +103,14 @@ def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None
                 task=task_name, regularizer=regularizer, rtol=TOL[task_name], atol=TOL[task_name], **kw, **extra
             )
             methods.log_params(reg, {task_name: cfg.model_dump(mode="json")})
-            t0 = time.perf_counter()
-            model, history = train(cfg)
-            train_seconds = time.perf_counter() - t0
+            trained = train_model(
+                "node",
+                f"{task_name}-{reg}",
+                cfg,
+                lambda ckpt, on_epoch, cfg=cfg: train(cfg, checkpoint=ckpt, on_epoch=on_epoch),
+                digest=digest,
+            )
+            model, history, train_seconds = trained.model, trained.history, trained.seconds
             evals = [evaluate(model, task, cfg) for _ in range(5)]
             found[reg] = {
                 "reference": VARIANTS[reg][0] if reg in VARIANTS else None,
@@ -118,9 +133,13 @@ def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None
         for reg in SDE_REGULARIZERS:
             cfg = node_sde.SDETrainConfig(regularizer=reg, **kw)  # type: ignore[arg-type]
             methods.log_params(reg, {problem: cfg.model_dump(mode="json")})
-            t0 = time.perf_counter()
-            model, history = node_sde.train(cfg)
-            train_seconds = time.perf_counter() - t0
+            trained = train_model(
+                "sde",
+                f"{problem}-{reg}",
+                cfg,
+                lambda ckpt, on_epoch, cfg=cfg: node_sde.train(cfg, checkpoint=ckpt, on_epoch=on_epoch),
+            )
+            model, history, train_seconds = trained.model, trained.history, trained.seconds
             metric = "accuracy" if cfg.task == "digits" else "moment_error"
             last = history[-1]  # evaluated after the last epoch: one prediction solve of the test set
             found[reg] = {"train_seconds": train_seconds, "metric": last[metric]} | {

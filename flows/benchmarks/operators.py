@@ -74,13 +74,13 @@ META = {
 }
 
 
-def datasets(scale: str):
-    import data
-
+def datasets(scale: str) -> list[NavierStokesSpec]:
+    """The specs this benchmark reads at ``scale``: training resolution, and twice it (zero-shot test)."""
     c = CONFIGS[scale]
-    spec = NavierStokesSpec(n=c["n"], n_train=c["n_train"], n_test=c["n_test"], seed=0, **FLOW)
-    spec2 = NavierStokesSpec(n=2 * c["n"], n_train=1, n_test=c["n_test_2x"], seed=1, **FLOW)
-    return data.generate(spec, progress=False), data.generate(spec2, progress=False)
+    return [
+        NavierStokesSpec(n=c["n"], n_train=c["n_train"], n_test=c["n_test"], seed=0, **FLOW),
+        NavierStokesSpec(n=2 * c["n"], n_train=1, n_test=c["n_test_2x"], seed=1, **FLOW),
+    ]
 
 
 def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None) -> tuple[list[dict], dict]:
@@ -100,15 +100,17 @@ def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None
     )
 
     from .. import plots
+    from ..generate import get_dataset
     from ..tracking import MethodRuns
-    from . import PeakRSS, progress_logger
+    from . import progress_logger
+    from .training import train_model
 
     log = progress_logger()
     methods = methods or MethodRuns(None)
     c = CONFIGS[scale]
     problem = f"navier-stokes-{c['n']}"
     t0 = time.perf_counter()
-    ref, ref2 = datasets(scale)
+    ref, ref2 = (get_dataset(spec) for spec in datasets(scale))
     log(f"datasets ready in {time.perf_counter() - t0:.1f} s: {ref.path}, {ref2.path}")
     train_xy, test_xy = pairs(data.load(ref, "train")), pairs(data.load(ref, "test"))
     test2x = pairs(data.load(ref2, "test"))
@@ -123,15 +125,17 @@ def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None
             seed=0,
         )
         methods.log_params(label, cfg.model_dump(mode="json"))
-        with PeakRSS() as mem:
-            model, history = train(
-                cfg,
-                train_xy,
-                test_xy,
-                on_epoch=lambda e, r, label=label: log(
-                    f"{label:14s} epoch {e}/{cfg.epochs} loss {r['loss']:.4f} test L2 {r['test_l2']:.4f} ({r['seconds']:.1f} s)"
-                ),
-            )
+        trained = train_model(
+            "operator",
+            label,
+            cfg,
+            lambda ckpt, on_epoch, cfg=cfg: train(cfg, train_xy, test_xy, checkpoint=ckpt, on_epoch=on_epoch),
+            digest=ref.digest,
+            on_epoch=lambda e, r, label=label, cfg=cfg: log(
+                f"{label:14s} epoch {e}/{cfg.epochs} loss {r['loss']:.4f} test L2 {r['test_l2']:.4f} ({r['seconds']:.1f} s)"
+            ),
+        )
+        model, history = trained.model, trained.history
         err, err2 = evaluate(model, *test_xy), evaluate(model, *test2x)
         with torch.no_grad():
             preds[label] = model(test_xy[0][:3].to(next(model.parameters()).device)).cpu()
@@ -145,7 +149,7 @@ def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None
             "test_l2_2x": round(err2["l2"], 4),
             "test_h1_2x": round(err2["h1"], 4),
             "sec_per_epoch": round(statistics.median(h["seconds"] for h in history), 2),
-            "peak_mib": round(history[-1].get("peak_mib", mem.peak_mib), 1),
+            "peak_mib": round(history[-1].get("peak_mib", trained.peak_mib), 1),
             "input_domain": round(input_domain_ratio(model, c["n"]), 3),
         }
         log(

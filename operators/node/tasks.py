@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from data.errors import InputError
+from data.spec import LotkaVolterraSpec
 
 
 @dataclass
@@ -82,9 +83,8 @@ def _digits(rng: np.random.Generator, seed: int) -> Task:
 
 def _lotka_volterra(rng: np.random.Generator, seed: int) -> Task:
     import data
-    from data.spec import LotkaVolterraSpec
 
-    ref = data.generate(LotkaVolterraSpec.model_validate(dict(n_train=400, n_test=100, seed=seed)), progress=False)
+    ref = data.generate(_lotka_volterra_spec(seed), progress=False)
     tr, te = data.load(ref)["u"], data.load(ref, "test")["u"]
     return Task(
         _f64(tr[:, 0]),
@@ -98,6 +98,10 @@ def _lotka_volterra(rng: np.random.Generator, seed: int) -> Task:
         "mse",
         False,
     )
+
+
+def _lotka_volterra_spec(seed: int) -> LotkaVolterraSpec:
+    return LotkaVolterraSpec.model_validate(dict(n_train=400, n_test=100, seed=seed))
 
 
 def _spiral_task(rng: np.random.Generator, seed: int) -> Task:
@@ -128,6 +132,16 @@ else:  # the task names: pydantic validates them, Prefect and the CLI offer them
     TaskName = Literal[tuple(TASKS)]
 
 
+def dataset_spec(name: str, seed: int = 0) -> LotkaVolterraSpec | None:
+    """The spec of the stored dataset task ``name`` reads with ``seed`` (``data.generate`` finds or makes
+    it), or None for a task whose data are made in memory."""
+    if name not in TASKS:
+        raise InputError(f"unknown task {name!r}; choose one of {tuple(TASKS)}")
+    if name == "lotka-volterra":
+        return _lotka_volterra_spec(seed)
+    return None
+
+
 def load_task(name: str, seed: int = 0) -> Task:
     """The task ``name`` (a key of :data:`TASKS`) with its train / test split drawn from ``seed``."""
     if name not in TASKS:
@@ -135,4 +149,4 @@ def load_task(name: str, seed: int = 0) -> Task:
     return TASKS[name](np.random.default_rng(seed), seed)
 
 
-__all__ = ["TASKS", "Task", "TaskName", "load_task"]
+__all__ = ["TASKS", "Task", "TaskName", "dataset_spec", "load_task"]

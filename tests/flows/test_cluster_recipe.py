@@ -12,9 +12,11 @@ import asyncio
 import copy
 import importlib
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -165,13 +167,12 @@ def test_docker_compose_config_accepts_the_file():
     cmd = _docker_compose()
     if cmd is None:
         pytest.skip("docker compose is not installed here")
-    out = subprocess.run(
-        [*cmd, "-f", str(CLUSTER / "compose.yaml"), "--env-file", str(CLUSTER / ".env.example"), "config", "--quiet"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    args = [*cmd, "-f", str(CLUSTER / "compose.yaml"), "--env-file", str(CLUSTER / ".env.example"), "config", "--quiet"]
+    env = {k: v for k, v in os.environ.items() if k != "SCIFLOW_GIT_COMMIT"}
+    out = subprocess.run(args, capture_output=True, text=True, timeout=60, env={**env, "SCIFLOW_GIT_COMMIT": "0" * 40})
     assert out.returncode == 0, out.stderr
+    refused = subprocess.run(args, capture_output=True, text=True, timeout=60, env=env)  # no commit: no image tag
+    assert refused.returncode != 0 and "SCIFLOW_GIT_COMMIT" in refused.stderr
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,7 +423,7 @@ def test_docker_worker_builds_the_device_request():
     from prefect_docker.worker import DockerWorker, DockerWorkerJobConfiguration
 
     cfg = asyncio.run(DockerWorkerJobConfiguration.from_template_and_values(DOCKER, {"gpu_count": 2}))
-    assert cfg.image == "sciflow-gpu:latest"
+    assert cfg.image == "sciflow-gpu:set-by-infra-cluster-gpu-pool-sh"  # the pool gets the release's tag
 
     class FakeDocker:  # only asked for its version (host.docker.internal mapping)
         def version(self):
@@ -487,3 +488,170 @@ def test_cluster_deployments_point_at_flows_on_known_pools():
         assert dep["flow"].name == stage
         assert local[flow, flow]["work_pool"]["name"] == "local"  # and a CPU deployment for the local nights
     assert local["nightly-benchmark", "nightly"]["parameters"]["dispatch"] == "deployments"
+
+
+def test_nightly_deployments_never_overlap_themselves():
+    """Every nightly deployment has a deployment concurrency limit of 1 that cancels a new run while
+    one is running (a long night never overlaps the next), in the form Prefect's deployment model
+    accepts; the other deployments are unbounded (the pools bound them)."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
+
+    for path in (ROOT / "infra" / "prefect.yaml", CLUSTER / "prefect.yaml"):
+        for (flow, name), dep in _deployments(path).items():
+            if flow != "nightly-benchmark":
+                assert "concurrency_limit" not in dep, (path.name, name)
+                continue
+            limit = ConcurrencyLimitConfig.model_validate(dep["concurrency_limit"])
+            assert limit.limit == 1 and limit.collision_strategy.value == "CANCEL_NEW", (path.name, name)
+
+
+# ---------------------------------------------------------------------------------------------
+# images tagged with the commit they carry (infra/cluster/build.sh), never :latest
+
+
+def _images() -> list[tuple[str, str]]:
+    """(where, image reference) for every image a worker, a flow run or a service of the recipe uses."""
+    commit = re.compile(r"\$\{SCIFLOW_GIT_COMMIT:\?[^}]*\}")  # required by compose: the commit
+    out = [
+        (f"compose:{name}", _default(commit.sub("0" * 40, svc["image"])))
+        for name, svc in SERVICES.items()
+        if "image" in svc
+    ]
+    out += [
+        (f"{fname}:{doc['metadata']['name']}/{c['name']}", c["image"])
+        for fname, doc in MANIFESTS
+        for c in _containers(doc)
+    ]
+    for path in (
+        CLUSTER / "k8s-gpu-job-template.json",
+        ROOT / "infra/k8s/gpu-base-job-template.json",
+        ROOT / "infra/docker/gpu-base-job-template.json",
+    ):
+        out.append((path.name, json.loads(path.read_text())["variables"]["properties"]["image"]["default"]))
+    return out
+
+
+def test_no_image_is_latest_or_untagged():
+    images = _images()
+    assert len(images) >= 10
+    for where, image in images:
+        name, _, tag = image.rpartition(":") if ":" in image.split("/")[-1] else (image, "", "")
+        assert tag and tag != "latest" and not tag.startswith("${"), f"{where}: {image} (tag it, never :latest)"
+
+
+def test_sciflow_images_carry_the_commit():
+    """compose tags and builds the worker image with $SCIFLOW_GIT_COMMIT (required); the k8s manifests
+    and job templates hold a placeholder that build.sh's overlay / gpu-pool.sh replace; the
+    Dockerfile turns the GIT_COMMIT build argument into SCIFLOW_GIT_COMMIT and a label."""
+    text = (CLUSTER / "compose.yaml").read_text()
+    anchor = COMPOSE["x-sciflow-image"]
+    assert anchor["image"].startswith("${CLUSTER_IMAGE_NAME:-sciflow-gpu}:${SCIFLOW_GIT_COMMIT:?")
+    assert anchor["build"]["args"]["GIT_COMMIT"].startswith("${SCIFLOW_GIT_COMMIT:?")
+    assert "sciflow-gpu:latest" not in text
+    for name in ("worker", "gpu-worker", "dask-worker"):
+        assert SERVICES[name]["image"] == anchor["image"], name
+    for fname, doc in MANIFESTS:
+        for c in _containers(doc):
+            if c["image"].startswith("sciflow-gpu:"):
+                assert c["image"] == "sciflow-gpu:set-by-infra-cluster-build-sh", (fname, c["name"])
+                assert c["imagePullPolicy"] == "IfNotPresent", (fname, c["name"])  # commit tags never move
+    docker = (CLUSTER / "Dockerfile.gpu-worker").read_text()
+    arg, env = docker.index("ARG GIT_COMMIT"), docker.index('ENV SCIFLOW_GIT_COMMIT="${GIT_COMMIT}"')
+    assert arg < env < docker.index("COPY --chown=sciflow:sciflow . /opt/sciflow")
+    assert 'org.opencontainers.image.revision="${GIT_COMMIT}"' in docker
+    assert "k8s/release/" in (CLUSTER / ".gitignore").read_text().split()
+
+
+def test_git_commit_comes_from_the_image_without_a_work_tree():
+    code = "from flows.tracking import git_commit; print(git_commit())"
+    env = {**os.environ, "GIT_DIR": "/nonexistent", "SCIFLOW_GIT_COMMIT": "abc123def"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "abc123def", out.stderr[-2000:]
+    env.pop("SCIFLOW_GIT_COMMIT")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "unknown", out.stderr[-2000:]
+
+
+def _fake(tmp_path: Path, name: str) -> Path:
+    """An executable that appends its arguments (one JSON list a line) to <name>.calls and copies
+    a --base-job-template file to <name>.template.json."""
+    exe = tmp_path / name
+    exe.write_text(
+        "#!/usr/bin/env python3\nimport json, shutil, sys\n"
+        f"open({str(tmp_path / (name + '.calls'))!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+        "if '--base-job-template' in sys.argv:\n"
+        f"    shutil.copy(sys.argv[sys.argv.index('--base-job-template') + 1], {str(tmp_path / (name + '.template.json'))!r})\n"
+    )
+    exe.chmod(0o755)
+    return exe
+
+
+def _calls(tmp_path: Path, name: str) -> list[list[str]]:
+    return [json.loads(line) for line in (tmp_path / f"{name}.calls").read_text().splitlines()]
+
+
+def test_build_script_tags_with_the_commit_and_refuses_a_dirty_tree(tmp_path):
+    """infra/cluster/build.sh in a scratch repository (its own commit), with a stand-in docker."""
+    repo = tmp_path / "repo"
+    for rel in (
+        "infra/cluster/build.sh",
+        "infra/cluster/Dockerfile.gpu-worker",
+        "infra/cluster/Dockerfile.mlflow",
+        "infra/cluster/k8s/kustomization.yaml",
+    ):
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, repo / rel)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "release"]):
+        subprocess.run([*git, *args], check=True, capture_output=True)
+    commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    env = {**os.environ, "DOCKER": str(_fake(tmp_path, "docker")), "CLUSTER_REGISTRY": "registry.example/team/"}
+    env.pop("CLUSTER_ALLOW_DIRTY", None)
+    out = subprocess.run([str(repo / "infra/cluster/build.sh"), "--push"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    build, build_mlflow, push, _ = _calls(tmp_path, "docker")
+    assert build[:3] == ["build", "-f", "infra/cluster/Dockerfile.gpu-worker"]
+    assert f"GIT_COMMIT={commit}" in build and f"registry.example/team/sciflow-gpu:{commit}" in build
+    assert push == ["push", f"registry.example/team/sciflow-gpu:{commit}"]
+    assert f"export SCIFLOW_GIT_COMMIT={commit}" in out.stdout
+    overlay = yaml.safe_load((repo / "infra/cluster/k8s/release/kustomization.yaml").read_text())
+    assert overlay["resources"] == [".."]
+    assert {"name": "sciflow-gpu", "newName": "registry.example/team/sciflow-gpu", "newTag": commit} in overlay[
+        "images"
+    ]
+
+    (repo / "infra/cluster/Dockerfile.mlflow").write_text("FROM scratch\n")  # uncommitted change
+    dirty = subprocess.run([str(repo / "infra/cluster/build.sh")], env=env, capture_output=True, text=True)
+    assert dirty.returncode == 1 and "uncommitted changes" in dirty.stderr
+    forced = subprocess.run(
+        [str(repo / "infra/cluster/build.sh")], env={**env, "CLUSTER_ALLOW_DIRTY": "1"}, capture_output=True, text=True
+    )
+    assert forced.returncode == 0 and f"export SCIFLOW_GIT_COMMIT={commit}-dirty" in forced.stdout
+
+
+def test_gpu_pool_script_sets_the_image_and_the_concurrency_limit(tmp_path):
+    """infra/cluster/gpu-pool.sh with a stand-in prefect (tests/system/test_stack_command.py runs it
+    against a real server)."""
+    script = str(CLUSTER / "gpu-pool.sh")
+    env = {**os.environ, "PREFECT": str(_fake(tmp_path, "prefect")), "CLUSTER_IMAGE": "reg.example/sciflow-gpu:abc123"}
+    env.pop("GPU_POOL_LIMIT", None)
+    out = subprocess.run([script, "kubernetes"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    create, limit = _calls(tmp_path, "prefect")
+    assert (
+        create[:6] == ["--no-prompt", "work-pool", "create", "gpu", "--type", "kubernetes"] and "--overwrite" in create
+    )
+    assert limit == ["--no-prompt", "work-pool", "set-concurrency-limit", "gpu", "2"]
+    rendered = json.loads((tmp_path / "prefect.template.json").read_text())
+    props = rendered["variables"]["properties"]
+    assert props["image"]["default"] == "reg.example/sciflow-gpu:abc123"
+    assert props["image_pull_policy"]["default"] == "IfNotPresent"
+    props["image"]["default"] = CLUSTER_K8S["variables"]["properties"]["image"]["default"]
+    assert rendered == CLUSTER_K8S  # nothing else changed
+
+    (tmp_path / "prefect.calls").unlink()
+    out = subprocess.run([script, "process"], env={**env, "GPU_POOL_LIMIT": "1"}, capture_output=True, text=True)
+    assert out.returncode == 0 and _calls(tmp_path, "prefect")[-1][-2:] == ["gpu", "1"]
+    for bad in ("sciflow-gpu:latest", "sciflow-gpu:set-by-infra-cluster-gpu-pool-sh"):
+        refused = subprocess.run([script], env={**env, "CLUSTER_IMAGE": bad}, capture_output=True, text=True)
+        assert refused.returncode == 2 and "is not a commit tag" in refused.stderr

@@ -62,13 +62,11 @@ def test_registry_entries_are_consistent():
 
 
 def test_per_scale_tables_cover_every_scale():
-    """The nightly's DATASETS and every benchmark module's tables keyed by scale (SIZES, TRAIN,
-    CONFIGS, ...) have exactly one entry per scale of flows.scales.SCALES."""
+    """Every benchmark module's tables keyed by scale (SIZES, TRAIN, CONFIGS, ...) have exactly one
+    entry per scale of flows.scales.SCALES."""
     from flows.benchmarks import BENCHMARKS
-    from flows.nightly import DATASETS
     from flows.scales import SCALES
 
-    assert tuple(DATASETS) == SCALES
     checked = 0
     for b in BENCHMARKS.values():
         module = b.load()
@@ -227,3 +225,66 @@ def test_no_module_imports_private_names_from_another(package):
         if n.startswith("_")
     ]
     assert not bad, bad
+
+
+# ---------------------------------------------------------------------------------------------
+# flow-run names (flows/names.py)
+
+
+def test_every_flow_names_its_runs():
+    """Every flow of the registry has a flow_run_name (no random names in the UI)."""
+    from flows import registry
+
+    for name in registry.FLOWS:
+        assert registry.load(name).flow_run_name is not None, name
+
+
+def test_run_names_format_models_dicts_and_the_day():
+    import datetime as dt
+
+    from flows.names import format_name
+    from operators.fno import OperatorModelConfig, OperatorTrainConfig
+
+    cfg = OperatorTrainConfig(model=OperatorModelConfig(name="tfno"))
+    when = dt.datetime(2026, 3, 4, 23, 30, tzinfo=dt.timezone(dt.timedelta(hours=-2)))
+    template = "train-operator-{config.model.name}-{dataset.family}-n{dataset.n}"
+    assert format_name(template, {"config": cfg, "dataset": {"family": "darcy", "n": 32}}) == (
+        "train-operator-tfno-darcy-n32"
+    )
+    assert format_name("nightly-{scale}-{date}", {"scale": "smoke"}, when) == "nightly-smoke-2026-03-05"  # UTC day
+    assert format_name("x-{config.model.name}-{missing}", {"config": {}}) == "x-?-?"  # never a random name
+
+
+def test_generate_dataset_names_its_run_after_the_spec():
+    from data.spec import DarcySpec, NavierStokesSpec
+    from flows.generate import spec_label
+
+    assert spec_label(DarcySpec(n=32, n_train=4)) == "darcy-n32"
+    assert spec_label(NavierStokesSpec(n=64, n_train=1)) == "navier_stokes-n64"
+
+
+def test_the_night_generates_exactly_the_datasets_the_benchmarks_read():
+    """datasets_for(scale) is every spec a stage's module lists in datasets(scale), once; the
+    benchmarks obtain their data through flows.generate.get_dataset (the cached generate-dataset
+    flow inside a flow run), never data.generate directly."""
+    import re
+    from pathlib import Path
+
+    import data
+    from flows.nightly import STAGES, datasets_for
+    from flows.scales import SCALES
+
+    for scale in SCALES:
+        listed = [s for b in STAGES.values() if hasattr(b.load(), "datasets") for s in b.load().datasets(scale)]
+        night = datasets_for(scale)
+        assert {data.spec_hash(s) for s in night} == {data.spec_hash(s) for s in listed}
+        assert len({data.spec_hash(s) for s in night}) == len(night)
+    assert {b.name for b in STAGES.values() if hasattr(b.load(), "datasets")} >= {
+        "operators",
+        "neural-odes",
+        "hard-constraints",
+    }
+    bench = Path(__file__).resolve().parents[2] / "flows" / "benchmarks"
+    for path in bench.glob("*.py"):
+        if path.name != "datagen.py":  # (times the generation itself, in a scratch store)
+            assert not re.search(r"\bdata\.generate\(", path.read_text()), path.name

@@ -219,7 +219,7 @@ def test_nightly_fails_on_a_regression_and_records_why(monkeypatch, tmp_path):
         f"nightly-regression-{tmp_path.name}", artifact_location=(tmp_path / "artifacts").as_uri()
     )
     monkeypatch.setattr(tracking, "experiment_id", lambda name=None: exp)
-    monkeypatch.setitem(nightly.DATASETS, "smoke", [])
+    monkeypatch.setattr(nightly, "datasets_for", lambda scale: [])
     tonight = {"rows": []}
     monkeypatch.setattr(nightly, "_stage_rows", lambda stage, *args: [])
     monkeypatch.setitem(nightly.SUMMARIES, "linear", lambda rows, scale: [dict(r) for r in tonight["rows"]])
@@ -278,7 +278,7 @@ def test_a_dispatched_stage_nobody_runs_is_cancelled_at_the_timeout(monkeypatch,
         f"nightly-dispatch-{tmp_path.name}", artifact_location=(tmp_path / "artifacts").as_uri()
     )
     monkeypatch.setattr(tracking, "experiment_id", lambda name=None: exp)
-    monkeypatch.setitem(nightly.DATASETS, "smoke", [])
+    monkeypatch.setattr(nightly, "datasets_for", lambda scale: [])
     monkeypatch.setattr(nightly, "STAGES", {"benchmark-operators": nightly.STAGES["benchmark-operators"]})
     with get_client(sync_client=True) as prefect:
         prefect.create_work_pool(WorkPoolCreate(name=f"idle-{tmp_path.name}"[:50], type="process"))
@@ -312,3 +312,82 @@ def test_gpu_stages_need_dispatch_to_deployments():
     assert state.is_failed() and "need dispatch='deployments'" in state.message
     state = nightly_benchmark(scale="smoke", gpu_stages=["benchmark-everything"], return_state=True)
     assert state.is_failed() and "gpu_stages" in state.message
+
+
+# ---------------------------------------------------------------------------------------------
+# dispatch="deployments": stages run concurrently, up to stage_concurrency at once
+
+
+def _timed_night(monkeypatch, tmp_path, seconds: dict[str, float], concurrency: int, fail: str | None = None):
+    """A dispatched smoke night whose stages are stand-ins that sleep ``seconds[stage]`` (a flow run
+    in another process, as far as this one is concerned); returns its state and each stage's
+    (start, end)."""
+    import threading
+    import time
+
+    from flows import nightly, tracking
+    from flows.benchmarks import BENCHMARKS
+
+    client = tracking.client()
+    exp = client.create_experiment(f"nightly-conc-{tmp_path.name}", artifact_location=(tmp_path / "a").as_uri())
+    monkeypatch.setattr(tracking, "experiment_id", lambda name=None: exp)
+    monkeypatch.setattr(nightly, "datasets_for", lambda scale: [])
+    every = {b.flow_name: b for b in BENCHMARKS.values() if b.stage}  # (STAGES may be a previous night's stand-in)
+    monkeypatch.setattr(nightly, "STAGES", {stage: every[stage] for stage in seconds})
+    for stage in seconds:
+        monkeypatch.setitem(nightly.SUMMARIES, every[stage].name, lambda rows, scale: [])
+    spans: dict[str, tuple[float, float]] = {}
+    lock = threading.Lock()
+
+    def dispatch(stage, scale, run_id, deployment, timeout_s):
+        assert deployment == f"{stage}/{stage}"
+        t0 = time.perf_counter()
+        time.sleep(seconds[stage])
+        with lock:
+            spans[stage] = (t0, time.perf_counter())
+        if stage == fail:
+            raise nightly.StageError(f"{stage}: flow run x (y) ended Failed: boom")
+        return []
+
+    monkeypatch.setattr(nightly, "_dispatch", dispatch)
+    state = nightly.nightly_benchmark(
+        scale="smoke", dispatch="deployments", stage_concurrency=concurrency, return_state=True
+    )
+    return state, spans
+
+
+def _most_at_once(spans) -> int:
+    edges = sorted([(t0, 1) for t0, _ in spans.values()] + [(t1, -1) for _, t1 in spans.values()])
+    now = most = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def test_dispatched_stages_run_concurrently(monkeypatch, tmp_path):
+    """Two stages at once take <= 1.2x the slowest of them (sequentially: the sum); four stages
+    with stage_concurrency=2 never run more than two at once and take <= 1.2x two rounds."""
+    from flows.nightly import STAGES
+
+    stages = list(STAGES)  # (before the stand-in nights replace STAGES)
+    assert len(stages) >= 4
+    two = {"benchmark-linear-solvers": 3.0, "benchmark-operators": 2.0}
+    state, spans = _timed_night(monkeypatch, tmp_path, two, concurrency=2)
+    assert state.is_completed(), state.message
+    wall = max(t1 for _, t1 in spans.values()) - min(t0 for t0, _ in spans.values())
+    assert _most_at_once(spans) == 2 and wall <= 1.2 * max(two.values()), (wall, spans)
+
+    four = dict.fromkeys(stages[:4], 2.0)
+    state, spans = _timed_night(monkeypatch, tmp_path / "four", four, concurrency=2)
+    assert state.is_completed(), state.message
+    wall = max(t1 for _, t1 in spans.values()) - min(t0 for t0, _ in spans.values())
+    assert len(spans) == 4 and _most_at_once(spans) == 2 and wall <= 1.2 * 2 * 2.0, (wall, spans)
+
+
+def test_a_failed_dispatched_stage_fails_the_night_after_the_others_finish(monkeypatch, tmp_path):
+    stages = {"benchmark-linear-solvers": 0.5, "benchmark-operators": 2.0}
+    state, spans = _timed_night(monkeypatch, tmp_path, stages, concurrency=2, fail="benchmark-linear-solvers")
+    assert state.is_failed() and set(spans) == set(stages)  # the other stage ran to its end
+    assert "1 of 2 stages did not complete" in state.message and "benchmark-linear-solvers" in state.message
+    assert "benchmark-operators:" not in state.message
