@@ -105,9 +105,13 @@ def model_label(mc: dict) -> str:
     return f"pi-hc-moe-k{k}" + ("-random" if mc.get("assignment") == "random" else "")
 
 
-def model_configs(scale: str, grid: tuple[int, ...], problem: str = "") -> list[dict]:
-    """Model config fields for every compared model (soft, K = 1, the MoE Ks, the random ablation)."""
-    from operators.hard import layout_for
+def model_configs(scale: str, grid: tuple[int, ...], problem: str = "", residual_mask=None) -> list[dict]:
+    """Model config fields for every compared model (soft, K = 1, the MoE Ks, the random ablation).
+
+    Every expert draws the scale's ``points`` PDE points (``points_per="expert"``: the paper's
+    accuracy runs, 20k per expert, 80k in all at K = 4); with ``residual_mask`` (the PDE's), capped
+    at the fewest residual points an expert's block holds (the row reports the number used)."""
+    from operators.hard import Router, layout_for
 
     c = {**CONFIGS[scale], **OVERRIDES.get(problem, {})}
     net = dict(
@@ -116,11 +120,17 @@ def model_configs(scale: str, grid: tuple[int, ...], problem: str = "") -> list[
         modes=(min(c["modes"], grid[0] // 2),) + tuple(min(c["modes"], n // 2) for n in grid[1:]),
         n_basis=c["n_basis"],
     )
+
+    def hard(k: int, assignment: str = "blocks") -> dict:
+        layout = layout_for(k, grid)
+        points = c["points"]
+        if residual_mask is not None:
+            points = min(points, Router(grid, layout, residual_mask, assignment).capacity)  # type: ignore[arg-type]
+        return dict(points=points, points_per="expert", experts=layout, assignment=assignment, **net)
+
     out = [dict(mode="soft", experts=(1,) * len(grid), **net)]
-    for k in c["experts"]:
-        out.append(dict(points=c["points"], experts=layout_for(k, grid), **net))
-    k_abl = 4 if 4 in c["experts"] else c["experts"][-1]
-    out.append(dict(points=c["points"], experts=layout_for(k_abl, grid), assignment="random", **net))
+    out += [hard(k) for k in c["experts"]]
+    out.append(hard(4 if 4 in c["experts"] else c["experts"][-1], "random"))
     return out
 
 
@@ -151,7 +161,12 @@ def step_times(pde, u0, scale: str, points: tuple[int, ...], ks=(1, 4)) -> list[
         for m in points:
             cfg = HardTrainConfig(
                 model=HardModelConfig(
-                    **{**model_configs(scale, pde.grid, pde.name)[1], "points": m, "experts": layout_for(k, pde.grid)}
+                    **{
+                        **model_configs(scale, pde.grid, pde.name)[1],
+                        "points": m,
+                        "points_per": "total",  # the paper's step-time axis: the experts share the points
+                        "experts": layout_for(k, pde.grid),
+                    }
                 ),
                 steps=c["scaling_steps"] + 1,
                 batch_size=c["batch_size"],
@@ -242,7 +257,7 @@ def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None
             f"{problem}: grid {pde.grid}, {len(u0)} train / {len(u0_test)} test, data in {time.perf_counter() - t0:.1f} s"
         )
         found, preds = {}, {}
-        for mc in model_configs(scale, pde.grid, problem):
+        for mc in model_configs(scale, pde.grid, problem, pde.residual_mask()):
             label = model_label(mc)
             cfg = HardTrainConfig(model=HardModelConfig(**mc), steps=c["steps"], batch_size=c["batch_size"], seed=0)
             methods.log_params(label, {problem: cfg.model_dump(mode="json")})
@@ -264,6 +279,7 @@ def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None
                 "problem": problem,
                 "scale": scale,
                 "experts": int(np.prod(mc.get("experts", (1,)))),
+                "points_per_expert": mc.get("points", 0),
                 "rel_l2": round(ev["rel_l2"], 4),
                 "residual": round(ev["residual"], 4),
                 "conditions": round(ev["conditions"], 4),

@@ -30,7 +30,7 @@ from data.errors import InputError
 
 from ..device import assign_experts, check_device, record, run_on_devices, same_device, visible_devices
 from .layer import BACKENDS, LeastSquares, SolveInfo, merge_infos, solve
-from .moe import Router
+from .moe import PointsPer, Router
 from .pdes import HardPDE
 
 if TYPE_CHECKING:
@@ -59,7 +59,15 @@ class HardModelConfig(BaseModel):
         default="blocks", description="blocks (the paper) or random points (ablation)"
     )
     points: int = Field(
-        default=1000, ge=1, le=100_000_000, description="constraint points per forward pass, over all experts"
+        default=1000,
+        ge=1,
+        le=100_000_000,
+        description="constraint (PDE) points drawn per forward pass: per expert or in total (points_per)",
+    )
+    points_per: PointsPer = Field(
+        default="expert",
+        description="expert: every expert draws `points` (the paper's accuracy runs, 20k per expert); "
+        "total: the experts share `points` (the paper's step-time axis)",
     )
     backend: BackendChoice = Field(
         default="auto", description="auto: cholesky for linear PDEs, lm (Levenberg-Marquardt) otherwise"
@@ -135,6 +143,8 @@ class HardConstraintModel(nn.Module):
         self.router = (
             Router(pde.grid, cfg.experts, pde.residual_mask(), cfg.assignment, seed) if cfg.mode == "hard" else None
         )
+        if self.router is not None:  # refuse now, not at the first forward: more points than a block holds
+            self.router.points_per_expert(cfg.points, cfg.points_per)
         self._expert_devices: list[torch.device] | None = None  # None: visible_devices() of the model's device
         self._parallel: bool | None = None
 
@@ -233,7 +243,9 @@ class HardConstraintModel(nn.Module):
             rw = pde.row_weights(u0)  # (B, R): the reference's relative initial rows for diffusion-sorption
             Krows, c = Krows * rw[..., None], c * rw
         scale = 1.0 / pde.t_final  # PDE rows in physical units, as the reference
-        pts = (router.sample(cfg.points, generator) if points is None else router.check_points(points)).to(phi.device)
+        pts = (
+            router.sample(cfg.points, generator, cfg.points_per) if points is None else router.check_points(points)
+        ).to(phi.device)
         cmask = router.condition_mask(pde.condition_points(), phi.device) if not pde.ic_ansatz else phi.new_zeros(K, 0)
         m, R = pts.shape[1], Krows.shape[1]
         sel = {k: v[:, pts].reshape(B * K, m, N) for k, v in terms.items()}

@@ -243,7 +243,7 @@ def test_navier_stokes_rows_hold_on_the_petsc_data_and_the_moe_layer_trains(stor
     assert r < 0.01 < unforced.full_residual(w).pow(2).mean().sqrt()
     torch.manual_seed(0)  # the network's initial weights
     model = HardConstraintModel(
-        HardModelConfig(points=64, experts=layout_for(4, pde.grid), modes=(4, 4, 4), **SMALL_NET), pde
+        HardModelConfig(points=16, experts=layout_for(4, pde.grid), modes=(4, 4, 4), **SMALL_NET), pde
     )
     out = model(w[:, 0].float())
     assert out.w.shape == (2, 4, 6) and out.info.backend == "lm"
@@ -276,6 +276,73 @@ def test_stitching_and_interface_jumps():
     assert torch.allclose(u[..., 4:], (phi.reshape(2, 3, 8, 3)[..., 4:, :] * w[:, 1, None, None]).sum(-1))
     mean, mx = router.interface_jump(phi, w)
     assert mean > 0 and mx >= mean
+
+
+@pytest.mark.parametrize("k, assignment", [(1, "blocks"), (2, "blocks"), (4, "blocks"), (4, "random")])
+def test_expert_assignment_pins_points_and_condition_rows(k, assignment, monkeypatch):
+    """Which residual points and which condition rows each expert's solve receives: its own block's
+    PDE points, ``points`` of them (per expert), and every global initial/boundary row of
+    diffusion-sorption (the reference replicates them to every expert)."""
+    nx, nt, m, B = 16, 6, 8, 2
+    pde = _ds(nx=nx, nt=nt)
+    cfg = HardModelConfig(points=m, experts=layout_for(k, pde.grid), assignment=assignment, modes=(2, 2), **SMALL_NET)
+    torch.manual_seed(0)
+    model = HardConstraintModel(cfg, pde)
+    router, mask = model.router, pde.residual_mask()
+    owner = router.expert.reshape(pde.grid)
+    if assignment == "blocks":  # expert e: the x columns [e nx / k, (e + 1) nx / k), all times
+        assert (owner == (np.arange(nx) // (nx // k))[None, :]).all()
+    else:
+        assert np.bincount(router.expert).tolist() == [nx * nt // k] * k
+        assert k == 1 or not (owner == (np.arange(nx) // (nx // k))[None, :]).all()
+    # candidates: the residual points (t > 0, interior x) split without overlap by owner
+    assert sorted(np.concatenate(router.candidates)) == np.flatnonzero(mask).tolist()
+    assert all((router.expert[c] == e).all() for e, c in enumerate(router.candidates))
+    seen = {}
+    solve_ = model._solve
+
+    def spy(system, backend, B_, K_, **kw):
+        seen["system"] = system
+        return solve_(system, backend, B_, K_, **kw)
+
+    monkeypatch.setattr(model, "_solve", spy)
+    u0 = torch.tensor([[0.1] * nx, [0.05] * nx])
+    out = model(u0, generator=torch.Generator().manual_seed(3))
+    pts = out.points.numpy()
+    assert pts.shape == (k, m)  # points per expert, not shared
+    assert (router.expert[pts] == np.arange(k)[:, None]).all() and mask[pts].all()
+    assert all(len(set(row)) == m for row in pts.tolist())
+    d = seen["system"].data
+    N = cfg.n_basis
+    assert torch.equal(d["u"].reshape(B, k, m, N), out.phi[:, torch.as_tensor(pts)])
+    # every expert: all nx initial rows (relative to u0) and the 2 (nt - 1) boundary rows, the same ones
+    phi = out.phi.reshape(B, *pde.grid, N)
+    Kfull, cfull = pde.condition_rows(phi, u0.double())
+    rw = pde.row_weights(u0.double())
+    R = nx + 2 * (nt - 1)
+    assert Kfull.shape[1] == R and d["K"].shape == (B * k, R, N)
+    for e in range(k):
+        assert torch.allclose(d["K"].reshape(B, k, R, N)[:, e], Kfull * rw[..., None])
+        assert torch.allclose(d["c"].reshape(B, k, R)[:, e], cfull * rw)
+    # rows located at a grid point go to the expert owning it (the t = 0 slice here), global rows to all
+    rows = np.concatenate([np.arange(nx), [-1, -1]])
+    cm = router.condition_mask(rows).numpy()
+    assert (cm[:, -2:] == 1).all() and (cm[:, :nx] == (router.expert[:nx][None, :] == np.arange(k)[:, None])).all()
+
+
+def test_points_per_expert_or_in_total_and_the_block_cap():
+    pde = _ds(nx=16, nt=6)  # K = 4 blocks of 4 columns: the edge blocks hold 3 x 5 = 15 residual points
+    net = dict(experts=(1, 4), modes=(2, 2), **SMALL_NET)
+    model = HardConstraintModel(HardModelConfig(points=8, **net), pde)
+    assert model.router.capacity == 15 and model.router.sample(8).shape == (4, 8)
+    total = HardConstraintModel(HardModelConfig(points=8, points_per="total", **net), pde)
+    assert total(torch.full((1, 16), 0.1)).points.shape == (4, 2)
+    with pytest.raises(ExpertLayoutError, match=r"points=16 per expert.*only 15 residual points.*points <= 15"):
+        HardConstraintModel(HardModelConfig(points=16, **net), pde)
+    with pytest.raises(ExpertLayoutError, match=r"points=64 in total over 4 experts is 16 per expert.*points <= 60"):
+        HardConstraintModel(HardModelConfig(points=64, points_per="total", **net), pde)
+    with pytest.raises(ValueError, match="points_per"):
+        HardModelConfig(points_per="block")
 
 
 @pytest.mark.parametrize(
@@ -360,8 +427,8 @@ def test_config_validation_names_the_field():
     [
         dict(mode="soft"),
         dict(points=40),
-        dict(points=40, experts=(1, 2)),
-        dict(points=40, experts=(1, 2), assignment="random"),
+        dict(points=20, experts=(1, 2)),
+        dict(points=20, experts=(1, 2), assignment="random"),
     ],
 )
 def test_every_model_trains_and_evaluates_on_diffusion_sorption(mc):
@@ -386,9 +453,9 @@ def test_heat_with_the_cvxpylayers_backend_matches_cholesky():
     for backend in ("cholesky", "cvxpylayers"):
         torch.manual_seed(0)
         models[backend] = HardConstraintModel(
-            HardModelConfig(backend=backend, points=72, experts=(1, 2, 1), ridge=0.1, modes=(2, 3, 3), **SMALL_NET), pde
+            HardModelConfig(backend=backend, points=36, experts=(1, 2, 1), ridge=0.1, modes=(2, 3, 3), **SMALL_NET), pde
         )
-    pts = models["cholesky"].router.sample(72, torch.Generator().manual_seed(0))
+    pts = models["cholesky"].router.sample(36, torch.Generator().manual_seed(0))
     outs = {k: m(u0, points=pts) for k, m in models.items()}
     info = outs["cvxpylayers"].info
     assert info.converged, info.notes  # SCS met its tolerance (no "Solved/Inaccurate")
