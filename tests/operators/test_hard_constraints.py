@@ -345,6 +345,56 @@ def test_points_per_expert_or_in_total_and_the_block_cap():
         HardModelConfig(points_per="block")
 
 
+@pytest.mark.parametrize("workers", [2, 4])
+def test_experts_on_cpu_workers_give_the_one_thread_values_and_gradients(workers):
+    """K = 4 experts over 2 or 4 CPU threads (forward and implicit backward in the threads): the same
+    w, u and network gradients as one thread, bit for bit (LM on diffusion-sorption, Cholesky on heat)."""
+    cases = [
+        (_ds(nx=16, nt=6), torch.tensor([[0.1] * 16, [0.05] * 16]), (1, 4), dict(modes=(2, 2))),
+        (
+            _heat(n=8),
+            torch.randn(2, 8, 8, generator=torch.Generator().manual_seed(0)),
+            (1, 2, 2),
+            dict(modes=(2, 2, 2)),
+        ),
+    ]
+    for pde, u0, experts, net in cases:
+        got = []
+        for w in (1, workers):
+            torch.manual_seed(0)
+            model = HardConstraintModel(HardModelConfig(points=8, experts=experts, workers=w, **net, **SMALL_NET), pde)
+            out = model(u0, generator=torch.Generator().manual_seed(1))
+            sum(loss_terms(pde, out.u, u0.double()).values()).backward()
+            got.append((out.w.detach(), out.u.detach(), [p.grad for p in model.parameters() if p.grad is not None]))
+            with torch.no_grad():  # evaluation: no graph, the threads just run
+                assert torch.equal(model(u0, generator=torch.Generator().manual_seed(1)).w, out.w.detach())
+        (w1, u1, g1), (wk, uk, gk) = got
+        assert torch.equal(w1, wk) and torch.equal(u1, uk) and len(g1) == len(gk) > 0
+        assert all(torch.equal(a, b) for a, b in zip(g1, gk, strict=True))
+
+
+def test_run_differentiable_spreads_forward_and_backward_over_threads():
+    from operators.device import run_differentiable
+
+    threads = torch.get_num_threads()
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(4, 30, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(4, 30, dtype=torch.float64, generator=g, requires_grad=True)
+
+    def lstsq(a, y):
+        return (torch.linalg.solve(a.mT @ a, (a.mT @ y.unsqueeze(-1))).squeeze(-1), a.sum())
+
+    whole = lstsq(A, b)[0]
+    parts = run_differentiable([(lstsq, (A[:2], b[:2])), (lstsq, (A[2:], b[2:]))], intra_op_threads=1)
+    got = torch.cat([p[0] for p in parts])
+    assert torch.equal(got, whole)
+    assert torch.autograd.gradcheck(
+        lambda a, y: torch.cat([p[0] for p in run_differentiable([(lstsq, (a[:1], y[:1])), (lstsq, (a[1:], y[1:]))])]),
+        (A[:2].detach().requires_grad_(), b[:2].detach().requires_grad_()),
+    )
+    assert torch.get_num_threads() == threads  # restored after the threads
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -357,6 +407,7 @@ def test_points_per_expert_or_in_total_and_the_block_cap():
         "too_many_points",
         "u0_shape",
         "backend_nonlinear",
+        "workers",
         "heat_1d",
         "family",
     ],
@@ -398,6 +449,9 @@ def test_bad_layouts_points_and_parameters(case):
     elif case == "backend_nonlinear":
         with pytest.raises(ValueError, match="linear PDEs only"):
             HardConstraintModel(HardModelConfig(backend="cholesky", modes=(2, 2), **SMALL_NET), pde)
+    elif case == "workers":
+        with pytest.raises(ValueError, match=r"workers=3 is more than the 2 experts of the layout \(1, 2\)"):
+            HardConstraintModel(HardModelConfig(experts=(1, 2), workers=3, modes=(2, 2), **SMALL_NET), pde)
     elif case == "heat_1d":
         from data.spec import HeatSpec
 
