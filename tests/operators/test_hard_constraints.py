@@ -591,3 +591,19 @@ def test_training_data_that_does_not_fit_is_refused():
         train(cfg, pde, torch.full((4, 12), float("nan")))
     with pytest.raises(ValueError, match="no samples"):
         train(cfg, pde, torch.zeros(0, 12))
+
+
+def test_benchmark_accuracy_runs_draw_points_per_expert_capped_at_the_block():
+    from flows.benchmarks.hard_constraints import PROBLEMS, model_configs
+
+    spec = PROBLEMS["small"]["diffusion-sorption"]  # 101 levels x 64 cells
+    pde = _ds(nx=spec.n, nt=spec.n_times + 1)
+    by_label = {
+        (math.prod(mc["experts"]), mc.get("assignment")): mc
+        for mc in model_configs("small", pde.grid, "diffusion-sorption", pde.residual_mask())
+    }
+    assert by_label[(1, "blocks")]["points"] == 1024 and by_label[(1, "blocks")]["points_per"] == "expert"
+    assert by_label[(4, "blocks")]["points"] == 1024 and by_label[(4, "random")]["points"] == 1024
+    assert by_label[(8, "blocks")]["points"] == 100 * 7  # an edge block: 8 cells, 7 interior, t > 0
+    ns = model_configs("small", (11, 24, 24), "navier-stokes-2d")
+    assert [math.prod(mc["experts"]) for mc in ns] == [1, 1, 2, 4]  # soft, K = 1, 2, 4; no ablation
