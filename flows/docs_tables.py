@@ -239,6 +239,7 @@ HC_COLS = [
     "method",
     "problem",
     "experts",
+    "points_per_expert",
     "rel_l2",
     "l2_vs_soft",
     "l2_vs_hc",
@@ -250,6 +251,18 @@ HC_COLS = [
     "step_vs_hc",
     "infer_s",
     "infer_vs_hc",
+    "lm_iters",
+]
+HC_PARALLEL_COLS = [
+    "method",
+    "points",
+    "grid",
+    "batch",
+    "s_per_step",
+    "step_vs_k1",
+    "network_s",
+    "solve_s",
+    "solve_vs_k1",
     "lm_iters",
 ]
 HC_BACKEND_COLS = ["points", "w_rel_diff", "grad_rel_diff", "s_cholesky", "s_cvxpylayers", "cvxpylayers_vs_cholesky"]
@@ -280,6 +293,11 @@ def hard_constraints(path: str | Path | None = None) -> str:
             "Seconds per training step against constraint points (all experts together):\n\n"
             + format_table(scaling, ["problem", "points", "s_per_step_k1", "s_per_step_k4", "k4_vs_k1"]),
             "![step time vs constraint points](../results/hard-constraints-small-step_time_scaling.png)",
+            "Experts in parallel on the CPU: K = 2 experts on 2 worker threads against K = 1 (all points in "
+            "one expert, every torch thread), the total number of constraint points on the paper's axis; "
+            "`network_s`: FNO forward and backward and the Adam step, `solve_s`: the constraint solve, "
+            "forward and implicit backward:\n\n"
+            + format_table([r for r in rows if r["part"] == "parallel"], HC_PARALLEL_COLS),
             "cvxpylayers against the closed-form (Cholesky) layer on the same 2D-heat rows (ridge 1e-2):\n\n"
             + format_table([r for r in rows if r["part"] == "backends"], HC_BACKEND_COLS),
             "![diffusion-sorption: truth, predictions, errors](../results/hard-constraints-small-diffusion-sorption-predictions.png)",

@@ -37,7 +37,7 @@ def checkpoint_path(cfg: HardTrainConfig, digest: str) -> Path:
 
 
 DEFAULT_DATA = DiffusionSorptionSpec(n=64, n_times=40, n_train=64, n_test=16)
-DEFAULT_CONFIG = HardTrainConfig(model=HardModelConfig(experts=(1, 4), points=1024), steps=400)
+DEFAULT_CONFIG = HardTrainConfig(model=HardModelConfig(experts=(1, 4), points=256), steps=400)  # 256 per expert
 
 
 @flow(

@@ -71,6 +71,10 @@ def prefect_defaults(values: Settings, configured: set[str]) -> dict[str, str]:
     out = {}
     if "server.analytics_enabled" not in configured:
         out["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    if "client.max_retries" not in configured:  # ride out an API restart: retries back off 2, 4, ..., 256 s
+        out["PREFECT_CLIENT_MAX_RETRIES"] = "8"
+    if "client.retry_extra_codes" not in configured:  # the server's 500 while its database restarts
+        out["PREFECT_CLIENT_RETRY_EXTRA_CODES"] = "500"
     if "server.ephemeral.startup_timeout_seconds" not in configured:
         out["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
     if not configured & {"home", "results.local_storage_path"}:

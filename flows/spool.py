@@ -46,6 +46,7 @@ _OUTAGE_TEXT = (
     "RemoteDisconnected",
     "Read timed out",
     "timed out",
+    "too many 500 error responses",  # a server whose database is restarting (retried, then spooled)
     "too many 502 error responses",
     "too many 503 error responses",
     "too many 504 error responses",

@@ -426,24 +426,29 @@ def status() -> dict:
     return out
 
 
+def stop_service(name: str, timeout: float = 20) -> bool:
+    """Stop one service of the stack (``postgres``, ``prefect``, ``mlflow`` or ``worker``) by PID;
+    True if it was running. ``up`` starts it again (what a restart is)."""
+    if name not in SERVICES:
+        raise ValueError(f"service must be one of {SERVICES}, got {name!r}")
+    pid = _pid(name)
+    if pid:
+        if name == "postgres":  # SIGINT to the postmaster: its "fast" shutdown, it stops its own backends
+            os.kill(pid, signal.SIGINT)
+        else:
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.time() + timeout
+        while _alive(pid) and time.time() < deadline:
+            time.sleep(0.2)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+    (_dir() / f"{name}.pid").unlink(missing_ok=True)
+    return pid is not None
+
+
 def down(timeout: float = 20) -> list[str]:
     """Stop what ``up`` started (worker first), by PID; returns the names stopped."""
-    stopped = []
-    for name in reversed(SERVICES):
-        pid = _pid(name)
-        if pid:
-            if name == "postgres":  # SIGINT to the postmaster: its "fast" shutdown, it stops its own backends
-                os.kill(pid, signal.SIGINT)
-            else:
-                os.killpg(pid, signal.SIGTERM)
-            deadline = time.time() + timeout
-            while _alive(pid) and time.time() < deadline:
-                time.sleep(0.2)
-            if _alive(pid):
-                os.killpg(pid, signal.SIGKILL)
-            stopped.append(name)
-        (_dir() / f"{name}.pid").unlink(missing_ok=True)
-    return stopped
+    return [name for name in reversed(SERVICES) if stop_service(name, timeout)]
 
 
 def main(action: str, backend: str = "sqlite") -> int:

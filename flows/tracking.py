@@ -460,11 +460,16 @@ def mlflow_run(
     all_tags.setdefault("sciflow.kind", kind_of(all_tags.get("sciflow.stage")))
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
-        experiment = c.get_run(parent_run_id).info.experiment_id
-    else:
-        experiment = experiment_id(all_tags["sciflow.kind"])
-    run = c.create_run(experiment, run_name=run_name, tags=all_tags)
-    run_id = run.info.run_id
+
+    def create() -> str:  # the server answered the probe: an outage from here on is waited out
+        if parent_run_id:
+            experiment = c.get_run(parent_run_id).info.experiment_id
+        else:
+            experiment = experiment_id(all_tags["sciflow.kind"])
+        return c.create_run(experiment, run_name=run_name, tags=all_tags).info.run_id
+
+    run_id = when_reachable(None, f"creating run {run_name}", create)
+    experiment = c.get_run(run_id).info.experiment_id
     try:
         if params:
             log_params(run_id, params)
@@ -621,32 +626,44 @@ def _check_outage(run_id: str) -> None:
     if started is not None and time.monotonic() - started > limit:
         from .spool import Spool
 
+        kept = (
+            f"run {run_id}'s tracking calls are kept in {Spool(run_id).path}: deliver them with "
+            "`sciflow tracking flush` once the server is back"
+            if run_id
+            else "no run was created"
+        )
         raise TrackingUnavailableError(
             f"MLflow at {redact_text(mlflow.get_tracking_uri())} has been unreachable for "
-            f"{time.monotonic() - started:.0f} s (limit SCIFLOW_TRACKING_OUTAGE_S={limit:.0f} s); run {run_id}'s "
-            f"tracking calls are kept in {Spool(run_id).path}: deliver them with `sciflow tracking flush` "
-            "once the server is back"
+            f"{time.monotonic() - started:.0f} s (limit SCIFLOW_TRACKING_OUTAGE_S={limit:.0f} s); {kept}"
         )
 
 
-def when_reachable(run_id: str, what: str, call: Callable[[], T]) -> T:
-    """``call()`` (a call that needs the server itself, e.g. a model registration) after run
-    ``run_id``'s spool is delivered; an outage is waited out up to the limit, then a
-    :class:`TrackingUnavailableError`."""
+def when_reachable(run_id: str | None, what: str, call: Callable[[], T]) -> T:
+    """``call()`` (a call that needs the server itself: creating a run, registering a model)
+    after run ``run_id``'s spool is delivered; an outage is waited out up to the limit, then a
+    :class:`TrackingUnavailableError`. ``run_id`` None: no run yet (the outage is timed under
+    the key ``""``)."""
     from .spool import is_outage
 
-    finish(run_id)
+    if run_id is not None:
+        finish(run_id)
+    key = run_id or ""
     while True:
         try:
-            return call()
+            result = call()
         except Exception as exc:
             if not _remote() or not is_outage(exc):
                 raise
-            if run_id not in _outages:
-                _outages[run_id] = time.monotonic()
+            if key not in _outages:
+                _outages[key] = time.monotonic()
                 _say(f"MLflow unreachable while {what}; waiting for it (limit {current().tracking_outage_s:.0f} s)")
-            _check_outage(run_id)
+            _check_outage(key)
             time.sleep(RETRY_S)
+            continue
+        started = _outages.pop(key, None) if run_id is None else None
+        if started is not None:
+            _say(f"MLflow answers again after {time.monotonic() - started:.0f} s: {what} done")
+        return result
 
 
 def finish(run_id: str, wait: bool = True) -> None:

@@ -15,6 +15,8 @@
 * :func:`visible_devices` / :func:`assign_experts` / :func:`run_on_devices`: the devices a mixture
   of experts spreads over (every visible CUDA device when there are several, the model's own
   device first; expert ``k`` on device ``k % n``), and running one piece of work on each.
+* :func:`run_differentiable`: the same over pieces of a differentiable computation, with each
+  piece's backward pass in its thread too (a mixture of experts' solves over CPU workers).
 * :func:`synchronize`: wait for queued CUDA work (before reading a clock).
 * The usage log (:func:`record`, :func:`usage`, :func:`reset_usage`) and :func:`device_meta`:
   which device each piece of work ran on (training, solves, predictions), and the CUDA peak
@@ -147,9 +149,9 @@ def visible_devices(device: torch.device, count: Callable[[], int] | None = None
     return [torch.device("cuda", main)] + [torch.device("cuda", i) for i in range(n) if i != main]
 
 
-def assign_experts(n_experts: int, devices: Iterable[torch.device | str]) -> list[torch.device]:
-    """The device of each of ``n_experts`` experts: expert ``k`` on ``devices[k % len(devices)]``."""
-    devs = [torch.device(d) for d in devices]
+def assign_experts(n_experts: int, devices: Iterable[T]) -> list[T]:
+    """The device (or worker) of each of ``n_experts`` experts: expert ``k`` on ``devices[k % len(devices)]``."""
+    devs = list(devices)
     if n_experts < 1 or not devs:
         raise InputError(f"need n_experts >= 1 and at least one device, got {n_experts} experts, {len(devs)} devices")
     return [devs[k % len(devs)] for k in range(n_experts)]
@@ -171,6 +173,108 @@ def run_on_devices(calls: Sequence[tuple[torch.device, Callable[[], T]]], parall
     with ThreadPoolExecutor(len(calls), thread_name_prefix="sciflow-device") as pool:
         futures = [pool.submit(call, torch.device(d), fn, *modes) for d, fn in calls]
         return [f.result() for f in futures]
+
+
+def run_on_threads(calls: Sequence[Callable[[], T]], intra_op_threads: int | None = None) -> list[T]:
+    """``[fn() for fn in calls]``, one thread per call, each with ``intra_op_threads`` PyTorch
+    intra-op threads (default: this process's threads shared out, at least 1); the caller's
+    autograd mode is carried into the threads. PyTorch releases the GIL inside its kernels, so
+    calls whose work is large tensor operations overlap. The first exception is raised, as it was."""
+    if len(calls) < 2:
+        return [fn() for fn in calls]
+    before = torch.get_num_threads()
+    each = max(1, intra_op_threads or before // len(calls))
+    modes = (torch.is_grad_enabled(), torch.is_inference_mode_enabled())
+
+    def call(fn: Callable[[], T]) -> T:
+        torch.set_num_threads(each)  # this thread's OpenMP team (and MKL's, process-wide: restored below)
+        with torch.inference_mode(modes[1]), torch.set_grad_enabled(modes[0]):
+            return fn()
+
+    try:
+        with ThreadPoolExecutor(len(calls), thread_name_prefix="sciflow-worker") as pool:
+            futures = [pool.submit(call, fn) for fn in calls]
+            return [f.result() for f in futures]
+    finally:
+        torch.set_num_threads(before)
+
+
+class _Pieces(torch.autograd.Function):
+    """Forward: each piece on detached copies of its inputs, in a thread of its own, keeping its
+    graph; backward: ``torch.autograd.grad`` of each piece, again one thread each (the autograd
+    engine runs CPU work in the thread that asks for it, so the pieces' backwards overlap too)."""
+
+    @staticmethod
+    def forward(ctx, plan, *flat):
+        fns, sizes, threads, counts = plan
+        leaves, start = [], 0
+        for n in sizes:
+            leaves.append([x.detach().requires_grad_(x.requires_grad) for x in flat[start : start + n]])
+            start += n
+
+        def piece(fn, xs):
+            def go():
+                with torch.enable_grad():
+                    return tuple(fn(*xs))
+
+            return go
+
+        outs = run_on_threads([piece(fn, xs) for fn, xs in zip(fns, leaves, strict=True)], threads)
+        ctx.graphs, ctx.threads = list(zip(outs, leaves, strict=True)), threads
+        ctx.counts = counts[:] = [len(o) for o in outs]  # the caller splits the flat outputs by these
+        return tuple(o.detach() for os_ in outs for o in os_)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        jobs, start = [], 0
+        for (outs, xs), n in zip(ctx.graphs, ctx.counts, strict=True):
+            gs = grads[start : start + n]
+            start += n
+
+            def job(outs=outs, xs=xs, gs=gs):
+                pairs = [(o, g) for o, g in zip(outs, gs, strict=True) if g is not None and o.requires_grad]
+                need = [x for x in xs if x.requires_grad]
+                if not pairs or not need:
+                    return [None] * len(xs)
+                # retained: a backward may run again (retain_graph); the pieces' graphs go with this node
+                got = iter(
+                    torch.autograd.grad(
+                        [o for o, _ in pairs], need, [g for _, g in pairs], retain_graph=True, allow_unused=True
+                    )
+                )
+                return [next(got) if x.requires_grad else None for x in xs]
+
+            jobs.append(job)
+        per_piece = run_on_threads(jobs, ctx.threads)
+        return (None, *(g for gs in per_piece for g in gs))
+
+
+def run_differentiable(
+    calls: Sequence[tuple[Callable[..., Sequence[torch.Tensor]], Sequence[torch.Tensor]]],
+    intra_op_threads: int | None = None,
+) -> list[tuple[torch.Tensor, ...]]:
+    """``[tuple(fn(*inputs)) for fn, inputs in calls]`` on CPU threads (:func:`run_on_threads`),
+    differentiable: gradients reach every call's ``inputs``, and each call's backward pass runs in
+    a thread of its own as well (a plain thread pool would leave the whole backward to the one
+    thread that calls ``backward()``). Each ``fn`` returns a sequence of tensors; anything else it
+    should report goes through a closure. Without autograd (no input needs a gradient, or grad
+    mode is off), the calls just run on threads."""
+    flat = [x for _, xs in calls for x in xs]
+    if not (torch.is_grad_enabled() and any(x.requires_grad for x in flat)):
+
+        def plain(fn: Callable[..., Sequence[torch.Tensor]], xs: Sequence[torch.Tensor]) -> Callable[[], tuple]:
+            return lambda: tuple(fn(*xs))
+
+        return run_on_threads([plain(fn, xs) for fn, xs in calls], intra_op_threads)
+    counts: list[int] = []
+    plan = ([fn for fn, _ in calls], [len(xs) for _, xs in calls], intra_op_threads, counts)
+    out = _Pieces.apply(plan, *flat)
+    pieces, start = [], 0
+    for n in counts:
+        pieces.append(tuple(out[start : start + n]))
+        start += n
+    return pieces
 
 
 def synchronize(device: torch.device) -> None:
@@ -242,7 +346,9 @@ __all__ = [
     "record",
     "reset_usage",
     "resolve_device",
+    "run_differentiable",
     "run_on_devices",
+    "run_on_threads",
     "same_device",
     "synchronize",
     "usage",

@@ -172,6 +172,15 @@ class TrainingTask(ABC, Generic[ConfigT]):
         """``epoch`` in words for messages (``"epoch 3"``, ``"step 150"``)."""
         return f"epoch {epoch}"
 
+    def step(self, objective: torch.Tensor, opt: torch.optim.Optimizer, epoch: int, world: World) -> None:
+        """One optimizer step on ``objective``, refused (:meth:`diverged`) when it is not finite
+        on any rank."""
+        if not world.all_finite(objective):
+            raise self.diverged(f"non-finite training loss ({float(objective.detach())}) in epoch {epoch}", epoch)
+        opt.zero_grad(set_to_none=True)
+        objective.backward()
+        opt.step()
+
     def diverged(self, what: str, epoch: int) -> TrainingDivergedError:
         """The error for a divergence during ``epoch``: ``what`` happened, the last good state is kept."""
         last = self.position(epoch - 1) if epoch > 1 else "none"

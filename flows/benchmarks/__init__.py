@@ -191,11 +191,14 @@ def run_benchmark(name: str, scale: str, out: str | Path | None = None, parent_r
     ``results/bench-<name>-<scale>.json`` and a Prefect table artifact."""
     from prefect.exceptions import TerminationSignal
 
+    from operators.device import device_meta, reset_usage
+
     from .. import tracking
     from ..results import publish, write_json
 
     check_scale(scale)
     module = get(name).load()
+    reset_usage()  # meta["device"]["devices_used"]: what ran where in this benchmark only
     with tracking.mlflow_run(
         f"bench-{name}-{scale}", {"benchmark": name, "scale": scale}, {"sciflow.stage": f"bench-{name}"}, parent_run_id
     ) as run_id:
@@ -215,6 +218,7 @@ def run_benchmark(name: str, scale: str, out: str | Path | None = None, parent_r
             "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
             "git_commit": tracking.git_commit(),
             "mlflow_run_id": run_id,
+            "device": device_meta(),
             **getattr(module, "META", {}),
         }
         for fig_name, fig in figures.items():  # to MLflow, and beside the JSON as <out>-<name>.png

@@ -31,22 +31,38 @@ PROBLEMS = {
     "smoke": {
         "diffusion-sorption": DiffusionSorptionSpec(n=16, n_times=8, n_train=4, n_test=2, seed=0),
         "heat-2d": HeatSpec(n=8, dim=2, kappa=0.01, t_final=1.0, n_times=5, n_train=4, n_test=2, seed=0),
+        "navier-stokes-2d": NavierStokesSpec(
+            n=8, viscosity=1e-4, horizon=5.0, n_times=4, forcing=0.0, n_train=4, n_test=2, seed=0
+        ),
     },
     "small": {
-        # PDEBench parameters and IC; 64 cells and 40 output intervals (PDEBench: 1024, 100)
-        "diffusion-sorption": DiffusionSorptionSpec(n=64, n_times=40, n_train=64, n_test=16, seed=0),
+        # PDEBench's parameters, IC and time axis (101 levels over t = 500) on 64 of its 1024 cells: at
+        # 1024 cells the FNO alone costs 10-20 s per step on 2 CPU cores (see docs/hard-constraints.md)
+        "diffusion-sorption": DiffusionSorptionSpec(n=64, n_times=100, n_train=64, n_test=16, seed=0),
         "heat-2d": HeatSpec(n=16, dim=2, kappa=0.01, t_final=1.0, n_times=10, n_train=64, n_test=16, seed=0),
+        # the paper's 2D setting, small: unforced, Re 1e4 (nu = 1e-4), T = 5; 24^2 x 11 (paper: 64^2 x 64)
+        "navier-stokes-2d": NavierStokesSpec(
+            n=24, viscosity=1e-4, horizon=5.0, n_times=10, forcing=0.0, n_train=32, n_test=8, seed=0
+        ),
     },
     "paper": {
         "diffusion-sorption": DiffusionSorptionSpec(n=1024, n_times=100, n_train=9000, n_test=1000, seed=0),
         "heat-2d": HeatSpec(n=64, dim=2, kappa=0.01, t_final=1.0, n_times=32, n_train=1000, n_test=100, seed=0),
-        # the paper's 2D setting: Re = 1e4 (nu = 1e-4), 256^2, 64 time steps, N = 64 basis functions
+        # the paper's 2D setting: unforced (its data root NS-no-forcing), Re = 1e4 (nu = 1e-4), T = 5,
+        # 64^2 x 64 for training, N = 64 basis functions, 20k points per expert
         "navier-stokes-2d": NavierStokesSpec(
-            n=256, viscosity=1e-4, horizon=1.0, n_times=63, dt=1e-3, n_train=1000, n_test=100, seed=0
+            n=64, viscosity=1e-4, horizon=5.0, n_times=63, forcing=0.0, n_train=4000, n_test=100, seed=0
         ),
     },
 }
-OVERRIDES = {"navier-stokes-2d": dict(n_basis=64, points=10000)}  # per problem, over the scale's config
+#: per scale and problem, over the scale's config (Navier-Stokes: K = 1, 2, 4 as the paper's 2 x 2, no ablation)
+OVERRIDES = {
+    "smoke": {"navier-stokes-2d": dict(experts=(1, 2, 4), ablation=False, scaling_points=())},
+    "small": {"navier-stokes-2d": dict(experts=(1, 2, 4), ablation=False, steps=200, scaling_points=())},
+    "paper": {
+        "navier-stokes-2d": dict(n_basis=64, experts=(1, 2, 4), ablation=False, scaling_points=(100, 1000, 10000))
+    },
+}
 CONFIGS = {
     "smoke": dict(
         steps=3,
@@ -60,6 +76,10 @@ CONFIGS = {
         scaling_points=(32, 64),
         scaling_steps=2,
         oracle_points=(16,),
+        parallel_grid=(9, 64),
+        parallel_points=(64, 256),
+        parallel_batch=1,
+        parallel_steps=1,
     ),
     "small": dict(
         steps=400,
@@ -73,6 +93,11 @@ CONFIGS = {
         scaling_points=(128, 256, 512, 1024, 2048),
         scaling_steps=6,
         oracle_points=(64, 256, 1024),
+        # experts in parallel on the paper's diffusion-sorption grid (101 x 1024) and point axis
+        parallel_grid=(101, 1024),
+        parallel_points=(1000, 10000, 100000),
+        parallel_batch=1,
+        parallel_steps=3,
     ),
     "paper": dict(
         steps=4050,
@@ -86,6 +111,10 @@ CONFIGS = {
         scaling_points=(100, 1000, 10000, 100000),
         scaling_steps=10,
         oracle_points=(256, 1024),
+        parallel_grid=(101, 1024),
+        parallel_points=(1000, 10000, 100000),
+        parallel_batch=6,
+        parallel_steps=10,
     ),
 }
 META = {
@@ -105,28 +134,44 @@ def model_label(mc: dict) -> str:
     return f"pi-hc-moe-k{k}" + ("-random" if mc.get("assignment") == "random" else "")
 
 
-def model_configs(scale: str, grid: tuple[int, ...], problem: str = "") -> list[dict]:
-    """Model config fields for every compared model (soft, K = 1, the MoE Ks, the random ablation)."""
-    from operators.hard import layout_for
+def model_configs(scale: str, grid: tuple[int, ...], problem: str = "", residual_mask=None) -> list[dict]:
+    """Model config fields for every compared model (soft, K = 1, the MoE Ks, the random ablation).
 
-    c = {**CONFIGS[scale], **OVERRIDES.get(problem, {})}
+    Every expert draws the scale's ``points`` PDE points (``points_per="expert"``: the paper's
+    accuracy runs, 20k per expert, 80k in all at K = 4); with ``residual_mask`` (the PDE's), capped
+    at the fewest residual points an expert's block holds (the row reports the number used)."""
+    from operators.hard import Router, layout_for
+
+    c = config(scale, problem)
     net = dict(
         hidden=c["hidden"],
         n_layers=c["n_layers"],
         modes=(min(c["modes"], grid[0] // 2),) + tuple(min(c["modes"], n // 2) for n in grid[1:]),
         n_basis=c["n_basis"],
     )
+
+    def hard(k: int, assignment: str = "blocks") -> dict:
+        layout = layout_for(k, grid)
+        points = c["points"]
+        if residual_mask is not None:
+            points = min(points, Router(grid, layout, residual_mask, assignment).capacity)  # type: ignore[arg-type]
+        return dict(points=points, points_per="expert", experts=layout, assignment=assignment, **net)
+
     out = [dict(mode="soft", experts=(1,) * len(grid), **net)]
-    for k in c["experts"]:
-        out.append(dict(points=c["points"], experts=layout_for(k, grid), **net))
-    k_abl = 4 if 4 in c["experts"] else c["experts"][-1]
-    out.append(dict(points=c["points"], experts=layout_for(k_abl, grid), assignment="random", **net))
+    out += [hard(k) for k in c["experts"]]
+    if c.get("ablation", True):
+        out.append(hard(4 if 4 in c["experts"] else c["experts"][-1], "random"))
     return out
 
 
 def datasets(scale: str) -> list[PDESpec]:
     """The specs this benchmark reads at ``scale``: one per problem."""
     return list(PROBLEMS[scale].values())
+
+
+def config(scale: str, problem: str = "") -> dict:
+    """The scale's benchmark settings with the problem's overrides."""
+    return {**CONFIGS[scale], **OVERRIDES[scale].get(problem, {})}
 
 
 def _load(spec):
@@ -158,7 +203,12 @@ def step_times(pde, u0, scale: str, points: tuple[int, ...], ks=(1, 4)) -> list[
         for m in points:
             cfg = HardTrainConfig(
                 model=HardModelConfig(
-                    **{**model_configs(scale, pde.grid, pde.name)[1], "points": m, "experts": layout_for(k, pde.grid)}
+                    **{
+                        **model_configs(scale, pde.grid, pde.name)[1],
+                        "points": m,
+                        "points_per": "total",  # the paper's step-time axis: the experts share the points
+                        "experts": layout_for(k, pde.grid),
+                    }
                 ),
                 steps=c["scaling_steps"] + 1,
                 batch_size=c["batch_size"],
@@ -167,6 +217,84 @@ def step_times(pde, u0, scale: str, points: tuple[int, ...], ks=(1, 4)) -> list[
             _, hist = train(cfg, pde, u0, log_every=1)
             sec = statistics.median(h["step_seconds"] for h in hist[1:])
             rows.append({"experts": k, "points": m, "s_per_step": round(sec, 4)})
+    return rows
+
+
+def parallel_step_times(scale: str) -> list[dict]:
+    """Experts in parallel on CPU workers: seconds per training step (forward with the solve,
+    backward, Adam; median after one warm-up step) of K = 2 experts on 2 workers against K = 1 (all
+    points in one expert, every torch thread), measured one after the other at each total number of
+    constraint points (the paper's Fig. 4 axis: ``points_per="total"``), on diffusion-sorption at
+    the ``parallel_grid`` (PDEBench's 101 x 1024 at small) with PDEBench's constant initial levels.
+    Each row splits the step into the basis network (forward and backward, the same work for
+    every K), the constraint solve (forward and implicit backward, what the workers share) and the
+    LM iterations, to show what does and does not parallelize."""
+    import torch
+
+    from operators.hard import DiffusionSorption, HardConstraintModel, HardModelConfig, loss_terms
+
+    c = CONFIGS[scale]
+    nt, nx = c["parallel_grid"]
+    pde = DiffusionSorption(t=np.linspace(0.0, 500.0, nt), t_final=500.0, x=(np.arange(nx) + 0.5) / nx)
+    g = torch.Generator().manual_seed(0)
+    u0 = (torch.rand(c["parallel_batch"], 1, generator=g) * 0.2).expand(-1, nx).contiguous()
+    net = {
+        k: v for k, v in model_configs(scale, pde.grid)[1].items() if k in ("hidden", "n_layers", "modes", "n_basis")
+    }
+    rows = []
+    variants = (("K=1", 1, 1), ("K=2 workers=2", 2, 2))
+    for m in c["parallel_points"]:
+        runs = {}
+        for label, k, workers in variants:
+            torch.manual_seed(0)
+            cfg = HardModelConfig(points=m, points_per="total", experts=(1, k), workers=workers, **net)
+            model = HardConstraintModel(cfg, pde)
+            runs[label] = (model, torch.optim.Adam(model.parameters(), lr=1e-3), torch.Generator().manual_seed(1))
+        parts: dict[str, dict[str, list[float]]] = {label: {} for label in runs}
+        # the variants' steps alternate (in alternating order), so both see the same machine load
+        for step in range(c["parallel_steps"] + 1):
+            for label in list(runs)[:: 1 if step % 2 else -1]:
+                model, opt, gen = runs[label]
+                t0 = time.perf_counter()
+                phi = model.backbone(u0)
+                t1 = time.perf_counter()
+                leaf = phi.detach().double().requires_grad_()
+                out = model.constrain(leaf, u0.double(), gen)
+                terms = loss_terms(pde, out.u, u0.double())
+                (g_phi,) = torch.autograd.grad(terms["pde"] + terms["conditions"], leaf)
+                t2 = time.perf_counter()
+                opt.zero_grad(set_to_none=True)
+                phi.backward(g_phi.to(phi.dtype))
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                t3 = time.perf_counter()
+                if step == 0:
+                    continue  # warm-up
+                for key, v in (
+                    ("s_per_step", t3 - t0),
+                    ("network_s", (t1 - t0) + (t3 - t2)),
+                    ("solve_s", t2 - t1),
+                    ("lm_iters", out.info.iterations if out.info else 0),
+                ):
+                    parts[label].setdefault(key, []).append(v)
+        by = {label: {key: statistics.median(v) for key, v in p.items()} for label, p in parts.items()}
+        base = by["K=1"]
+        for label, r in by.items():
+            rows.append(
+                {
+                    "method": label,
+                    "points": m,
+                    "grid": f"{nt}x{nx}",
+                    "batch": c["parallel_batch"],
+                    "s_per_step": round(r["s_per_step"], 3),
+                    "network_s": round(r["network_s"], 3),
+                    "solve_s": round(r["solve_s"], 3),
+                    "lm_iters": r["lm_iters"],
+                    "step_vs_k1": round(r["s_per_step"] / base["s_per_step"], 3),
+                    "solve_vs_k1": round(r["solve_s"] / base["solve_s"], 3),
+                    "threads": torch.get_num_threads(),
+                }
+            )
     return rows
 
 
@@ -217,9 +345,12 @@ def backend_oracle(pde, u0, scale: str) -> list[dict]:
 
 def metric_prefix(row: dict) -> str:
     """MLflow metric prefix of a row: the problem; the step-time and backend rows add their
-    number of constraint points (``heat-2d/points64/s_per_step``)."""
+    number of constraint points (``heat-2d/points64/s_per_step``; the parallel-experts rows
+    ``diffusion-sorption/parallel/points1000/...``)."""
     from ..tracking import key_part
 
+    if row.get("part") == "parallel":
+        return f"{key_part(row['problem'])}/parallel/points{row['points']}"
     if row.get("part") in ("scaling", "backends"):
         return f"{key_part(row['problem'])}/points{row['points']}"
     return key_part(row["problem"])
@@ -239,7 +370,6 @@ def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None
 
     log = progress_logger()
     methods = methods or tracking.MethodRuns(None)
-    c = CONFIGS[scale]
     rows, figures, curves = [], {}, {}
     for problem, spec in PROBLEMS[scale].items():
         t0 = time.perf_counter()
@@ -252,16 +382,17 @@ def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None
             f"{problem}: grid {pde.grid}, {len(u0)} train / {len(u0_test)} test, data in {time.perf_counter() - t0:.1f} s"
         )
         found, preds = {}, {}
-        for mc in model_configs(scale, pde.grid, problem):
+        for mc in model_configs(scale, pde.grid, problem, pde.residual_mask()):
             label = model_label(mc)
-            cfg = HardTrainConfig(model=HardModelConfig(**mc), steps=c["steps"], batch_size=c["batch_size"], seed=0)
+            pc = config(scale, problem)
+            cfg = HardTrainConfig(model=HardModelConfig(**mc), steps=pc["steps"], batch_size=pc["batch_size"], seed=0)
             methods.log_params(label, {problem: cfg.model_dump(mode="json")})
             trained = train_model(
                 "hard",
                 f"{problem}-{label}",
                 cfg,
                 lambda ckpt, on_epoch, cfg=cfg: train(
-                    cfg, pde, u0, checkpoint=ckpt, on_epoch=on_epoch, log_every=max(c["steps"] // 4, 1)
+                    cfg, pde, u0, checkpoint=ckpt, on_epoch=on_epoch, log_every=max(cfg.steps // 4, 1)
                 ),
                 digest=ref.digest,
                 on_epoch=lambda s, r, label=label, cfg=cfg: log(
@@ -277,6 +408,7 @@ def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None
                 "problem": problem,
                 "scale": scale,
                 "experts": int(np.prod(mc.get("experts", (1,)))),
+                "points_per_expert": mc.get("points", 0),
                 "rel_l2": round(ev["rel_l2"], 4),
                 "residual": round(ev["residual"], 4),
                 "conditions": round(ev["conditions"], 4),
@@ -302,12 +434,18 @@ def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None
             row["infer_vs_hc"] = round(row["infer_s"] / hard["infer_s"], 3)
             rows.append({"part": "models", **row})
         figures[f"{problem}-predictions"] = plots.space_time_predictions(u_test[0], preds, pde.grid, title=problem)
-        log(f"{problem}: step time vs constraint points (K = 1, 4)")
-        curve = step_times(pde, u0, scale, c["scaling_points"])
-        curves[problem] = curve
-        for r in curve:
-            rows.append({"part": "scaling", "method": f"K={r['experts']}", "problem": problem, "scale": scale, **r})
+        scaling_points = config(scale, problem)["scaling_points"]
+        if scaling_points:
+            log(f"{problem}: step time vs constraint points (K = 1, 4)")
+            curve = step_times(pde, u0, scale, scaling_points)
+            curves[problem] = curve
+            for r in curve:
+                rows.append({"part": "scaling", "method": f"K={r['experts']}", "problem": problem, "scale": scale, **r})
     figures["step_time_scaling"] = plots.step_time_scaling(curves)
+    log("experts in parallel: K = 2 on 2 CPU workers vs K = 1")
+    for r in parallel_step_times(scale):
+        rows.append({"part": "parallel", "problem": "diffusion-sorption", "scale": scale, **r})
+        log(f"parallel {r['method']:14s} points {r['points']:>7} {r['s_per_step']:.3f} s/step ({r['step_vs_k1']}x K=1)")
     pde, u0 = heat
     for r in backend_oracle(pde, u0, scale):
         rows.append(

@@ -28,9 +28,17 @@ from torch import Tensor, nn
 
 from data.errors import InputError
 
-from ..device import assign_experts, check_device, record, run_on_devices, same_device, visible_devices
+from ..device import (
+    assign_experts,
+    check_device,
+    record,
+    run_differentiable,
+    run_on_devices,
+    same_device,
+    visible_devices,
+)
 from .layer import BACKENDS, LeastSquares, SolveInfo, merge_infos, solve
-from .moe import Router
+from .moe import PointsPer, Router
 from .pdes import HardPDE
 
 if TYPE_CHECKING:
@@ -59,7 +67,22 @@ class HardModelConfig(BaseModel):
         default="blocks", description="blocks (the paper) or random points (ablation)"
     )
     points: int = Field(
-        default=1000, ge=1, le=100_000_000, description="constraint points per forward pass, over all experts"
+        default=1000,
+        ge=1,
+        le=100_000_000,
+        description="constraint (PDE) points drawn per forward pass: per expert or in total (points_per)",
+    )
+    points_per: PointsPer = Field(
+        default="expert",
+        description="expert: every expert draws `points` (the paper's accuracy runs, 20k per expert); "
+        "total: the experts share `points` (the paper's step-time axis)",
+    )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description="CPU threads the experts' constraint solves (forward and implicit backward) spread over, "
+        "each with the process' torch threads shared out; at most the number of experts",
     )
     backend: BackendChoice = Field(
         default="auto", description="auto: cholesky for linear PDEs, lm (Levenberg-Marquardt) otherwise"
@@ -90,6 +113,11 @@ class HardModelConfig(BaseModel):
             raise InputError(
                 f"experts {self.experts} has {len(self.experts)} entries; the {pde.name} grid "
                 f"{pde.grid} has {d} axes (time first)"
+            )
+        if self.workers > self.n_experts:
+            raise InputError(
+                f"workers={self.workers} is more than the {self.n_experts} experts of the layout {self.experts}: "
+                f"use workers <= {self.n_experts}"
             )
         if self.backend in ("cholesky", "cvxpylayers") and not pde.linear:
             raise InputError(f"backend {self.backend!r} solves linear PDEs only; {pde.name} is nonlinear: use 'lm'")
@@ -135,6 +163,8 @@ class HardConstraintModel(nn.Module):
         self.router = (
             Router(pde.grid, cfg.experts, pde.residual_mask(), cfg.assignment, seed) if cfg.mode == "hard" else None
         )
+        if self.router is not None:  # refuse now, not at the first forward: more points than a block holds
+            self.router.points_per_expert(cfg.points, cfg.points_per)
         self._expert_devices: list[torch.device] | None = None  # None: visible_devices() of the model's device
         self._parallel: bool | None = None
 
@@ -167,6 +197,8 @@ class HardConstraintModel(nn.Module):
             groups.setdefault(d, []).append(k)
         if len(groups) == 1 and same_device(next(iter(groups)), device):
             record("hard constraint solves", device)
+            if self.cfg.workers > 1 and device.type == "cpu":
+                return self._solve_on_workers(system, backend, B, K, **kw)
             return solve(system, backend, **kw)
         rows, calls = [], []
         for d, ks in groups.items():
@@ -180,6 +212,37 @@ class HardConstraintModel(nn.Module):
         record("hard constraint solves", list(groups))
         w = torch.cat([w_d.to(device) for w_d, _ in results])[torch.argsort(torch.cat(rows))]
         return w, merge_infos([info for _, info in results])
+
+    def _solve_on_workers(self, system: LeastSquares, backend: str, B: int, K: int, **kw) -> tuple[Tensor, SolveInfo]:
+        """The experts' solves over ``cfg.workers`` CPU threads (expert ``k`` on worker ``k % workers``,
+        :func:`~operators.device.assign_experts`), forward and implicit backward alike
+        (:func:`~operators.device.run_differentiable`)."""
+        workers: dict[int, list[int]] = {}
+        for k, j in enumerate(assign_experts(K, range(self.cfg.workers))):
+            workers.setdefault(j, []).append(k)
+        infos: list[SolveInfo] = []
+        rows, calls = [], []
+        for ks in workers.values():
+            r = (torch.arange(B)[:, None] * K + torch.tensor(ks)[None]).reshape(-1)
+            part = system.select(r)
+            data = part.as_function()[1]  # linear: {"A", "b"}
+
+            def call(*ts: Tensor, names=tuple(data), part=part) -> tuple[Tensor]:
+                d = dict(zip(names, ts, strict=True))
+                sub = (
+                    LeastSquares(A=d["A"], b=d["b"])
+                    if part.linear
+                    else LeastSquares(residual=part.residual, data=d, n=part.n)
+                )
+                w, info = solve(sub, backend, **kw)
+                infos.append(info)
+                return (w,)
+
+            rows.append(r)
+            calls.append((call, list(data.values())))
+        results = run_differentiable(calls)
+        w = torch.cat([w_part for (w_part,) in results])[torch.argsort(torch.cat(rows))]
+        return w, merge_infos(infos)
 
     def backbone(self, u0: Tensor) -> Tensor:
         """Network output ``(B, *grid, C)`` (C = N basis functions, or 1 for soft)."""
@@ -233,7 +296,9 @@ class HardConstraintModel(nn.Module):
             rw = pde.row_weights(u0)  # (B, R): the reference's relative initial rows for diffusion-sorption
             Krows, c = Krows * rw[..., None], c * rw
         scale = 1.0 / pde.t_final  # PDE rows in physical units, as the reference
-        pts = (router.sample(cfg.points, generator) if points is None else router.check_points(points)).to(phi.device)
+        pts = (
+            router.sample(cfg.points, generator, cfg.points_per) if points is None else router.check_points(points)
+        ).to(phi.device)
         cmask = router.condition_mask(pde.condition_points(), phi.device) if not pde.ic_ansatz else phi.new_zeros(K, 0)
         m, R = pts.shape[1], Krows.shape[1]
         sel = {k: v[:, pts].reshape(B * K, m, N) for k, v in terms.items()}

@@ -28,6 +28,8 @@ from torch import Tensor
 from data.errors import InputError
 
 Assignment = Literal["blocks", "random"]
+#: what a number of constraint points counts: each expert's (the paper's accuracy runs) or the total
+PointsPer = Literal["expert", "total"]
 
 
 class ExpertLayoutError(InputError):
@@ -125,21 +127,38 @@ class Router:
             self._on[slot] = torch.as_tensor(make()).to(device)
         return self._on[slot]
 
-    def points_per_expert(self, total: int) -> int:
-        if total < self.K:
-            raise ExpertLayoutError(f"{total} constraint points cannot be shared by {self.K} experts")
-        m = total // self.K
-        fewest = min(len(c) for c in self.candidates)
+    @property
+    def capacity(self) -> int:
+        """The most constraint points every expert can take: the fewest residual points of any expert."""
+        return min(len(c) for c in self.candidates)
+
+    def points_per_expert(self, points: int, per: PointsPer = "expert") -> int:
+        """Constraint points each expert draws: ``points`` itself (``per="expert"``, the paper's
+        accuracy runs: 20k per expert) or ``points // K`` (``per="total"``, the paper's step-time
+        axis: the total over the experts). Refused when an expert's block holds fewer."""
+        if per not in ("expert", "total"):
+            raise ExpertLayoutError(f"points_per must be 'expert' or 'total', got {per!r}")
+        if per == "total" and points < self.K:
+            raise ExpertLayoutError(f"points={points} (total) cannot be shared by {self.K} experts")
+        m = points if per == "expert" else points // self.K
+        fewest = self.capacity
         if m > fewest:
+            what = (
+                f"points={points} per expert"
+                if per == "expert"
+                else f"points={points} in total over {self.K} experts is {m} per expert"
+            )
             raise ExpertLayoutError(
-                f"{total} constraint points over {self.K} experts is {m} per expert, but an "
-                f"expert's subdomain has only {fewest} residual points; use fewer points or experts"
+                f"{what}, but with layout {self.splits} ({self.assignment}) on the grid {self.grid} an "
+                f"expert's block has only {fewest} residual points; use points <= "
+                f"{fewest if per == 'expert' else fewest * self.K} or fewer experts"
             )
         return m
 
-    def sample(self, total: int, generator: torch.Generator | None = None) -> Tensor:
-        """``(K, total // K)`` flat indices of constraint points, drawn without replacement per expert."""
-        m = self.points_per_expert(total)
+    def sample(self, points: int, generator: torch.Generator | None = None, per: PointsPer = "expert") -> Tensor:
+        """``(K, m)`` flat indices of constraint points, drawn without replacement per expert, ``m``
+        from :meth:`points_per_expert`."""
+        m = self.points_per_expert(points, per)
         out = [torch.as_tensor(c)[torch.randperm(len(c), generator=generator)[:m]] for c in self.candidates]
         return torch.stack(out)
 

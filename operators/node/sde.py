@@ -239,12 +239,7 @@ class SDETask(TrainingTask[SDETrainConfig]):
                 loss, reg = self._loss(net, w)
             except FloatingPointError as err:
                 raise self.diverged(f"{err} in epoch {epoch}", epoch) from err
-            objective = loss + (w * reg if cfg.regularizer != "none" else 0.0)
-            if not world.all_finite(objective):
-                raise self.diverged(f"non-finite training loss ({float(objective.detach())}) in epoch {epoch}", epoch)
-            opt.zero_grad(set_to_none=True)
-            objective.backward()
-            opt.step()
+            self.step(loss + (w * reg if cfg.regularizer != "none" else 0.0), opt, epoch, world)
             nfe += net.sde.nfe_f
             total += loss.item()
             total_reg += float(reg.detach())

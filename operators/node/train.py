@@ -147,12 +147,7 @@ class NodeTask(TrainingTask[ODETrainConfig]):
             except FloatingPointError as err:  # the vector field returned NaN / inf
                 raise self.diverged(f"{err} in epoch {epoch}", epoch) from err
             loss = task.loss(out, self.y[b])
-            objective = loss + (w * reg if cfg.regularizer != "none" else 0.0)
-            if not world.all_finite(objective):
-                raise self.diverged(f"non-finite training loss ({float(objective.detach())}) in epoch {epoch}", epoch)
-            opt.zero_grad(set_to_none=True)
-            objective.backward()
-            opt.step()
+            self.step(loss + (w * reg if cfg.regularizer != "none" else 0.0), opt, epoch, world)
             nfe += net.func.nfe
             total += loss.item() * len(b)
             total_reg += float(reg.detach()) * len(b)

@@ -79,6 +79,8 @@ CONFIG_CASES = [
     ("hard-points-negative", "operators.hard", "HardModelConfig", dict(points=-5), "points"),
     ("hard-ridge-nan", "operators.hard", "HardModelConfig", dict(ridge=float("nan")), "ridge"),
     ("hard-unknown-mode", "operators.hard", "HardModelConfig", dict(mode="medium"), "mode"),
+    ("hard-points-per-block", "operators.hard", "HardModelConfig", dict(points_per="block"), "points_per"),
+    ("hard-workers-0", "operators.hard", "HardModelConfig", dict(workers=0), "workers"),
     ("hard-train-steps-0", "operators.hard.train", "HardTrainConfig", dict(steps=0), "steps"),
     ("hard-train-clip-inf", "operators.hard.train", "HardTrainConfig", dict(clip=float("inf")), "clip"),
     (

@@ -290,7 +290,7 @@ def test_train_hard_constraint_flow_logs_steps_and_reuses():
 
     spec = DiffusionSorptionSpec(n=16, n_times=8, n_train=4, n_test=2)
     cfg = HardTrainConfig(
-        model=HardModelConfig(experts=(1, 2), points=40, hidden=8, n_layers=2, modes=(4, 4), n_basis=6),
+        model=HardModelConfig(experts=(1, 2), points=20, hidden=8, n_layers=2, modes=(4, 4), n_basis=6),
         steps=4,
         batch_size=2,
         checkpoint_every=2,

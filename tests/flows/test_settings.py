@@ -145,7 +145,10 @@ def test_prefect_defaults_fill_only_what_the_user_left_unset(clean):
         assert "PREFECT_SERVER_DATABASE_CONNECTION_URL" not in prefect_defaults(current(), configured), configured
     assert "PREFECT_LOCAL_STORAGE_PATH" not in prefect_defaults(current(), {"results.local_storage_path"})
     everything = {"api.url", "home", "results.local_storage_path", "server.analytics_enabled"}
-    assert set(prefect_defaults(current(), everything | {"server.ephemeral.startup_timeout_seconds"})) == set()
+    assert nothing["PREFECT_CLIENT_MAX_RETRIES"] == "8"  # rides out an API restart (tests/system/test_outages.py)
+    assert nothing["PREFECT_CLIENT_RETRY_EXTRA_CODES"] == "500"
+    everything |= {"server.ephemeral.startup_timeout_seconds", "client.max_retries", "client.retry_extra_codes"}
+    assert set(prefect_defaults(current(), everything)) == set()
 
 
 def _sciflow(args: list[str], env: dict, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -243,7 +243,7 @@ def test_navier_stokes_rows_hold_on_the_petsc_data_and_the_moe_layer_trains(stor
     assert r < 0.01 < unforced.full_residual(w).pow(2).mean().sqrt()
     torch.manual_seed(0)  # the network's initial weights
     model = HardConstraintModel(
-        HardModelConfig(points=64, experts=layout_for(4, pde.grid), modes=(4, 4, 4), **SMALL_NET), pde
+        HardModelConfig(points=16, experts=layout_for(4, pde.grid), modes=(4, 4, 4), **SMALL_NET), pde
     )
     out = model(w[:, 0].float())
     assert out.w.shape == (2, 4, 6) and out.info.backend == "lm"
@@ -278,6 +278,123 @@ def test_stitching_and_interface_jumps():
     assert mean > 0 and mx >= mean
 
 
+@pytest.mark.parametrize("k, assignment", [(1, "blocks"), (2, "blocks"), (4, "blocks"), (4, "random")])
+def test_expert_assignment_pins_points_and_condition_rows(k, assignment, monkeypatch):
+    """Which residual points and which condition rows each expert's solve receives: its own block's
+    PDE points, ``points`` of them (per expert), and every global initial/boundary row of
+    diffusion-sorption (the reference replicates them to every expert)."""
+    nx, nt, m, B = 16, 6, 8, 2
+    pde = _ds(nx=nx, nt=nt)
+    cfg = HardModelConfig(points=m, experts=layout_for(k, pde.grid), assignment=assignment, modes=(2, 2), **SMALL_NET)
+    torch.manual_seed(0)
+    model = HardConstraintModel(cfg, pde)
+    router, mask = model.router, pde.residual_mask()
+    owner = router.expert.reshape(pde.grid)
+    if assignment == "blocks":  # expert e: the x columns [e nx / k, (e + 1) nx / k), all times
+        assert (owner == (np.arange(nx) // (nx // k))[None, :]).all()
+    else:
+        assert np.bincount(router.expert).tolist() == [nx * nt // k] * k
+        assert k == 1 or not (owner == (np.arange(nx) // (nx // k))[None, :]).all()
+    # candidates: the residual points (t > 0, interior x) split without overlap by owner
+    assert sorted(np.concatenate(router.candidates)) == np.flatnonzero(mask).tolist()
+    assert all((router.expert[c] == e).all() for e, c in enumerate(router.candidates))
+    seen = {}
+    solve_ = model._solve
+
+    def spy(system, backend, B_, K_, **kw):
+        seen["system"] = system
+        return solve_(system, backend, B_, K_, **kw)
+
+    monkeypatch.setattr(model, "_solve", spy)
+    u0 = torch.tensor([[0.1] * nx, [0.05] * nx])
+    out = model(u0, generator=torch.Generator().manual_seed(3))
+    pts = out.points.numpy()
+    assert pts.shape == (k, m)  # points per expert, not shared
+    assert (router.expert[pts] == np.arange(k)[:, None]).all() and mask[pts].all()
+    assert all(len(set(row)) == m for row in pts.tolist())
+    d = seen["system"].data
+    N = cfg.n_basis
+    assert torch.equal(d["u"].reshape(B, k, m, N), out.phi[:, torch.as_tensor(pts)])
+    # every expert: all nx initial rows (relative to u0) and the 2 (nt - 1) boundary rows, the same ones
+    phi = out.phi.reshape(B, *pde.grid, N)
+    Kfull, cfull = pde.condition_rows(phi, u0.double())
+    rw = pde.row_weights(u0.double())
+    R = nx + 2 * (nt - 1)
+    assert Kfull.shape[1] == R and d["K"].shape == (B * k, R, N)
+    for e in range(k):
+        assert torch.allclose(d["K"].reshape(B, k, R, N)[:, e], Kfull * rw[..., None])
+        assert torch.allclose(d["c"].reshape(B, k, R)[:, e], cfull * rw)
+    # rows located at a grid point go to the expert owning it (the t = 0 slice here), global rows to all
+    rows = np.concatenate([np.arange(nx), [-1, -1]])
+    cm = router.condition_mask(rows).numpy()
+    assert (cm[:, -2:] == 1).all() and (cm[:, :nx] == (router.expert[:nx][None, :] == np.arange(k)[:, None])).all()
+
+
+def test_points_per_expert_or_in_total_and_the_block_cap():
+    pde = _ds(nx=16, nt=6)  # K = 4 blocks of 4 columns: the edge blocks hold 3 x 5 = 15 residual points
+    net = dict(experts=(1, 4), modes=(2, 2), **SMALL_NET)
+    model = HardConstraintModel(HardModelConfig(points=8, **net), pde)
+    assert model.router.capacity == 15 and model.router.sample(8).shape == (4, 8)
+    total = HardConstraintModel(HardModelConfig(points=8, points_per="total", **net), pde)
+    assert total(torch.full((1, 16), 0.1)).points.shape == (4, 2)
+    with pytest.raises(ExpertLayoutError, match=r"points=16 per expert.*only 15 residual points.*points <= 15"):
+        HardConstraintModel(HardModelConfig(points=16, **net), pde)
+    with pytest.raises(ExpertLayoutError, match=r"points=64 in total over 4 experts is 16 per expert.*points <= 60"):
+        HardConstraintModel(HardModelConfig(points=64, points_per="total", **net), pde)
+    with pytest.raises(ValueError, match="points_per"):
+        HardModelConfig(points_per="block")
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_experts_on_cpu_workers_give_the_one_thread_values_and_gradients(workers):
+    """K = 4 experts over 2 or 4 CPU threads (forward and implicit backward in the threads): the same
+    w, u and network gradients as one thread, bit for bit (LM on diffusion-sorption, Cholesky on heat)."""
+    cases = [
+        (_ds(nx=16, nt=6), torch.tensor([[0.1] * 16, [0.05] * 16]), (1, 4), dict(modes=(2, 2))),
+        (
+            _heat(n=8),
+            torch.randn(2, 8, 8, generator=torch.Generator().manual_seed(0)),
+            (1, 2, 2),
+            dict(modes=(2, 2, 2)),
+        ),
+    ]
+    for pde, u0, experts, net in cases:
+        got = []
+        for w in (1, workers):
+            torch.manual_seed(0)
+            model = HardConstraintModel(HardModelConfig(points=8, experts=experts, workers=w, **net, **SMALL_NET), pde)
+            out = model(u0, generator=torch.Generator().manual_seed(1))
+            sum(loss_terms(pde, out.u, u0.double()).values()).backward()
+            got.append((out.w.detach(), out.u.detach(), [p.grad for p in model.parameters() if p.grad is not None]))
+            with torch.no_grad():  # evaluation: no graph, the threads just run
+                assert torch.equal(model(u0, generator=torch.Generator().manual_seed(1)).w, out.w.detach())
+        (w1, u1, g1), (wk, uk, gk) = got
+        assert torch.equal(w1, wk) and torch.equal(u1, uk) and len(g1) == len(gk) > 0
+        assert all(torch.equal(a, b) for a, b in zip(g1, gk, strict=True))
+
+
+def test_run_differentiable_spreads_forward_and_backward_over_threads():
+    from operators.device import run_differentiable
+
+    threads = torch.get_num_threads()
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(4, 30, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(4, 30, dtype=torch.float64, generator=g, requires_grad=True)
+
+    def lstsq(a, y):
+        return (torch.linalg.solve(a.mT @ a, (a.mT @ y.unsqueeze(-1))).squeeze(-1), a.sum())
+
+    whole = lstsq(A, b)[0]
+    parts = run_differentiable([(lstsq, (A[:2], b[:2])), (lstsq, (A[2:], b[2:]))], intra_op_threads=1)
+    got = torch.cat([p[0] for p in parts])
+    assert torch.equal(got, whole)
+    assert torch.autograd.gradcheck(
+        lambda a, y: torch.cat([p[0] for p in run_differentiable([(lstsq, (a[:1], y[:1])), (lstsq, (a[1:], y[1:]))])]),
+        (A[:2].detach().requires_grad_(), b[:2].detach().requires_grad_()),
+    )
+    assert torch.get_num_threads() == threads  # restored after the threads
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -290,6 +407,7 @@ def test_stitching_and_interface_jumps():
         "too_many_points",
         "u0_shape",
         "backend_nonlinear",
+        "workers",
         "heat_1d",
         "family",
     ],
@@ -331,6 +449,9 @@ def test_bad_layouts_points_and_parameters(case):
     elif case == "backend_nonlinear":
         with pytest.raises(ValueError, match="linear PDEs only"):
             HardConstraintModel(HardModelConfig(backend="cholesky", modes=(2, 2), **SMALL_NET), pde)
+    elif case == "workers":
+        with pytest.raises(ValueError, match=r"workers=3 is more than the 2 experts of the layout \(1, 2\)"):
+            HardConstraintModel(HardModelConfig(experts=(1, 2), workers=3, modes=(2, 2), **SMALL_NET), pde)
     elif case == "heat_1d":
         from data.spec import HeatSpec
 
@@ -360,8 +481,8 @@ def test_config_validation_names_the_field():
     [
         dict(mode="soft"),
         dict(points=40),
-        dict(points=40, experts=(1, 2)),
-        dict(points=40, experts=(1, 2), assignment="random"),
+        dict(points=20, experts=(1, 2)),
+        dict(points=20, experts=(1, 2), assignment="random"),
     ],
 )
 def test_every_model_trains_and_evaluates_on_diffusion_sorption(mc):
@@ -386,9 +507,9 @@ def test_heat_with_the_cvxpylayers_backend_matches_cholesky():
     for backend in ("cholesky", "cvxpylayers"):
         torch.manual_seed(0)
         models[backend] = HardConstraintModel(
-            HardModelConfig(backend=backend, points=72, experts=(1, 2, 1), ridge=0.1, modes=(2, 3, 3), **SMALL_NET), pde
+            HardModelConfig(backend=backend, points=36, experts=(1, 2, 1), ridge=0.1, modes=(2, 3, 3), **SMALL_NET), pde
         )
-    pts = models["cholesky"].router.sample(72, torch.Generator().manual_seed(0))
+    pts = models["cholesky"].router.sample(36, torch.Generator().manual_seed(0))
     outs = {k: m(u0, points=pts) for k, m in models.items()}
     info = outs["cvxpylayers"].info
     assert info.converged, info.notes  # SCS met its tolerance (no "Solved/Inaccurate")
@@ -470,3 +591,19 @@ def test_training_data_that_does_not_fit_is_refused():
         train(cfg, pde, torch.full((4, 12), float("nan")))
     with pytest.raises(ValueError, match="no samples"):
         train(cfg, pde, torch.zeros(0, 12))
+
+
+def test_benchmark_accuracy_runs_draw_points_per_expert_capped_at_the_block():
+    from flows.benchmarks.hard_constraints import PROBLEMS, model_configs
+
+    spec = PROBLEMS["small"]["diffusion-sorption"]  # 101 levels x 64 cells
+    pde = _ds(nx=spec.n, nt=spec.n_times + 1)
+    by_label = {
+        (math.prod(mc["experts"]), mc.get("assignment")): mc
+        for mc in model_configs("small", pde.grid, "diffusion-sorption", pde.residual_mask())
+    }
+    assert by_label[(1, "blocks")]["points"] == 1024 and by_label[(1, "blocks")]["points_per"] == "expert"
+    assert by_label[(4, "blocks")]["points"] == 1024 and by_label[(4, "random")]["points"] == 1024
+    assert by_label[(8, "blocks")]["points"] == 100 * 7  # an edge block: 8 cells, 7 interior, t > 0
+    ns = model_configs("small", (11, 24, 24), "navier-stokes-2d")
+    assert [math.prod(mc["experts"]) for mc in ns] == [1, 1, 2, 4]  # soft, K = 1, 2, 4; no ablation
