@@ -35,6 +35,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -329,16 +330,25 @@ def up(prefect_port: int = 4200, mlflow_port: int = 5000, timeout: float = 120, 
 AUTOMATIONS = ROOT / "infra" / "automations.yaml"
 
 
-def _api(base: str, method: str, path: str, body: object = None) -> object:
-    req = urllib.request.Request(
-        base.rstrip("/") + path,
-        data=None if body is None else json.dumps(body).encode(),
-        method=method,
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        raw = resp.read()
-    return json.loads(raw) if raw else None
+def prefect_api(base: str, method: str, path: str, body: object = None, attempts: int = 6) -> object:
+    """One Prefect REST call; a 503 (the server's "retry me": its database was busy) or 429 is
+    retried with back-off 1, 2, 4, ... s, as Prefect's own client does."""
+    for attempt in range(attempts):
+        req = urllib.request.Request(
+            base.rstrip("/") + path,
+            data=None if body is None else json.dumps(body).encode(),
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                raw = resp.read()
+            return json.loads(raw) if raw else None
+        except urllib.error.HTTPError as err:
+            if err.code not in (429, 503) or attempt == attempts - 1:
+                raise
+            time.sleep(2**attempt)
+    raise AssertionError("unreachable")
 
 
 def _alerts_block(api_url: str, ref: str) -> str:
@@ -347,7 +357,7 @@ def _alerts_block(api_url: str, ref: str) -> str:
 
     slug, _, name = ref.partition("/")
     try:
-        doc = _api(api_url, "GET", f"/block_types/slug/{slug}/block_documents/name/{name}")
+        doc = prefect_api(api_url, "GET", f"/block_types/slug/{slug}/block_documents/name/{name}")
     except urllib.error.HTTPError as exc:
         raise RuntimeError(
             f"$SCIFLOW_ALERTS_BLOCK={ref!r}: no block {name!r} of type {slug!r} on {api_url} ({exc.code}); create it "
@@ -395,7 +405,7 @@ def apply_automations(api_url: str, path: Path = AUTOMATIONS) -> list[str]:
 
     ref = current().alerts_block
     specs = automation_specs(path, _alerts_block(api_url, ref) if ref else None)
-    existing: list[dict] = _api(api_url, "POST", "/automations/filter", {})  # type: ignore[assignment]
+    existing: list[dict] = prefect_api(api_url, "POST", "/automations/filter", {})  # type: ignore[assignment]
     ours: dict[str, list[str]] = {}
     for a in existing:
         if "sciflow" in a.get("tags", []):
@@ -403,13 +413,13 @@ def apply_automations(api_url: str, path: Path = AUTOMATIONS) -> list[str]:
     for spec in specs:
         ids = ours.pop(spec["name"], [])
         if ids:
-            _api(api_url, "PUT", f"/automations/{ids[0]}", spec)
+            prefect_api(api_url, "PUT", f"/automations/{ids[0]}", spec)
             ours["duplicates of " + spec["name"]] = ids[1:]  # (one created twice by hand: removed below)
         else:
-            _api(api_url, "POST", "/automations/", spec)
+            prefect_api(api_url, "POST", "/automations/", spec)
     for stale in ours.values():
         for automation_id in stale:
-            _api(api_url, "DELETE", f"/automations/{automation_id}")
+            prefect_api(api_url, "DELETE", f"/automations/{automation_id}")
     return [spec["name"] for spec in specs]
 
 

@@ -6,11 +6,11 @@ really cancels a run that stays RUNNING. `sciflow stack up` applies the same fil
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -25,15 +25,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _api(base: str, method: str, path: str, body=None):
-    req = urllib.request.Request(
-        base + path,
-        data=None if body is None else json.dumps(body).encode(),
-        method=method,
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        raw = resp.read()
-    return json.loads(raw) if raw else None
+    from flows.stack import prefect_api  # retries the server's 503s (SQLite busy under load)
+
+    return prefect_api(base, method, path, body)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +109,15 @@ def _spec(name: str) -> dict:
 def test_an_alerts_block_adds_a_notification_to_the_notify_automations(server, monkeypatch):
     from flows.stack import AUTOMATIONS, apply_automations
 
-    block_type = _api(server, "GET", "/block_types/slug/slack-webhook")
+    deadline = time.time() + 120  # a new server registers its block types in the background after it answers
+    while True:
+        try:
+            block_type = _api(server, "GET", "/block_types/slug/slack-webhook")
+            break
+        except urllib.error.HTTPError as err:
+            if err.code != 404 or time.time() > deadline:
+                raise
+            time.sleep(1)
     schema = _api(
         server, "POST", "/block_schemas/filter", {"block_schemas": {"block_type_id": {"any_": [block_type["id"]]}}}
     )[0]
