@@ -123,18 +123,15 @@ def test_mlflow_down_for_60_s_mid_training_loses_nothing(tmp_path):
         server = _mlflow(port, store, log)  # the same store, the same port
         up = time.time()
         assert train.wait(timeout=600) == 0, (tmp_path / "train.log").read_text()[-3000:]
-    finally:
-        stop(train)
-        stop(server)
-    out = (tmp_path / "train.log").read_text()
-    server = _mlflow(port, store, log)
-    try:
+        # what the restarted server holds now
         [run] = [r for r in _training_runs(api) if r["info"]["run_name"].startswith("train-operator")]
         history = _get(f"{api}/metrics/get-history", run_id=run["info"]["run_id"], metric_key="loss")["metrics"]
         arts = _get(f"{api}/artifacts/list", run_id=run["info"]["run_id"])
         model = _get(f"{api}/registered-models/get", name="operator-fno")["registered_model"]
     finally:
+        stop(train)
         stop(server)
+    out = (tmp_path / "train.log").read_text()
     assert run["info"]["status"] == "FINISHED"
     assert sorted(m["step"] for m in history) == list(range(1, EPOCHS + 1))  # every epoch, none twice
     assert "predictions.png" in {f["path"] for f in arts.get("files", [])}  # spooled during the outage
