@@ -461,15 +461,15 @@ def mlflow_run(
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
 
-    def create() -> str:  # the server answered the probe: an outage from here on is waited out
+    def create():  # the server answered the probe: an outage from here on is waited out
         if parent_run_id:
             experiment = c.get_run(parent_run_id).info.experiment_id
         else:
             experiment = experiment_id(all_tags["sciflow.kind"])
-        return c.create_run(experiment, run_name=run_name, tags=all_tags).info.run_id
+        return c.create_run(experiment, run_name=run_name, tags=all_tags).info
 
-    run_id = when_reachable(None, f"creating run {run_name}", create)
-    experiment = c.get_run(run_id).info.experiment_id
+    info = when_reachable(None, f"creating run {run_name}", create)
+    run_id, experiment = info.run_id, info.experiment_id
     try:
         if params:
             log_params(run_id, params)

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 import data
-from data.petsc import petsc
 from data.spec import PoissonSpec
 
 #: CG without a preconditioner stopped after 2 iterations: KSP_DIVERGED_ITS (petsc4py: DIVERGED_MAX_IT)
@@ -25,37 +24,6 @@ def _h5_files(root: Path) -> list[Path]:
 
 
 REASON = "DIVERGED_(MAX_IT|ITS) after 2 iterations"
-
-
-@pytest.fixture
-def options_db_unchanged():
-    """Every test here must leave PETSc's options database as it found it."""
-    before = petsc().Options().getAll()
-    yield
-    assert petsc().Options().getAll() == before
-
-
-# ---------------------------------------------------------------------------------------------
-# the spec field
-
-
-#: spec_hash of specs without fallbacks, computed before the field existed (commit 5135335)
-HASHES_BEFORE = {
-    "poisson": "468fd4224e1ee33538bb3fc4450c946062ed93eb3cbeb3884e060e5c86e14504",
-    "darcy": "346554e211cb16eeed2879511891d1e7c3b3d2b09c11b2940a307d46ced3539d",
-    "heat": "ed83c82735cbaca31e20771a1d39d3e7140b4cbfdc9701fbf981ff50875f93b1",
-    "lotka_volterra": "a0ab4c497f2e7c79ff2b4c60e8f2d6171a7661894ebc9cf67d0a9adc9c7cbecb",
-    "navier_stokes": "63e60692c04051dfc5c255ae8b39b61abf25da33c3ce1e33e697d78e021c75c4",
-    "diffusion_sorption": "9ba91cf258007d319760bf3feffcd97de1bdace49facf2ff9fd7f2221b45bf1d",
-}
-
-
-# ---------------------------------------------------------------------------------------------
-# the solver
-
-
-# ---------------------------------------------------------------------------------------------
-# generation through the store
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,35 +1,10 @@
 """Neural-ODE training (operators.node) with solver-error regularization: NFE logged per epoch,
 checkpoints, and a resumed run equal to an uninterrupted one."""
 
-import numpy as np
 import pytest
 import torch
 
 from operators.node import ODETrainConfig, train
-
-# Dormand-Prince 5(4): stages, 5th-order weights, and the embedded 4th-order weights torchdiffeq
-# uses (Shampine's alternative set, 1951/21600 ..., not Dormand-Prince's 5179/57600 ...)
-C = [0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1, 1]
-A = [
-    [],
-    [1 / 5],
-    [3 / 40, 9 / 40],
-    [44 / 45, -56 / 15, 32 / 9],
-    [19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729],
-    [9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656],
-    [35 / 384, 0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84],
-]
-B5 = np.array([35 / 384, 0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0])
-B4 = np.array([1951 / 21600, 0, 22642 / 50085, 451 / 720, -12231 / 42400, 649 / 6300, 1 / 60])
-
-
-class Linear(torch.nn.Module):
-    def __init__(self, lam):
-        super().__init__()
-        self.lam = torch.nn.Parameter(torch.tensor(lam, dtype=torch.float64))
-
-    def forward(self, t, y):
-        return self.lam * y
 
 
 def test_training_moves_and_logs_nfe():
