@@ -146,13 +146,32 @@ def _errors(log_dir: Path, since: dict[Path, int]) -> tuple[int, list[str], int]
     for p in sorted(log_dir.glob("*.log")):
         with open(p, "rb") as fh:
             fh.seek(since.get(p, 0))
-            for line in fh.read().decode(errors="replace").splitlines():
-                if HANDLED.search(line):
-                    handled += 1
-                elif ERROR.search(line):
-                    locked += "database is locked" in line
-                    errors.append(f"{p.name}: {line.strip()[:300]}")
+            lines = fh.read().decode(errors="replace").splitlines()
+        for i, line in enumerate(lines):
+            if HANDLED.search(line):
+                handled += 1
+            elif ERROR.search(line):
+                locked += "database is locked" in line
+                if line.startswith("Traceback"):  # name the exception it ends in, not just that there was one
+                    line = f"{line.strip()} ... {_raised(lines, i + 1)}"
+                errors.append(f"{p.name}: {line.strip()[:300]}")
     return locked, errors, handled
+
+
+def _raised(lines: list[str], start: int) -> str:
+    """The exception line that ends the traceback whose body starts at ``lines[start]``: the first
+    line after it that is not indented; a chained traceback is followed to its last exception."""
+    last = "?"
+    for line in lines[start : start + 400]:
+        if not line.strip() or line[0].isspace() or line.startswith("Traceback"):
+            continue
+        if line.startswith(("During handling", "The above exception")):
+            last = "?"  # chained: the next traceback follows
+            continue
+        if last != "?":
+            break
+        last = line.strip()
+    return last
 
 
 def check_mlflow(flow_runs: dict[str, object], since: float) -> dict:

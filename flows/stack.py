@@ -269,6 +269,11 @@ def up(prefect_port: int = 4200, mlflow_port: int = 5000, timeout: float = 120, 
         if not _pid("postgres"):
             _start_postgres(ports["postgres"], timeout)
         prefect_env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = _pg_url(ports, "prefect", "+asyncpg")
+        # Prefect's defaults (5 s to connect, 10 s per statement) are for a quiet server. Under 16 flow runs
+        # on 2 cores a new PostgreSQL backend took over 5 s to start, and the scheduler service logged the
+        # timeout (CI, 2026-12-02). A user's own values win.
+        for key, seconds in (("CONNECTION_TIMEOUT", "30"), ("TIMEOUT", "30")):
+            prefect_env.setdefault(f"PREFECT_SERVER_DATABASE_{key}", seconds)
         mlflow_env["MLFLOW_BACKEND_STORE_URI"] = _pg_url(ports, "mlflow", "+psycopg2")
     if not _pid("prefect"):
         _start(

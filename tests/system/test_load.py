@@ -145,8 +145,14 @@ def test_log_scan_counts_locks_and_errors_but_not_the_handled_experiment_race(tm
     (tmp_path / "postgres.log").write_text(
         'ERROR:  duplicate key value violates unique constraint "uq_experiments_workspace_name"\n'
     )
+    (tmp_path / "worker.log").write_text(
+        "Traceback (most recent call last):\n  File \"a.py\", line 1\n    x()\nKeyError: 'a'\n\n"
+        "During handling of the above exception, another exception occurred:\n\nTraceback (most recent call last):\n"
+        '  File "b.py", line 2\nTimeoutError: connect\n12:01 | INFO | next\n'
+    )
     locked, errors, handled = _errors(tmp_path, since)
-    assert (locked, len(errors), handled) == (1, 2, 1)
+    assert (locked, len(errors), handled) == (1, 4, 1)  # each of the chained tracebacks is a line
+    assert errors[-2] == "worker.log: Traceback (most recent call last): ... TimeoutError: connect"
     assert _peak([(0, 10), (1, 4), (3, 11), (10.5, 12)]) == 3  # at t = 3.5
 
 
