@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 SCALE ?= smoke
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: lock setup check run test test-fast bench bench-datagen ui stack stack-down clean
+.PHONY: lock setup check run test test-fast test-containers containers containers-runtime bench bench-datagen ui stack stack-down clean
 
 setup:
 	@bash infra/setup.sh
@@ -21,6 +21,17 @@ check: setup
 
 test: check
 	$(BIN)/python -m pytest -q --durations=15
+
+# Flows in containers through a docker work pool (infra/CLUSTER.md "Containers here"): the
+# runtime (Debian's docker.io, debootstrap; root), the images, then the container test.
+containers-runtime:
+	@bash infra/cluster/runtime.sh
+
+containers: setup containers-runtime
+	CLUSTER_ALLOW_DIRTY=$${CLUSTER_ALLOW_DIRTY:-} infra/cluster/build.sh --local
+
+test-containers: setup containers-runtime
+	$(BIN)/python -m pytest -q -rs tests/system/test_containers.py
 
 test-fast: check
 	$(BIN)/python -m pytest -q -m "not slow"

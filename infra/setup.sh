@@ -26,7 +26,9 @@ t_start=$SECONDS
 trap 'say "failed (exit $?) at infra/setup.sh line $LINENO: $BASH_COMMAND"' ERR
 
 # 1. System packages (Debian). Skipped when already installed.
-apt_pkgs=(petsc-dev libopenblas-dev openmpi-bin postgresql)  # openmpi-bin: mpiexec for the scale-out tests; postgresql: stack --backend postgres
+# openmpi-bin: mpiexec for the scale-out tests; postgresql: stack --backend postgres.
+# SETUP_APT_PACKAGES replaces the list (the worker image installs its own, without the database).
+read -r -a apt_pkgs <<< "${SETUP_APT_PACKAGES-petsc-dev libopenblas-dev openmpi-bin postgresql}"
 missing=()
 for p in "${apt_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -88,7 +90,10 @@ if [ ! -f "$stamp" ] || ! grep -q "\"$digest\"" "$stamp"; then
     "${PIP[@]}" uninstall -q -y $stale
   fi
 fi
-if ! "$PY" -c "import importlib.metadata as m; m.version('sciflow')" >/dev/null 2>&1 || [ pyproject.toml -nt "$stamp" ]; then
+# SETUP_PROJECT=0: dependencies only (the worker image's cached layer; the source comes after it)
+if [ "${SETUP_PROJECT:-1}" = 0 ]; then
+  :
+elif ! "$PY" -c "import importlib.metadata as m; m.version('sciflow')" >/dev/null 2>&1 || [ pyproject.toml -nt "$stamp" ]; then
   changed=1
   PYTHONWARNINGS=ignore pip_q "${PIP[@]}" install -q --no-deps --no-build-isolation -e .
 fi

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# A container runtime for the container test and local image builds: Debian's docker.io daemon and
+# debootstrap (infra/cluster/base-image.sh). Installs them with apt when missing (root only) and
+# starts dockerd when no daemon answers (its log: ${SCIFLOW_DOCKERD_LOG:-/var/log/sciflow-dockerd.log}).
+# Idempotent; exits non-zero with the reason when the runtime cannot be had here.
+set -euo pipefail
+say() { printf '[runtime] %s\n' "$*" >&2; }
+if docker info >/dev/null 2>&1 && command -v debootstrap >/dev/null; then
+  exit 0
+fi
+if [ "$(id -u)" != 0 ]; then
+  say "no docker daemon answers and installing one needs root; see infra/CLUSTER.md"
+  exit 1
+fi
+missing=()
+command -v dockerd >/dev/null || missing+=(docker.io)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if ! docker info >/dev/null 2>&1; then
+  log=${SCIFLOW_DOCKERD_LOG:-/var/log/sciflow-dockerd.log}
+  say "starting dockerd (log: $log)"
+  nohup dockerd >"$log" 2>&1 &
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+  if ! docker info >/dev/null 2>&1; then
+    say "dockerd did not come up; last lines of $log:"
+    tail -5 "$log" >&2
+    exit 1
+  fi
+fi
+say "docker $(docker info --format '{{.ServerVersion}}') answers"

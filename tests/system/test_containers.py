@@ -1,0 +1,224 @@
+"""The cluster recipe run for real: images built from Debian and PyPI alone, flows in containers
+through a Prefect docker work pool, results in the same MLflow and state folder as in-process runs.
+
+Needs a container runtime: a docker daemon this user can reach (`make containers-runtime` installs
+Debian's docker.io and debootstrap and starts the daemon when run as root). Without one the test is
+skipped and says why. Cold (no image yet) it builds the base, worker and MLflow images first
+(infra/cluster/build.sh --local, about 8 minutes on 2 cores); warm it reuses them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from procs import stop
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[2]
+CLUSTER = ROOT / "infra" / "cluster"
+
+
+def _runtime() -> str | None:
+    """Why containers cannot run here, or None when a daemon answers."""
+    if not shutil.which("docker"):
+        return "no docker CLI (make containers-runtime installs Debian's docker.io)"
+    info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True)
+    if info.returncode != 0:
+        return f"no docker daemon answers: {(info.stderr or info.stdout).strip()[:200]} (make containers-runtime starts one)"
+    if not shutil.which("debootstrap") and not _images("sciflow-base"):
+        return "no debootstrap to make the base image (apt-get install debootstrap)"
+    return None
+
+
+def _images(repo: str) -> list[str]:
+    out = subprocess.run(
+        ["docker", "images", repo, "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True
+    )
+    return out.stdout.split()
+
+
+def _get(url: str, **query) -> dict:
+    with urllib.request.urlopen(f"{url}?{urllib.parse.urlencode(query)}" if query else url, timeout=10) as r:
+        return json.load(r)
+
+
+def _post(url: str, body: dict) -> dict:
+    req = urllib.request.Request(
+        url, json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.load(r)
+
+
+def _run(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def _mlflow_run(mlflow: str, experiment: str, flow_run_id: str) -> dict:
+    exp = _get(f"{mlflow}/api/2.0/mlflow/experiments/get-by-name", experiment_name=experiment)["experiment"]
+    found = _post(
+        f"{mlflow}/api/2.0/mlflow/runs/search",
+        {"experiment_ids": [exp["experiment_id"]], "filter": f"tags.`prefect.flow_run_id` = '{flow_run_id}'"},
+    )
+    [run] = found["runs"]
+    return run
+
+
+def _deployment_run(env: dict, name: str, *args: str) -> tuple[str, dict]:
+    """`prefect deployment run NAME ARGS... --watch`; (flow run id, its final state from the API)."""
+    started = _run([str(BIN / "prefect"), "deployment", "run", name, *args, "--watch"], env, 900)
+    m = re.search(r"UUID:\s*([0-9a-f-]{36})", started.stdout)
+    assert m, started.stdout + started.stderr
+    state = _get(f"{env['PREFECT_API_URL']}/flow_runs/{m.group(1)}")["state"]
+    return m.group(1), state
+
+
+def test_flows_run_in_containers_through_a_docker_pool(tmp_path):
+    why = _runtime()
+    if why:
+        pytest.skip(f"container runtime unavailable: {why}")
+    timings = {}
+    t0 = time.time()
+    build = subprocess.run(
+        [str(CLUSTER / "build.sh"), "--local"],
+        env={**os.environ, "CLUSTER_ALLOW_DIRTY": "1", "CLUSTER_RELEASE_DIR": str(tmp_path / "release")},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-6000:]
+    timings["images"] = time.time() - t0
+    exports = dict(line.removeprefix("export ").split("=", 1) for line in build.stdout.split("\n") if "=" in line)
+    image, commit = exports["CLUSTER_IMAGE"], exports["SCIFLOW_GIT_COMMIT"]
+    assert image.endswith(":" + commit) and ":latest" not in image
+
+    home = tmp_path / "home"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_"))},
+        "SCIFLOW_HOME": str(home),
+        "PREFECT_HOME": str(home / "prefect"),
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "COLUMNS": "200",
+    }
+    env.pop("PREFECT_LOCAL_STORAGE_PATH", None)
+    sciflow = str(BIN / "sciflow")
+    worker = None
+    t0 = time.time()
+    up = _run([sciflow, "stack", "up"], env, 600)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        stack = dict(
+            line.removeprefix("export ").split("=", 1)
+            for line in (home / "stack" / "stack.env").read_text().splitlines()
+            if line.startswith("export ")
+        )
+        env = {**env, **stack}
+        # the `gpu` pool, docker type, the committed template less its GPU request; flow-run containers
+        # share the host's network (the stack listens on 127.0.0.1) and the state folder, at the same path
+        variables = {
+            "network_mode": "host",
+            "volumes": [f"{home}:{home}"],
+            "env": {"SCIFLOW_HOME": str(home), "MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"]},
+            "auto_remove": True,
+            "image_pull_policy": "Never",  # images are built here; no registry to pull from
+        }
+        pool = _run(
+            [str(CLUSTER / "gpu-pool.sh"), "docker"],
+            {
+                **env,
+                "PREFECT": str(BIN / "prefect"),
+                "CLUSTER_IMAGE": image,
+                "GPU_POOL_DEVICES": "none",
+                "GPU_POOL_JOB_VARIABLES": json.dumps(variables),
+            },
+            120,
+        )
+        assert pool.returncode == 0, pool.stdout + pool.stderr
+        deploy = _run(
+            [
+                str(BIN / "prefect"),
+                "--no-prompt",
+                "deploy",
+                "--prefect-file",
+                str(CLUSTER / "prefect.yaml"),
+                "-n",
+                "generate-dataset/container",
+                "-n",
+                "benchmark-operators/gpu",
+            ],
+            env,
+            300,
+        )
+        assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+        worker = subprocess.Popen(
+            [str(BIN / "prefect"), "worker", "start", "--pool", "gpu", "--type", "docker"],
+            env=env,
+            cwd=ROOT,
+            stdout=open(tmp_path / "docker-worker.log", "w"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        timings["stack"] = time.time() - t0
+
+        from data.spec import DarcySpec
+
+        spec = DarcySpec(n=32, n_train=24, n_test=8)
+        t0 = time.time()
+        fid, state = _deployment_run(
+            env, "generate-dataset/container", "--param", f"spec={spec.model_dump_json()}", "--param", "chunk_size=8"
+        )
+        timings["generate-dataset"] = time.time() - t0
+        log = (tmp_path / "docker-worker.log").read_text()
+        assert state["type"] == "COMPLETED", f"{state}\n{log[-4000:]}"
+        run = _mlflow_run(env["MLFLOW_TRACKING_URI"], "sciflow-data", fid)
+        tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+        assert run["info"]["status"] == "FINISHED"
+        assert tags["git.commit"] == commit  # the image's commit (SCIFLOW_GIT_COMMIT), it has no .git
+        lock = _run([sys.executable, "infra/lock.py", "digest"], env, 60).stdout.strip()
+        assert tags["sciflow.lock.sha256"] == lock  # the image's environment is the lock's
+
+        t0 = time.time()
+        bid, bstate = _deployment_run(env, "benchmark-operators/gpu", "--param", "scale=smoke")
+        timings["benchmark-operators smoke"] = time.time() - t0
+        assert bstate["type"] == "COMPLETED", f"{bstate}\n{(tmp_path / 'docker-worker.log').read_text()[-4000:]}"
+        brun = _mlflow_run(env["MLFLOW_TRACKING_URI"], "sciflow-benchmarks", bid)
+        assert brun["info"]["status"] == "FINISHED" and brun["data"].get("metrics")
+
+        # bad input: an image that does not exist fails the flow run, and the message names it
+        missing = image.rsplit(":", 1)[0] + ":no-such-commit"
+        t0 = time.time()
+        _, mstate = _deployment_run(env, "generate-dataset/container", "--job-variable", f"image={missing}")
+        timings["missing image"] = time.time() - t0
+        assert mstate["type"] in ("CRASHED", "FAILED"), mstate
+        assert "no-such-commit" in (mstate.get("message") or "") + (tmp_path / "docker-worker.log").read_text()
+    finally:
+        stop(worker)
+        _run([sciflow, "stack", "down"], env, 120)
+    # the same spec and chunks in-process, in another state folder: bit-identical
+    here = _run(
+        [
+            sys.executable,
+            "-c",
+            f"import data; from data.spec import parse_spec; print(data.generate(parse_spec({spec.model_dump_json()!r}), chunk_size=8, progress=False).digest)",
+        ],
+        {**env, "SCIFLOW_HOME": str(tmp_path / "other")},
+        600,
+    )
+    assert here.returncode == 0, here.stderr
+    assert tags["sciflow.dataset.sha256"] == here.stdout.strip()
+    left = subprocess.run(["docker", "ps", "-q", "--filter", f"ancestor={image}"], capture_output=True, text=True)
+    assert left.stdout.strip() == "", "flow-run containers left running"
+    print("\ncontainers: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
