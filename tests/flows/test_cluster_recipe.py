@@ -176,7 +176,9 @@ def test_docker_compose_config_accepts_the_file():
     if cmd is None:
         pytest.skip("docker compose is not installed here")
     if v1 := _compose_v1(cmd):
-        pytest.skip(f"docker-compose {v1} predates the Compose Spec compose.yaml is written in (needs docker compose v2)")
+        pytest.skip(
+            f"docker-compose {v1} predates the Compose Spec compose.yaml is written in (needs docker compose v2)"
+        )
     args = [*cmd, "-f", str(CLUSTER / "compose.yaml"), "--env-file", str(CLUSTER / ".env.example"), "config", "--quiet"]
     env = {k: v for k, v in os.environ.items() if k != "SCIFLOW_GIT_COMMIT"}
     out = subprocess.run(args, capture_output=True, text=True, timeout=60, env={**env, "SCIFLOW_GIT_COMMIT": "0" * 40})
@@ -455,7 +457,9 @@ def test_gpu_worker_dockerfile():
     text = (CLUSTER / "Dockerfile.gpu-worker").read_text()
     assert re.search(r"^FROM ", text, re.M)
     assert "petsc-dev" in text and "petsc4py" in text
-    assert "ARG BASE_IMAGE=" in text and "FROM ${BASE_IMAGE}" in text  # Debian's python, a CUDA base, or base-image.sh's
+    assert (
+        "ARG BASE_IMAGE=" in text and "FROM ${BASE_IMAGE}" in text
+    )  # Debian's python, a CUDA base, or base-image.sh's
     # a GPU build puts the CUDA wheel of the locked torch version in first; the lock then keeps it
     assert re.search(r'pip"? install "torch==\$\(sed .*requirements\.lock\)" --index-url "\$TORCH_INDEX_URL"', text)
     assert "download.pytorch.org/whl/cu" in text
