@@ -72,7 +72,8 @@ def _mlflow_run(mlflow: str, experiment: str, flow_run_id: str) -> dict:
         f"{mlflow}/api/2.0/mlflow/runs/search",
         {"experiment_ids": [exp["experiment_id"]], "filter": f"tags.`prefect.flow_run_id` = '{flow_run_id}'"},
     )
-    [run] = found["runs"]
+    # a benchmark has one child run per method under its parent; the parent is the flow run's
+    [run] = [r for r in found["runs"] if "mlflow.parentRunId" not in {t["key"] for t in r["data"]["tags"]}]
     return run
 
 
@@ -130,6 +131,7 @@ def test_flows_run_in_containers_through_a_docker_pool(tmp_path):
         # share the host's network (the stack listens on 127.0.0.1) and the state folder, at the same path
         variables = {
             "network_mode": "host",
+            "networks": [],  # the template's default is compose's `sciflow` network
             "volumes": [f"{home}:{home}"],
             "env": {"SCIFLOW_HOME": str(home), "MLFLOW_TRACKING_URI": env["MLFLOW_TRACKING_URI"]},
             "auto_remove": True,
@@ -159,10 +161,14 @@ def test_flows_run_in_containers_through_a_docker_pool(tmp_path):
                 "-n",
                 "benchmark-operators/gpu",
             ],
-            env,
+            # `prefect deploy` fills {{ $SCIFLOW_REPO }} from its own environment when the variable is
+            # set there (stack.env sets the checkout's path): the image's path is the one that counts
+            {**env, "SCIFLOW_REPO": "/opt/sciflow"},
             300,
         )
         assert deploy.returncode == 0, deploy.stdout + deploy.stderr
+        dep = _get(f"{env['PREFECT_API_URL']}/deployments/name/generate-dataset/container")
+        assert dep["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {"directory": "/opt/sciflow"}}]
         worker = subprocess.Popen(
             [str(BIN / "prefect"), "worker", "start", "--pool", "gpu", "--type", "docker"],
             env=env,
@@ -195,7 +201,15 @@ def test_flows_run_in_containers_through_a_docker_pool(tmp_path):
         timings["benchmark-operators smoke"] = time.time() - t0
         assert bstate["type"] == "COMPLETED", f"{bstate}\n{(tmp_path / 'docker-worker.log').read_text()[-4000:]}"
         brun = _mlflow_run(env["MLFLOW_TRACKING_URI"], "sciflow-benchmarks", bid)
-        assert brun["info"]["status"] == "FINISHED" and brun["data"].get("metrics")
+        assert brun["info"]["status"] == "FINISHED"
+        children = _post(
+            f"{env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/runs/search",
+            {
+                "experiment_ids": [brun["info"]["experiment_id"]],
+                "filter": f"tags.`mlflow.parentRunId` = '{brun['info']['run_id']}'",
+            },
+        )["runs"]
+        assert children and all(c["info"]["status"] == "FINISHED" and c["data"].get("metrics") for c in children)
 
         # bad input: an image that does not exist fails the flow run, and the message names it
         missing = image.rsplit(":", 1)[0] + ":no-such-commit"
