@@ -42,16 +42,16 @@ common=()
 if [ "$mode" = --local ]; then
   base=$(infra/cluster/base-image.sh)
   common+=(--network host --build-arg "BASE_IMAGE=$base")
-  args+=(--build-arg "SCIFLOW_UID=$(id -u)")
+  args+=(--build-arg "WORKER_UID=$(id -u)")
   links=${PIP_FIND_LINKS:-}
   if [ -n "$links" ] && [ -d "$links" ]; then  # a folder of wheels: serve it to the build
     # a fixed port: the URL is a build argument of the dependency layer, so a new one would rebuild it
-    port=${SCIFLOW_WHEEL_PORT:-38471}
+    port=${CLUSTER_WHEEL_PORT:-38471}
     python3 -m http.server --bind 127.0.0.1 --directory "$links" "$port" >/dev/null 2>&1 &
     server=$!
     trap 'kill $server 2>/dev/null || true' EXIT
     for _ in $(seq 50); do python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$port/', timeout=1)" 2>/dev/null && break; sleep 0.1; done
-    kill -0 "$server" 2>/dev/null || { echo "build.sh: cannot serve $links on 127.0.0.1:$port (SCIFLOW_WHEEL_PORT)" >&2; exit 1; }
+    kill -0 "$server" 2>/dev/null || { echo "build.sh: cannot serve $links on 127.0.0.1:$port (CLUSTER_WHEEL_PORT)" >&2; exit 1; }
     args+=(--build-arg "PIP_FIND_LINKS=http://127.0.0.1:$port/")
   fi
 fi

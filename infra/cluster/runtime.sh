@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A container runtime for the container test and local image builds: Debian's docker.io daemon and
 # debootstrap (infra/cluster/base-image.sh). Installs them with apt when missing (root only) and
-# starts dockerd when no daemon answers (its log: ${SCIFLOW_DOCKERD_LOG:-/var/log/sciflow-dockerd.log}).
+# starts dockerd when no daemon answers (its log: ${DOCKERD_LOG:-/var/log/sciflow-dockerd.log}).
 # Idempotent; exits non-zero with the reason when the runtime cannot be had here.
 set -euo pipefail
 say() { printf '[runtime] %s\n' "$*" >&2; }
@@ -21,7 +21,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 if ! docker info >/dev/null 2>&1; then
-  log=${SCIFLOW_DOCKERD_LOG:-/var/log/sciflow-dockerd.log}
+  log=${DOCKERD_LOG:-/var/log/sciflow-dockerd.log}
   say "starting dockerd (log: $log)"
   nohup dockerd >"$log" 2>&1 &
   for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
