@@ -16,12 +16,12 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from procs import get_json as _get
+from procs import post_json as _post
 from procs import stop
 
 pytestmark = pytest.mark.slow
@@ -47,19 +47,6 @@ def _images(repo: str) -> list[str]:
         ["docker", "images", repo, "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True
     )
     return out.stdout.split()
-
-
-def _get(url: str, **query) -> dict:
-    with urllib.request.urlopen(f"{url}?{urllib.parse.urlencode(query)}" if query else url, timeout=10) as r:
-        return json.load(r)
-
-
-def _post(url: str, body: dict) -> dict:
-    req = urllib.request.Request(
-        url, json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
-    )
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.load(r)
 
 
 def _run(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:

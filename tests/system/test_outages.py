@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 
 from procs import free_port, stop
+from procs import get_json as _get
+from procs import post_json as _post
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -59,18 +61,6 @@ def _mlflow(port: int, store: Path, log: Path) -> subprocess.Popen:
         except OSError:
             time.sleep(0.3)
     pytest.fail(f"mlflow server did not answer: {log.read_text()[-3000:]}")
-
-
-def _get(url: str, **params) -> dict:
-    query = "&".join(f"{k}={v}" for k, v in params.items())
-    with urllib.request.urlopen(f"{url}?{query}", timeout=10) as resp:
-        return json.load(resp)
-
-
-def _post(url: str, body: dict) -> dict:
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.load(resp)
 
 
 def _training_runs(api: str) -> list[dict]:
