@@ -54,16 +54,24 @@ def lagrange_weights(nodes: np.ndarray, at: float, deriv: int) -> np.ndarray:
     return np.linalg.solve(V, rhs)
 
 
-def derivative_matrix(z: np.ndarray, deriv: int) -> np.ndarray:
-    """``(n, n)`` matrix of 3-point (second-order for deriv 1) stencils on nodes ``z``, one-sided at the ends."""
+def stencil(z: np.ndarray, deriv: int) -> tuple[np.ndarray, np.ndarray]:
+    """3-point stencils on nodes ``z`` (second-order for deriv 1), one-sided at the ends: node ``i``'s
+    derivative is ``sum_k w[i, k] f(z[start[i] + k])``. Returns ``start (n,)`` int64 and ``w (n, 3)``."""
     z = np.asarray(z, dtype=np.float64)
     n = len(z)
     if n < 3:
         raise InputError(f"need at least 3 grid points along an axis for derivatives, got {n}")
-    D = np.zeros((n, n))
-    for i in range(n):
-        j0 = min(max(i - 1, 0), n - 3)
-        D[i, j0 : j0 + 3] = lagrange_weights(z[j0 : j0 + 3], z[i], deriv)
+    start = np.clip(np.arange(n) - 1, 0, n - 3)
+    w = np.stack([lagrange_weights(z[j0 : j0 + 3], z[i], deriv) for i, j0 in enumerate(start)])
+    return start, w
+
+
+def derivative_matrix(z: np.ndarray, deriv: int) -> np.ndarray:
+    """``(n, n)`` matrix of :func:`stencil`'s 3-point stencils (for small grids and tests)."""
+    start, w = stencil(z, deriv)
+    D = np.zeros((len(start), len(start)))
+    for i, j0 in enumerate(start):
+        D[i, j0 : j0 + 3] = w[i]
     return D
 
 
@@ -71,9 +79,23 @@ def _required(name: str) -> NoReturn:
     raise InputError(f"the PDE needs {name!r} (no default)")
 
 
-def _along(op: Tensor, phi: Tensor, axis: int) -> Tensor:
+def along(op: Tensor, phi: Tensor, axis: int) -> Tensor:
     """Apply the matrix ``op`` (n x n) along grid axis ``axis`` of ``phi`` (B, *grid, N)."""
     return torch.movedim(torch.tensordot(phi, op.T, dims=([axis + 1], [0])), -1, axis + 1)
+
+
+def along_stencil(st: tuple[Tensor, Tensor], phi: Tensor, axis: int) -> Tensor:
+    """Apply a 3-point :func:`stencil` ``(idx (n, 3), w (n, 3))`` along grid axis ``axis`` of ``phi``
+    (B, *grid, N): ``O(3 n)`` per line where the dense matrix of :func:`along` costs ``O(n^2)``
+    (at 1024 cells, 340x fewer flops, forward and backward)."""
+    idx, w = st
+    a = axis + 1
+    n = phi.shape[a]
+    g = torch.index_select(phi, a, idx.reshape(-1))  # (..., 3 n, ...)
+    g = g.unflatten(a, (n, 3))
+    shape = [1] * g.dim()
+    shape[a], shape[a + 1] = n, 3
+    return (g * w.reshape(shape)).sum(a + 1)
 
 
 @dataclass
@@ -135,9 +157,6 @@ class HardPDE:
         """Known per-point inputs of the residual (e.g. a forcing) at flat grid indices ``points``."""
         return {}
 
-    def dt(self) -> Tensor:
-        return torch.as_tensor(derivative_matrix(self.t, 1))
-
     def constant(
         self, key: str, make: Callable[[], np.ndarray | Tensor], device: torch.device, dtype: torch.dtype | None = None
     ) -> Tensor:
@@ -151,9 +170,16 @@ class HardPDE:
             cache[slot] = t.to(device=device, dtype=dtype or t.dtype)
         return cache[slot]
 
-    def _dt(self, like: Tensor) -> Tensor:
-        """:meth:`dt` on ``like``'s device and dtype (kept)."""
-        return self.constant("dt", lambda: derivative_matrix(self.t, 1), like.device, like.dtype)
+    def stencil_on(self, key: str, z: np.ndarray, deriv: int, like: Tensor) -> tuple[Tensor, Tensor]:
+        """:func:`stencil` on ``like``'s device (weights in its dtype) as ``(idx (n, 3), w (n, 3))``, kept."""
+
+        def index() -> np.ndarray:
+            start = stencil(z, deriv)[0]
+            return start[:, None] + np.arange(3)[None]
+
+        idx = self.constant(f"{key}:idx", index, like.device)
+        w = self.constant(f"{key}:w", lambda: stencil(z, deriv)[1], like.device, like.dtype)
+        return idx, w
 
     def full_residual(self, u: Tensor) -> Tensor:
         """Residual of a solution ``u`` (B, *grid) on its residual points: ``(B, P_res)``."""
@@ -200,10 +226,10 @@ class DiffusionSorption(HardPDE):
 
     def terms(self, phi: Tensor) -> dict[str, Tensor]:
         B, N = phi.shape[0], phi.shape[-1]
-        dt = self._dt(phi)
-        dxx = self.constant("dxx", lambda: derivative_matrix(self.x, 2), phi.device, phi.dtype)
+        dt = self.stencil_on("dt", self.t, 1, phi)
+        dxx = self.stencil_on("dxx", self.x, 2, phi)
         flat = lambda a: a.reshape(B, -1, N)  # noqa: E731
-        return {"u": flat(phi), "u_t": flat(_along(dt, phi, 0)), "u_xx": flat(_along(dxx, phi, 1))}
+        return {"u": flat(phi), "u_t": flat(along_stencil(dt, phi, 0)), "u_xx": flat(along_stencil(dxx, phi, 1))}
 
     def retardation(self, u: Tensor) -> Tensor:
         p = self.params
@@ -280,8 +306,11 @@ class Heat2D(HardPDE):
     def terms(self, phi: Tensor) -> dict[str, Tensor]:
         B, N = phi.shape[0], phi.shape[-1]
         L = self.constant("lap1d", self._lap1d, phi.device, phi.dtype)
-        lap = _along(L, phi, 1) + _along(L, phi, 2)
-        return {"u_t": _along(self._dt(phi), phi, 0).reshape(B, -1, N), "lap": lap.reshape(B, -1, N)}
+        lap = along(L, phi, 1) + along(L, phi, 2)
+        return {
+            "u_t": along_stencil(self.stencil_on("dt", self.t, 1, phi), phi, 0).reshape(B, -1, N),
+            "lap": lap.reshape(B, -1, N),
+        }
 
     def coefficients(self) -> dict[str, float]:
         return {"u_t": self.t_final, "lap": -self.t_final * self.kappa}
@@ -345,7 +374,7 @@ class NavierStokes2D(HardPDE):
         dx, dy = 2j * np.pi * kx, 2j * np.pi * ky
         return {
             "w": phi.reshape(B, -1, N),
-            "w_t": _along(self._dt(phi), phi, 0).reshape(B, -1, N),
+            "w_t": along_stencil(self.stencil_on("dt", self.t, 1, phi), phi, 0).reshape(B, -1, N),
             "w_x": back(dx),
             "w_y": back(dy),
             "psi_x": back(dx * inv),

@@ -30,7 +30,7 @@ from operators.hard import (
     train,
 )
 from operators.hard.layer import SCS_EPS
-from operators.hard.pdes import derivative_matrix, lagrange_weights
+from operators.hard.pdes import along, along_stencil, derivative_matrix, lagrange_weights
 
 torch.set_default_dtype(torch.float32)
 SMALL_NET = dict(hidden=8, n_layers=2, n_basis=6)
@@ -191,6 +191,20 @@ def test_stencils_are_exact_for_quadratics():
         assert np.abs(D @ f - exact).max() <= 16 * eps * np.abs(D).sum(1).max() * np.abs(f).max(), order
     w = lagrange_weights(z[:3], 0.0, 0)
     assert abs(w @ f[:3] - 2.0) <= 16 * eps * np.abs(w).sum() * np.abs(f).max()  # measured 0
+
+
+def test_banded_stencil_equals_the_dense_matrix_along_every_axis():
+    """The 3-point stencils applied banded (O(n), what the PDE terms use) equal the dense matrix."""
+    pde = DiffusionSorption(
+        t=np.linspace(0.0, 5.0, 7), t_final=5.0, x=np.sort(np.random.default_rng(1).uniform(0, 1, 11))
+    )
+    phi = torch.randn(2, 7, 11, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for axis, z, order in ((0, pde.t, 1), (1, pde.x, 2), (1, pde.x, 1)):
+        dense = along(torch.as_tensor(derivative_matrix(z, order)), phi, axis)
+        banded = along_stencil(pde.stencil_on(f"test{axis}{order}", z, order, phi), phi, axis)
+        # same three products per entry, summed in another order: a few ulps of the largest term
+        tol = 8 * np.finfo(np.float64).eps * np.abs(derivative_matrix(z, order)).sum(1).max() * float(phi.abs().max())
+        assert float((dense - banded).abs().max()) <= tol, (axis, order)
 
 
 def _dataset(spec):
