@@ -71,13 +71,28 @@ class ALParams:
     delta_floor: float = 1e-6
     max_inner: int = 100_000
     max_line_search: int = 60
+    #: sharpen the accuracy condition over iterations: ``theta_k = theta min(1, ||(grad_x L, c)||_k)``
+    #: -> 0 (a forcing term of the order of the KKT residual; see :func:`accuracy_theta`)
+    superlinear: bool = False
 
 
-def al_sketch(args: MinimizeArgs, *, sketch: str, seed: int, params: ALParams, **_: object) -> OptimizeResult:
+def accuracy_theta(P: ALParams, kkt: float) -> float:
+    """``theta_k`` of the accuracy condition ``||K|| psi ||r|| <= theta_k delta ||(grad_x L, c)||``.
+
+    Algorithm 1 keeps ``theta_k = theta`` (local linear convergence). With ``P.superlinear`` it is
+    ``theta min(1, ||(grad_x L, c)||_k)``: the relative accuracy of the Newton step then goes to zero
+    like the KKT residual, the inexact-Newton condition for a local superlinear (here quadratic) rate
+    (Dembo, Eisenstat & Steihaug 1982; Eisenstat & Walker's forcing terms ``eta_k = O(||F_k||)``)."""
+    return P.theta * min(1.0, kkt) if P.superlinear else P.theta
+
+
+def al_sketch(
+    args: MinimizeArgs, *, sketch: str, seed: int, params: ALParams, block_size: int | None = None, **_: object
+) -> OptimizeResult:
     """AdaSketch-Newton (called by :func:`~.minimize.minimize_eq`, which documents the arguments):
     KKT systems solved by the randomized ``sketch`` solver (:data:`~.sketch.SKETCHES`) to the
     adaptive accuracy of Algorithm 1; ``seed`` seeds its sampling."""
-    return _adasketch(args, "al-sketch", sketch, seed, params)
+    return _adasketch(args, "al-sketch", sketch, seed, params, block_size)
 
 
 def newton_sqp(args: MinimizeArgs, *, seed: int, params: ALParams, **_: object) -> OptimizeResult:
@@ -105,7 +120,9 @@ def _merit_grad(s: State, mu, nu) -> np.ndarray:
     return np.concatenate([s.gL + nu * HgL + mu * (s.G.T @ s.c), s.c + nu * (s.G @ s.gL)])
 
 
-def _adasketch(args: MinimizeArgs, method: str, sketch: str, seed: int, P: ALParams) -> OptimizeResult:
+def _adasketch(
+    args: MinimizeArgs, method: str, sketch: str, seed: int, P: ALParams, block_size: int | None = None
+) -> OptimizeResult:
     """Algorithm 1 (see the module docstring) from ``(args.x, args.lam)``; ``method`` only labels the result."""
     d, tol, max_seconds = args.d, args.tol, args.max_seconds
     t0 = time.perf_counter()
@@ -135,8 +152,9 @@ def _adasketch(args: MinimizeArgs, method: str, sketch: str, seed: int, P: ALPar
             delta = max(min(delta, delta_trial(mu, nu)), P.delta_floor)
             K = kkt_matrix(B, s.G)
             K_norm = frobenius(K)
-            solver = SketchSolver(K, b, sketch, rng)
-            solver.run(P.theta * delta * bn / (K_norm * psi), P.max_inner)
+            solver = SketchSolver(K, b, sketch, rng, block_size)
+            theta = accuracy_theta(P, bn)
+            solver.run(theta * delta * bn / (K_norm * psi), P.max_inner)
             dx = solver.z[: d.n]
             rayleigh = float(dx @ (s.H @ dx)) / max(float(dx @ dx), 1e-300)
             if dense or rayleigh + t_shift >= 1e-6:  # curvature checked before any penalty update
@@ -158,7 +176,7 @@ def _adasketch(args: MinimizeArgs, method: str, sketch: str, seed: int, P: ALPar
                 break
             mu, nu = mu * P.rho**2, nu / P.rho
             delta = max(min(delta / P.rho**4, delta_trial(mu, nu)), P.delta_floor)
-            solver.run(P.theta * delta * bn / (K_norm * psi), P.max_inner)
+            solver.run(theta * delta * bn / (K_norm * psi), P.max_inner)
         dx = z[: d.n]
         inner_total += solver.steps
         if q > -0.5 * nu * bn**2 and max_seconds is not None and time.perf_counter() - t0 > max_seconds:
@@ -187,4 +205,4 @@ def _adasketch(args: MinimizeArgs, method: str, sketch: str, seed: int, P: ALPar
     return finish(s, method, t0, k, tol, message, inner_total, history)
 
 
-__all__ = ["ALParams", "al_sketch", "newton_sqp"]
+__all__ = ["ALParams", "accuracy_theta", "al_sketch", "newton_sqp"]

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from data.errors import InputError
 
-from .minimize import METHODS, OptimizeResult, minimize_eq
+from .minimize import METHODS, ALParams, OptimizeResult, minimize_eq
 from .problems import PROBLEMS
 from .sketch import SKETCHES
 
@@ -31,6 +31,12 @@ class OptimizeConfig(BaseModel):
     problem: str = Field("hs007", description="'darcy-inverse' or an HS/BT name such as 'hs007', 'bt4'")
     method: Method = "al-sketch"
     sketch: Sketch = "kaczmarz"
+    block_size: int | None = Field(
+        None, ge=1, description="rows per block (block) or Gaussian sketch columns; None: ceil(sqrt(n + m))"
+    )
+    superlinear: bool = Field(
+        False, description="al-sketch: sharpen the accuracy condition over iterations (theta_k -> 0)"
+    )
     tol: float = Field(1e-6, gt=0, le=1.0, description="KKT residual tolerance")
     max_iter: int = Field(500, ge=1, le=100_000)
     max_seconds: float | None = Field(None, gt=0, description="wall-clock budget (None: unlimited)")
@@ -54,6 +60,8 @@ def run_optimize(config: OptimizeConfig, callback: Callable[[dict], None] | None
     kw: dict[str, Any] = dict(
         method=config.method,
         sketch=config.sketch,
+        block_size=config.block_size,
+        params=ALParams(superlinear=config.superlinear),
         tol=config.tol,
         max_iter=config.max_iter,
         seed=config.seed,

@@ -107,6 +107,28 @@ class AutogradDerivatives:
         return finite("the Hessian of the Lagrangian", 0.5 * (H + H.T), x)
 
 
+def check_shapes(d: Derivatives, x: np.ndarray, lam: np.ndarray) -> None:
+    """Evaluate every callback of ``d`` once at ``(x, lam)`` and raise :class:`~data.errors.InputError`
+    naming the callback whose result does not have its shape (``f`` scalar, ``c (m,)``, ``grad (n,)``,
+    ``jac (m, n)``, ``hess_lag (n, n)``): a wrong shape is refused before the first iteration, not
+    found as a broadcasting error deep inside a solve."""
+    n, m = d.n, d.m
+    expected = {"f": (), "c": (m,), "grad": (n,), "jac": (m, n), "hess_lag": (n, n)}
+    got = {
+        "f": np.shape(d.f(x)),
+        "c": np.shape(d.c(x)),
+        "grad": np.shape(d.grad(x)),
+        "jac": d.jac(x).shape,
+        "hess_lag": d.hess_lag(x, lam).shape,
+    }
+    for name, shape in expected.items():
+        if tuple(got[name]) != shape:
+            raise InputError(
+                f"the problem's {name} returns shape {tuple(got[name])}, expected {shape} (n = {n} variables, "
+                f"m = {m} constraints)"
+            )
+
+
 def least_squares_multipliers(g: np.ndarray, G) -> np.ndarray:
     """``argmin_lam ||g + G^T lam||`` (the multipliers that best explain a point), shape ``(m,)``."""
     if sp.issparse(G):

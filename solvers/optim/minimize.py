@@ -19,7 +19,7 @@ import numpy as np
 from data.errors import InputError
 
 from .adasketch import ALParams, al_sketch, newton_sqp
-from .derivatives import AutogradDerivatives, Derivatives
+from .derivatives import AutogradDerivatives, Derivatives, check_shapes
 from .l1_sqp import l1_sqp
 from .minimize_base import MinimizeArgs, OptimizeResult
 from .scipy_methods import slsqp, trust_constr
@@ -31,7 +31,9 @@ class EqMethod(Protocol):
     and, as keywords, the options of :func:`minimize_eq` that only some methods use; a method
     ignores those it has no use for."""
 
-    def __call__(self, args: MinimizeArgs, *, sketch: str, seed: int, params: ALParams) -> OptimizeResult: ...
+    def __call__(
+        self, args: MinimizeArgs, *, sketch: str, seed: int, params: ALParams, block_size: int | None
+    ) -> OptimizeResult: ...
 
 
 #: method name -> method; the one list of ``minimize_eq`` methods (``METHODS`` and configs derive from it)
@@ -63,6 +65,7 @@ def minimize_eq(
     tol: float = 1e-6,
     max_iter: int = 500,
     sketch: str = "kaczmarz",
+    block_size: int | None = None,
     seed: int = 0,
     lam0=None,
     derivatives: Derivatives | None = None,
@@ -79,7 +82,10 @@ def minimize_eq(
         method: one of :data:`METHODS`.
         tol: stop when the KKT residual ``||(grad_x L, c)||_2 <= tol``.
         max_iter: outer iterations.
-        sketch: ``"kaczmarz"``, ``"block"`` or ``"exact"`` (al-sketch only).
+        sketch: one of :data:`~.sketch.SKETCHES` (``"kaczmarz"``, ``"block"``, ``"gaussian"``,
+            ``"exact"``; al-sketch only).
+        block_size: rows per block (``"block"``) or columns of the Gaussian sketch; at most the KKT
+            system's size ``n + m`` (default ``ceil(sqrt(n + m))``).
         seed: seeds the sketch sampling.
         lam0: starting multipliers ``(m,)`` (default zeros).
         derivatives: a :class:`~.derivatives.Derivatives` for problems with their own (sparse)
@@ -92,7 +98,9 @@ def minimize_eq(
         :class:`OptimizeResult`. ``converged`` is True only when the KKT residual is ``<= tol``.
 
     Raises:
-        InputError (a ValueError): unknown method/sketch, bad shapes, non-finite input, ``tol <= 0``.
+        InputError (a ValueError): unknown method/sketch, a block size outside ``1..n+m``, callbacks
+            (``f``, ``c`` or a ``derivatives`` object's) returning the wrong shape, non-finite input,
+            ``tol <= 0``; all before the first iteration.
         NonFiniteError: ``f``, ``c`` or a derivative is NaN/inf at an iterate.
     """
     if method not in MINIMIZERS:
@@ -110,8 +118,14 @@ def minimize_eq(
     lam = np.zeros(d.m) if lam0 is None else _as_vector(lam0)
     if lam.size != d.m:
         raise InputError(f"lam0 has {lam.size} entries, c has m = {d.m} components")
+    if block_size is not None and not 1 <= int(block_size) <= d.n + d.m:
+        raise InputError(
+            f"block_size={block_size} must be between 1 and the KKT system's size n + m = {d.n + d.m} "
+            f"(n = {d.n}, m = {d.m})"
+        )
+    check_shapes(d, x, lam)
     args = MinimizeArgs(d, x, lam, tol, int(max_iter), max_seconds, callback)
-    return MINIMIZERS[method](args, sketch=sketch, seed=seed, params=params)
+    return MINIMIZERS[method](args, sketch=sketch, seed=seed, params=params, block_size=block_size)
 
 
 __all__ = ["METHODS", "MINIMIZERS", "ALParams", "EqMethod", "MinimizeArgs", "OptimizeResult", "minimize_eq"]

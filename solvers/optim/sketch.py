@@ -9,7 +9,20 @@ Section 3): each step draws a sketch ``S`` and projects the iterate onto ``{z : 
   (randomized Kaczmarz, Strohmer & Vershynin 2009). The reference code samples rows uniformly;
   the norm-weighted rule is the one with the linear rate the paper's analysis uses.
 * ``"block"``: ``S`` = a block of rows, blocks drawn as a random partition of the rows each sweep.
+* ``"gaussian"``: ``S`` an ``N x q`` matrix of independent standard normals, drawn afresh every step
+  (the reference's "GV" sketch; ``q`` = ``block_size``). Every step mixes all rows, so its rate does
+  not depend on how the rows are scaled; a step costs ``O(nnz(K K^T) q)`` against ``O(nnz(row))``
+  for Kaczmarz.
 * ``"exact"``: ``S = I``; one step is a direct solve (LU).
+
+Which sketch the accuracy condition needs: AdaSketch-Newton checks the residual itself, so any
+sketch that converges does; its analysis (Hong et al., Section 3, after Gower & Richtarik) uses the
+linear rate in expectation of sketch-and-project, ``E ||z_j - z*||^2 <= (1 - rho)^j ||z*||^2`` with
+``rho = lambda_min(E[K^T S (S^T K K^T S)^+ S^T K]) > 0``, and ``||r|| <= ||K|| ||z - z*||``. Both
+families have ``rho > 0`` for a non-singular ``K``: Kaczmarz with row-norm weights has
+``rho = sigma_min(K)^2 / ||K||_F^2`` (Strohmer & Vershynin), the Gaussian sketch a ``rho`` bounded
+below by a multiple of ``q sigma_min(K)^2 / ||K||_F^2`` (Gower & Richtarik, Section 5); the block
+sketch by rows has it when every block is drawn with positive probability.
 
 The residual ``r = K z - b`` is updated incrementally, ``r <- r - K K^T S y``, from a precomputed
 Gram matrix ``K K^T`` (dense when small, sparse otherwise), at ``O(nnz(row of K K^T))`` per
@@ -39,7 +52,8 @@ class SketchSolver:
         b: right-hand side ``(N,)``.
         kind: one of :data:`SKETCHES` (the keys of :data:`SKETCH_STEPS`).
         rng: NumPy generator (the seed makes the run reproducible).
-        block_size: rows per block for ``"block"`` (default ``ceil(sqrt(N))``).
+        block_size: rows per block for ``"block"``, columns of ``S`` for ``"gaussian"`` (default
+            ``ceil(sqrt(N))``); ``1 <= block_size <= N``, else :class:`~data.errors.InputError`.
     """
 
     def __init__(
@@ -64,7 +78,9 @@ class SketchSolver:
         self.r = -self.b.copy()
         self.rr = float(self.r @ self.r)
         self.steps = 0
-        self.block_size = max(1, min(N, block_size or int(np.ceil(np.sqrt(N)))))
+        if block_size is not None and not 1 <= block_size <= N:
+            raise InputError(f"block_size={block_size} must be between 1 and the system's size N = {N}")
+        self.block_size = block_size or int(np.ceil(np.sqrt(N)))
         if kind == "exact":
             return
         if self.sparse:
@@ -161,11 +177,28 @@ class SketchSolver:
             if self.rr <= thr2:
                 break
 
+    def _gaussian(self, threshold: float, max_steps: int) -> None:
+        thr2, q = threshold * threshold, self.block_size
+        for done in range(1, max_steps + 1):
+            S = self.rng.standard_normal((self.N, q))
+            GS = np.asarray(self.gram @ S)  # (N, q): K K^T S
+            y = np.linalg.lstsq(S.T @ GS, S.T @ self.r, rcond=None)[0]
+            self.z -= self.K.T @ (S @ y)
+            self.r -= GS @ y
+            self.steps += 1
+            self.rr = float(self.r @ self.r)
+            if self.rr <= thr2 or done == max_steps:
+                break
+            if done % self.N == 0:
+                self._resync()
+        self._resync()
+
 
 #: sketch name -> its steps ``(solver, threshold, max_steps)``; the one list of sketches
 SKETCH_STEPS: dict[str, Callable[[SketchSolver, float, int], None]] = {
     "kaczmarz": SketchSolver._kaczmarz,
     "block": SketchSolver._block,
+    "gaussian": SketchSolver._gaussian,
     "exact": SketchSolver._exact,
 }
 SKETCHES = tuple(SKETCH_STEPS)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
 
-from solvers.optim import METHODS, NonFiniteError, SketchSolver, kkt_residual, minimize_eq
+from solvers.optim import METHODS, SKETCHES, NonFiniteError, SketchSolver, kkt_residual, minimize_eq
 from solvers.optim.derivatives import AutogradDerivatives
 from solvers.optim.problems import get, hs_set
 
@@ -31,7 +33,7 @@ def _kkt_system(rng, n=12, m=4):
     return K, rng.standard_normal(n + m)
 
 
-@pytest.mark.parametrize("kind", ["kaczmarz", "block", "exact"])
+@pytest.mark.parametrize("kind", SKETCHES)
 @pytest.mark.parametrize("sparse", [False, True])
 def test_sketch_solver_matches_direct_solve(kind, sparse):
     rng = np.random.default_rng(3)
@@ -68,7 +70,10 @@ def test_sketch_solver_rejects_zero_rows_and_bad_kind():
     with pytest.raises(ValueError, match="zero rows"):
         SketchSolver(K, np.ones(3), "kaczmarz")
     with pytest.raises(ValueError, match="sketch must be one of"):
-        SketchSolver(np.eye(3), np.ones(3), "gaussian")
+        SketchSolver(np.eye(3), np.ones(3), "countsketch")
+    for size in (0, 4):
+        with pytest.raises(ValueError, match=f"block_size={size} must be between 1 and the system's size N = 3"):
+            SketchSolver(np.eye(3), np.ones(3), "block", block_size=size)
 
 
 # --- KKT residual ---------------------------------------------------------------------------------
@@ -159,7 +164,9 @@ def test_non_finite_objective_is_a_clear_error():
         (dict(x0=np.zeros((2, 2))), "x0 must be a non-empty 1-D vector"),
         (dict(x0=np.array([np.nan, 0.0])), "x0 contains NaN"),
         (dict(method="ipopt"), "method must be one of"),
-        (dict(sketch="gaussian"), "sketch must be one of"),
+        (dict(sketch="countsketch"), "sketch must be one of"),
+        (dict(sketch="block", block_size=4), "block_size=4 must be between 1 and the KKT system's size n \\+ m = 3"),
+        (dict(sketch="gaussian", block_size=0), "block_size=0 must be between 1"),
         (dict(tol=-1.0), "tol must be a positive"),
         (dict(max_iter=0), "max_iter must be >= 1"),
         (dict(lam0=np.zeros(3)), "lam0 has 3 entries"),
@@ -174,6 +181,22 @@ def test_bad_input_is_named(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         minimize_eq(args.pop("f"), args.pop("c"), args.pop("x0"), **args)
+
+
+@pytest.mark.parametrize("callback, shape", [("jac", "(36,)"), ("grad", "(71,)"), ("hess_lag", "(72, 36)")])
+def test_a_derivatives_object_with_a_wrong_shape_is_refused_before_the_first_iteration(callback, shape):
+    from solvers.optim.darcy_inverse import make_problem
+
+    P = make_problem(6, noise=0.0)
+    good = getattr(P, callback)
+    wrong = {
+        "jac": lambda x: np.asarray(good(x).sum(1)).ravel(),
+        "grad": lambda x: good(x)[:-1],
+        "hess_lag": lambda x, lam: good(x, lam)[:, :36],
+    }[callback]
+    setattr(P, callback, wrong)
+    with pytest.raises(ValueError, match=f"the problem's {callback} returns shape {re.escape(shape)}"):
+        minimize_eq(None, None, P.start(), derivatives=P, method="al-sketch", max_iter=1)
 
 
 def test_torch_start_is_accepted():
