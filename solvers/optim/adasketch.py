@@ -152,7 +152,8 @@ def _adasketch(
             delta = max(min(delta, delta_trial(mu, nu)), P.delta_floor)
             K = kkt_matrix(B, s.G)
             K_norm = frobenius(K)
-            solver = SketchSolver(K, b, sketch, rng, block_size)
+            deadline = None if max_seconds is None else t0 + max_seconds
+            solver = SketchSolver(K, b, sketch, rng, block_size, deadline)
             theta = accuracy_theta(P, bn)
             solver.run(theta * delta * bn / (K_norm * psi), P.max_inner)
             dx = solver.z[: d.n]

@@ -32,6 +32,7 @@ Kaczmarz step; the reference implementation recomputes ``K z - b`` each step (``
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +53,8 @@ class SketchSolver:
         b: right-hand side ``(N,)``.
         kind: one of :data:`SKETCHES` (the keys of :data:`SKETCH_STEPS`).
         rng: NumPy generator (the seed makes the run reproducible).
+        deadline: a ``time.perf_counter()`` value after which :meth:`run` stops early (checked after
+            every step of the block and Gaussian sketches, every sweep of Kaczmarz).
         block_size: rows per block for ``"block"``, columns of ``S`` for ``"gaussian"`` (default
             ``ceil(sqrt(N))``); ``1 <= block_size <= N``, else :class:`~data.errors.InputError`.
     """
@@ -63,6 +66,7 @@ class SketchSolver:
         kind: str = "kaczmarz",
         rng: np.random.Generator | None = None,
         block_size: int | None = None,
+        deadline: float | None = None,
     ):
         if kind not in SKETCHES:
             raise InputError(f"sketch must be one of {SKETCHES}, got {kind!r}")
@@ -74,6 +78,7 @@ class SketchSolver:
             raise InputError(f"K must be square and b match it, got K {self.K.shape}, b {b.shape}")
         self.N, self.b = N, np.asarray(b, dtype=np.float64)
         self.rng = rng or np.random.default_rng(0)
+        self.deadline = deadline
         self.z = np.zeros(N)
         self.r = -self.b.copy()
         self.rr = float(self.r @ self.r)
@@ -104,6 +109,9 @@ class SketchSolver:
             return True
         SKETCH_STEPS[self.kind](self, threshold, max_steps)
         return self.residual_norm <= threshold
+
+    def _late(self) -> bool:
+        return self.deadline is not None and time.perf_counter() > self.deadline
 
     def _exact(self, threshold: float, max_steps: int) -> None:  # one direct solve: needs neither
         if self.sparse:
@@ -149,7 +157,7 @@ class SketchSolver:
                     if self.rr <= thr2:
                         break
             self._resync()  # once per sweep: exact residual, no drift
-            if self.rr <= thr2:
+            if self.rr <= thr2 or self._late():
                 break
         self.steps += done
 
@@ -171,10 +179,10 @@ class SketchSolver:
                 self.steps += 1
                 done += 1
                 self.rr = float(self.r @ self.r)
-                if self.rr <= thr2 or done >= max_steps:
+                if self.rr <= thr2 or done >= max_steps or self._late():
                     break
             self._resync()
-            if self.rr <= thr2:
+            if self.rr <= thr2 or self._late():
                 break
 
     def _gaussian(self, threshold: float, max_steps: int) -> None:
@@ -187,7 +195,7 @@ class SketchSolver:
             self.r -= GS @ y
             self.steps += 1
             self.rr = float(self.r @ self.r)
-            if self.rr <= thr2 or done == max_steps:
+            if self.rr <= thr2 or done == max_steps or self._late():
                 break
             if done % self.N == 0:
                 self._resync()

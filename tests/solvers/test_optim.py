@@ -64,6 +64,15 @@ def test_sketch_solver_resumes_and_counts_steps():
     assert s.residual_norm <= min(before, 1e-3 * np.linalg.norm(b)) and s.steps > 50
 
 
+@pytest.mark.parametrize("kind", ["kaczmarz", "block", "gaussian"])
+def test_sketch_solver_stops_at_its_deadline(kind):
+    """A deadline already passed: the run stops after one step (block, Gaussian) or sweep (Kaczmarz)."""
+    K, b = _kkt_system(np.random.default_rng(5))
+    s = SketchSolver(K, b, kind, np.random.default_rng(0), deadline=0.0)
+    assert not s.run(1e-14 * np.linalg.norm(b), 10_000)
+    assert 1 <= s.steps <= len(b)
+
+
 def test_sketch_solver_rejects_zero_rows_and_bad_kind():
     K = np.eye(3)
     K[1, 1] = 0.0
