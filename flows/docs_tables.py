@@ -171,6 +171,7 @@ OPT_INV_COLS = [
     "peak_mib",
     "coef_error",
     "misfit",
+    "kaczmarz_kappa",
 ]
 OPT_RATE_COLS = ["method", "problem", "theta", "converged", "outer", "inner", "seconds", "order", "last_kkt"]
 OPT_BL_COLS = [

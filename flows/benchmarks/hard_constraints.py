@@ -37,7 +37,8 @@ PROBLEMS = {
     },
     "small": {
         # PDEBench's parameters, IC and time axis (101 levels over t = 500) on 64 of its 1024 cells: at
-        # 1024 cells the FNO alone costs 10-20 s per step on 2 CPU cores (see docs/hard-constraints.md)
+        # 1024 cells the FNO's forward and backward alone take ~0.8 s per sample on 2 quiet CPU cores
+        # (~3 s per batch-4 step, ~2 hours for the six models at one seed; docs/hard-constraints.md)
         "diffusion-sorption": DiffusionSorptionSpec(n=64, n_times=100, n_train=64, n_test=16, seed=0),
         "heat-2d": HeatSpec(n=16, dim=2, kappa=0.01, t_final=1.0, n_times=10, n_train=64, n_test=16, seed=0),
         # the paper's 2D setting, small: unforced, Re 1e4 (nu = 1e-4), T = 5; 24^2 x 11 (paper: 64^2 x 64)

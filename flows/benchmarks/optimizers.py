@@ -197,6 +197,9 @@ def _profile(per: list[dict], problems) -> object:
     return fig
 
 
+#: the largest KKT system (n + m rows) whose Kaczmarz condition number the inverse part computes (dense SVD)
+KAPPA_MAX_N = 3100
+
 #: accuracy constants theta of the local-rate part: the reference's (1) and a loose one
 RATE_THETAS = (1.0, 1e6)
 
@@ -278,6 +281,8 @@ def _rates_figure(curves: dict) -> object:
 def inverse_part(scale: str, log) -> tuple[list[dict], dict]:
     from solvers.optim import minimize_eq
     from solvers.optim.darcy_inverse import make_problem
+    from solvers.optim.kkt import kaczmarz_condition, kkt_matrix
+    from solvers.optim.minimize_base import State
 
     from . import PeakRSS
 
@@ -287,6 +292,11 @@ def inverse_part(scale: str, log) -> tuple[list[dict], dict]:
         P = make_problem(n)
         x0 = P.start()
         found = {}
+        kappa = None
+        if P.n + P.m <= KAPPA_MAX_N:  # why Kaczmarz stalls: its rate at the first KKT system
+            s0 = State(P, x0, np.zeros(P.m))
+            kappa = float(f"{kaczmarz_condition(kkt_matrix(s0.H, s0.G)):.3e}")
+            log(f"inverse n={n:4d} first KKT system: ||K||_F^2 / sigma_min^2 = {kappa:.2e}")
         for name in INV_METHODS:
             if name == "slsqp" and n > cfg["slsqp_max_n"]:
                 continue
@@ -317,6 +327,7 @@ def inverse_part(scale: str, log) -> tuple[list[dict], dict]:
                 "peak_mib": round(mem.peak_mib, 1),
                 "coef_error": round(P.coefficient_error(r.x), 4),
                 "misfit": float(f"{P.misfit(r.x):.3e}"),
+                "kaczmarz_kappa": kappa,
                 "message": r.message[:120],
             }
             log(

@@ -73,6 +73,14 @@ def test_sketch_solver_stops_at_its_deadline(kind):
     assert 1 <= s.steps <= len(b)
 
 
+def test_kaczmarz_condition_is_the_frobenius_over_smallest_singular_value_squared():
+    from solvers.optim.kkt import kaczmarz_condition
+
+    D = np.diag([1.0, 2.0, 4.0])
+    assert kaczmarz_condition(D) == pytest.approx((1 + 4 + 16) / 1.0, rel=1e-12)
+    assert kaczmarz_condition(sp.csr_matrix(D)) == pytest.approx(21.0, rel=1e-12)
+
+
 def test_sketch_solver_rejects_zero_rows_and_bad_kind():
     K = np.eye(3)
     K[1, 1] = 0.0
