@@ -103,7 +103,7 @@ CONFIG_CASES = [
         "unknown problem 'hs999'",
     ),
     ("optimize-unknown-method", "solvers.optim.config", "OptimizeConfig", dict(method="newton"), "method"),
-    ("optimize-unknown-sketch", "solvers.optim.config", "OptimizeConfig", dict(sketch="gaussian"), "sketch"),
+    ("optimize-unknown-sketch", "solvers.optim.config", "OptimizeConfig", dict(sketch="countsketch"), "sketch"),
     ("optimize-tol-nan", "solvers.optim.config", "OptimizeConfig", dict(tol=float("nan")), "tol"),
     ("optimize-max_iter-negative", "solvers.optim.config", "OptimizeConfig", dict(max_iter=-1), "max_iter"),
     ("optimize-n-too-small", "solvers.optim.config", "OptimizeConfig", dict(n=2), "n"),
