@@ -216,6 +216,27 @@ def check_mlflow(flow_runs: dict[str, object], since: float) -> dict:
     return {"matched": matched, "missing": missing, "mismatches": mismatches, "unexpected": len(extra)}
 
 
+def _check_mlflow_when_up(flow_runs: dict[str, object], since: float, patience: float = 120.0) -> dict:
+    """:func:`check_mlflow`, tried again every 5 s for up to ``patience`` seconds while the tracking
+    server fails (an outage or restart of the stack right after the runs: the check verifies what
+    was stored, not that the server is up at that instant); then the failure is reported as a
+    mismatch, with the figures kept."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return check_mlflow(flow_runs, since)
+        except Exception as exc:  # the tracking server itself gave up
+            if time.monotonic() < deadline:
+                time.sleep(5.0)
+                continue
+            return {
+                "matched": 0,
+                "missing": set(),
+                "mismatches": [f"MLflow check failed: {type(exc).__name__}: {exc}"[:500]],
+                "unexpected": 0,
+            }
+
+
 def run_load(n: int = 16, timeout: float = 600, poll: float = 1.0, log_dir: Path | None = None) -> dict:
     """Submit ``n`` concurrent ``optimize`` flow runs to the stack at $PREFECT_API_URL /
     $MLFLOW_TRACKING_URI, wait for all, check them; returns the report (``ok`` when all passed).
@@ -239,15 +260,7 @@ def run_load(n: int = 16, timeout: float = 600, poll: float = 1.0, log_dir: Path
     ]
     latency = sorted((r.end_time - r.created).total_seconds() for r in completed)
     since = min((r.created.timestamp() for r in runs if r is not None), default=0)
-    try:
-        tracked = check_mlflow({str(r.id): cfg for r, cfg in zip(runs, cfgs, strict=True) if r is not None}, since)
-    except Exception as exc:  # the tracking server itself gave up: report it, do not hide the figures
-        tracked = {
-            "matched": 0,
-            "missing": set(),
-            "mismatches": [f"MLflow check failed: {type(exc).__name__}: {exc}"[:500]],
-            "unexpected": 0,
-        }
+    tracked = _check_mlflow_when_up({str(r.id): cfg for r, cfg in zip(runs, cfgs, strict=True) if r is not None}, since)
     completed_ids = {str(r.id) for r in completed}
     locked, errors, handled = _errors(log_dir, sizes)
     report = {
