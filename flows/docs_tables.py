@@ -174,6 +174,20 @@ OPT_INV_COLS = [
     "kaczmarz_kappa",
 ]
 OPT_RATE_COLS = ["method", "problem", "theta", "converged", "outer", "inner", "seconds", "order", "last_kkt"]
+OPT_REF_COLS = [
+    "method",
+    "problem",
+    "variables",
+    "constraints",
+    "solved_1e4",
+    "outer_1e4",
+    "solved",
+    "outer",
+    "inner",
+    "kkt",
+    "fun",
+    "seconds",
+]
 OPT_BL_COLS = [
     "method",
     "problem",
@@ -210,6 +224,9 @@ def optimizers(path: str | Path | None = None) -> str:
             "log(e_k / e_k-1) / log(e_k-1 / e_k-2) over the last three residuals above 1e-13:\n\n"
             + format_table([r for r in rows if r["part"] == "rates"], OPT_RATE_COLS),
             "![local rates](../results/optimizers-small-local_rates.png)",
+            "The reference's own experiments (its 3 x 3 PDE control problem; its constrained logistic regression "
+            "on scikit-learn data; `al-sketch-gv`: its one-column Gaussian sketch):\n\n"
+            + format_table([r for r in rows if r["part"] == "reference"], OPT_REF_COLS),
             "Darcy inverse problem (3 n^2 KKT unknowns; stop at KKT <= 1e-6 or the time budget):\n\n"
             + format_table([r for r in rows if r["part"] == "inverse"], OPT_INV_COLS),
             "![inverse problem scaling](../results/optimizers-small-inverse_scaling.png)",

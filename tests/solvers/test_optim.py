@@ -303,3 +303,32 @@ def test_each_registered_method_is_callable_directly(method):
     via = minimize_eq(f, c, x0, method=method, tol=1e-8, max_iter=100, sketch="exact")
     assert direct.method == via.method == method
     np.testing.assert_array_equal(direct.x, via.x)
+
+
+# --- the AdaSketch reference's own problems -------------------------------------------------------
+def test_reference_pde_control_problem_optimum_and_shapes():
+    from solvers.optim.reference_problems import pde_control
+
+    p = pde_control(3)
+    assert (p.n, p.m) == (18, 9)
+    d = AutogradDerivatives(p.f, p.c, np.array(p.x0))
+    x = np.array(p.x_star)
+    # the stored optimum is a KKT point (one linear solve of a 27 x 27 system: rounding ~1e-14)
+    assert kkt_residual(d, x) <= 1e-10
+    r = minimize_eq(p.f, p.c, np.array(p.x0), method="newton-sqp", tol=1e-10)
+    assert r.converged and abs(r.fun - p.f_star) <= 1e-9 * abs(p.f_star)
+    with pytest.raises(ValueError, match="N must be an integer >= 2"):
+        pde_control(1)
+
+
+def test_reference_logistic_problem_is_feasible_or_refused():
+    from solvers.optim.reference_problems import logistic
+
+    p = logistic("breast_cancer", seed=0)
+    assert (p.n, p.m) == (30, 11) and np.isnan(p.f_star)
+    r = minimize_eq(p.f, p.c, np.array(p.x0), method="slsqp", tol=1e-6)
+    assert r.converged and abs(float(np.sum(r.x**2)) - 1.0) <= 1e-6
+    with pytest.raises(ValueError, match=r"A x = b has no solution with \|\|x\|\| = 1"):
+        logistic("wine", seed=0)
+    with pytest.raises(ValueError, match="dataset must be one of"):
+        logistic("iris")
