@@ -457,6 +457,7 @@ def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None
                     "experts": int(np.prod(mc.get("experts", (1,)))),
                     "points_per_expert": mc.get("points", 0),
                     "residual": round(ev["residual"], 4),
+                    "residual_held_out": round(ev["residual_held_out"], 3),
                     "conditions": round(ev["conditions"], 4),
                     "s_per_step": round(hist[-1]["seconds"], 4),
                     "infer_s": round(ev["infer_seconds"], 4),

@@ -514,6 +514,24 @@ def test_every_model_trains_and_evaluates_on_diffusion_sorption(mc):
         assert row["jump_max"] > 0
 
 
+def test_evaluate_reports_a_finite_residual_when_the_constraints_cover_every_point():
+    """Each expert at its block's capacity: no residual point is held out, so the residual is the
+    solve's own over every point (was NaN, the mean of an empty selection), flagged by
+    residual_held_out = 0; with fewer points it is over held-out points only."""
+    pde = _ds()
+    g = torch.Generator().manual_seed(0)
+    u0 = torch.rand(2, 1, generator=g).expand(2, 12).contiguous() * 0.2
+    u_true = torch.rand(2, *pde.grid, generator=g)
+    full = HardConstraintModel(HardModelConfig(modes=(3, 4), experts=(1, 2), points=1, **SMALL_NET), pde)
+    cap = full.router.capacity
+    for points, held_out in ((cap, 0.0), (cap // 2, 0.5)):
+        torch.manual_seed(0)
+        model = HardConstraintModel(HardModelConfig(modes=(3, 4), experts=(1, 2), points=points, **SMALL_NET), pde)
+        row = evaluate(model, u0, u_true)
+        assert math.isfinite(row["residual"]), points
+        assert row["residual_held_out"] == pytest.approx(held_out, abs=1.0 / cap), points
+
+
 def test_heat_with_the_cvxpylayers_backend_matches_cholesky():
     pde = _heat()
     u0 = torch.randn(2, 6, 6, generator=torch.Generator().manual_seed(0))
