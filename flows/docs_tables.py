@@ -327,13 +327,14 @@ def hard_constraints(path: str | Path | None = None) -> str:
             + format_table(scaling, ["problem", "points", "s_per_step_k1", "s_per_step_k4", "k4_vs_k1"]),
             "![step time vs constraint points](../results/hard-constraints-small-step_time_scaling.png)",
             "Experts in parallel on the CPU: K = 2 experts on 2 worker threads against K = 1 (all points in "
-            "one expert, every torch thread), the total number of constraint points on the paper's axis; "
+            "one expert, on every torch thread and on one core), the total number of constraint points on the paper's axis; "
             "`network_s`: FNO forward and backward and the Adam step, `solve_s`: the constraint solve, "
             "forward and implicit backward:\n\n"
             + format_table([r for r in rows if r["part"] == "parallel"], HC_PARALLEL_COLS),
             "cvxpylayers against the closed-form (Cholesky) layer on the same 2D-heat rows (ridge 1e-2):\n\n"
             + format_table([r for r in rows if r["part"] == "backends"], HC_BACKEND_COLS),
             "![diffusion-sorption: truth, predictions, errors](../results/hard-constraints-small-diffusion-sorption-predictions.png)",
+            "![Navier-Stokes: truth, predictions, errors](../results/hard-constraints-small-navier-stokes-2d-predictions.png)",
         ]
     )
 
