@@ -91,6 +91,36 @@ def _solved(r, f_star: float, tol: float = 1e-6) -> bool:
     return _meets(r.kkt, r.fun, f_star, tol)
 
 
+def _solve(p, method: str, sketch: str, max_iter: int, max_seconds: float, block_size: int | None = None):
+    """One problem with one method from its start, to KKT 1e-6 (seed 0)."""
+    from solvers.optim import minimize_eq
+
+    return minimize_eq(
+        p.f,
+        p.c,
+        np.array(p.x0),
+        method=method,
+        sketch=sketch,
+        block_size=block_size,
+        tol=1e-6,
+        max_iter=max_iter,
+        seed=0,
+        max_seconds=max_seconds,
+    )
+
+
+def _outcome(r, f_star: float) -> dict:
+    """Solved at 1e-6 and at 1e-4 (with the outer iterations to it), outer and inner iterations."""
+    outer4 = _outer_to(r, f_star, 1e-4)
+    return {
+        "solved": _solved(r, f_star),
+        "solved_1e4": outer4 is not None,
+        "outer_1e4": outer4,
+        "outer": r.nit,
+        "inner": r.inner_iterations,
+    }
+
+
 def _outer_to(r, f_star: float, tol: float) -> int | None:
     """Outer iterations until the first iterate solved at ``tol`` (the final count when only the
     final point is known); ``None`` when none is."""
@@ -101,7 +131,6 @@ def _outer_to(r, f_star: float, tol: float) -> int | None:
 
 
 def hs_part(scale: str, log) -> tuple[list[dict], dict]:
-    from solvers.optim import minimize_eq
     from solvers.optim.problems import get, hs_set
 
     cfg = CONFIGS[scale]
@@ -109,28 +138,13 @@ def hs_part(scale: str, log) -> tuple[list[dict], dict]:
     per: list[dict] = []
     for p in problems:
         for name in HS_METHODS:
-            method, sketch = _method(name)
-            r = minimize_eq(
-                p.f,
-                p.c,
-                np.array(p.x0),
-                method=method,
-                sketch=sketch,
-                tol=1e-6,
-                max_iter=500,
-                seed=0,
-                max_seconds=cfg["hs_seconds"],
-            )
+            r = _solve(p, *_method(name), 500, cfg["hs_seconds"])
             per.append(
                 {
                     "method": name,
                     "problem": p.name,
                     "scale": scale,
-                    "solved": _solved(r, p.f_star),
-                    "solved_1e4": _outer_to(r, p.f_star, 1e-4) is not None,
-                    "outer_1e4": _outer_to(r, p.f_star, 1e-4),
-                    "outer": r.nit,
-                    "inner": r.inner_iterations,
+                    **_outcome(r, p.f_star),
                     "seconds": round(r.seconds, 4),
                     "kkt": float(f"{r.kkt:.3e}"),
                     "f_error": float(f"{abs(r.fun - p.f_star):.3e}"),
@@ -218,7 +232,6 @@ def reference_part(scale: str, log) -> list[dict]:
     problem and its constrained logistic regression on scikit-learn data, every method to KKT 1e-6
     within the HS time budget; solved at 1e-4 (the reference's criterion) and 1e-6 (ours), on the KKT
     residual and, where the optimum is known (the PDE problem), the objective."""
-    from solvers.optim import minimize_eq
     from solvers.optim.reference_problems import LOGISTIC_FEASIBLE, logistic, pde_control
 
     cfg = CONFIGS[scale]
@@ -226,18 +239,7 @@ def reference_part(scale: str, log) -> list[dict]:
     rows = []
     for p in problems:
         for name, (method, sketch, block) in REF_METHODS.items():
-            r = minimize_eq(
-                p.f,
-                p.c,
-                np.array(p.x0),
-                method=method,
-                sketch=sketch,
-                block_size=block,
-                tol=1e-6,
-                max_iter=10_000,
-                seed=0,
-                max_seconds=cfg["hs_seconds"],
-            )
+            r = _solve(p, method, sketch, 10_000, cfg["hs_seconds"], block)
             f_star = p.f_star if np.isfinite(p.f_star) else r.fun  # no published optimum: KKT alone
             rows.append(
                 {
@@ -246,11 +248,7 @@ def reference_part(scale: str, log) -> list[dict]:
                     "scale": scale,
                     "variables": p.n,
                     "constraints": p.m,
-                    "solved_1e4": _outer_to(r, f_star, 1e-4) is not None,
-                    "outer_1e4": _outer_to(r, f_star, 1e-4),
-                    "solved": _solved(r, f_star),
-                    "outer": r.nit,
-                    "inner": r.inner_iterations,
+                    **_outcome(r, f_star),
                     "kkt": float(f"{r.kkt:.3e}"),
                     "fun": round(r.fun, 6),
                     "seconds": round(r.seconds, 3),
