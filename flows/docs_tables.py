@@ -166,7 +166,9 @@ OPT_INV_COLS = [
     "outer",
     "inner",
     "seconds",
+    "budget_s",
     "seconds_per_outer",
+    "time_vs_newton_sqp",
     "time_vs_trust_constr",
     "peak_mib",
     "coef_error",
@@ -227,8 +229,9 @@ def optimizers(path: str | Path | None = None) -> str:
             "The reference's own experiments (its 3 x 3 PDE control problem; its constrained logistic regression "
             "on scikit-learn data; `al-sketch-gv`: its one-column Gaussian sketch):\n\n"
             + format_table([r for r in rows if r["part"] == "reference"], OPT_REF_COLS),
-            "Darcy inverse problem (3 n^2 KKT unknowns; stop at KKT <= 1e-6 or the time budget):\n\n"
-            + format_table([r for r in rows if r["part"] == "inverse"], OPT_INV_COLS),
+            "Darcy inverse problem (3 n^2 KKT unknowns; stop at KKT <= 1e-6 or the time budget; "
+            "`al-sketch-block-ilu`: block sketch-and-project on the KKT system right-preconditioned by its "
+            "incomplete LU):\n\n" + format_table([r for r in rows if r["part"] == "inverse"], OPT_INV_COLS),
             "![inverse problem scaling](../results/optimizers-small-inverse_scaling.png)",
             "Bilevel (LLC toy: relative distance to the known solution; SVM on breast-cancer: test accuracy):\n\n"
             + format_table([r for r in rows if r["part"] == "bilevel"], OPT_BL_COLS),

@@ -14,7 +14,9 @@ Five parts, one run, same problems and tolerances for every method:
 * ``reference``: the AdaSketch-Newton reference's own PDE control and constrained logistic problems.
 * ``inverse``: Darcy log-coefficient recovery (:mod:`solvers.optim.darcy_inverse`) on n x n grids:
   seconds, outer iterations, seconds per iteration, peak memory (resident set growth, sampled), KKT, coefficient
-  error; ratios to trust-constr's seconds. A scaling plot of seconds per outer iteration vs n.
+  error; ratios to newton-sqp's and trust-constr's seconds. ``al-sketch-block-ilu`` (the sketch on the
+  ILU-preconditioned KKT system) runs to ``ilu_max_n`` with its own budget ``ilu_seconds`` (the
+  ``budget_s`` column), long enough to converge where it can. A scaling plot of seconds per outer iteration vs n.
 * ``bilevel``: the LV-HBA LLC toy (distance to the known solution) and the SVM hyperparameter
   problem (test accuracy, seconds) against the cvxpylayers implicit baseline and a grid search.
 """
@@ -34,7 +36,8 @@ HS_METHODS = ("al-sketch", "al-sketch-block", "al-sketch-gaussian", "newton-sqp"
 #: the tolerances a problem counts as solved at: the reference's (AdaSketch-Newton's CUTEst runs stop at
 #: KKT 1e-4) and ours
 TOLERANCES = (1e-4, 1e-6)
-INV_METHODS = ("al-sketch", "newton-sqp", "l1-sqp", "trust-constr", "slsqp")
+#: al-sketch-block-ilu: block sketch-and-project on the KKT system right-preconditioned by its incomplete LU
+INV_METHODS = ("al-sketch", "al-sketch-block-ilu", "newton-sqp", "l1-sqp", "trust-constr", "slsqp")
 CONFIGS = {
     "smoke": {
         "reference_logistic": 1,
@@ -44,6 +47,8 @@ CONFIGS = {
         "inverse": [8],
         "inv_seconds": 3.0,
         "slsqp_max_n": 0,
+        "ilu_seconds": 3.0,
+        "ilu_max_n": 8,
         "llc_n": 10,
         "svm": dict(n_train=60, n_val=60),
     },
@@ -55,6 +60,8 @@ CONFIGS = {
         "inverse": [16, 32, 64, 128],
         "inv_seconds": 60.0,
         "slsqp_max_n": 16,
+        "ilu_seconds": 600.0,
+        "ilu_max_n": 64,
         "llc_n": 100,
         "svm": {},
     },
@@ -66,6 +73,8 @@ CONFIGS = {
         "inverse": [16, 32, 64, 128, 256],
         "inv_seconds": 600.0,
         "slsqp_max_n": 32,
+        "ilu_seconds": 1200.0,
+        "ilu_max_n": 128,
         "llc_n": 100,
         "svm": {},
     },
@@ -76,11 +85,14 @@ META = {
 }
 
 
-def _method(name: str) -> tuple[str, str]:
-    """``(minimize_eq method, sketch)`` of a benchmark name: ``al-sketch-<sketch>``; plain names use Kaczmarz."""
+def _method(name: str) -> tuple[str, str, str]:
+    """``(minimize_eq method, sketch, precondition)`` of a benchmark name: ``al-sketch-<sketch>[-ilu]``;
+    plain names use Kaczmarz, unpreconditioned."""
+    precondition = "ilu" if name.endswith("-ilu") else "none"
+    name = name.removesuffix("-ilu")
     if name.startswith("al-sketch-"):
-        return "al-sketch", name.removeprefix("al-sketch-")
-    return name, "kaczmarz"
+        return "al-sketch", name.removeprefix("al-sketch-"), precondition
+    return name, "kaczmarz", precondition
 
 
 def _meets(kkt: float, fun: float, f_star: float, tol: float) -> bool:
@@ -91,7 +103,9 @@ def _solved(r, f_star: float, tol: float = 1e-6) -> bool:
     return _meets(r.kkt, r.fun, f_star, tol)
 
 
-def _solve(p, method: str, sketch: str, max_iter: int, max_seconds: float, block_size: int | None = None):
+def _solve(
+    p, method: str, sketch: str, precondition: str, max_iter: int, max_seconds: float, block_size: int | None = None
+):
     """One problem with one method from its start, to KKT 1e-6 (seed 0)."""
     from solvers.optim import minimize_eq
 
@@ -101,6 +115,7 @@ def _solve(p, method: str, sketch: str, max_iter: int, max_seconds: float, block
         np.array(p.x0),
         method=method,
         sketch=sketch,
+        precondition=precondition,
         block_size=block_size,
         tol=1e-6,
         max_iter=max_iter,
@@ -239,7 +254,7 @@ def reference_part(scale: str, log) -> list[dict]:
     rows = []
     for p in problems:
         for name, (method, sketch, block) in REF_METHODS.items():
-            r = _solve(p, method, sketch, 10_000, cfg["hs_seconds"], block)
+            r = _solve(p, method, sketch, "none", 10_000, cfg["hs_seconds"], block)
             f_star = p.f_star if np.isfinite(p.f_star) else r.fun  # no published optimum: KKT alone
             rows.append(
                 {
@@ -362,17 +377,24 @@ def inverse_part(scale: str, log) -> tuple[list[dict], dict]:
         for name in INV_METHODS:
             if name == "slsqp" and n > cfg["slsqp_max_n"]:
                 continue
+            method, sketch, precondition = _method(name)
+            if precondition == "ilu" and n > cfg["ilu_max_n"]:
+                continue
+            # the preconditioned sketch gets the time it needs to converge (its row says which budget)
+            budget = cfg["ilu_seconds"] if precondition == "ilu" else cfg["inv_seconds"]
             with PeakRSS() as mem:
                 r = minimize_eq(
                     None,
                     None,
                     x0,
-                    method=name,
+                    method=method,
+                    sketch=sketch,
+                    precondition=precondition,
                     derivatives=P,
                     tol=1e-6,
                     max_iter=500,
                     seed=0,
-                    max_seconds=cfg["inv_seconds"],
+                    max_seconds=budget,
                 )
             found[name] = {
                 "method": name,
@@ -385,6 +407,7 @@ def inverse_part(scale: str, log) -> tuple[list[dict], dict]:
                 "outer": r.nit,
                 "inner": r.inner_iterations,
                 "seconds": round(r.seconds, 3),
+                "budget_s": budget,
                 "seconds_per_outer": round(r.seconds / max(r.nit, 1), 4),
                 "peak_mib": round(mem.peak_mib, 1),
                 "coef_error": round(P.coefficient_error(r.x), 4),
@@ -396,9 +419,9 @@ def inverse_part(scale: str, log) -> tuple[list[dict], dict]:
                 f"inverse n={n:4d} {name:13s} converged={r.converged} outer {r.nit:4d} kkt {r.kkt:.1e} "
                 f"{r.seconds:.1f} s coef err {found[name]['coef_error']}"
             )
-        base = found["trust-constr"]["seconds"]
         for row in found.values():
-            row["time_vs_trust_constr"] = round(row["seconds"] / base, 3)
+            row["time_vs_newton_sqp"] = round(row["seconds"] / found["newton-sqp"]["seconds"], 3)
+            row["time_vs_trust_constr"] = round(row["seconds"] / found["trust-constr"]["seconds"], 3)
             rows.append(row)
     return rows, {"inverse_scaling": _scaling(rows)}
 
@@ -494,11 +517,12 @@ def bilevel_part(scale: str, log) -> list[dict]:
 def method_params(name: str, scale: str) -> dict:
     """A method's configuration as logged to its MLflow child run."""
     cfg = CONFIGS[scale]
-    if name in HS_METHODS:
-        method, sketch = _method(name)
+    if name in HS_METHODS or name in INV_METHODS:
+        method, sketch, precondition = _method(name)
         return {
             "solver": method,
             "sketch": sketch,
+            "precondition": precondition,
             "tol": 1e-6,
             "max_iter": 500,
             "seed": 0,
@@ -514,7 +538,7 @@ def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None
 
     log = progress_logger()
     if methods is not None:
-        for name in (*HS_METHODS, "lv-hba", "implicit", "grid-search"):
+        for name in dict.fromkeys((*HS_METHODS, *INV_METHODS, "lv-hba", "implicit", "grid-search")):
             methods.log_params(name, method_params(name, scale))
     t0 = time.perf_counter()
     hs_rows, figs = hs_part(scale, log)

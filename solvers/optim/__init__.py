@@ -1,7 +1,8 @@
 """Constrained optimizers.
 
     minimize_eq(f, c, x0, *, method="al-sketch"|"newton-sqp"|"l1-sqp"|"slsqp"|"trust-constr",
-                tol=1e-6, max_iter=500, sketch="kaczmarz"|"block"|"exact", seed=0) -> OptimizeResult
+                tol=1e-6, max_iter=500, sketch="kaczmarz"|"block"|"gaussian"|"exact",
+                precondition="none"|"ilu", seed=0) -> OptimizeResult
     bilevel(F, f, g, x0, y0, *, method="lv-hba"|"implicit", ...) -> BilevelResult
 
 ``minimize_eq`` (:mod:`.minimize`, registry :data:`MINIMIZERS`) is AdaSketch-Newton (Hong et al.,
@@ -14,12 +15,13 @@ from .adasketch import ALParams
 from .bilevel import BILEVEL_METHODS, BilevelInputError, BilevelResult, CvxpyLowerLevel, bilevel
 from .derivatives import AutogradDerivatives, Derivatives, NonFiniteError, kkt_residual
 from .minimize import METHODS, MINIMIZERS, OptimizeResult, minimize_eq
-from .sketch import SKETCHES, SketchSolver
+from .sketch import PRECONDITIONERS, SKETCHES, SketchSolver
 
 __all__ = [
     "BILEVEL_METHODS",
     "METHODS",
     "MINIMIZERS",
+    "PRECONDITIONERS",
     "SKETCHES",
     "ALParams",
     "AutogradDerivatives",

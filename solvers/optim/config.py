@@ -12,14 +12,16 @@ from data.errors import InputError
 
 from .minimize import METHODS, ALParams, OptimizeResult, minimize_eq
 from .problems import PROBLEMS
-from .sketch import SKETCHES
+from .sketch import PRECONDITIONERS, SKETCHES
 
 if TYPE_CHECKING:  # a type checker cannot read a Literal built from a tuple; it sees plain names
     Method = str
     Sketch = str
+    Precondition = str
 else:  # the registries' names: pydantic validates them, Prefect and the CLI offer them as choices
     Method = Literal[METHODS]
     Sketch = Literal[SKETCHES]
+    Precondition = Literal[PRECONDITIONERS]
 
 
 class OptimizeConfig(BaseModel):
@@ -33,6 +35,9 @@ class OptimizeConfig(BaseModel):
     sketch: Sketch = "kaczmarz"
     block_size: int | None = Field(
         None, ge=1, description="rows per block (block) or Gaussian sketch columns; None: ceil(sqrt(n + m))"
+    )
+    precondition: Precondition = Field(
+        "none", description="al-sketch: sketch the KKT system right-preconditioned by its incomplete LU ('ilu')"
     )
     superlinear: bool = Field(
         False, description="al-sketch: sharpen the accuracy condition over iterations (theta_k -> 0)"
@@ -61,6 +66,7 @@ def run_optimize(config: OptimizeConfig, callback: Callable[[dict], None] | None
         method=config.method,
         sketch=config.sketch,
         block_size=config.block_size,
+        precondition=config.precondition,
         params=ALParams(superlinear=config.superlinear),
         tol=config.tol,
         max_iter=config.max_iter,

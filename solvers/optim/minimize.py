@@ -23,7 +23,7 @@ from .derivatives import AutogradDerivatives, Derivatives, check_shapes
 from .l1_sqp import l1_sqp
 from .minimize_base import MinimizeArgs, OptimizeResult
 from .scipy_methods import slsqp, trust_constr
-from .sketch import SKETCHES
+from .sketch import PRECONDITIONERS, SKETCHES
 
 
 class EqMethod(Protocol):
@@ -32,7 +32,14 @@ class EqMethod(Protocol):
     ignores those it has no use for."""
 
     def __call__(
-        self, args: MinimizeArgs, *, sketch: str, seed: int, params: ALParams, block_size: int | None
+        self,
+        args: MinimizeArgs,
+        *,
+        sketch: str,
+        seed: int,
+        params: ALParams,
+        block_size: int | None,
+        precondition: str,
     ) -> OptimizeResult: ...
 
 
@@ -66,6 +73,7 @@ def minimize_eq(
     max_iter: int = 500,
     sketch: str = "kaczmarz",
     block_size: int | None = None,
+    precondition: str = "none",
     seed: int = 0,
     lam0=None,
     derivatives: Derivatives | None = None,
@@ -86,6 +94,9 @@ def minimize_eq(
             ``"exact"``; al-sketch only).
         block_size: rows per block (``"block"``) or columns of the Gaussian sketch; at most the KKT
             system's size ``n + m`` (default ``ceil(sqrt(n + m))``).
+        precondition: one of :data:`~.sketch.PRECONDITIONERS`: ``"none"`` or ``"ilu"``, the sketch
+            run on the KKT system right-preconditioned by its incomplete LU (al-sketch only; see
+            :mod:`.sketch`).
         seed: seeds the sketch sampling.
         lam0: starting multipliers ``(m,)`` (default zeros).
         derivatives: a :class:`~.derivatives.Derivatives` for problems with their own (sparse)
@@ -98,7 +109,7 @@ def minimize_eq(
         :class:`OptimizeResult`. ``converged`` is True only when the KKT residual is ``<= tol``.
 
     Raises:
-        InputError (a ValueError): unknown method/sketch, a block size outside ``1..n+m``, callbacks
+        InputError (a ValueError): unknown method/sketch/preconditioner, a block size outside ``1..n+m``, callbacks
             (``f``, ``c`` or a ``derivatives`` object's) returning the wrong shape, non-finite input,
             ``tol <= 0``; all before the first iteration.
         NonFiniteError: ``f``, ``c`` or a derivative is NaN/inf at an iterate.
@@ -107,6 +118,8 @@ def minimize_eq(
         raise InputError(f"method must be one of {METHODS}, got {method!r}")
     if sketch not in SKETCHES:
         raise InputError(f"sketch must be one of {SKETCHES}, got {sketch!r}")
+    if precondition not in PRECONDITIONERS:
+        raise InputError(f"precondition must be one of {PRECONDITIONERS}, got {precondition!r}")
     if not (tol > 0 and np.isfinite(tol)):
         raise InputError(f"tol must be a positive finite number, got {tol}")
     if int(max_iter) < 1:
@@ -125,7 +138,9 @@ def minimize_eq(
         )
     check_shapes(d, x, lam)
     args = MinimizeArgs(d, x, lam, tol, int(max_iter), max_seconds, callback)
-    return MINIMIZERS[method](args, sketch=sketch, seed=seed, params=params, block_size=block_size)
+    return MINIMIZERS[method](
+        args, sketch=sketch, seed=seed, params=params, block_size=block_size, precondition=precondition
+    )
 
 
 __all__ = ["METHODS", "MINIMIZERS", "ALParams", "EqMethod", "MinimizeArgs", "OptimizeResult", "minimize_eq"]
