@@ -32,7 +32,16 @@ import numpy as np
 if TYPE_CHECKING:
     from ..tracking import MethodRuns
 
-HS_METHODS = ("al-sketch", "al-sketch-block", "al-sketch-gaussian", "newton-sqp", "l1-sqp", "slsqp", "trust-constr")
+HS_METHODS = (
+    "al-sketch",
+    "al-sketch-block",
+    "al-sketch-gaussian",
+    "newton-sqp",
+    "l1-sqp",
+    "al-multipliers",
+    "slsqp",
+    "trust-constr",
+)
 #: the tolerances a problem counts as solved at: the reference's (AdaSketch-Newton's CUTEst runs stop at
 #: KKT 1e-4) and ours
 TOLERANCES = (1e-4, 1e-6)
@@ -237,6 +246,7 @@ REF_METHODS = {
     "al-sketch-gv": ("al-sketch", "gaussian", 1),
     "newton-sqp": ("newton-sqp", "exact", None),
     "l1-sqp": ("l1-sqp", "kaczmarz", None),
+    "al-multipliers": ("al-multipliers", "kaczmarz", None),
     "slsqp": ("slsqp", "kaczmarz", None),
     "trust-constr": ("trust-constr", "kaczmarz", None),
 }

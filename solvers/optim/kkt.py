@@ -5,6 +5,7 @@ backtracking, and the norms and eigenvalue tests behind them (dense or ``scipy.s
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -80,10 +81,33 @@ def armijo(merit_at: Callable[[float], float], m0: float, slope: float, c1: floa
     return None
 
 
+class OutOfTime(Exception):
+    """A linear solve ran past its deadline."""
+
+
+def gmres(K, b, rtol: float, deadline: float | None = None) -> tuple[np.ndarray, int]:
+    """GMRES(200) on ``K z = b`` to relative residual ``rtol``: ``(z, iterations)``; raises
+    :class:`OutOfTime` past ``deadline`` (a ``time.perf_counter`` value)."""
+    it = [0]
+
+    def count(_):
+        it[0] += 1
+        if deadline is not None and time.perf_counter() > deadline:
+            raise OutOfTime
+
+    N = b.size
+    z, _ = spla.gmres(
+        K, b, rtol=rtol, atol=0.0, restart=min(N, 200), maxiter=max(10, N), callback=count, callback_type="pr_norm"
+    )
+    return z, it[0]
+
+
 __all__ = [
     "DENSE_LIMIT",
+    "OutOfTime",
     "armijo",
     "frobenius",
+    "gmres",
     "hessian_shift",
     "kaczmarz_condition",
     "kkt_matrix",

@@ -9,10 +9,9 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import scipy.sparse.linalg as spla
 
 from .derivatives import Derivatives, NonFiniteError
-from .kkt import DENSE_LIMIT, armijo, hessian_shift, kkt_matrix, shifted
+from .kkt import DENSE_LIMIT, OutOfTime, armijo, gmres, hessian_shift, kkt_matrix, shifted
 from .minimize_base import MinimizeArgs, OptimizeResult, State, finish, record, stop_reason
 
 
@@ -22,26 +21,6 @@ def _l1_merit(d: Derivatives, x, pi) -> float:
         return d.f(x) + pi * float(np.abs(d.c(x)).sum())
     except NonFiniteError:
         return float("inf")
-
-
-class _OutOfTime(Exception):
-    pass
-
-
-def _gmres(K, b, rtol: float, deadline: float | None = None):
-    """GMRES(200) on ``K z = b`` to relative residual ``rtol``; raises :class:`_OutOfTime` past ``deadline``."""
-    it = [0]
-
-    def count(_):
-        it[0] += 1
-        if deadline is not None and time.perf_counter() > deadline:
-            raise _OutOfTime
-
-    N = b.size
-    z, _ = spla.gmres(
-        K, b, rtol=rtol, atol=0.0, restart=min(N, 200), maxiter=max(10, N), callback=count, callback_type="pr_norm"
-    )
-    return z, it[0]
 
 
 def l1_sqp(
@@ -71,7 +50,7 @@ def l1_sqp(
         deadline = None if max_seconds is None else t0 + max_seconds
         try:
             while rtol >= 1e-12:
-                z, its = _gmres(K, b, rtol, deadline)
+                z, its = gmres(K, b, rtol, deadline)
                 inner += its
                 dx, dlam = z[: d.n], z[d.n :]
                 lin = c1 - float(np.abs(s.c + s.G @ dx).sum())  # linearized infeasibility reduction
@@ -82,7 +61,7 @@ def l1_sqp(
                 if mred > 0:
                     break
                 rtol *= 0.1
-        except _OutOfTime:
+        except OutOfTime:
             message = f"time budget of {max_seconds} s used inside GMRES; stalled with KKT {s.kkt:.3e}"
             break
         if mred <= 0:
