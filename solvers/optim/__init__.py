@@ -1,6 +1,6 @@
 """Constrained optimizers.
 
-    minimize_eq(f, c, x0, *, method="al-sketch"|"newton-sqp"|"l1-sqp"|"al-multipliers"|
+    minimize_eq(f, c, x0, *, method="al-sketch"|"newton-sqp"|"l1-sqp"|"l1-sqp-adaptive"|"al-multipliers"|
                 "slsqp"|"trust-constr",
                 tol=1e-6, max_iter=500, sketch="kaczmarz"|"block"|"gaussian"|"exact",
                 precondition="none"|"ilu", seed=0) -> OptimizeResult

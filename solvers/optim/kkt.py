@@ -85,9 +85,9 @@ class OutOfTime(Exception):
     """A linear solve ran past its deadline."""
 
 
-def gmres(K, b, rtol: float, deadline: float | None = None) -> tuple[np.ndarray, int]:
-    """GMRES(200) on ``K z = b`` to relative residual ``rtol``: ``(z, iterations)``; raises
-    :class:`OutOfTime` past ``deadline`` (a ``time.perf_counter`` value)."""
+def gmres(K, b, rtol: float, deadline: float | None = None, x0=None) -> tuple[np.ndarray, int]:
+    """GMRES(200) on ``K z = b`` from ``x0`` (default 0) to relative residual ``rtol``:
+    ``(z, iterations)``; raises :class:`OutOfTime` past ``deadline`` (a ``time.perf_counter`` value)."""
     it = [0]
 
     def count(_):
@@ -97,7 +97,15 @@ def gmres(K, b, rtol: float, deadline: float | None = None) -> tuple[np.ndarray,
 
     N = b.size
     z, _ = spla.gmres(
-        K, b, rtol=rtol, atol=0.0, restart=min(N, 200), maxiter=max(10, N), callback=count, callback_type="pr_norm"
+        K,
+        b,
+        x0=x0,
+        rtol=rtol,
+        atol=0.0,
+        restart=min(N, 200),
+        maxiter=max(10, N),
+        callback=count,
+        callback_type="pr_norm",
     )
     return z, it[0]
 

@@ -4,7 +4,7 @@
 
 The methods (:data:`MINIMIZERS`, one module each): ``al-sketch``, AdaSketch-Newton (Hong et al.,
 ICML 2023; :mod:`.adasketch`), and ``newton-sqp``, the same algorithm with exact KKT solves;
-``l1-sqp``, the inexact l1-merit SQP baseline (:mod:`.l1_sqp`); ``al-multipliers``, the
+``l1-sqp`` and ``l1-sqp-adaptive``, the inexact l1-merit SQP baselines (:mod:`.l1_sqp`); ``al-multipliers``, the
 augmented-Lagrangian method of multipliers (:mod:`.al_multipliers`); ``slsqp`` and ``trust-constr``,
 SciPy's (:mod:`.scipy_methods`). Every method reports the KKT residual ``||(grad_x L, c)||`` and is
 ``converged`` only when it is ``<= tol``.
@@ -22,7 +22,7 @@ from data.errors import InputError
 from .adasketch import ALParams, al_sketch, newton_sqp
 from .al_multipliers import al_multipliers
 from .derivatives import AutogradDerivatives, Derivatives, check_shapes
-from .l1_sqp import l1_sqp
+from .l1_sqp import l1_sqp, l1_sqp_adaptive
 from .minimize_base import MinimizeArgs, OptimizeResult
 from .scipy_methods import slsqp, trust_constr
 from .sketch import PRECONDITIONERS, SKETCHES
@@ -50,6 +50,7 @@ MINIMIZERS: dict[str, EqMethod] = {
     "al-sketch": al_sketch,
     "newton-sqp": newton_sqp,
     "l1-sqp": l1_sqp,
+    "l1-sqp-adaptive": l1_sqp_adaptive,
     "al-multipliers": al_multipliers,
     "slsqp": slsqp,
     "trust-constr": trust_constr,

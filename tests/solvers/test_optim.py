@@ -175,7 +175,7 @@ def test_each_method_solves_the_circle(method):
     # checked at 1e-6; f - f* = lam* c(x) + O(|x - x*|^2) <= 0.5e-8. Measured <= 7e-12, 1.3e-15, 1e-16.
     np.testing.assert_allclose(r.x, [-1.0, -1.0], atol=1e-6)
     assert r.fun == pytest.approx(-2.0, abs=1e-8)
-    if method in ("al-sketch", "newton-sqp", "l1-sqp", "al-multipliers"):
+    if method in ("al-sketch", "newton-sqp", "l1-sqp", "l1-sqp-adaptive", "al-multipliers"):
         assert r.lam == pytest.approx([0.5], abs=1e-6)
 
 
@@ -218,6 +218,18 @@ def test_method_of_multipliers_reaches_hs_optimum(name):
         assert max(mus) >= 10.0  # restarted at least once
 
 
+@pytest.mark.parametrize("name", ["hs006", "hs040", "hs078", "bt1", "bt2"])
+def test_adaptive_l1_sqp_reaches_hs_optimum(name):
+    """The reference's adaptive l1-SQP: penalty and GMRES accuracy raised together until the step
+    reduces the l1 model enough; the penalty only grows."""
+    p = get(name)
+    r = minimize_eq(p.f, p.c, np.array(p.x0), method="l1-sqp-adaptive", tol=1e-8)
+    assert r.converged, r.message
+    assert abs(r.fun - p.f_star) <= 1e-6 * max(1.0, abs(p.f_star))
+    pis = [h["pi"] for h in r.history]
+    assert pis == sorted(pis) and r.inner_iterations >= r.nit
+
+
 def test_method_of_multipliers_gives_up_on_an_unbounded_problem():
     """``min -x0^2 s.t. x1 = 0``: L_mu is unbounded below for every mu; the restarts raise mu until
     the guard stops the run with a message, never a converged flag."""
@@ -239,7 +251,7 @@ def test_same_seed_same_iterates():
 def test_inconsistent_constraints_stall_with_the_violation():
     f = lambda x: x[0] ** 2 + x[1] ** 2  # noqa: E731
     c = lambda x: torch.stack([x[0] - 1.0, x[0] - 2.0])  # noqa: E731 (x0 = 1 and x0 = 2)
-    for method in ("al-sketch", "newton-sqp", "l1-sqp", "al-multipliers"):
+    for method in ("al-sketch", "newton-sqp", "l1-sqp", "l1-sqp-adaptive", "al-multipliers"):
         r = minimize_eq(f, c, np.array([0.0, 0.0]), method=method)
         assert not r.converged
         assert "rank deficient" in r.message and "||c(x)||" in r.message
