@@ -382,10 +382,12 @@ def inverse_part(scale: str, log) -> tuple[list[dict], dict]:
         x0 = P.start()
         found = {}
         kappa = None
+        s0 = State(P, x0, np.zeros(P.m))
+        K0 = kkt_matrix(s0.H, s0.G)
         if P.n + P.m <= KAPPA_MAX_N:  # why Kaczmarz stalls: its rate at the first KKT system
-            s0 = State(P, x0, np.zeros(P.m))
-            kappa = float(f"{kaczmarz_condition(kkt_matrix(s0.H, s0.G)):.3e}")
+            kappa = float(f"{kaczmarz_condition(K0):.3e}")
             log(f"inverse n={n:4d} first KKT system: ||K||_F^2 / sigma_min^2 = {kappa:.2e}")
+        stored = _stored_mib(K0)
         for name in INV_METHODS:
             if name == "slsqp" and n > cfg["slsqp_max_n"]:
                 continue
@@ -422,6 +424,7 @@ def inverse_part(scale: str, log) -> tuple[list[dict], dict]:
                 "budget_s": budget,
                 "seconds_per_outer": round(r.seconds / max(r.nit, 1), 4),
                 "peak_mib": round(mem.peak_mib, 1),
+                "stored_mib": stored.get(name),
                 "coef_error": round(P.coefficient_error(r.x), 4),
                 "misfit": float(f"{P.misfit(r.x):.3e}"),
                 "kaczmarz_kappa": kappa,
@@ -438,16 +441,48 @@ def inverse_part(scale: str, log) -> tuple[list[dict], dict]:
     return rows, {"inverse_scaling": _scaling(rows)}
 
 
+#: bytes a stored nonzero costs in a compressed sparse matrix (float64 value + int32 index)
+NNZ_BYTES = 12
+
+
+def _stored_mib(K) -> dict[str, float]:
+    """MiB of the operators each inverse method keeps for one outer iteration, counted on the first
+    KKT system ``K`` (deterministic, unlike sampled RSS): newton-sqp the sparse LU factors (SuperLU,
+    COLAMD); al-sketch ``K`` and the Gram matrix ``K K^T``; al-sketch-block-ilu ``K``, ``K^T`` and
+    the incomplete LU's factors (drop 1e-5, as the solver builds it); l1-sqp ``K`` and GMRES(200)'s
+    Krylov basis. SciPy's methods keep dense or internal objects this does not count (absent)."""
+    import scipy.sparse.linalg as spla
+
+    K = K.tocsc()
+    N, nnz = K.shape[0], K.nnz
+    lu = spla.splu(K)
+    mib = {
+        "newton-sqp": lu.L.nnz + lu.U.nnz,
+        "al-sketch": nnz + (K @ K.T).nnz,
+        "l1-sqp": nnz + 200 * N * 8 / NNZ_BYTES,
+    }
+    try:
+        ilu = spla.spilu(K, drop_tol=1e-5, fill_factor=20)
+        mib["al-sketch-block-ilu"] = 2 * nnz + ilu.L.nnz + ilu.U.nnz
+    except RuntimeError:  # the incomplete factor is singular (n = 128): the method cannot run there either
+        pass
+    return {k: round(v * NNZ_BYTES / 2**20, 2) for k, v in mib.items()}
+
+
 def _scaling(rows: list[dict]) -> object:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 4))
+    fig = Figure(figsize=(15, 4))
     for k, (key, label) in enumerate(
-        (("seconds_per_outer", "seconds per outer iteration"), ("seconds", "seconds to stop"))
+        (
+            ("seconds_per_outer", "seconds per outer iteration"),
+            ("seconds", "seconds to stop"),
+            ("stored_mib", "MiB stored per outer iteration"),
+        )
     ):
-        ax = fig.add_subplot(1, 2, k + 1)
+        ax = fig.add_subplot(1, 3, k + 1)
         for name in INV_METHODS:
-            pts = [(r["n"], r[key], r["converged"]) for r in rows if r["method"] == name]
+            pts = [(r["n"], r[key], r["converged"]) for r in rows if r["method"] == name and r.get(key) is not None]
             if not pts:
                 continue
             ns, vs, ok = zip(*pts, strict=False)
