@@ -303,9 +303,7 @@ class SketchSolver:
             done += 1
             if self.rr <= thr2 or self._late():
                 break
-            if done % max(self.N // q, 1) == 0:
-                self._resync()
-        self._resync()
+        self._resync()  # run() calls this one sweep at a time: the residual is recomputed once a sweep
 
 
 #: sketch name -> its steps ``(solver, threshold, max_steps)``; the one list of sketches
