@@ -161,6 +161,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name", choices=list(BENCHMARKS))
     bench.add_argument("--scale", choices=SCALES, default="smoke")
     bench.add_argument("--out", type=Path, required=True)
+    bench.add_argument(
+        "--retrain",
+        action="store_true",
+        help="linear: train the DCDM network from scratch instead of using the shipped one",
+    )
+
+    ship = sub.add_parser(
+        "ship-dcdm",
+        help="train (cached) the DCDM budget curve's largest model of a network and commit-ready ship it "
+        "to operators/dcdm/weights (weights, manifest with SHA-256, data digest, recorded iterations)",
+    )
+    ship.add_argument("--net", choices=["paper", "multilevel"], default="multilevel")
+    ship.add_argument("--scale", choices=SCALES, default="small", help="whose budget list (its largest budget)")
 
     opt = sub.add_parser("optimize", help="one equality-constrained solve through the optimize flow")
     from solvers.optim.config import OptimizeConfig
@@ -497,11 +510,19 @@ def _run(args: argparse.Namespace) -> int:
         print(format_table([{k: v for k, v in row.items() if k != "message"}]))
         print(row["message"])
         return 0 if row["converged"] else 1
+    if args.command == "ship-dcdm":
+        from .benchmarks.linear_budget import ship_dcdm
+
+        print(ship_dcdm(args.net, args.scale))
+        return 0
     if args.command == "bench":
         from .benchmarks import get
 
         flow = get(args.name).load_flow()  # a flow run of benchmark-NAME: in Prefect and in MLflow
-        rows = flow(scale=args.scale, out=str(args.out))
+        options = {"retrain": True} if args.retrain else {}
+        if args.retrain and "retrain" not in flow.parameters.properties:
+            raise UsageError(f"--retrain: benchmark {args.name!r} has no network to retrain (only 'linear' takes it)")
+        rows = flow(scale=args.scale, out=str(args.out), **options)
         print(format_by(rows, "part") if rows and "part" in rows[0] else format_table(rows))
         print(f"\nwrote {args.out}")
         return 0

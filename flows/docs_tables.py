@@ -126,6 +126,93 @@ def linear(path: str | Path | None = None) -> str:
     )
 
 
+def _budget_pivot(rows: list[dict]) -> list[dict]:
+    """One row per DCDM network and budget: mean iterations to 1e-6 over the right-hand sides at
+    each size, with the ratio to ICPCG ("not converged" marks a lower bound), and the growth."""
+    sizes = sorted({int(r["problem"].rsplit("-", 1)[1]) for r in rows if r["problem"].startswith("poisson")})
+    out = []
+    for key in dict.fromkeys((r["method"], r["budget"]) for r in rows if r.get("net")):
+        picked = [r for r in rows if (r["method"], r.get("budget")) == key and r["tol"] == 1e-6]
+        first = picked[0]
+        row = {k: first[k] for k in ("method", "budget", "ritz_m", "n_samples", "epochs", "sample_passes")}
+        row.update(train_seconds=first["train_seconds"], final_loss=first["final_loss"])
+        for n in sizes:
+            at = [r for r in picked if r["problem"] == f"poisson2d-neumann-disks-{n}"]
+            its = sum(r["iterations"] for r in at) / len(at)
+            ratio = sum(r["iters_vs_icpcg"] for r in at) / len(at)
+            mark = "" if all(r["converged"] for r in at) else " (not all converged)"
+            row[f"{n}^2 its (x icpcg)"] = f"{its:.0f} ({ratio:.2f}x){mark}"
+        row["growth"] = next(r["growth"] for r in picked if r["problem"].startswith("growth"))
+        out.append(row)
+    return out
+
+
+@renders("linear-budget")
+def linear_budget(path: str | Path | None = None) -> str:
+    rows = _rows("linear-budget", path)
+    base = [r for r in rows if r["method"] in ("icpcg", "gamg") and r["tol"] == 1e-6]
+    return (
+        "DCDM (k=2) per training budget: mean iterations to 1e-6 over the GRF and divergence right-hand sides, "
+        "ratio to ICPCG on the same systems:\n\n"
+        + format_table(_budget_pivot(rows))
+        + "\n\nThe baselines on the same held-out systems (tol 1e-6):\n\n"
+        + format_table(base, ["method", "problem", "rhs", "iterations", "seconds", "converged"])
+    )
+
+
+@renders("linear-diagnosis")
+def linear_diagnosis(path: str | Path | None = None) -> str:
+    rows = _rows("linear-diagnosis", path)
+    return (
+        "Network direction against the ideal A^+ r (GRF right-hand side; cos_a: first iteration and median of the "
+        "first 20; per-step reductions: geometric mean over the first 20 iterations):\n\n"
+        + format_table(
+            [r for r in rows if r["part"] == "direction"],
+            [
+                "method",
+                "problem",
+                "iterations",
+                "reason",
+                "cos_a_first",
+                "cos_a_median",
+                "a_error_step_reduction",
+                "residual_step_reduction",
+                "a_error_final",
+                "a_error_monotone",
+            ],
+        )
+        + "\n\nWhere the error is left at the training size (A-energy per band of the fluid spectrum, fraction "
+        "of the initial error's):\n\n"
+        + format_table(
+            [r for r in rows if r["part"] == "spectrum"],
+            [
+                "method",
+                "problem",
+                "iterations",
+                "energy_0_1pct",
+                "energy_1_10pct",
+                "energy_10_100pct",
+                "energy_total",
+            ],
+        )
+        + "\n\nOne iteration's wall time (ms, 2 CPU cores; network before = no_grad NCHW, after = inference_mode "
+        "channels-last):\n\n"
+        + format_table(
+            [r for r in rows if r["part"] == "profile"],
+            [
+                "method",
+                "problem",
+                "device",
+                "network_ms_before",
+                "network_ms_after",
+                "orthogonalise_ms",
+                "sparse_products_ms",
+                "network_share_after",
+            ],
+        )
+    )
+
+
 @renders("neural-odes")
 def neural_odes(path: str | Path | None = None) -> str:
     rows = _rows("neural-odes", path)

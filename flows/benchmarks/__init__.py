@@ -97,6 +97,18 @@ BENCHMARKS: dict[str, Benchmark] = {
             gpu=True,
         ),
         Benchmark(
+            "linear-budget",
+            "flows.benchmarks.linear_budget",
+            "flows.linear:benchmark_linear_budget",
+            "benchmark-linear-budget",
+        ),
+        Benchmark(
+            "linear-diagnosis",
+            "flows.benchmarks.linear_diagnosis",
+            "flows.linear:benchmark_linear_diagnosis",
+            "benchmark-linear-diagnosis",
+        ),
+        Benchmark(
             "operators",
             "flows.benchmarks.operators",
             "flows.operator:benchmark_operators",
@@ -179,12 +191,15 @@ def progress_logger():
         return print
 
 
-def run_benchmark(name: str, scale: str, out: str | Path | None = None, parent_run_id: str | None = None):
+def run_benchmark(
+    name: str, scale: str, out: str | Path | None = None, parent_run_id: str | None = None, **options: Any
+):
     """Run benchmark ``name`` at ``scale``; write ``{"rows", "meta"}`` to ``out`` if given.
 
     One MLflow run ``bench-<name>-<scale>`` (nested under ``parent_run_id``) with one child run
     per compared method (:class:`flows.tracking.MethodRuns`, handed to the module's
-    ``run(scale, run_id, methods)``): the module logs each method's config, per-epoch training
+    ``run(scale, run_id, methods, **options)``; ``options``: the benchmark's own, e.g. the linear
+    benchmark's ``retrain``): the module logs each method's config, per-epoch training
     metrics and trained model there; then every numeric field of every row goes to its method's
     run as ``<prefix>/<field>`` (prefix: the module's ``metric_prefix(row)``, default the row's
     problem). The rows are also the run's table artifact ``comparison.json``, its JSON
@@ -205,7 +220,7 @@ def run_benchmark(name: str, scale: str, out: str | Path | None = None, parent_r
         t0 = time.perf_counter()
         methods = tracking.MethodRuns(run_id, name, scale)
         try:
-            rows, figures = module.run(scale, run_id=run_id, methods=methods)
+            rows, figures = module.run(scale, run_id=run_id, methods=methods, **options)
             methods.log_rows(rows, getattr(module, "metric_prefix", tracking.row_prefix))
         except BaseException as exc:
             methods.close("KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit, TerminationSignal)) else "FAILED")

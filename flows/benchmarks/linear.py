@@ -1,7 +1,9 @@
 """Linear-solver benchmark: DCDM (k=2, k=0) vs CG, ICPCG, DPCG and PETSc CG+GAMG.
 
-The network is trained (``train-dcdm`` flow, cached by config) on one 2D Neumann Poisson matrix
-with a disk obstacle layout, then every solver runs on held-out systems: new obstacle layouts at
+The 2D network is the shipped one (``operators/dcdm/weights``, made by ``sciflow ship-dcdm``: the
+budget curve's best network at its largest budget, :mod:`flows.benchmarks.linear_budget`), or
+with ``retrain`` the scale's :data:`TRAIN` config trained by the ``train-dcdm`` flow (cached by
+config); either was trained on one 2D Neumann Poisson matrix with a disk obstacle layout. Every solver runs on held-out systems: new obstacle layouts at
 each test size, and three kinds of right-hand side (Ritz-sampled from the test matrix, a smooth
 Gaussian random field, the divergence of a random velocity field). Iterations and seconds to
 ``1e-4`` and ``1e-6`` (true relative residual; each solver runs once to the tighter tolerance
@@ -38,6 +40,8 @@ TRAIN_3D = {
     "paper": (DCDMTrainConfig(n=32, dim=3, ritz_m=2000, n_samples=10000, epochs=30, batch_size=16), [64, 128]),
 }
 TOLS = (1e-4, 1e-6)
+#: the sizes a shipped model's recorded iteration counts are measured at
+SHIPPED_SIZES = (64, 128)
 METHODS = ("dcdm-k2", "dcdm-k0", "cg", "icpcg", "dpcg", "gamg")
 RHS_KINDS = ("ritz", "grf", "divergence")
 META = {
@@ -135,32 +139,58 @@ def metric_prefix(row: dict) -> str:
     return f"{key_part(row['problem'])}/{key_part(row['rhs'])}-tol{row['tol']:g}"
 
 
-def method_params(method: str, scale: str) -> dict:
+def method_params(method: str, scale: str, retrain: bool = False) -> dict:
     """A method's configuration as logged to its MLflow child run."""
     if method.startswith("dcdm"):
-        return {
-            "solver": "dcdm",
-            "n_orth": int(method[-1]),
-            "maxiter": 400,
-            "training": TRAIN[scale].model_dump(mode="json"),
-        }
+        if retrain:
+            training, weights = TRAIN[scale].model_dump(mode="json"), "retrained"
+        else:
+            from operators.dcdm.shipped import manifest
+
+            info = manifest(2)
+            training, weights = info["config"], f"shipped sha256 {info['sha256']}"
+        return {"solver": "dcdm", "n_orth": int(method[-1]), "maxiter": 400, "training": training, "weights": weights}
     return {"solver": method, "maxiter": "5 x unknowns"}
 
 
-def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None) -> tuple[list[dict], dict]:
-    """Every solver on the scale's held-out systems; the DCDM network comes from ``train-dcdm``
-    (its own MLflow run, nested under ``run_id``, registers ``dcdm-2d`` / ``dcdm-3d``).
+def shipped_counts(model, sizes=SHIPPED_SIZES, kinds=("grf", "divergence"), tol: float = 1e-6) -> dict[str, int]:
+    """DCDM (k=2) iterations to ``tol`` on the held-out systems, ``{"<n>/<rhs kind>": its}``: what
+    a shipped model records in its manifest and ``tests/operators/test_dcdm_shipped.py`` re-checks."""
+    out = {}
+    for n in sizes:
+        system = test_system(n)
+        for kind in kinds:
+            res = solve(system, make_rhs(system, kind, seed=n), "dcdm", tol=tol, maxiter=1000, model=model, check=False)
+            out[f"{n}/{kind}"] = res.iterations if res.converged else -1
+    return out
+
+
+def run(
+    scale: str, run_id: str | None = None, methods: MethodRuns | None = None, retrain: bool = False
+) -> tuple[list[dict], dict]:
+    """Every solver on the scale's held-out systems. The 2D DCDM network is the shipped one
+    (:func:`operators.dcdm.shipped.load_shipped`, logged to the ``dcdm-k2`` run and registered as
+    ``dcdm-2d``), or with ``retrain`` one trained from scratch by ``train-dcdm`` (its own MLflow
+    run, nested under ``run_id``, registers ``dcdm-2d``); the 3D one is trained (``dcdm-3d``).
     ``methods``: each solver's MLflow child run gets its configuration."""
+    from operators import default_device, model_from_checkpoint
+    from operators.dcdm.shipped import load_shipped, manifest
+
     from ..dcdm import train_dcdm
 
     log = progress_logger()
     if methods is not None:
         for method in METHODS:
-            methods.log_params(method, {**method_params(method, scale), "tol": min(TOLS)})
-    ckpt = train_dcdm(config=TRAIN[scale], parent_run_id=run_id)
-    from operators import default_device, model_from_checkpoint
-
-    model = model_from_checkpoint(ckpt, kind="dcdm", device=default_device())
+            methods.log_params(method, {**method_params(method, scale, retrain), "tol": min(TOLS)})
+    if retrain:
+        model = model_from_checkpoint(
+            train_dcdm(config=TRAIN[scale], parent_run_id=run_id), kind="dcdm", device=default_device()
+        )
+    else:
+        model = load_shipped(2, device=default_device())
+        log(f"DCDM: the shipped 2D network ({manifest(2)['sha256'][:12]}; --retrain trains one)")
+        if methods is not None:
+            methods.log_model("dcdm-k2", model, "dcdm-2d", (-1, 1, -1, -1))
     rows, histories = _table(model, SIZES[scale], 2, RHS_KINDS, scale, log)
     lo, hi = SIZES[scale][0], SIZES[scale][-1]
     for method in METHODS:

@@ -27,7 +27,7 @@ from solvers.linear import GridSystem, ritz_pairs
 
 from ..checkpoint import config_key
 from ..training import OnEpoch, TrainingTask, World, fit
-from .net import DCDMNet
+from .net import DCDMNet, MultilevelDCDMNet
 
 
 class DCDMTrainConfig(BaseModel):
@@ -47,7 +47,16 @@ class DCDMTrainConfig(BaseModel):
     batch_size: int = Field(default=32, ge=1, le=4096)
     lr: float = Field(default=1e-3, gt=0, le=1.0)
     filters: int = Field(default=16, ge=1, le=256)
-    levels: tuple[int, int, int] = (4, 6, 4)
+    net: Literal["paper", "multilevel"] = Field(
+        default="paper",
+        description="'paper': one pooling level (the reference network); 'multilevel': a V-cycle with "
+        "shared weights whose depth grows with the grid (not in the paper)",
+    )
+    levels: tuple[int, int, int] | None = Field(
+        default=None,
+        description="residual convs (before pooling, coarse, after); default (4, 6, 4) for 'paper', "
+        "(2, 4, 2) per level for 'multilevel'",
+    )
     seed: int = Field(default=0, ge=0)
 
     @field_validator("n")
@@ -59,6 +68,14 @@ class DCDMTrainConfig(BaseModel):
 
     def key(self) -> str:
         return config_key(self)
+
+    def network(self) -> DCDMNet | MultilevelDCDMNet:
+        """The untrained network this config describes (seeded by the caller)."""
+        if self.net == "multilevel":
+            multilevel = MultilevelDCDMNet(self.dim, self.filters, self.levels or (2, 4, 2))
+            multilevel.depth((self.n,) * self.dim)  # refuses a training grid it cannot pool
+            return multilevel
+        return DCDMNet(self.dim, self.filters, self.levels or (4, 6, 4))
 
     def system(self) -> GridSystem:
         if self.n % 2:
@@ -122,7 +139,7 @@ class DCDMTask(TrainingTask[DCDMTrainConfig]):
     def __init__(self, config: DCDMTrainConfig):
         self.config, self.epochs = config, config.epochs
 
-    def build(self, device: torch.device, world: World) -> DCDMNet:
+    def build(self, device: torch.device, world: World) -> DCDMNet | MultilevelDCDMNet:
         cfg = self.config
         torch.manual_seed(cfg.seed)
         system = cfg.system()
@@ -135,7 +152,7 @@ class DCDMTask(TrainingTask[DCDMTrainConfig]):
             None if system.mask is None else torch.as_tensor(~system.mask.ravel(), dtype=torch.float32, device=device)
         )
         self.shape = system.shape
-        return DCDMNet(cfg.dim, cfg.filters, cfg.levels).to(device)
+        return cfg.network().to(device)
 
     def train_epoch(self, epoch: int, net: torch.nn.Module, opt: torch.optim.Optimizer, world: World) -> list[dict]:
         cfg, B = self.config, self.B
@@ -164,21 +181,20 @@ def train(
     checkpoint: str | Path | None = None,
     on_epoch: OnEpoch | None = None,
     device: torch.device | None = None,
-) -> tuple[DCDMNet, list[dict]]:
+) -> tuple[DCDMNet | MultilevelDCDMNet, list[dict]]:
     """Train from scratch, or resume from ``checkpoint`` (written atomically after every epoch), on
     ``device`` (default :func:`operators.device.default_device`).
 
     Returns the model (eval mode, on CPU) and the per-epoch history (rows as in :class:`DCDMTask`).
     """
     model, history = fit(DCDMTask(cfg), checkpoint, on_epoch, device=device)
-    assert isinstance(model, DCDMNet)
+    assert isinstance(model, DCDMNet | MultilevelDCDMNet)
     return model.cpu().eval(), history
 
 
-def rebuild(config: Mapping[str, Any]) -> DCDMNet:
+def rebuild(config: Mapping[str, Any]) -> DCDMNet | MultilevelDCDMNet:
     """The untrained network of a stored ``config`` (for :func:`operators.registry.model_from_checkpoint`)."""
-    cfg = DCDMTrainConfig.model_validate(config)
-    return DCDMNet(cfg.dim, cfg.filters, cfg.levels)
+    return DCDMTrainConfig.model_validate(config).network()
 
 
 __all__ = ["DCDMTask", "DCDMTrainConfig", "dcdm_loss", "rebuild", "sparse_torch", "train", "training_rhs"]

@@ -10,6 +10,7 @@ import torch
 
 from operators.dcdm import DCDMNet
 from solvers.linear import GridSystem, NotSPDError, ritz_pairs, solve
+from solvers.linear.dcdm import dcdm
 
 from methods import LINEAR_SOLVERS
 
@@ -197,3 +198,46 @@ def test_linear_methods_come_from_one_registry_and_errors_from_one_family():
     tree = ast.parse(Path(lanczos.__file__).read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert not any(m and m.endswith("system") for m in imported), imported
+
+
+class _Direction(torch.nn.Module):
+    """A stand-in network: ``f(r) = scale * r + bias`` on a 2D grid."""
+
+    dim = 2
+
+    def __init__(self, scale: float, bias: np.ndarray | None = None):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(scale))
+        self.bias = None if bias is None else torch.as_tensor(bias, dtype=torch.float32)
+
+    def forward(self, r):
+        return self.scale * r + (0 if self.bias is None else self.bias.reshape(r.shape))
+
+
+def test_dcdm_stops_at_a_fixed_point_not_while_the_a_norm_error_falls(poisson_systems):
+    """The stop rule watches the energy (the A-norm error), not the residual 2-norm: f(r) = r makes
+    DCDM-k2 the conjugate gradient method, whose residual rises on some steps; with a patience of 3
+    it still converges, its A-norm error (against a direct solve) never rising. A network that
+    returns almost the same direction whatever the residual (a fixed bias) is stopped as
+    'stagnated' soon after ``patience`` steps."""
+    system = poisson_systems[1]
+    b = system.project(np.random.default_rng(4).standard_normal(system.n))
+    fluid = ~system.mask.ravel()
+    x_ref = np.zeros(system.n)
+    x_ref[fluid] = np.linalg.lstsq(system.A[fluid][:, fluid].toarray(), b[fluid], rcond=None)[0]
+    x_ref = system.project(x_ref)
+    seen = []
+    res = dcdm(
+        system, b, _Direction(1.0), tol=1e-8, maxiter=500, patience=3, x_ref=x_ref, callback=lambda *a: seen.append(a)
+    )
+    assert res.converged and res.info["reason"] == "converged"
+    assert np.any(np.diff(res.residuals) > 0), (
+        "CG's residual rises somewhere: the old residual rule would have counted it"
+    )
+    a_err = np.array(res.info["a_error"])
+    assert a_err[0] == 1.0 and np.all(np.diff(a_err) <= 1e-12) and a_err[-1] < 1e-6
+    assert np.all(np.diff(res.info["energy"]) <= 1e-12)
+    assert len(seen) == res.iterations and all(len(v) == system.n for v in seen[0])
+    bias = system.project(np.random.default_rng(5).standard_normal(system.n))
+    stuck = dcdm(system, b, _Direction(1e-9, bias), tol=1e-8, maxiter=500, patience=20)
+    assert stuck.info["reason"] in ("stagnated", "degenerate direction") and stuck.iterations < 60, stuck.info["reason"]
