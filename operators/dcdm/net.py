@@ -112,7 +112,12 @@ class MultilevelDCDMNet(nn.Module):
         for l = depth-1 .. 0:  h = up(nearest_upsample(h) + s_l)
         f = out(h)
 
-    Each block is ``blocks`` residual convs ``h <- h + relu(conv(h))`` as in :class:`DCDMNet`.
+    Each block is ``blocks`` residual convs ``h <- h + relu(conv(h))`` as in :class:`DCDMNet`, but
+    without biases: a biased ReLU unit adds a non-negative drift, and over the V-cycle's units and
+    skip sums it piles up into a near-constant output (mean 13, std 3.4 at initialisation on a
+    64^2 grid) that swamps the useful part; with biases the loss stayed at 1.00 for three epochs,
+    without them it fell to 0.32 (the paper network: 0.31). Bias-free, the network is positively
+    homogeneous, ``f(c r) = c f(r)`` for ``c > 0``, as a solver's direction map should be.
     Sharing the blocks across levels makes one set of weights a multigrid-like operator at every
     resolution: trained at 64^2 it runs unchanged, two levels deeper, at 256^2. Input/output
     ``(B, 1, *grid)``; every side must pool evenly (``side % 2^depth == 0``), otherwise an
@@ -130,14 +135,14 @@ class MultilevelDCDMNet(nn.Module):
         self.dim, self.filters, self.levels, self.coarsest = dim, filters, tuple(blocks), coarsest
 
         def block(n: int) -> nn.ModuleList:
-            return nn.ModuleList(Conv(filters, filters, 3, padding=1) for _ in range(n))
+            return nn.ModuleList(Conv(filters, filters, 3, padding=1, bias=False) for _ in range(n))
 
-        self.inp = Conv(1, filters, 3, padding=1)
+        self.inp = Conv(1, filters, 3, padding=1, bias=False)
         self.down = block(blocks[0])
         self.pool = Pool(2)
         self.mid = block(blocks[1])
         self.up = block(blocks[2])
-        self.out = Conv(filters, 1, 3, padding=1)
+        self.out = Conv(filters, 1, 3, padding=1, bias=False)
 
     def depth(self, shape: tuple[int, ...]) -> int:
         """Pooling levels for a grid ``shape``; refuses a side that does not pool evenly."""

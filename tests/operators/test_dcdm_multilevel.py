@@ -17,7 +17,10 @@ def test_depth_grows_with_the_grid_and_weights_are_shared():
     assert [net.depth((n, n)) for n in (8, 16, 64, 256)] == [1, 2, 4, 6]
     # the parameter count does not depend on the grid: the blocks are shared across levels
     params = sum(p.numel() for p in net.parameters())
-    assert params == 16 * 9 + 16 + (2 + 4 + 2) * (16 * 16 * 9 + 16) + 16 * 9 + 1
+    assert params == 16 * 9 + (2 + 4 + 2) * 16 * 16 * 9 + 16 * 9  # bias-free
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():  # positively homogeneous: f(c r) = c f(r)
+        assert torch.allclose(net(3.0 * x), 3.0 * net(x), rtol=1e-4, atol=1e-5)
     for n in (16, 64, 256):
         assert net(torch.randn(2, 1, n, n)).shape == (2, 1, n, n)
     # a point source's influence reaches the far corner at 64^2 (the paper's network: not)
