@@ -140,9 +140,13 @@ def _budget_pivot(rows: list[dict]) -> list[dict]:
             at = [r for r in picked if r["problem"] == f"poisson2d-neumann-disks-{n}"]
             its = sum(r["iterations"] for r in at) / len(at)
             ratio = sum(r["iters_vs_icpcg"] for r in at) / len(at)
-            mark = "" if all(r["converged"] for r in at) else " (not all converged)"
-            row[f"{n}^2 its (x icpcg)"] = f"{its:.0f} ({ratio:.2f}x){mark}"
-        row["growth"] = next(r["growth"] for r in picked if r["problem"].startswith("growth"))
+            if all(r["converged"] for r in at):
+                row[f"{n}^2 its (x icpcg)"] = f"{its:.0f} ({ratio:.2f}x)"
+            else:  # a stopped run's count is not comparable: say where it stopped
+                stops = "/".join(str(r["iterations"]) if r["converged"] else f"{r['iterations']}*" for r in at)
+                row[f"{n}^2 its (x icpcg)"] = f"not converged ({stops})"
+        growth = next(r for r in picked if r["problem"].startswith("growth"))
+        row["growth"] = growth["growth"] if growth["converged"] else "-"
         out.append(row)
     return out
 
@@ -153,7 +157,8 @@ def linear_budget(path: str | Path | None = None) -> str:
     base = [r for r in rows if r["method"] in ("icpcg", "gamg") and r["tol"] == 1e-6]
     return (
         "DCDM (k=2) per training budget: mean iterations to 1e-6 over the GRF and divergence right-hand sides, "
-        "ratio to ICPCG on the same systems:\n\n"
+        "ratio to ICPCG on the same systems; where a run did not converge, the iterations of each "
+        "(GRF/divergence; * = stopped: the 300 cap or a fixed point):\n\n"
         + format_table(_budget_pivot(rows))
         + "\n\nThe baselines on the same held-out systems (tol 1e-6):\n\n"
         + format_table(base, ["method", "problem", "rhs", "iterations", "seconds", "converged"])
