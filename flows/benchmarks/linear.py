@@ -131,6 +131,23 @@ def _table(model, sizes: list[int], dim: int, kinds, scale: str, log) -> tuple[l
     return rows, histories
 
 
+def growth_row(method: str, lo_rows: list[dict], hi_rows: list[dict], lo: int, hi: int, scale: str, **extra) -> dict:
+    """The iteration-growth row of ``method``: mean iterations (tol 1e-6) of its ``hi_rows`` (the
+    largest size) over those of its ``lo_rows`` (the smallest); ``extra`` fields go in the row."""
+    its_lo, its_hi = (float(np.mean([r["iterations"] for r in rs])) for rs in (lo_rows, hi_rows))
+    return {
+        "method": method,
+        "problem": f"growth-{lo}-to-{hi}",
+        "scale": scale,
+        **extra,
+        "rhs": "mean",
+        "tol": TOLS[-1],
+        "iterations": its_hi,
+        "growth": round(its_hi / its_lo, 3),
+        "converged": all(r["converged"] for r in lo_rows + hi_rows),
+    }
+
+
 def metric_prefix(row: dict) -> str:
     """MLflow metric prefix of a row: problem, right-hand side and tolerance
     (``poisson2d-neumann-disks-32/grf-tol1e-06/iterations``)."""
@@ -200,19 +217,7 @@ def run(
                 r for r in rows if r["method"] == method and r["tol"] == TOLS[-1] and r["problem"].endswith(f"-{n}")
             ]
 
-        its_lo, its_hi = (float(np.mean([r["iterations"] for r in at(n)])) for n in (lo, hi))
-        rows.append(
-            {
-                "method": method,
-                "problem": f"growth-{lo}-to-{hi}",
-                "scale": scale,
-                "rhs": "mean",
-                "tol": TOLS[-1],
-                "iterations": its_hi,
-                "growth": round(its_hi / its_lo, 3),
-                "converged": all(r["converged"] for r in at(lo) + at(hi)),
-            }
-        )
+        rows.append(growth_row(method, at(lo), at(hi), lo, hi, scale))
     if TRAIN_3D[scale] is not None:
         cfg3, sizes3 = TRAIN_3D[scale]
         model3 = model_from_checkpoint(

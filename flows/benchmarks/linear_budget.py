@@ -24,7 +24,7 @@ import numpy as np
 from operators.dcdm import DCDMTrainConfig
 
 from . import progress_logger
-from .linear import make_rhs, test_system
+from .linear import growth_row, make_rhs, test_system
 
 if TYPE_CHECKING:
     from ..tracking import MethodRuns
@@ -167,8 +167,8 @@ def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None
 def _growth(rows, method, extra, sizes, scale) -> dict:
     """Mean DCDM iterations (1e-6) at the largest size over the smallest, for one budget."""
 
-    def mean_its(n):
-        picked = [
+    def at(n):
+        return [
             r
             for r in rows
             if r["method"] == method
@@ -176,20 +176,8 @@ def _growth(rows, method, extra, sizes, scale) -> dict:
             and r["tol"] == TOLS[-1]
             and r["problem"].endswith(f"-{n}")
         ]
-        return float(np.mean([r["iterations"] for r in picked])), all(r["converged"] for r in picked)
 
-    (lo, ok_lo), (hi, ok_hi) = mean_its(sizes[0]), mean_its(sizes[-1])
-    return {
-        "method": method,
-        "problem": f"growth-{sizes[0]}-to-{sizes[-1]}",
-        "scale": scale,
-        **extra,
-        "rhs": "mean",
-        "tol": TOLS[-1],
-        "iterations": hi,
-        "growth": round(hi / lo, 3),
-        "converged": ok_lo and ok_hi,
-    }
+    return growth_row(method, at(sizes[0]), at(sizes[-1]), sizes[0], sizes[-1], scale, **extra)
 
 
 def budget_plot(rows: list[dict], sizes: list[int]):
