@@ -1,5 +1,6 @@
 """``benchmark-linear-solvers`` flow: DCDM (Kaneda et al., ICML 2023) vs CG / ICPCG / DPCG / PETSc GAMG;
-``benchmark-linear-budget``: DCDM's iterations against its training budget (:mod:`flows.benchmarks.linear_budget`).
+``benchmark-linear-budget``: DCDM's iterations against its training budget (:mod:`flows.benchmarks.linear_budget`);
+``benchmark-linear-diagnosis``: its directions against the ideal one (:mod:`flows.benchmarks.linear_diagnosis`).
 
 The DCDM networks it compares are trained (or reused) through the ``train-dcdm`` flow
 (:mod:`flows.dcdm`); the benchmark itself is :mod:`flows.benchmarks.linear`.

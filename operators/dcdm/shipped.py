@@ -15,6 +15,7 @@ trained for another dimension or filter count than asked for, naming what differ
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -105,20 +106,21 @@ def write_shipped(
     result over :data:`MAX_BYTES`. Returns the manifest's path."""
     ckpt = load_checkpoint(checkpoint, kind="dcdm")
     cfg = DCDMTrainConfig.model_validate(ckpt["config"])
-    folder = Path(folder)
-    pt = folder / f"dcdm-{cfg.dim}d.pt"
-    save_checkpoint({"kind": "dcdm", "config": ckpt["config"], "model": ckpt["model"]}, pt)
-    size = pt.stat().st_size
+    state = {"kind": "dcdm", "config": ckpt["config"], "model": ckpt["model"]}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)  # sized before anything is written: a refusal leaves the shipped files as they were
+    size = buffer.tell()
     if size > MAX_BYTES:
-        pt.unlink()
         raise CheckpointError(f"the DCDM weights take {size} bytes, over the {MAX_BYTES} a shipped model may weigh")
     history = ckpt.get("history", [])
+    digest = data_digest(cfg)  # the slow part (a Lanczos run), also before any write
+    pt = save_checkpoint(state, Path(folder) / f"dcdm-{cfg.dim}d.pt")
     info = {
         "file": pt.name,
         "sha256": sha256(pt),
-        "bytes": size,
+        "bytes": pt.stat().st_size,
         "config": ckpt["config"],
-        "data_sha256": data_digest(cfg),
+        "data_sha256": digest,
         "command": command,
         "train_seconds": round(sum(h.get("seconds", 0.0) + h.get("data_seconds", 0.0) for h in history), 1),
         "final_loss": history[-1]["loss"] if history else None,

@@ -43,3 +43,20 @@ def test_a_model_for_another_dimension_or_filter_count_is_refused(tmp_path):
         load_shipped(3, folder=folder)
     with pytest.raises(CheckpointError, match="no shipped 3D DCDM model"):
         load_shipped(3)
+
+
+def test_write_shipped_round_trips_and_refuses_an_oversized_model_without_touching_the_folder(tmp_path, monkeypatch):
+    from operators.dcdm import DCDMTrainConfig, shipped, train
+
+    ckpt = tmp_path / "c.pt"
+    train(DCDMTrainConfig(n=8, ritz_m=20, n_samples=16, epochs=1, batch_size=8), checkpoint=ckpt)
+    folder = tmp_path / "ship"
+    path = shipped.write_shipped(ckpt, command="sciflow ship-dcdm (test)", recorded={"8/grf": 3}, folder=folder)
+    info = shipped.manifest(2, folder)
+    assert path == folder / "dcdm-2d.json" and info["sha256"] == shipped.sha256(folder / "dcdm-2d.pt")
+    assert load_shipped(2, folder=folder).config()["dim"] == 2
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    monkeypatch.setattr(shipped, "MAX_BYTES", 100)
+    with pytest.raises(CheckpointError, match="over the 100 a shipped model may weigh"):
+        shipped.write_shipped(ckpt, command="x", recorded={}, folder=folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
