@@ -9,14 +9,20 @@
   so the model takes ``in_channels * (levels + 1)`` channels and sees a patch, not the full domain.
   As in the paper, *global* positional channels (x, y in [0, 1)) are appended **before** patching,
   so each patch knows where it is; the inner TFNO gets no positional embedding of its own.
-  The patching pads circularly: it assumes a periodic domain. :func:`build_model` refuses
-  ``mg-tfno`` on non-periodic data (Darcy's Dirichlet boundary) rather than wrap it silently.
+  neuraloperator's patching pads circularly (a periodic domain); ``padding_mode`` ``"reflect"`` or
+  ``"zeros"`` makes every pad of it (the patch halo and the coarse levels' borders) mirror the
+  field or fill zeros instead, for non-periodic data (Darcy's Dirichlet boundary): see
+  :func:`padding_mode`. :func:`build_model` refuses ``"circular"`` on non-periodic data rather than
+  wrap the boundary around silently. (Not in the paper, whose data are periodic.)
 
 Tensors are ``(batch, channels, height, width)``, float32.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
@@ -67,14 +73,22 @@ class OperatorModelConfig(BaseModel):
     padding_fraction: float = Field(
         default=0.0625, ge=0, lt=0.5, description="mg-tfno: patch padding, fraction of the side"
     )
+    padding_mode: Literal["circular", "reflect", "zeros"] = Field(
+        default="circular",
+        description="mg-tfno: how patches are padded past the domain edge ('circular': periodic data only)",
+    )
     in_channels: int = Field(default=1, ge=1, le=64)
     out_channels: int = Field(default=1, ge=1, le=64)
 
     @model_validator(mode="after")
     def _check(self) -> OperatorModelConfig:
-        if self.name != "mg-tfno" and (self.levels, self.padding_fraction) != (1, 0.0625):
+        if self.name != "mg-tfno" and (self.levels, self.padding_fraction, self.padding_mode) != (
+            1,
+            0.0625,
+            "circular",
+        ):
             # fields that only mg-tfno reads must stay at their defaults elsewhere: no silent no-ops
-            raise ValueError(f"levels / padding_fraction apply to 'mg-tfno' only, not {self.name!r}")
+            raise ValueError(f"levels / padding_fraction / padding_mode apply to 'mg-tfno' only, not {self.name!r}")
         return self
 
 
@@ -129,9 +143,66 @@ class MGTFNO(nn.Module):
             raise InputError(
                 f"mg-tfno with levels={self.cfg.levels} needs a resolution divisible by {k}, got {tuple(x.shape[-2:])}"
             )
-        patches, _ = self.patcher.patch(grid_channels(x), None)
+        with padding_mode(self.cfg.padding_mode):
+            patches, _ = self.patcher.patch(grid_channels(x), None)
         out, _ = self.patcher.unpatch(self.inner(patches), None, evaluation=True)
         return out
+
+
+_PAD_LOCK = threading.Lock()
+
+
+def _pad(x: torch.Tensor, pad: list[int], mode: str) -> torch.Tensor:
+    """``F.pad`` in ``mode`` (``reflect`` | ``zeros``) for neuraloperator's circular pads. A
+    reflect pad as wide as the side (the coarse levels ask for that) is done in steps of at most
+    ``side - 1``: the field mirrored again about the new edge, never wrapped."""
+    if mode == "zeros":
+        return torch.nn.functional.pad(x, pad, mode="constant", value=0.0)
+    pad = list(pad)
+    while any(pad):
+        step = []
+        for k, p in enumerate(pad):
+            side = x.shape[-1 - k // 2]
+            step.append(min(p, side - 1))
+        x = torch.nn.functional.pad(x, step, mode="reflect")
+        pad = [p - s for p, s in zip(pad, step, strict=True)]
+    return x
+
+
+@contextlib.contextmanager
+def padding_mode(mode: str):
+    """Within the block, neuraloperator's patching (``neuralop.training.patching``) pads in
+    ``mode`` instead of circularly; ``"circular"`` changes nothing. It swaps the ``torch`` that
+    module sees for a view whose ``nn.functional.pad`` maps ``mode="circular"`` to ``mode`` (the
+    rest is torch itself), under a lock, so the library's patching is used as it is, not copied."""
+    if mode == "circular":
+        yield
+        return
+    import neuralop.training.patching as patching
+
+    def pad(x: torch.Tensor, pad: list[int], mode: str = "constant", value: float | None = None) -> torch.Tensor:
+        if mode == "circular":
+            return _pad(x, pad, target)
+        return torch.nn.functional.pad(x, pad, mode=mode, value=value)
+
+    target = mode
+    view = _TorchView(types.SimpleNamespace(pad=pad))
+    with _PAD_LOCK:
+        patching.torch = view
+        try:
+            yield
+        finally:
+            patching.torch = torch
+
+
+class _TorchView:
+    """``torch`` with ``nn.functional`` replaced (for :func:`padding_mode`)."""
+
+    def __init__(self, functional):
+        self.nn = types.SimpleNamespace(functional=functional)
+
+    def __getattr__(self, name: str):
+        return getattr(torch, name)
 
 
 def _quiet(cls, *args, **kwargs):
@@ -172,11 +243,11 @@ def _common(cfg: OperatorModelConfig) -> dict:
 
 def build_model(cfg: OperatorModelConfig, periodic: bool = True) -> nn.Module:
     """The model ``cfg.name`` (:data:`MODELS`). ``periodic=False`` (e.g. Darcy data) refuses
-    ``mg-tfno``, whose circular patch padding would wrap the boundary around."""
-    if cfg.name in PERIODIC_ONLY and not periodic:
+    ``mg-tfno`` with ``padding_mode="circular"``, which would wrap the boundary around."""
+    if cfg.name in PERIODIC_ONLY and not periodic and cfg.padding_mode == "circular":
         raise InputError(
-            f"{cfg.name} pads patches circularly, which assumes a periodic domain; "
-            "this dataset is not periodic (use 'fno' or 'tfno')"
+            f"{cfg.name} with padding_mode='circular' pads patches periodically; this dataset is not periodic: "
+            "use padding_mode 'reflect' or 'zeros' (or the unpatched 'fno' / 'tfno')"
         )
     return MODELS[cfg.name](cfg)
 
