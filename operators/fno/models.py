@@ -3,6 +3,8 @@
 * ``"fno"``: ``neuralop.models.FNO`` with dense spectral weights (Li et al., 2021).
 * ``"tfno"``: ``neuralop.models.TFNO``: the same network with every spectral-convolution weight a
   Tucker tensor of relative ``rank`` (Kossaifi et al., TMLR 2024, Section 3.1).
+* ``factorization="joint"`` (tfno, mg-tfno): one Tucker tensor for every layer's spectral weight
+  (the paper's global factorization, :mod:`operators.fno.joint`).
 * ``"mg-tfno"``: TFNO inside ``neuralop.training.patching.MultigridPatching2D`` (Section 3.2): the
   input is split into ``2^levels x 2^levels`` patches, each padded by ``padding_fraction`` of the
   domain, and each patch carries ``levels`` coarser, wider views of the field stacked as channels,
@@ -42,7 +44,17 @@ def _fno(cfg: OperatorModelConfig) -> nn.Module:
 def _tfno(cfg: OperatorModelConfig) -> nn.Module:
     from neuralop.models import TFNO
 
-    return _Checked(TFNO(**_common(cfg), rank=cfg.rank, factorization="tucker"), cfg)
+    return _Checked(_factorized(TFNO(**_common(cfg), rank=cfg.rank, factorization="tucker"), cfg), cfg)
+
+
+def _factorized(tfno: nn.Module, cfg: OperatorModelConfig) -> nn.Module:
+    """``tfno`` with its spectral weights jointly factorized when ``cfg.factorization == "joint"``
+    (:mod:`operators.fno.joint`); the per-layer Tucker tensors otherwise."""
+    if cfg.factorization == "joint":
+        from .joint import joint_factorize
+
+        joint_factorize(tfno, cfg.rank)
+    return tfno
 
 
 def _mg_tfno(cfg: OperatorModelConfig) -> nn.Module:
@@ -69,6 +81,11 @@ class OperatorModelConfig(BaseModel):
     hidden_channels: int = Field(default=32, ge=1, le=1024)
     n_layers: int = Field(default=4, ge=1, le=32)
     rank: float = Field(default=0.05, gt=0, le=1.0, description="relative Tucker rank (tfno, mg-tfno)")
+    factorization: Literal["per-layer", "joint"] = Field(
+        default="per-layer",
+        description="tfno, mg-tfno: one Tucker tensor per layer's spectral weight, or one for all layers "
+        "jointly (the paper's global factorization)",
+    )
     levels: int = Field(default=1, ge=1, le=4, description="mg-tfno: patching levels (2^levels patches per side)")
     padding_fraction: float = Field(
         default=0.0625, ge=0, lt=0.5, description="mg-tfno: patch padding, fraction of the side"
@@ -89,6 +106,8 @@ class OperatorModelConfig(BaseModel):
         ):
             # fields that only mg-tfno reads must stay at their defaults elsewhere: no silent no-ops
             raise ValueError(f"levels / padding_fraction / padding_mode apply to 'mg-tfno' only, not {self.name!r}")
+        if self.name == "fno" and self.factorization != "per-layer":
+            raise ValueError("factorization applies to 'tfno' and 'mg-tfno' only (the dense 'fno' has no factors)")
         return self
 
 
@@ -111,15 +130,18 @@ class MGTFNO(nn.Module):
         from neuralop.training.patching import MultigridPatching2D
 
         self.cfg = cfg
-        self.inner = TFNO(
-            n_modes=(cfg.n_modes, cfg.n_modes),
-            in_channels=(cfg.in_channels + 2) * (cfg.levels + 1),
-            out_channels=cfg.out_channels,
-            hidden_channels=cfg.hidden_channels,
-            n_layers=cfg.n_layers,
-            rank=cfg.rank,
-            factorization="tucker",
-            positional_embedding=None,
+        self.inner = _factorized(
+            TFNO(
+                n_modes=(cfg.n_modes, cfg.n_modes),
+                in_channels=(cfg.in_channels + 2) * (cfg.levels + 1),
+                out_channels=cfg.out_channels,
+                hidden_channels=cfg.hidden_channels,
+                n_layers=cfg.n_layers,
+                rank=cfg.rank,
+                factorization="tucker",
+                positional_embedding=None,
+            ),
+            cfg,
         )
         self.patcher = _quiet(
             MultigridPatching2D,
