@@ -174,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ship.add_argument("--net", choices=["paper", "multilevel"], default="multilevel")
     ship.add_argument("--scale", choices=SCALES, default="small", help="whose budget list (its largest budget)")
+    ship.add_argument(
+        "--dim",
+        type=int,
+        choices=[2, 3],
+        default=2,
+        help="2: the budget curve's largest model (64^2); 3: the 3D model (32^3 at small)",
+    )
 
     opt = sub.add_parser("optimize", help="one equality-constrained solve through the optimize flow")
     from solvers.optim.config import OptimizeConfig
@@ -513,7 +520,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "ship-dcdm":
         from .benchmarks.linear_budget import ship_dcdm
 
-        print(ship_dcdm(args.net, args.scale))
+        print(ship_dcdm(args.net, args.scale, args.dim))
         return 0
     if args.command == "bench":
         from .benchmarks import get

@@ -120,7 +120,8 @@ def linear(path: str | Path | None = None) -> str:
             "GRF right-hand sides, both tolerances:\n\n" + format_table(main, LINEAR_COLS),
             "Ritz-sampled and divergence right-hand sides (DCDM k=2 vs ICPCG, tol 1e-6):\n\n"
             + format_table(other, LINEAR_COLS),
-            "Iteration growth from the smallest to the largest 2D grid (mean over the three right-hand sides, tol 1e-6):\n\n"
+            "Iteration growth from the smallest to the largest grid (2D: mean over the three right-hand sides; "
+            "3D, `growth3d`: GRF; tol 1e-6):\n\n"
             + format_table(growth, ["method", "problem", "iterations", "growth", "converged"]),
         ]
     )

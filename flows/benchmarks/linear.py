@@ -1,7 +1,8 @@
 """Linear-solver benchmark: DCDM (k=2, k=0) vs CG, ICPCG, DPCG and PETSc CG+GAMG.
 
 The 2D network is the shipped one (``operators/dcdm/weights``, made by ``sciflow ship-dcdm``: the
-budget curve's best network at its largest budget, :mod:`flows.benchmarks.linear_budget`), or
+budget curve's best network at its largest budget, :mod:`flows.benchmarks.linear_budget`; the 3D
+one, trained at 32^3, by ``sciflow ship-dcdm --dim 3`` from :data:`SHIP_3D`), or
 with ``retrain`` the scale's :data:`TRAIN` config trained by the ``train-dcdm`` flow (cached by
 config); either was trained on one 2D Neumann Poisson matrix with a disk obstacle layout. Every solver runs on held-out systems: new obstacle layouts at
 each test size, and three kinds of right-hand side (Ritz-sampled from the test matrix, a smooth
@@ -32,13 +33,25 @@ TRAIN = {
     "small": DCDMTrainConfig(n=64, ritz_m=1000, n_samples=2400, epochs=10, batch_size=32),
     "paper": DCDMTrainConfig(n=64, ritz_m=2000, n_samples=20000, epochs=50, batch_size=64),
 }
-# 3D: (training config, test sizes). The issue's 32^3 -> 64^3 is the paper scale here: on 2 CPU
-# cores a 32^3 training run alone takes tens of minutes, so `small` trains at 16^3 and tests 32^3.
+# 3D with --retrain: (training config, test sizes). On 2 CPU cores a 32^3 training run takes about
+# an hour, so `small` retrains at 16^3 and tests 32^3; without --retrain the shipped 32^3 network
+# (SHIP_3D) is tested at TEST_3D's sizes.
 TRAIN_3D = {
     "smoke": None,
     "small": (DCDMTrainConfig(n=16, dim=3, ritz_m=400, n_samples=800, epochs=4, batch_size=16), [32]),
     "paper": (DCDMTrainConfig(n=32, dim=3, ritz_m=2000, n_samples=10000, epochs=30, batch_size=16), [64, 128]),
 }
+#: the shipped 3D network's training config (``sciflow ship-dcdm --dim 3``): trained at 32^3, tested
+#: at 32^3 and 64^3 on held-out layouts. `small` is what 2 CPU cores give in about an hour
+#: (12k sample passes, 0.26 s each); `paper` is the paper's 3D setting, for a GPU worker.
+SHIP_3D = {
+    "smoke": DCDMTrainConfig(n=8, dim=3, ritz_m=40, n_samples=32, epochs=1, batch_size=8),
+    "small": DCDMTrainConfig(n=32, dim=3, ritz_m=1000, n_samples=2000, epochs=6, batch_size=8),
+    "paper": TRAIN_3D["paper"][0],
+}
+#: the sizes the shipped 3D model is tested at (held-out layouts; 32^3 is its training size)
+SHIPPED_SIZES_3D = (32,)
+TEST_3D = {"smoke": None, "small": [32, 64], "paper": [32, 64, 128]}
 TOLS = (1e-4, 1e-6)
 #: the sizes a shipped model's recorded iteration counts are measured at
 SHIPPED_SIZES = (64, 128)
@@ -131,13 +144,16 @@ def _table(model, sizes: list[int], dim: int, kinds, scale: str, log) -> tuple[l
     return rows, histories
 
 
-def growth_row(method: str, lo_rows: list[dict], hi_rows: list[dict], lo: int, hi: int, scale: str, **extra) -> dict:
+def growth_row(
+    method: str, lo_rows: list[dict], hi_rows: list[dict], lo: int, hi: int, scale: str, dim: int = 2, **extra
+) -> dict:
     """The iteration-growth row of ``method``: mean iterations (tol 1e-6) of its ``hi_rows`` (the
-    largest size) over those of its ``lo_rows`` (the smallest); ``extra`` fields go in the row."""
+    largest size) over those of its ``lo_rows`` (the smallest); ``extra`` fields go in the row.
+    Its problem is ``growth-<lo>-to-<hi>`` (``growth3d-...`` in 3D)."""
     its_lo, its_hi = (float(np.mean([r["iterations"] for r in rs])) for rs in (lo_rows, hi_rows))
     return {
         "method": method,
-        "problem": f"growth-{lo}-to-{hi}",
+        "problem": f"growth{'' if dim == 2 else f'{dim}d'}-{lo}-to-{hi}",
         "scale": scale,
         **extra,
         "rhs": "mean",
@@ -159,26 +175,51 @@ def metric_prefix(row: dict) -> str:
 def method_params(method: str, scale: str, retrain: bool = False) -> dict:
     """A method's configuration as logged to its MLflow child run."""
     if method.startswith("dcdm"):
+        params: dict = {"solver": "dcdm", "n_orth": int(method[-1]), "maxiter": 400}
         if retrain:
-            training, weights = TRAIN[scale].model_dump(mode="json"), "retrained"
-        else:
-            from operators.dcdm.shipped import manifest
+            params |= {"training": TRAIN[scale].model_dump(mode="json"), "weights": "retrained"}
+            if TRAIN_3D[scale] is not None:
+                params |= {"training_3d": TRAIN_3D[scale][0].model_dump(mode="json"), "weights_3d": "retrained"}
+            return params
+        from operators.dcdm.shipped import manifest
 
-            info = manifest(2)
-            training, weights = info["config"], f"shipped sha256 {info['sha256']}"
-        return {"solver": "dcdm", "n_orth": int(method[-1]), "maxiter": 400, "training": training, "weights": weights}
+        for dim, suffix in ((2, ""), (3, "_3d")):
+            if dim == 3 and TEST_3D[scale] is None:
+                continue
+            info = manifest(dim)
+            params |= {f"training{suffix}": info["config"], f"weights{suffix}": f"shipped sha256 {info['sha256']}"}
+        return params
     return {"solver": method, "maxiter": "5 x unknowns"}
 
 
-def shipped_counts(model, sizes=SHIPPED_SIZES, kinds=("grf", "divergence"), tol: float = 1e-6) -> dict[str, int]:
-    """DCDM (k=2) iterations to ``tol`` on the held-out systems, ``{"<n>/<rhs kind>": its}``: what
-    a shipped model records in its manifest and ``tests/operators/test_dcdm_shipped.py`` re-checks."""
+def shipped_counts(model, sizes=None, kinds=("grf", "divergence"), tol: float = 1e-6, dim: int = 2) -> dict[str, int]:
+    """DCDM (k=2) iterations to ``tol`` on the held-out ``dim``-D systems (``sizes``: default
+    :data:`SHIPPED_SIZES` / :data:`SHIPPED_SIZES_3D`), ``{"<n>/<rhs kind>": its}`` (-1: not
+    converged in 1000): what a shipped model records in its manifest and
+    ``tests/operators/test_dcdm_shipped.py`` re-checks."""
     out = {}
-    for n in sizes:
-        system = test_system(n)
+    for n in sizes or (SHIPPED_SIZES if dim == 2 else SHIPPED_SIZES_3D):
+        system = test_system(n, dim)
         for kind in kinds:
             res = solve(system, make_rhs(system, kind, seed=n), "dcdm", tol=tol, maxiter=1000, model=model, check=False)
             out[f"{n}/{kind}"] = res.iterations if res.converged else -1
+    return out
+
+
+def growth_rows(rows: list[dict], sizes: list[int], scale: str, dim: int) -> list[dict]:
+    """Every method's :func:`growth_row` from the first to the last of ``sizes`` (``dim``-D ``rows``)."""
+    lo, hi = sizes[0], sizes[-1]
+    out = []
+    for method in METHODS:
+
+        def at(n):
+            return [
+                r
+                for r in rows
+                if r["method"] == method and r["tol"] == TOLS[-1] and r["problem"] == f"poisson{dim}d-neumann-disks-{n}"
+            ]
+
+        out.append(growth_row(method, at(lo), at(hi), lo, hi, scale, dim))
     return out
 
 
@@ -188,7 +229,9 @@ def run(
     """Every solver on the scale's held-out systems. The 2D DCDM network is the shipped one
     (:func:`operators.dcdm.shipped.load_shipped`, logged to the ``dcdm-k2`` run and registered as
     ``dcdm-2d``), or with ``retrain`` one trained from scratch by ``train-dcdm`` (its own MLflow
-    run, nested under ``run_id``, registers ``dcdm-2d``); the 3D one is trained (``dcdm-3d``).
+    run, nested under ``run_id``, registers ``dcdm-2d``); the 3D one likewise: the shipped 3D
+    network (trained at 32^3) on :data:`TEST_3D`'s sizes, or with ``retrain`` :data:`TRAIN_3D`'s
+    config trained afresh (registers ``dcdm-3d``) on its sizes.
     ``methods``: each solver's MLflow child run gets its configuration."""
     from operators import default_device, model_from_checkpoint
     from operators.dcdm.shipped import load_shipped, manifest
@@ -209,25 +252,25 @@ def run(
         if methods is not None:
             methods.log_model("dcdm-k2", model, "dcdm-2d", (-1, 1, -1, -1))
     rows, histories = _table(model, SIZES[scale], 2, RHS_KINDS, scale, log)
-    lo, hi = SIZES[scale][0], SIZES[scale][-1]
-    for method in METHODS:
-
-        def at(n):
-            return [
-                r for r in rows if r["method"] == method and r["tol"] == TOLS[-1] and r["problem"].endswith(f"-{n}")
-            ]
-
-        rows.append(growth_row(method, at(lo), at(hi), lo, hi, scale))
-    if TRAIN_3D[scale] is not None:
+    rows += growth_rows(rows, SIZES[scale], scale, 2)
+    if retrain and TRAIN_3D[scale] is not None:
         cfg3, sizes3 = TRAIN_3D[scale]
         model3 = model_from_checkpoint(
             train_dcdm(config=cfg3, parent_run_id=run_id), kind="dcdm", device=default_device()
         )
+    elif not retrain and TEST_3D[scale] is not None:
+        model3, sizes3 = load_shipped(3, device=default_device()), TEST_3D[scale]
+        log(f"DCDM: the shipped 3D network ({manifest(3)['sha256'][:12]})")
+    else:
+        model3 = None
+    if model3 is not None:
         rows3, _ = _table(model3, sizes3, 3, ("grf",), scale, log)
-        rows += rows3
+        rows += rows3 + (growth_rows(rows3, sizes3, scale, 3) if len(sizes3) > 1 else [])
     figures = {}
     if histories:
         from ..plots import residual_plot
 
-        figures["residuals"] = residual_plot(histories, f"relative residual, {hi}x{hi}, GRF right-hand side")
+        figures["residuals"] = residual_plot(
+            histories, f"relative residual, {SIZES[scale][-1]}x{SIZES[scale][-1]}, GRF right-hand side"
+        )
     return rows, figures

@@ -235,21 +235,31 @@ def metric_prefix(row: dict) -> str:
     return f"{key_part(row['problem'])}/{key_part(row['budget'])}/{key_part(row['rhs'])}-tol{row['tol']:g}"
 
 
-def ship_dcdm(net: str = "multilevel", scale: str = "small") -> str:
-    """Ship the largest model of the ``scale`` budget curve (:mod:`flows.benchmarks.linear_budget`)
-    for network ``net``: train it through ``train-dcdm`` (reused when cached), record its DCDM
-    iterations on the held-out systems (:func:`flows.benchmarks.linear.shipped_counts`) and write
-    the weights and manifest (:func:`operators.dcdm.shipped.write_shipped`). Returns the manifest path."""
+def ship_dcdm(net: str = "multilevel", scale: str = "small", dim: int = 2) -> str:
+    """Ship a ``dim``-D DCDM model of network ``net``: in 2D the largest model of the ``scale``
+    budget curve (:mod:`flows.benchmarks.linear_budget`), in 3D
+    :data:`flows.benchmarks.linear.SHIP_3D`'s ``scale`` config (32^3 at ``small``). Trains it
+    through ``train-dcdm`` (reused when cached), records its DCDM iterations on the held-out
+    systems (:func:`flows.benchmarks.linear.shipped_counts`) and writes the weights and manifest
+    (:func:`operators.dcdm.shipped.write_shipped`). Returns the manifest path."""
     from operators import model_from_checkpoint
     from operators.dcdm.shipped import write_shipped
 
     from ..dcdm import train_dcdm
-    from .linear import shipped_counts
+    from .linear import SHIP_3D, shipped_counts
 
-    cfg = config(scale, len(BUDGETS[scale]) - 1, net)
+    if dim == 2:
+        cfg = config(scale, len(BUDGETS[scale]) - 1, net)
+    elif dim == 3:
+        cfg = SHIP_3D[scale].model_copy(update={"net": net})
+    else:
+        raise ValueError(f"ship-dcdm: dim must be 2 or 3, got {dim}")
     ckpt = train_dcdm(config=cfg, register_model=False)
-    recorded = shipped_counts(model_from_checkpoint(ckpt, kind="dcdm"))
+    recorded = shipped_counts(model_from_checkpoint(ckpt, kind="dcdm"), dim=dim)
     path = write_shipped(
-        ckpt, command=f"sciflow ship-dcdm --net {net} --scale {scale}", recorded=recorded, extra={"budget_scale": scale}
+        ckpt,
+        command=f"sciflow ship-dcdm --net {net} --scale {scale}" + (" --dim 3" if dim == 3 else ""),
+        recorded=recorded,
+        extra={"budget_scale": scale},
     )
     return str(path)

@@ -26,6 +26,12 @@ MODELS = {  # label -> model config fields (beyond the scale's width / modes)
     "mg-tfno-r0.05": dict(name="mg-tfno", rank=0.05, levels=1, padding_fraction=0.0625),
     "mg-tfno-r0.02": dict(name="mg-tfno", rank=0.02, levels=1, padding_fraction=0.0625),
     "mg-tfno-r0.005": dict(name="mg-tfno", rank=0.005, levels=1, padding_fraction=0.0625),
+    # the paper's global factorization: one Tucker tensor for all layers (operators/fno/joint.py)
+    "tfno-joint-r0.05": dict(name="tfno", rank=0.05, factorization="joint"),
+    "mg-tfno-joint-r0.02": dict(name="mg-tfno", rank=0.02, levels=1, padding_fraction=0.0625, factorization="joint"),
+    # two multigrid levels: 4x4 patches of 1/4 side + 1/16 padding each way, (1/4 + 1/8)^2 = 0.14
+    # of the domain per sample (the paper's ~7x reduction)
+    "mg-tfno-l2-r0.02": dict(name="mg-tfno", rank=0.02, levels=2, padding_fraction=0.0625),
 }
 CONFIGS = {
     "smoke": dict(
@@ -38,7 +44,15 @@ CONFIGS = {
         batch_size=8,
         hidden=16,
         modes=8,
-        models=["fno", "tfno-r0.05", "tfno-r0.02", "mg-tfno-r0.05", "mg-tfno-r0.02"],
+        models=[
+            "fno",
+            "tfno-r0.05",
+            "tfno-r0.02",
+            "mg-tfno-r0.05",
+            "mg-tfno-r0.02",
+            "tfno-joint-r0.05",
+            "mg-tfno-l2-r0.02",
+        ],
     ),
     # 2 CPU cores: about 45 s per epoch and model at this width, so 8 epochs and four models
     "small": dict(

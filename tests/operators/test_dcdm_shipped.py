@@ -9,12 +9,14 @@ from data.errors import CheckpointError
 from operators.dcdm.shipped import WEIGHTS, load_shipped, manifest
 
 
-def test_the_shipped_weights_give_their_recorded_iteration_counts():
+@pytest.mark.parametrize("dim", [2, 3])
+def test_the_shipped_weights_give_their_recorded_iteration_counts(dim):
     from flows.benchmarks.linear import shipped_counts
 
-    info = manifest(2)
+    info = manifest(dim)
     assert info["bytes"] <= 2 * 2**20 and info["command"].startswith("sciflow ship-dcdm")
-    counts = shipped_counts(load_shipped(2))
+    assert info["config"]["dim"] == dim
+    counts = shipped_counts(load_shipped(dim), dim=dim)
     assert set(counts) == set(info["recorded"])
     for key, recorded in info["recorded"].items():
         assert recorded > 0, f"the shipped model did not converge on {key} when it was recorded"
@@ -41,8 +43,9 @@ def test_a_model_for_another_dimension_or_filter_count_is_refused(tmp_path):
     (folder / "dcdm-2d.json").rename(folder / "dcdm-3d.json")  # a 2D model filed as the 3D one
     with pytest.raises(CheckpointError, match="dim: trained for 2, asked for 3"):
         load_shipped(3, folder=folder)
+    (folder / "dcdm-3d.json").unlink()
     with pytest.raises(CheckpointError, match="no shipped 3D DCDM model"):
-        load_shipped(3)
+        load_shipped(3, folder=folder)
 
 
 def test_write_shipped_round_trips_and_refuses_an_oversized_model_without_touching_the_folder(tmp_path, monkeypatch):

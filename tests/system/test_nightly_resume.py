@@ -87,6 +87,8 @@ def test_killed_night_resumes_and_retrains_only_what_had_not_finished(monkeypatc
         KILLED: (1, 1),  # resumed after its checkpoint
         "mg-tfno-r0.05": (0, 2),
         "mg-tfno-r0.02": (0, 2),
+        "tfno-joint-r0.05": (0, 2),
+        "mg-tfno-l2-r0.02": (0, 2),
     }
     assert _mtimes(map(Path, finished)) == finished  # no finished checkpoint was written again
     run = tracking.client().get_run(orphan.info.run_id)
