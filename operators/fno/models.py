@@ -198,7 +198,8 @@ def padding_mode(mode: str):
     module sees for a view whose ``nn.functional.pad`` maps ``mode="circular"`` to ``mode`` (the
     rest is torch itself), under a lock, so the library's patching is used as it is, not copied."""
     if mode == "circular":
-        yield
+        with _PAD_LOCK:  # not while another thread's block has the library's torch swapped
+            yield
         return
     import neuralop.training.patching as patching
 
