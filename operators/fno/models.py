@@ -182,10 +182,7 @@ def _pad(x: torch.Tensor, pad: list[int], mode: str) -> torch.Tensor:
         return torch.nn.functional.pad(x, pad, mode="constant", value=0.0)
     pad = list(pad)
     while any(pad):
-        step = []
-        for k, p in enumerate(pad):
-            side = x.shape[-1 - k // 2]
-            step.append(min(p, side - 1))
+        step = [min(p, x.shape[-1 - k // 2] - 1) for k, p in enumerate(pad)]
         x = torch.nn.functional.pad(x, step, mode="reflect")
         pad = [p - s for p, s in zip(pad, step, strict=True)]
     return x
@@ -195,23 +192,14 @@ def _pad(x: torch.Tensor, pad: list[int], mode: str) -> torch.Tensor:
 def padding_mode(mode: str):
     """Within the block, neuraloperator's patching (``neuralop.training.patching``) pads in
     ``mode`` instead of circularly; ``"circular"`` changes nothing. It swaps the ``torch`` that
-    module sees for a view whose ``nn.functional.pad`` maps ``mode="circular"`` to ``mode`` (the
-    rest is torch itself), under a lock, so the library's patching is used as it is, not copied."""
-    if mode == "circular":
-        with _PAD_LOCK:  # not while another thread's block has the library's torch swapped
-            yield
-        return
+    module sees for a :class:`_TorchView` whose ``nn.functional.pad`` maps ``mode="circular"`` to
+    ``mode``, under a lock (taken in every mode, so no block runs while another has the library's
+    torch swapped): the library's patching is used as it is, not copied."""
     import neuralop.training.patching as patching
 
-    def pad(x: torch.Tensor, pad: list[int], mode: str = "constant", value: float | None = None) -> torch.Tensor:
-        if mode == "circular":
-            return _pad(x, pad, target)
-        return torch.nn.functional.pad(x, pad, mode=mode, value=value)
-
-    target = mode
-    view = _TorchView(types.SimpleNamespace(pad=pad))
     with _PAD_LOCK:
-        patching.torch = view
+        if mode != "circular":
+            patching.torch = _TorchView(mode)
         try:
             yield
         finally:
@@ -219,10 +207,17 @@ def padding_mode(mode: str):
 
 
 class _TorchView:
-    """``torch`` with ``nn.functional`` replaced (for :func:`padding_mode`)."""
+    """``torch`` whose ``nn.functional.pad`` pads in ``target`` where asked for ``"circular"``
+    (for :func:`padding_mode`); every other attribute is torch's."""
 
-    def __init__(self, functional):
-        self.nn = types.SimpleNamespace(functional=functional)
+    def __init__(self, target: str):
+        self._target = target
+        self.nn = types.SimpleNamespace(functional=types.SimpleNamespace(pad=self._pad))
+
+    def _pad(self, x: torch.Tensor, pad: list[int], mode: str = "constant", value: float | None = None):
+        if mode == "circular":
+            return _pad(x, pad, self._target)
+        return torch.nn.functional.pad(x, pad, mode=mode, value=value)
 
     def __getattr__(self, name: str):
         return getattr(torch, name)
