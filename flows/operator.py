@@ -1,4 +1,4 @@
-"""``train-operator`` and ``benchmark-operators`` flows (MG-TFNO, Kossaifi et al., TMLR 2024).
+"""``train-operator``, ``benchmark-operators`` and ``benchmark-operators-budget`` flows (MG-TFNO, Kossaifi et al., TMLR 2024).
 
 ``train-operator`` generates (or finds, cached by spec hash) the dataset through
 ``generate-dataset``, trains the chosen model with a checkpoint after every epoch under
@@ -111,4 +111,21 @@ def benchmark_operators(scale: Scale = "smoke", out: str | None = None, parent_r
     from .benchmarks import run_benchmark
 
     rows, _ = run_benchmark("operators", scale, out, parent_run_id)
+    return rows
+
+
+@flow(
+    name="benchmark-operators-budget",
+    validate_parameters=True,
+    flow_run_name=run_name("bench-operators-budget-{scale}"),
+)
+def benchmark_operators_budget(
+    scale: Scale = "smoke", out: str | None = None, parent_run_id: str | None = None
+) -> list[dict]:
+    """Convergence curves (test error per epoch) of dense FNO, TFNO and MG-TFNO, and the error
+    against parameter count over Tucker ranks, per-layer vs joint, with and without multigrid, at
+    ``scale``; returns the table."""
+    from .benchmarks import run_benchmark
+
+    rows, _ = run_benchmark("operators-budget", scale, out, parent_run_id)
     return rows

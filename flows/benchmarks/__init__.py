@@ -117,6 +117,12 @@ BENCHMARKS: dict[str, Benchmark] = {
             gpu=True,
         ),
         Benchmark(
+            "operators-budget",
+            "flows.benchmarks.operators_budget",
+            "flows.operator:benchmark_operators_budget",
+            "benchmark-operators-budget",
+        ),
+        Benchmark(
             "neural-odes",
             "flows.benchmarks.neural_odes",
             "flows.neural_ode:benchmark_neural_odes",
