@@ -31,6 +31,8 @@ from .operators import FLOW, MODELS
 if TYPE_CHECKING:
     from ..tracking import MethodRuns
 
+#: the curves' models: the operators benchmark's registry and the joint TFNO at the MG-TFNO's rank
+CURVE_MODELS = {**MODELS, "tfno-joint-r0.02": dict(name="tfno", rank=0.02, factorization="joint")}
 RANKS = (0.5, 0.2, 0.1, 0.05, 0.02, 0.01)
 #: pareto series: (factorization, multigrid)
 SERIES = (("per-layer", False), ("joint", False), ("per-layer", True), ("joint", True))
@@ -157,7 +159,7 @@ def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None
 
     methods = methods or MethodRuns(None)
     c = CONFIGS[scale]
-    curves = _part(scale, "curves", c["curves"], {k: MODELS[k] for k in c["curves"]["models"]}, methods)
+    curves = _part(scale, "curves", c["curves"], {k: CURVE_MODELS[k] for k in c["curves"]["models"]}, methods)
     pareto = _part(scale, "pareto", c["pareto"], pareto_models(c["pareto"]["ranks"]), methods)
     return curves + pareto, {"curves": curve_plot(curves), "pareto": pareto_plot(pareto)}
 
