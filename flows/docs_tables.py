@@ -362,6 +362,53 @@ def operators(path: str | Path | None = None) -> str:
     )
 
 
+BUDGET_COLS = [
+    "method",
+    "problem",
+    "params",
+    "compression_vs_fno",
+    "best_epoch",
+    "best_test_l2",
+    "l2_vs_fno",
+    "best_test_h1",
+    "final_test_l2",
+    "final_test_h1",
+    "still_improving",
+    "sec_per_epoch",
+    "input_domain",
+]
+
+
+@renders("operators-budget")
+def operators_budget(path: str | Path | None = None) -> str:
+    rows = _rows("operators-budget", path)
+    curves = [r for r in rows if r["part"] == "curves"]
+    pareto = [r for r in rows if r["part"] == "pareto" and "params" in r]
+    refused = [r for r in rows if "refused" in r]
+    n = (
+        f"{curves[0]['problem']}, {curves[0]['n_train']} training samples, {curves[0]['epochs']} epochs"
+        if curves
+        else ""
+    )
+    out = (
+        f"Convergence ({n}; l2_vs_fno: best test L2 / the dense FNO's best):\n\n"
+        + format_table(curves, BUDGET_COLS)
+        + "\n\n![test L2 and H1 against epochs](../results/operators-budget-small-curves.png)"
+    )
+    if pareto:
+        m = f"{pareto[0]['problem']}, {pareto[0]['n_train']} training samples, {pareto[0]['epochs']} epochs"
+        out += (
+            f"\n\nError against parameters ({m}; every rank, per-layer vs joint, without and with multigrid):\n\n"
+            + format_table(
+                sorted(pareto, key=lambda r: (r["multigrid"], r["factorization"], -r["params"])), BUDGET_COLS
+            )
+            + "\n\n![best test L2 against parameter count](../results/operators-budget-small-pareto.png)"
+        )
+    if refused:
+        out += "\n\nRefused: " + "; ".join(f"`{r['method']}`: {r['refused']}" for r in refused)
+    return out
+
+
 HC_COLS = [
     "method",
     "problem",

@@ -54,7 +54,8 @@ CONFIGS = {
         ),
     ),
     # 2 CPU cores. curves: 64^2 at the operators benchmark's width and modes, 100 epochs on 200
-    # samples (about 5-9 s per epoch and model: ~40 min); pareto: 32^2, 12 modes, 25 epochs on 400
+    # samples (about 4-12 s per epoch and model: ~55 min), two multigrid levels included (0.14 of
+    # the domain per sample); pareto: 32^2, 12 modes, 25 epochs on 400
     # samples (about 2.5 s per epoch, 4 s with multigrid: ~35 min for the 25 models)
     "small": dict(
         curves=dict(
@@ -66,7 +67,7 @@ CONFIGS = {
             batch_size=8,
             hidden=32,
             modes=16,
-            models=["fno", "tfno-r0.02", "tfno-joint-r0.02", "mg-tfno-r0.02"],
+            models=["fno", "tfno-r0.02", "tfno-joint-r0.02", "mg-tfno-r0.02", "mg-tfno-l2-r0.02"],
         ),
         pareto=dict(
             n=32, n_train=400, n_test=100, epochs=25, step_size=8, batch_size=16, hidden=32, modes=12, ranks=list(RANKS)
