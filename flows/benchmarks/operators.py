@@ -97,6 +97,42 @@ def datasets(scale: str) -> list[NavierStokesSpec]:
     ]
 
 
+def train_config(c: dict, fields: dict):
+    """The benchmark recipe for one model: ``c``'s width, modes, epochs, schedule and batch, H1
+    loss, seed 0; ``fields``: the model config beyond width and modes (a :data:`MODELS` entry)."""
+    from operators.fno import OperatorModelConfig, OperatorTrainConfig
+
+    return OperatorTrainConfig(
+        model=OperatorModelConfig(hidden_channels=c["hidden"], n_modes=c["modes"], **fields),
+        epochs=c["epochs"],
+        step_size=c["step_size"],
+        batch_size=c["batch_size"],
+        loss="h1",
+        seed=0,
+    )
+
+
+def train_operator(label: str, cfg, train_xy, test_xy, digest: str):
+    """Train (or reuse, or resume) one model through :func:`flows.benchmarks.training.train_model`,
+    logging each epoch; returns its :class:`~flows.benchmarks.training.Trained`."""
+    from operators.fno import train
+
+    from . import progress_logger
+    from .training import train_model
+
+    log = progress_logger()
+    return train_model(
+        "operator",
+        label,
+        cfg,
+        lambda ckpt, on_epoch: train(cfg, train_xy, test_xy, checkpoint=ckpt, on_epoch=on_epoch),
+        digest=digest,
+        on_epoch=lambda e, r: log(
+            f"{label:14s} epoch {e}/{cfg.epochs} loss {r['loss']:.4f} test L2 {r['test_l2']:.4f} ({r['seconds']:.1f} s)"
+        ),
+    )
+
+
 def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None) -> tuple[list[dict], dict]:
     """Train and evaluate every model of the scale. ``methods``: each model's MLflow child run gets
     its config, per-epoch metrics and the trained model (registered as ``operator-<label>``)."""
@@ -104,20 +140,16 @@ def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None
 
     import data
     from operators.fno import (
-        OperatorModelConfig,
-        OperatorTrainConfig,
         count_params,
         evaluate,
         input_domain_ratio,
         pairs,
-        train,
     )
 
     from .. import plots
     from ..generate import get_dataset
     from ..tracking import MethodRuns
     from . import progress_logger
-    from .training import train_model
 
     log = progress_logger()
     methods = methods or MethodRuns(None)
@@ -130,25 +162,9 @@ def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None
     test2x = pairs(data.load(ref2, "test"))
     found, preds = {}, {}
     for label in c["models"]:
-        cfg = OperatorTrainConfig(
-            model=OperatorModelConfig(hidden_channels=c["hidden"], n_modes=c["modes"], **MODELS[label]),
-            epochs=c["epochs"],
-            step_size=c["step_size"],
-            batch_size=c["batch_size"],
-            loss="h1",
-            seed=0,
-        )
+        cfg = train_config(c, MODELS[label])
         methods.log_params(label, cfg.model_dump(mode="json"))
-        trained = train_model(
-            "operator",
-            label,
-            cfg,
-            lambda ckpt, on_epoch, cfg=cfg: train(cfg, train_xy, test_xy, checkpoint=ckpt, on_epoch=on_epoch),
-            digest=ref.digest,
-            on_epoch=lambda e, r, label=label, cfg=cfg: log(
-                f"{label:14s} epoch {e}/{cfg.epochs} loss {r['loss']:.4f} test L2 {r['test_l2']:.4f} ({r['seconds']:.1f} s)"
-            ),
-        )
+        trained = train_operator(label, cfg, train_xy, test_xy, ref.digest)
         model, history = trained.model, trained.history
         err, err2 = evaluate(model, *test_xy), evaluate(model, *test2x)
         with torch.no_grad():

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from data.errors import InputError
 from data.spec import NavierStokesSpec
 
-from .operators import FLOW, MODELS
+from .operators import FLOW, MODELS, train_config, train_operator
 
 if TYPE_CHECKING:
     from ..tracking import MethodRuns
@@ -167,12 +167,11 @@ def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None
 
 def _part(scale: str, part: str, p: dict, models: dict[str, dict], methods: MethodRuns) -> list[dict]:
     import data
-    from operators.fno import OperatorModelConfig, OperatorTrainConfig, count_params, input_domain_ratio, pairs, train
+    from operators.fno import count_params, input_domain_ratio, pairs
     from operators.fno.models import build_model
 
     from ..generate import get_dataset
     from . import progress_logger
-    from .training import train_model
 
     log = progress_logger()
     ref = get_dataset(_spec(p))
@@ -188,30 +187,14 @@ def _part(scale: str, part: str, p: dict, models: dict[str, dict], methods: Meth
             multigrid=fields["name"] == "mg-tfno",
         )
         try:
-            cfg = OperatorTrainConfig(
-                model=OperatorModelConfig(hidden_channels=p["hidden"], n_modes=p["modes"], **fields),
-                epochs=p["epochs"],
-                step_size=p["step_size"],
-                batch_size=p["batch_size"],
-                loss="h1",
-                seed=0,
-            )
+            cfg = train_config(p, fields)
             build_model(cfg.model)  # a joint rank is checked against the built network's weight shapes
         except InputError as exc:  # a joint rank below one Tucker rank per index: reported, not trained
             log(f"{method}: refused: {exc}")
             rows.append({**base, **series, "refused": str(exc)})
             continue
         methods.log_params(method, cfg.model_dump(mode="json"))
-        trained = train_model(
-            "operator",
-            method,
-            cfg,
-            lambda ckpt, on_epoch, cfg=cfg: train(cfg, train_xy, test_xy, checkpoint=ckpt, on_epoch=on_epoch),
-            digest=ref.digest,
-            on_epoch=lambda e, r, method=method, cfg=cfg: log(
-                f"{method:26s} epoch {e}/{cfg.epochs} loss {r['loss']:.4f} test L2 {r['test_l2']:.4f} ({r['seconds']:.1f} s)"
-            ),
-        )
+        trained = train_operator(method, cfg, train_xy, test_xy, ref.digest)
         history = trained.history
         row = {
             **base,
