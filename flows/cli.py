@@ -166,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="linear: train the DCDM network from scratch instead of using the shipped one",
     )
+    bench.add_argument(
+        "--part",
+        action="append",
+        choices=["curves", "pareto", "seeds"],
+        help="operators-budget: run only this part (repeatable; default every part)",
+    )
 
     ship = sub.add_parser(
         "ship-dcdm",
@@ -529,6 +535,10 @@ def _run(args: argparse.Namespace) -> int:
         options = {"retrain": True} if args.retrain else {}
         if args.retrain and "retrain" not in flow.parameters.properties:
             raise UsageError(f"--retrain: benchmark {args.name!r} has no network to retrain (only 'linear' takes it)")
+        if args.part:
+            if "parts" not in flow.parameters.properties:
+                raise UsageError(f"--part: benchmark {args.name!r} has no parts (only 'operators-budget' takes it)")
+            options["parts"] = args.part
         rows = flow(scale=args.scale, out=str(args.out), **options)
         print(format_by(rows, "part") if rows and "part" in rows[0] else format_table(rows))
         print(f"\nwrote {args.out}")

@@ -10,7 +10,7 @@ for test samples, and registers the final model in MLflow's registry as ``operat
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from prefect import get_run_logger
 from pydantic import Field
@@ -120,12 +120,16 @@ def benchmark_operators(scale: Scale = "smoke", out: str | None = None, parent_r
     flow_run_name=run_name("bench-operators-budget-{scale}"),
 )
 def benchmark_operators_budget(
-    scale: Scale = "smoke", out: str | None = None, parent_run_id: str | None = None
+    scale: Scale = "smoke",
+    out: str | None = None,
+    parent_run_id: str | None = None,
+    parts: list[Literal["curves", "pareto", "seeds"]] | None = None,
 ) -> list[dict]:
-    """Convergence curves (test error per epoch) of dense FNO, TFNO and MG-TFNO, and the error
-    against parameter count over Tucker ranks, per-layer vs joint, with and without multigrid, at
-    ``scale``; returns the table."""
+    """Convergence curves (test error per epoch) of dense FNO, TFNO and MG-TFNO, the error
+    against parameter count over Tucker ranks, per-layer vs joint, with and without multigrid,
+    and the per-layer vs joint pairs with more seeds, at ``scale``; ``parts``: a subset (default
+    all); returns the table."""
     from .benchmarks import run_benchmark
 
-    rows, _ = run_benchmark("operators-budget", scale, out, parent_run_id)
+    rows, _ = run_benchmark("operators-budget", scale, out, parent_run_id, parts=parts)
     return rows

@@ -1,6 +1,6 @@
 """MG-TFNO training budget and compression (issue #19): convergence curves and the error-vs-size front.
 
-Two parts, one run, same recipe as :mod:`flows.benchmarks.operators` (AdamW, step schedule, H1
+Three parts, one run, same recipe as :mod:`flows.benchmarks.operators` (AdamW, step schedule, H1
 training loss, seed 0, Navier-Stokes ``w(0) -> w(5)`` at ``nu = 1e-4``):
 
 * **curves**: a few models (dense FNO, per-layer and joint Tucker TFNO, MG-TFNO) trained for many
@@ -14,7 +14,10 @@ training loss, seed 0, Navier-Stokes ``w(0) -> w(5)`` at ``nu = 1e-4``):
   below one Tucker rank per index in some mode is refused by the model (reported as a ``refused``
   row with the message, not trained).
 
-Both parts train through :func:`flows.benchmarks.training.train_model`, so a killed run resumes and
+* **seeds**: the per-layer and joint TFNO at a few ranks (about equal parameter counts) again with
+  other seeds (the pareto part is seed 0), for the spread of the joint-vs-per-layer difference.
+
+Every part trains through :func:`flows.benchmarks.training.train_model`, so a killed run resumes and
 a finished model is reused. Errors against the dense FNO's are ratios of best test L2s.
 """
 
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
 
 #: the curves' models: the operators benchmark's registry and the joint TFNO at the MG-TFNO's rank
 CURVE_MODELS = {**MODELS, "tfno-joint-r0.02": dict(name="tfno", rank=0.02, factorization="joint")}
+PARTS = ("curves", "pareto", "seeds")
 RANKS = (0.5, 0.2, 0.1, 0.05, 0.02, 0.01)
 #: pareto series: (factorization, multigrid)
 SERIES = (("per-layer", False), ("joint", False), ("per-layer", True), ("joint", True))
@@ -52,6 +56,7 @@ CONFIGS = {
         pareto=dict(
             n=32, n_train=32, n_test=8, epochs=2, step_size=1, batch_size=8, hidden=16, modes=8, ranks=[0.2, 0.05]
         ),
+        seeds=dict(ranks=[0.05], seeds=[1]),
     ),
     # 2 CPU cores. curves: 64^2 at the operators benchmark's width and modes, 100 epochs on 200
     # samples (about 4-12 s per epoch and model: ~55 min), two multigrid levels included (0.14 of
@@ -72,6 +77,8 @@ CONFIGS = {
         pareto=dict(
             n=32, n_train=400, n_test=100, epochs=25, step_size=8, batch_size=16, hidden=32, modes=12, ranks=list(RANKS)
         ),
+        # the pareto's settings, seeds 1 and 2 for the per-layer / joint pairs of about equal size
+        seeds=dict(ranks=[0.05, 0.02], seeds=[1, 2]),
     ),
     # the paper's resolution and data size on a GPU worker, joint factorization and two levels included
     "paper": dict(
@@ -97,6 +104,7 @@ CONFIGS = {
             modes=32,
             ranks=list(RANKS),
         ),
+        seeds=dict(ranks=[0.05, 0.02], seeds=[1, 2]),
     ),
 }
 #: "still improving": the best of the last STALL_TAIL of the epochs beats the best before by > STALL_GAIN
@@ -153,16 +161,43 @@ def curve_summary(history: list[dict]) -> dict:
     }
 
 
-def run(scale: str, run_id: str | None = None, methods: MethodRuns | None = None) -> tuple[list[dict], dict]:
-    """Train both parts' models at ``scale``; rows: one per model and part (``part`` = ``curves`` or
-    ``pareto``), figures ``curves`` and ``pareto``."""
+def seed_models(ranks, seeds) -> dict[str, dict]:
+    """label -> model fields (with ``seed``) of the seeds part: per-layer and joint TFNO at each rank
+    and seed."""
+    return {
+        f"tfno-{fact}-r{r:g}-s{seed}": dict(name="tfno", rank=r, factorization=fact, seed=seed)
+        for r in ranks
+        for fact in ("per-layer", "joint")
+        for seed in seeds
+    }
+
+
+def run(
+    scale: str, run_id: str | None = None, methods: MethodRuns | None = None, parts: list[str] | None = None
+) -> tuple[list[dict], dict]:
+    """Train the ``parts`` (default all of :data:`PARTS`) at ``scale``; rows: one per model and
+    part (``part`` = ``curves``, ``pareto`` or ``seeds``), figures ``curves`` and ``pareto``
+    (of the parts run)."""
     from ..tracking import MethodRuns
 
+    parts = list(PARTS) if parts is None else parts
+    unknown = [x for x in parts if x not in PARTS]
+    if unknown or not parts:
+        raise InputError(f"parts must be a non-empty list of {list(PARTS)}, got {parts!r}")
     methods = methods or MethodRuns(None)
     c = CONFIGS[scale]
-    curves = _part(scale, "curves", c["curves"], {k: CURVE_MODELS[k] for k in c["curves"]["models"]}, methods)
-    pareto = _part(scale, "pareto", c["pareto"], pareto_models(c["pareto"]["ranks"]), methods)
-    return curves + pareto, {"curves": curve_plot(curves), "pareto": pareto_plot(pareto)}
+    rows, figures = [], {}
+    if "curves" in parts:
+        curves = _part(scale, "curves", c["curves"], {k: CURVE_MODELS[k] for k in c["curves"]["models"]}, methods)
+        rows += curves
+        figures["curves"] = curve_plot(curves)
+    if "pareto" in parts:
+        pareto = _part(scale, "pareto", c["pareto"], pareto_models(c["pareto"]["ranks"]), methods)
+        rows += pareto
+        figures["pareto"] = pareto_plot(pareto)
+    if "seeds" in parts:
+        rows += _part(scale, "seeds", c["pareto"], seed_models(**c["seeds"]), methods)
+    return rows, figures
 
 
 def _part(scale: str, part: str, p: dict, models: dict[str, dict], methods: MethodRuns) -> list[dict]:
@@ -181,13 +216,16 @@ def _part(scale: str, part: str, p: dict, models: dict[str, dict], methods: Meth
     for label, fields in models.items():
         method = f"{part}/{label}"
         base = dict(part=part, method=method, model=label, problem=problem, scale=scale, n_train=p["n_train"])
+        fields = dict(fields)
+        seed = fields.pop("seed", 0)
         series = dict(
+            seed=seed,
             rank=fields.get("rank"),
             factorization="dense" if fields["name"] == "fno" else fields.get("factorization", "per-layer"),
             multigrid=fields["name"] == "mg-tfno",
         )
         try:
-            cfg = train_config(p, fields)
+            cfg = train_config(p, fields, seed)
             build_model(cfg.model)  # a joint rank is checked against the built network's weight shapes
         except InputError as exc:  # a joint rank below one Tucker rank per index: reported, not trained
             log(f"{method}: refused: {exc}")
@@ -211,9 +249,9 @@ def _part(scale: str, part: str, p: dict, models: dict[str, dict], methods: Meth
         for h in history:
             methods.on_epoch(method, problem)(h["epoch"], h)
         rows.append(row)
-    dense = next(r for r in rows if r["model"] == "fno")
+    dense = next((r for r in rows if r["model"] == "fno"), None)
     for r in rows:
-        if "params" in r:
+        if dense is not None and "params" in r:
             r["compression_vs_fno"] = round(dense["params"] / r["params"], 2)
             r["l2_vs_fno"] = round(r["best_test_l2"] / dense["best_test_l2"], 3)
     return rows

@@ -55,5 +55,15 @@ def test_smoke_run_trains_both_parts_and_reports_a_refused_joint_rank(monkeypatc
         assert "params" not in pareto[name] and "valid ranks are >=" in pareto[name]["refused"]
     assert pareto["tfno-per-layer-r0.002"]["params"] < pareto["tfno-per-layer-r0.05"]["params"]
     assert pareto["fno"]["compression_vs_fno"] == 1.0 and pareto["tfno-joint-r0.05"]["compression_vs_fno"] > 5
+    seeds = [r for r in rows if r["part"] == "seeds"]
+    assert sorted((r["factorization"], r["seed"]) for r in seeds) == [("joint", 1), ("per-layer", 1)]
+    assert {r["params"] for r in seeds if r["factorization"] == "joint"} == {pareto["tfno-joint-r0.05"]["params"]}
     assert set(figures) == {"curves", "pareto"}
     assert figures["pareto"].axes[0].get_xscale() == "log"
+
+
+def test_unknown_parts_are_refused_before_training():
+    from flows.benchmarks import operators_budget as ob
+
+    with pytest.raises(InputError, match=r"parts must be a non-empty list of \['curves', 'pareto', 'seeds'\]"):
+        ob.run("smoke", parts=["curves", "pareto-front"])
