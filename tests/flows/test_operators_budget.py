@@ -67,3 +67,11 @@ def test_unknown_parts_are_refused_before_training():
 
     with pytest.raises(InputError, match=r"parts must be a non-empty list of \['curves', 'pareto', 'seeds'\]"):
         ob.run("smoke", parts=["curves", "pareto-front"])
+
+
+def test_part_is_refused_for_a_benchmark_without_parts(tmp_path, capsys):
+    from flows.cli import main
+
+    out = tmp_path / "x.json"
+    assert main(["bench", "operators", "--part", "curves", "--out", str(out)]) == 2
+    assert "--part: benchmark 'operators' has no parts" in capsys.readouterr().err and not out.exists()
