@@ -410,8 +410,46 @@ def operators_budget(path: str | Path | None = None) -> str:
             )
             + "\n\n![best test L2 against parameter count](../results/operators-budget-small-pareto.png)"
         )
+    pairs = seed_spread(rows, path)
+    if pairs:
+        out += (
+            "\n\nPer-layer vs joint at about equal size, over seeds (seed 0: the pareto part; final-epoch test L2, "
+            "mean +- sample standard deviation):\n\n" + format_table(pairs)
+        )
     if refused:
         out += "\n\nRefused: " + "; ".join(f"`{r['method']}`: {r['refused']}" for r in refused)
+    return out
+
+
+def seed_spread(rows: list[dict], path: str | Path | None = None) -> list[dict]:
+    """Per (rank, factorization) of the seeds part: parameters, seeds and the final test L2's mean
+    and spread, seed 0 taken from the pareto rows. The seeds rows come from ``rows`` and, when it
+    exists, ``results/operators-budget-seeds-small.json`` (``--part seeds`` run on its own)."""
+    import statistics
+
+    extra = (
+        Path(path).with_name("operators-budget-seeds-small.json") if path else results_path("operators-budget-seeds")
+    )
+    found = [r for r in rows if r["part"] == "seeds"] + (_rows("x", extra) if extra.exists() else [])
+    seeds = list({r["method"]: r for r in found}.values())  # one row per model and seed
+    out = []
+    for rank, fact in sorted({(r["rank"], r["factorization"]) for r in seeds}, key=lambda k: (-k[0], k[1])):
+        picked = [
+            r
+            for r in [r for r in rows if r["part"] == "pareto"] + seeds
+            if not r.get("multigrid") and (r.get("rank"), r.get("factorization")) == (rank, fact) and "params" in r
+        ]
+        l2 = [r["final_test_l2"] for r in picked]
+        out.append(
+            {
+                "rank": rank,
+                "factorization": fact,
+                "params": picked[0]["params"],
+                "seeds": ", ".join(str(r["seed"]) for r in picked),
+                "final_test_l2": f"{statistics.mean(l2):.4f} +- {statistics.stdev(l2) if len(l2) > 1 else 0:.4f}",
+                "per_seed": ", ".join(f"{v:.4f}" for v in l2),
+            }
+        )
     return out
 
 

@@ -75,3 +75,19 @@ def test_part_is_refused_for_a_benchmark_without_parts(tmp_path, capsys):
     out = tmp_path / "x.json"
     assert main(["bench", "operators", "--part", "curves", "--out", str(out)]) == 2
     assert "--part: benchmark 'operators' has no parts" in capsys.readouterr().err and not out.exists()
+
+
+def test_seed_spread_joins_seed_zero_from_the_pareto_rows(tmp_path):
+    from flows.docs_tables import seed_spread
+
+    def row(part, fact, seed, l2, mg=False):
+        return dict(
+            part=part, method=f"{part}/{fact}-s{seed}-{mg}", rank=0.05, factorization=fact, multigrid=mg,
+            seed=seed, params=100 if fact == "joint" else 110, final_test_l2=l2,
+        )  # fmt: skip
+
+    rows = [row("pareto", "joint", 0, 0.2), row("pareto", "joint", 0, 0.9, mg=True), row("pareto", "per-layer", 0, 0.1)]
+    rows += [row("seeds", "joint", 1, 0.4), row("seeds", "per-layer", 1, 0.3)]
+    out = {r["factorization"]: r for r in seed_spread(rows, tmp_path / "operators-budget-small.json")}
+    assert out["joint"]["seeds"] == "0, 1" and out["joint"]["final_test_l2"] == "0.3000 +- 0.1414"
+    assert out["per-layer"]["per_seed"] == "0.1000, 0.3000" and out["per-layer"]["params"] == 110
