@@ -445,7 +445,7 @@ def seed_spread(rows: list[dict], path: str | Path | None = None) -> list[dict]:
                 "rank": rank,
                 "factorization": fact,
                 "params": picked[0]["params"],
-                "seeds": ", ".join(str(r["seed"]) for r in picked),
+                "seeds": ", ".join(str(r.get("seed", 0)) for r in picked),
                 "final_test_l2": f"{statistics.mean(l2):.4f} +- {statistics.stdev(l2) if len(l2) > 1 else 0:.4f}",
                 "per_seed": ", ".join(f"{v:.4f}" for v in l2),
             }
