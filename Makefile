@@ -22,8 +22,9 @@ check: setup
 test: check
 	$(BIN)/python -m pytest -q --durations=15
 
-# Flows in containers through a docker work pool (infra/CLUSTER.md "Containers here"): the
-# runtime (Debian's docker.io, debootstrap; root), the images, then the container test.
+# Flows in containers (infra/CLUSTER.md section 8): the runtime (Debian's docker.io, debootstrap,
+# docker compose v2; root), the images, then the container test (a docker work pool; the compose
+# stack up, the nightly smoke through it, down -v). .ci/run calls it where the runtime can be had.
 containers-runtime:
 	@bash infra/cluster/runtime.sh
 
@@ -31,7 +32,7 @@ containers: setup containers-runtime
 	CLUSTER_ALLOW_DIRTY=$${CLUSTER_ALLOW_DIRTY:-} infra/cluster/build.sh --local
 
 test-containers: setup containers-runtime
-	$(BIN)/python -m pytest -q -rs tests/system/test_containers.py
+	$(BIN)/python -m pytest -q -rs -s tests/system/test_containers.py
 
 test-fast: check
 	$(BIN)/python -m pytest -q -m "not slow"

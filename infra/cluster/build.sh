@@ -7,7 +7,8 @@
 #   CLUSTER_REGISTRY=registry.example/team TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 \
 #     infra/cluster/build.sh --push                          # a GPU cluster
 #
-# --local: the base image comes from Debian alone (infra/cluster/base-image.sh, debootstrap), the
+# --local: the base image comes from Debian alone (infra/cluster/base-image.sh, debootstrap), so
+# does PostgreSQL (Dockerfile.postgres; the worker image serves as the Prefect server), the
 # lock's CPU torch from this machine's wheel folder ($PIP_FIND_LINKS, served to the build on a
 # loopback port; the build runs with --network host), and the worker image runs as this user's
 # uid, so flow runs in it can write the bind-mounted $SCIFLOW_HOME.
@@ -64,6 +65,14 @@ echo "build.sh: $gpu:$tag in $((SECONDS - t0)) s" >&2
 t0=$SECONDS
 "$docker" build -f infra/cluster/Dockerfile.mlflow "${common[@]}" -t "$mlflow" infra/cluster >&2
 echo "build.sh: $mlflow in $((SECONDS - t0)) s" >&2
+if [ "$mode" = --local ]; then
+  # no registry serves postgres:16 or prefecthq/prefect here: Debian's PostgreSQL, and the worker
+  # image (the same Prefect) as the Prefect server; compose.yaml reads both names (printed below)
+  postgres=sciflow-postgres:15
+  t0=$SECONDS
+  "$docker" build -f infra/cluster/Dockerfile.postgres "${common[@]}" -t "$postgres" infra/cluster >&2
+  echo "build.sh: $postgres in $((SECONDS - t0)) s" >&2
+fi
 if [ "$mode" = "--push" ]; then
   "$docker" push "$gpu:$tag"
   "$docker" push "$mlflow"
@@ -89,4 +98,8 @@ YAML
 echo "export SCIFLOW_GIT_COMMIT=$tag"
 echo "export CLUSTER_IMAGE_NAME=$gpu"
 echo "export CLUSTER_IMAGE=$gpu:$tag"
-echo "export CLUSTER_MLFLOW_IMAGE=$mlflow"
+echo "export MLFLOW_IMAGE=$mlflow"
+if [ "$mode" = --local ]; then
+  echo "export POSTGRES_IMAGE=$postgres"
+  echo "export PREFECT_SERVER_IMAGE=$gpu:$tag"
+fi

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# A container runtime for the container test and local image builds: Debian's docker.io daemon and
-# debootstrap (infra/cluster/base-image.sh). Installs them with apt when missing (root only) and
-# starts dockerd when no daemon answers (its log: ${DOCKERD_LOG:-/var/log/sciflow-dockerd.log}).
+# A container runtime for the container test and local image builds: Debian's docker.io daemon,
+# debootstrap (infra/cluster/base-image.sh) and `docker compose` v2 (infra/cluster/compose-v2.sh:
+# bookworm has only compose 1.29). Installs them when missing (root only) and starts dockerd when
+# no daemon answers (its log: ${DOCKERD_LOG:-/var/log/sciflow-dockerd.log}).
 # Idempotent; exits non-zero with the reason when the runtime cannot be had here.
 set -euo pipefail
 say() { printf '[runtime] %s\n' "$*" >&2; }
-if docker info >/dev/null 2>&1 && command -v debootstrap >/dev/null; then
+here=$(dirname "$0")
+if docker info >/dev/null 2>&1 && command -v debootstrap >/dev/null && docker compose version >/dev/null 2>&1; then
   exit 0
 fi
 if [ "$(id -u)" != 0 ]; then
-  say "no docker daemon answers and installing one needs root; see infra/CLUSTER.md"
+  say "the container runtime (a docker daemon, debootstrap, docker compose v2) is incomplete and completing it needs root; see infra/CLUSTER.md"
   exit 1
 fi
 missing=()
@@ -32,3 +34,4 @@ if ! docker info >/dev/null 2>&1; then
   fi
 fi
 say "docker $(docker info --format '{{.ServerVersion}}') answers"
+bash "$here/compose-v2.sh"

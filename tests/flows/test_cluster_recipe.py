@@ -28,6 +28,9 @@ CLUSTER = ROOT / "infra" / "cluster"
 K8S = CLUSTER / "k8s"
 COMPOSE = yaml.safe_load((CLUSTER / "compose.yaml").read_text())
 SERVICES = COMPOSE["services"]
+#: the MinIO (S3) override of compose.yaml
+S3 = yaml.safe_load((CLUSTER / "compose.s3.yaml").read_text())
+COMPOSE_FILES = ("compose.yaml", "compose.s3.yaml")
 MANIFESTS = [
     (p.name, doc)
     for p in sorted(K8S.glob("*.yaml"))
@@ -66,12 +69,14 @@ def test_every_yaml_file_parses():
 
 
 def test_compose_has_the_stack():
-    assert {"postgres", "minio", "minio-init", "mlflow", "prefect-server", "worker", "gpu-worker"} <= set(SERVICES)
+    assert {"postgres", "mlflow", "prefect-server", "worker", "gpu-worker"} <= set(SERVICES)
+    assert set(S3["services"]) == {"minio", "minio-init", "mlflow"}
+    assert SERVICES["gpu-worker"]["profiles"] == ["gpu"]  # no GPU, no gpu-worker: `--profile gpu` adds it
 
 
 def test_compose_ports_bind_to_loopback():
     published = 0
-    for name, svc in SERVICES.items():
+    for name, svc in [*SERVICES.items(), *S3["services"].items()]:
         for port in svc.get("ports", []):
             published += 1
             if isinstance(port, dict):
@@ -79,12 +84,12 @@ def test_compose_ports_bind_to_loopback():
             else:
                 parts = _default(str(port)).split(":")
                 assert len(parts) == 3 and parts[0] == "127.0.0.1", (name, port)
-    assert published >= 4
+    assert published >= 5
     assert "ports" not in SERVICES["postgres"]  # reachable only on the compose network
 
 
 def _env_items():
-    for name, svc in SERVICES.items():
+    for name, svc in [*SERVICES.items(), *S3["services"].items()]:
         env = svc.get("environment") or {}
         if isinstance(env, list):
             env = dict(e.split("=", 1) for e in env)
@@ -102,12 +107,13 @@ def test_compose_credentials_are_variable_references():
             assert VAR_REF.match(m["user"]) and VAR_REF.match(m["password"]), f"{name}.{key}: credentials in a URL"
             checked += 1
     assert checked >= 8
-    code = "\n".join(line.split("#")[0] for line in (CLUSTER / "compose.yaml").read_text().splitlines())
-    assert "change-me" not in code and "minioadmin" not in code  # no placeholder or default credential as a value
+    for f in COMPOSE_FILES:
+        code = "\n".join(line.split("#")[0] for line in (CLUSTER / f).read_text().splitlines())
+        assert "change-me" not in code and "minioadmin" not in code  # no placeholder or default credential as a value
 
 
 def test_env_example_has_placeholders_and_real_env_is_ignored():
-    required = set(re.findall(r"\$\{([A-Z_0-9]+):\?", (CLUSTER / "compose.yaml").read_text()))
+    required = {v for f in COMPOSE_FILES for v in re.findall(r"\$\{([A-Z_0-9]+):\?", (CLUSTER / f).read_text())}
     example = dict(
         line.split("=", 1)
         for line in (CLUSTER / ".env.example").read_text().splitlines()
@@ -119,18 +125,29 @@ def test_env_example_has_placeholders_and_real_env_is_ignored():
     assert not (CLUSTER / ".env").exists() or ".env" in (CLUSTER / ".gitignore").read_text()
 
 
-def test_mlflow_on_postgres_with_proxied_minio_artifacts():
+def test_mlflow_on_postgres_with_proxied_artifacts_on_a_volume_or_minio():
     mlflow = SERVICES["mlflow"]
     cmd, env = " ".join(mlflow["command"]), mlflow["environment"]
-    assert "--serve-artifacts" in cmd and "--artifacts-destination=s3://" in cmd
+    assert "--serve-artifacts" in cmd and "--artifacts-destination=/var/lib/mlflow/artifacts" in cmd
     assert (
-        env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
+        "mlflow-artifacts:/var/lib/mlflow/artifacts" in mlflow["volumes"] and "mlflow-artifacts" in COMPOSE["volumes"]
+    )
+    assert (
+        env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://")
         and "@postgres:5432/mlflow" in env["MLFLOW_BACKEND_STORE_URI"]
     )
-    assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
     assert "mlflow:*" in env["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")  # other containers reach it as mlflow:5000
-    assert "mc mb" in " ".join(SERVICES["minio-init"]["command"])
-    assert SERVICES["mlflow"]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+    assert set(mlflow["depends_on"]) == {"postgres"}
+    # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3, which MLflow's image does not have
+    [k8s] = BY_KIND["Deployment"]["mlflow"]["spec"]["template"]["spec"]["containers"]
+    k8s_env = {e["name"]: e.get("value") for e in k8s["env"]}
+    assert k8s_env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://")
+    # the S3 variant: the same server, artifacts in MinIO once its bucket exists
+    s3 = S3["services"]["mlflow"]
+    assert "--serve-artifacts" in s3["command"] and "--artifacts-destination=s3://" in " ".join(s3["command"])
+    assert s3["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert "mc mb" in " ".join(S3["services"]["minio-init"]["command"])
+    assert s3["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
     url = SERVICES["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
     assert url.startswith("postgresql+asyncpg://") and url.endswith("@postgres:5432/prefect")
 
@@ -179,10 +196,18 @@ def test_docker_compose_config_accepts_the_file():
         pytest.skip(
             f"docker-compose {v1} predates the Compose Spec compose.yaml is written in (needs docker compose v2)"
         )
-    args = [*cmd, "-f", str(CLUSTER / "compose.yaml"), "--env-file", str(CLUSTER / ".env.example"), "config", "--quiet"]
+    base = [*cmd, "-f", str(CLUSTER / "compose.yaml"), "--env-file", str(CLUSTER / ".env.example")]
+    args = [*base, "config", "--quiet"]
     env = {k: v for k, v in os.environ.items() if k != "SCIFLOW_GIT_COMMIT"}
-    out = subprocess.run(args, capture_output=True, text=True, timeout=60, env={**env, "SCIFLOW_GIT_COMMIT": "0" * 40})
-    assert out.returncode == 0, out.stderr
+    for extra in ([], ["-f", str(CLUSTER / "compose.s3.yaml")], ["--profile", "gpu", "--profile", "dask"]):
+        out = subprocess.run(
+            [*base, *extra, "config", "--quiet"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**env, "SCIFLOW_GIT_COMMIT": "0" * 40},
+        )
+        assert out.returncode == 0, (extra, out.stderr)
     refused = subprocess.run(args, capture_output=True, text=True, timeout=60, env=env)  # no commit: no image tag
     assert refused.returncode != 0 and "SCIFLOW_GIT_COMMIT" in refused.stderr
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from procs import free_port, stop
 from procs import get_json as _get
 from procs import post_json as _post
-from procs import stop
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -64,6 +64,17 @@ def _mlflow_run(mlflow: str, experiment: str, flow_run_id: str) -> dict:
     return run
 
 
+def _in_process_digest(spec, home: Path) -> str:
+    """SHA-256 of ``spec`` generated in a process of this checkout (chunks of 8) under ``home``."""
+    code = (
+        "import data; from data.spec import parse_spec; "
+        f"print(data.generate(parse_spec({spec.model_dump_json()!r}), chunk_size=8, progress=False).digest)"
+    )
+    here = _run([sys.executable, "-c", code], {**os.environ, "SCIFLOW_HOME": str(home)}, 600)
+    assert here.returncode == 0, here.stderr
+    return here.stdout.strip()
+
+
 def _deployment_run(env: dict, name: str, *args: str) -> tuple[str, dict]:
     """`prefect deployment run NAME ARGS... --watch`; (flow run id, its final state from the API)."""
     started = _run([str(BIN / "prefect"), "deployment", "run", name, *args, "--watch"], env, 900)
@@ -73,25 +84,36 @@ def _deployment_run(env: dict, name: str, *args: str) -> tuple[str, dict]:
     return m.group(1), state
 
 
-def test_flows_run_in_containers_through_a_docker_pool(tmp_path):
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> dict[str, str]:
+    """The images of infra/cluster/build.sh --local (built cold, reused warm); its exports and the
+    build's wall time under ``"seconds"``. Skips, saying why, without a container runtime."""
     why = _runtime()
     if why:
         pytest.skip(f"container runtime unavailable: {why}")
-    timings = {}
     t0 = time.time()
     build = subprocess.run(
         [str(CLUSTER / "build.sh"), "--local"],
-        env={**os.environ, "CLUSTER_ALLOW_DIRTY": "1", "CLUSTER_RELEASE_DIR": str(tmp_path / "release")},
+        env={
+            **os.environ,
+            "CLUSTER_ALLOW_DIRTY": "1",
+            "CLUSTER_RELEASE_DIR": str(tmp_path_factory.mktemp("release")),
+        },
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=1800,
     )
     assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-6000:]
-    timings["images"] = time.time() - t0
     exports = dict(line.removeprefix("export ").split("=", 1) for line in build.stdout.split("\n") if "=" in line)
-    image, commit = exports["CLUSTER_IMAGE"], exports["SCIFLOW_GIT_COMMIT"]
-    assert image.endswith(":" + commit) and ":latest" not in image
+    assert exports["CLUSTER_IMAGE"].endswith(":" + exports["SCIFLOW_GIT_COMMIT"])
+    assert ":latest" not in exports["CLUSTER_IMAGE"]
+    return {**exports, "seconds": f"{time.time() - t0:.0f}"}
+
+
+def test_flows_run_in_containers_through_a_docker_pool(images, tmp_path):
+    timings = {"images": float(images["seconds"])}
+    image, commit = images["CLUSTER_IMAGE"], images["SCIFLOW_GIT_COMMIT"]
 
     home = tmp_path / "home"
     env = {
@@ -209,17 +231,146 @@ def test_flows_run_in_containers_through_a_docker_pool(tmp_path):
         stop(worker)
         _run([sciflow, "stack", "down"], env, 120)
     # the same spec and chunks in-process, in another state folder: bit-identical
-    here = _run(
-        [
-            sys.executable,
-            "-c",
-            f"import data; from data.spec import parse_spec; print(data.generate(parse_spec({spec.model_dump_json()!r}), chunk_size=8, progress=False).digest)",
-        ],
-        {**env, "SCIFLOW_HOME": str(tmp_path / "other")},
-        600,
-    )
-    assert here.returncode == 0, here.stderr
-    assert tags["sciflow.dataset.sha256"] == here.stdout.strip()
+    assert tags["sciflow.dataset.sha256"] == _in_process_digest(spec, tmp_path / "other")
     left = subprocess.run(["docker", "ps", "-q", "--filter", f"ancestor={image}"], capture_output=True, text=True)
     assert left.stdout.strip() == "", "flow-run containers left running"
     print("\ncontainers: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+
+
+def _compose_env_file(path: Path, images: dict[str, str], ports: dict[str, int]) -> None:
+    """infra/cluster/.env as a user makes it from .env.example: the passwords replaced, the images
+    this machine built, no GPU profile (no GPU here), free ports."""
+    import secrets
+
+    values = {
+        "POSTGRES_PASSWORD": secrets.token_hex(16),
+        "MINIO_ROOT_PASSWORD": secrets.token_hex(16),
+        "COMPOSE_PROFILES": "",
+        "SCIFLOW_GIT_COMMIT": images["SCIFLOW_GIT_COMMIT"],
+        "CLUSTER_IMAGE_NAME": images["CLUSTER_IMAGE_NAME"],
+        "POSTGRES_IMAGE": images["POSTGRES_IMAGE"],
+        "PREFECT_SERVER_IMAGE": images["PREFECT_SERVER_IMAGE"],
+        "MLFLOW_IMAGE": images["MLFLOW_IMAGE"],
+        **{k: str(v) for k, v in ports.items()},
+    }
+    lines = []
+    for line in (CLUSTER / ".env.example").read_text().splitlines():
+        key = line.split("=", 1)[0]
+        lines.append(f"{key}={values.pop(key)}" if "=" in line and not line.startswith("#") and key in values else line)
+    assert not values, f".env.example lacks {sorted(values)}"
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _compose_left(project: str) -> list[str]:
+    """Containers, volumes and networks of the compose ``project`` still on this machine."""
+    label = f"label=com.docker.compose.project={project}"
+    left = []
+    for kind in (["ps", "-a"], ["volume", "ls"], ["network", "ls"]):
+        out = subprocess.run(["docker", *kind, "-q", "--filter", label], capture_output=True, text=True)
+        left += [f"{kind[0]} {x}" for x in out.stdout.split()]
+    return left
+
+
+def test_compose_stack_up_nightly_smoke_down(images, tmp_path):
+    """infra/cluster/compose.yaml up for real (PostgreSQL, Prefect server, MLflow on PostgreSQL
+    with proxied artifacts on a volume, a process worker on pool `local`), the flows deployed from
+    infra/prefect.yaml, the nightly smoke run through it, `down -v` leaving nothing behind."""
+    from flows.nightly import STAGES
+
+    ports = {"PREFECT_PORT": free_port(), "MLFLOW_PORT": free_port()}
+    env_file = tmp_path / "cluster.env"
+    _compose_env_file(env_file, images, ports)
+    project = "sciflow"  # compose.yaml's `name`
+    if _compose_left(project):
+        pytest.fail(f"a compose project {project!r} already exists here: {_compose_left(project)}")
+    compose = ["docker", "compose", "-f", str(CLUSTER / "compose.yaml"), "--env-file", str(env_file)]
+    # compose reads the shell's variables before the env file: keep only what docker needs
+    base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "DOCKER_HOST", "DOCKER_CONFIG")}
+    prefect = f"http://127.0.0.1:{ports['PREFECT_PORT']}/api"
+    mlflow = f"http://127.0.0.1:{ports['MLFLOW_PORT']}"
+    client = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "SCIFLOW_"))},
+        "PREFECT_API_URL": prefect,
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "MLFLOW_TRACKING_URI": mlflow,
+        "SCIFLOW_REPO": "/opt/sciflow",  # where the worker container finds the code (the pull step)
+        "COLUMNS": "200",
+    }
+    timings = {}
+    t0 = time.time()
+    up = _run([*compose, "up", "-d", "--wait"], base, 600)
+    try:
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        timings["compose up"] = time.time() - t0
+        ps = json.loads(
+            "[" + ",".join(_run([*compose, "ps", "--format", "json"], base, 60).stdout.split("\n")[:-1]) + "]"
+        )
+        assert {p["Service"] for p in ps} == {"postgres", "prefect-server", "mlflow", "worker"}, ps
+        t0 = time.time()
+        deploy = _run(
+            [str(BIN / "prefect"), "--no-prompt", "deploy", "--all", "--prefect-file", "infra/prefect.yaml"],
+            client,
+            600,
+        )
+        assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+        timings["deploy"] = time.time() - t0
+        # one flow in the worker container: its dataset equals an in-process run's, bit for bit
+        from data.spec import DarcySpec
+
+        spec = DarcySpec(n=32, n_train=24, n_test=8)
+        t0 = time.time()
+        gid, gstate = _deployment_run(
+            client,
+            "generate-dataset/generate-dataset",
+            "--param",
+            f"spec={spec.model_dump_json()}",
+            "--param",
+            "chunk_size=8",
+        )
+        timings["generate-dataset"] = time.time() - t0
+        assert gstate["type"] == "COMPLETED", gstate
+        gtags = {t["key"]: t["value"] for t in _mlflow_run(mlflow, "sciflow-data", gid)["data"]["tags"]}
+        assert gtags["sciflow.dataset.sha256"] == _in_process_digest(spec, tmp_path / "other")
+        t0 = time.time()
+        fid, state = _deployment_run(client, "nightly-benchmark/nightly", "--param", "scale=smoke")
+        timings["nightly smoke"] = time.time() - t0
+        logs = _run([*compose, "logs", "--no-color", "--tail", "80", "worker"], base, 60).stdout
+        assert state["type"] == "COMPLETED", f"{state}\n{logs[-4000:]}"
+
+        exp = _get(f"{mlflow}/api/2.0/mlflow/experiments/get-by-name", experiment_name="sciflow-nightly")["experiment"]
+        found = _post(
+            f"{mlflow}/api/2.0/mlflow/runs/search",
+            {"experiment_ids": [exp["experiment_id"]], "filter": f"tags.`prefect.flow_run_id` = '{fid}'"},
+        )["runs"]
+        [night] = found
+        tags = {t["key"]: t["value"] for t in night["data"]["tags"]}
+        assert night["info"]["status"] == "FINISHED" and tags["sciflow.stage"] == "nightly"
+        assert tags["git.commit"] == images["SCIFLOW_GIT_COMMIT"]  # run in the worker image
+        assert night["info"]["artifact_uri"].startswith("mlflow-artifacts:/sciflow")  # through the server's proxy
+        listed = _get(f"{mlflow}/api/2.0/mlflow/artifacts/list", run_id=night["info"]["run_id"])
+        assert {"report.md", "results"} <= {f["path"] for f in listed.get("files", [])}
+        stored = _run(
+            [*compose, "exec", "-T", "mlflow", "find", "/var/lib/mlflow/artifacts", "-name", "report.md"], base, 60
+        )
+        assert night["info"]["run_id"] in stored.stdout  # on the server's volume
+        children = _post(
+            f"{mlflow}/api/2.0/mlflow/runs/search",
+            {
+                "experiment_ids": [exp["experiment_id"]],
+                "filter": f"tags.`mlflow.parentRunId` = '{night['info']['run_id']}'",
+                "max_results": 100,
+            },
+        )["runs"]
+        stages = {
+            {t["key"]: t["value"] for t in c["data"]["tags"]}.get("prefect.flow_name")
+            for c in children
+            if c["info"]["status"] == "FINISHED"
+        }
+        assert set(STAGES) <= stages  # each benchmark stage: a flow run of its deployment, in the worker
+    finally:
+        t0 = time.time()
+        down = _run([*compose, "down", "-v", "--timeout", "20"], base, 300)
+        timings["compose down -v"] = time.time() - t0
+        print("\ncompose: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    assert down.returncode == 0, down.stderr[-3000:]
+    assert _compose_left(project) == [], "compose down -v left these behind"
