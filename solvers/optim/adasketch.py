@@ -92,6 +92,18 @@ def accuracy_theta(P: ALParams, kkt: float) -> float:
     return P.theta * min(1.0, kkt) if P.superlinear else P.theta
 
 
+def accuracy_constants(B, G, H_norm: float, xi_G: float, P: ALParams) -> tuple[float, float]:
+    """``(psi, Upsilon)`` of step 2 (module docstring): ``psi = 20 max(||B||^2, 1) / (min(xi_G, 1)
+    min(xi_B, 1))`` and ``Upsilon = max(||G||, ||H||, 1)`` (Frobenius norms)."""
+    psi = 20.0 * max(frobenius(B) ** 2, 1.0) / (min(xi_G, 1.0) * min(P.xi_B, 1.0))
+    return psi, max(frobenius(G), H_norm, 1.0)
+
+
+def delta_trial(P: ALParams, mu: float, nu: float, psi: float, ups: float) -> float:
+    """The bound ``delta <= (1/2 - beta) nu / ((1 + mu + nu) Upsilon^2 psi^2)`` of step 2."""
+    return (0.5 - P.beta) * nu / ((1.0 + mu + nu) * ups**2 * psi**2)
+
+
 def al_sketch(
     args: MinimizeArgs,
     *,
@@ -163,13 +175,8 @@ def _adasketch(
         bn = float(np.linalg.norm(b))
         for _attempt in range(8):  # sparse path: re-solve with a larger shift while the step shows no curvature
             B = shifted(s.H, t_shift)
-            psi = 20.0 * max(frobenius(B) ** 2, 1.0) / (min(xi_G, 1.0) * min(P.xi_B, 1.0))
-            ups = max(frobenius(s.G), H_norm, 1.0)
-
-            def delta_trial(mu, nu):
-                return (0.5 - P.beta) * nu / ((1.0 + mu + nu) * ups**2 * psi**2)
-
-            delta = max(min(delta, delta_trial(mu, nu)), P.delta_floor)
+            psi, ups = accuracy_constants(B, s.G, H_norm, xi_G, P)
+            delta = max(min(delta, delta_trial(P, mu, nu, psi, ups)), P.delta_floor)
             K = kkt_matrix(B, s.G)
             K_norm = frobenius(K)
             deadline = None if max_seconds is None else t0 + max_seconds
@@ -196,7 +203,7 @@ def _adasketch(
             if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
                 break
             mu, nu = mu * P.rho**2, nu / P.rho
-            delta = max(min(delta / P.rho**4, delta_trial(mu, nu)), P.delta_floor)
+            delta = max(min(delta / P.rho**4, delta_trial(P, mu, nu, psi, ups)), P.delta_floor)
             solver.run(theta * delta * bn / (K_norm * psi), P.max_inner)
         dx = z[: d.n]
         inner_total += solver.steps
@@ -226,4 +233,4 @@ def _adasketch(
     return finish(s, method, t0, k, tol, message, inner_total, history)
 
 
-__all__ = ["ALParams", "accuracy_theta", "al_sketch", "newton_sqp"]
+__all__ = ["ALParams", "accuracy_constants", "accuracy_theta", "al_sketch", "delta_trial", "newton_sqp"]
