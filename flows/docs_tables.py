@@ -430,7 +430,9 @@ def seed_spread(rows: list[dict], path: str | Path | None = None) -> list[dict]:
     extra = (
         Path(path).with_name("operators-budget-seeds-small.json") if path else results_path("operators-budget-seeds")
     )
-    found = [r for r in rows if r["part"] == "seeds"] + (_rows("operators-budget-seeds", extra) if extra.exists() else [])
+    found = [r for r in rows if r["part"] == "seeds"] + (
+        _rows("operators-budget-seeds", extra) if extra.exists() else []
+    )
     seeds = list({r["method"]: r for r in found}.values())  # one row per model and seed
     out = []
     for rank, fact in sorted({(r["rank"], r["factorization"]) for r in seeds}, key=lambda k: (-k[0], k[1])):
