@@ -58,19 +58,23 @@ if [ "$mode" = --local ]; then
 fi
 # MLflow's server image installs the lock's versions of what it shares with the worker
 grep -E '^[A-Za-z0-9]' requirements.lock | sed 's/ *\\$//' > infra/cluster/.constraints.txt
-mlflow=${registry}sciflow-mlflow:$(sed -n 's/^mlflow==\([^ ]*\).*/\1/p' infra/cluster/.constraints.txt)
+mlflow_version=$(sed -n 's/^mlflow==\([^ ]*\).*/\1/p' infra/cluster/.constraints.txt)
+mlflow=${registry}sciflow-mlflow:$tag
+# every image carries the commit in its tag and its revision label (the MLflow version: a label)
+labels=(--label "org.opencontainers.image.revision=$tag")
 t0=$SECONDS
 "$docker" build -f infra/cluster/Dockerfile.gpu-worker "${common[@]}" "${args[@]}" -t "$gpu:$tag" . >&2
 echo "build.sh: $gpu:$tag in $((SECONDS - t0)) s" >&2
 t0=$SECONDS
-"$docker" build -f infra/cluster/Dockerfile.mlflow "${common[@]}" -t "$mlflow" infra/cluster >&2
+"$docker" build -f infra/cluster/Dockerfile.mlflow "${common[@]}" "${labels[@]}" \
+  --label "org.opencontainers.image.version=$mlflow_version" -t "$mlflow" infra/cluster >&2
 echo "build.sh: $mlflow in $((SECONDS - t0)) s" >&2
 if [ "$mode" = --local ]; then
   # no registry serves postgres:16 or prefecthq/prefect here: Debian's PostgreSQL, and the worker
   # image (the same Prefect) as the Prefect server; compose.yaml reads both names (printed below)
-  postgres=sciflow-postgres:15
+  postgres=sciflow-postgres:$tag
   t0=$SECONDS
-  "$docker" build -f infra/cluster/Dockerfile.postgres "${common[@]}" -t "$postgres" infra/cluster >&2
+  "$docker" build -f infra/cluster/Dockerfile.postgres "${common[@]}" "${labels[@]}" -t "$postgres" infra/cluster >&2
   echo "build.sh: $postgres in $((SECONDS - t0)) s" >&2
 fi
 if [ "$mode" = "--push" ]; then

@@ -592,10 +592,12 @@ def test_sciflow_images_carry_the_commit():
     assert "sciflow-gpu:latest" not in text
     for name in ("worker", "gpu-worker", "dask-worker"):
         assert SERVICES[name]["image"] == anchor["image"], name
+    assert SERVICES["mlflow"]["image"].startswith("${MLFLOW_IMAGE:-sciflow-mlflow:${SCIFLOW_GIT_COMMIT:?")
     for fname, doc in MANIFESTS:
         for c in _containers(doc):
-            if c["image"].startswith("sciflow-gpu:"):
-                assert c["image"] == "sciflow-gpu:set-by-infra-cluster-build-sh", (fname, c["name"])
+            if c["image"].startswith(("sciflow-gpu:", "sciflow-mlflow:")):
+                placeholder = c["image"].split(":")[0] + ":set-by-infra-cluster-build-sh"
+                assert c["image"] == placeholder, (fname, c["name"])
                 assert c["imagePullPolicy"] == "IfNotPresent", (fname, c["name"])  # commit tags never move
     docker = (CLUSTER / "Dockerfile.gpu-worker").read_text()
     arg, env = docker.index("ARG GIT_COMMIT"), docker.index('ENV SCIFLOW_GIT_COMMIT="${GIT_COMMIT}"')
@@ -656,6 +658,8 @@ def test_build_script_tags_with_the_commit_and_refuses_a_dirty_tree(tmp_path):
     assert build[:3] == ["build", "-f", "infra/cluster/Dockerfile.gpu-worker"]
     assert f"GIT_COMMIT={commit}" in build and f"registry.example/team/sciflow-gpu:{commit}" in build
     assert push == ["push", f"registry.example/team/sciflow-gpu:{commit}"]
+    assert f"registry.example/team/sciflow-mlflow:{commit}" in build_mlflow
+    assert f"org.opencontainers.image.revision={commit}" in build_mlflow
     assert f"export SCIFLOW_GIT_COMMIT={commit}" in out.stdout
     overlay = yaml.safe_load((repo / "infra/cluster/k8s/release/kustomization.yaml").read_text())
     assert overlay["resources"] == [".."]
