@@ -44,7 +44,7 @@ read -r filename debsum version < <(xz -dc Packages.xz | awk '
   p && /^Version: / {v = $2}
   p && /^Filename: / {f = $2}
   p && /^SHA256: / {s = $2}
-  /^$/ && p && f {print f, s, v; exit}')
+  /^$/ && p && f {print f, s, v; exit}') || true
 [ -n "${filename:-}" ] || { say "no docker-compose package in $suite/$arch"; exit 1; }
 case $version in 2.*) ;; *) say "$suite's docker-compose is $version, not 2.x"; exit 1;; esac
 fetch "$mirror/$filename" compose.deb

@@ -205,20 +205,33 @@ def test_flows_run_in_containers_through_a_docker_pool(images, tmp_path):
         lock = _run([sys.executable, "infra/lock.py", "digest"], env, 60).stdout.strip()
         assert tags["sciflow.lock.sha256"] == lock  # the image's environment is the lock's
 
+        # the nightly smoke with benchmark-operators as a GPU stage: dispatched to its `gpu`
+        # deployment, i.e. to this docker pool standing in for the GPU pool; the other stages run
+        # on `local` (the stack's process worker)
         t0 = time.time()
-        bid, bstate = _deployment_run(env, "benchmark-operators/gpu", "--param", "scale=smoke")
-        timings["benchmark-operators smoke"] = time.time() - t0
-        assert bstate["type"] == "COMPLETED", f"{bstate}\n{(tmp_path / 'docker-worker.log').read_text()[-4000:]}"
-        brun = _mlflow_run(env["MLFLOW_TRACKING_URI"], "sciflow-benchmarks", bid)
-        assert brun["info"]["status"] == "FINISHED"
-        children = _post(
-            f"{env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/runs/search",
+        nid, nstate = _deployment_run(
+            env, "nightly-benchmark/nightly", "--param", "scale=smoke", "--param", 'gpu_stages=["benchmark-operators"]'
+        )
+        timings["nightly smoke, operators stage in a container"] = time.time() - t0
+        log = (tmp_path / "docker-worker.log").read_text()
+        assert nstate["type"] == "COMPLETED", f"{nstate}\n{log[-4000:]}"
+        [staged] = _post(
+            f"{env['PREFECT_API_URL']}/flow_runs/filter",
             {
-                "experiment_ids": [brun["info"]["experiment_id"]],
-                "filter": f"tags.`mlflow.parentRunId` = '{brun['info']['run_id']}'",
+                "flows": {"name": {"any_": ["benchmark-operators"]}},
+                "work_pools": {"name": {"any_": ["gpu"]}},
             },
+        )
+        assert staged["state_type"] == "COMPLETED" and f"submitting flow run '{staged['id']}'" in log
+        mlflow = env["MLFLOW_TRACKING_URI"]
+        exp = _get(f"{mlflow}/api/2.0/mlflow/experiments/get-by-name", experiment_name="sciflow-nightly")["experiment"]
+        [stage_run] = _post(
+            f"{mlflow}/api/2.0/mlflow/runs/search",
+            {"experiment_ids": [exp["experiment_id"]], "filter": f"tags.`prefect.flow_run_id` = '{staged['id']}'"},
         )["runs"]
-        assert children and all(c["info"]["status"] == "FINISHED" and c["data"].get("metrics") for c in children)
+        stage_tags = {t["key"]: t["value"] for t in stage_run["data"]["tags"]}
+        assert stage_run["info"]["status"] == "FINISHED" and stage_run["data"].get("metrics")
+        assert stage_tags["git.commit"] == commit  # ran in the image
 
         # bad input: an image that does not exist fails the flow run, and the message names it
         missing = image.rsplit(":", 1)[0] + ":no-such-commit"
@@ -227,6 +240,15 @@ def test_flows_run_in_containers_through_a_docker_pool(images, tmp_path):
         timings["missing image"] = time.time() - t0
         assert mstate["type"] in ("CRASHED", "FAILED"), mstate
         assert "no-such-commit" in (mstate.get("message") or "") + (tmp_path / "docker-worker.log").read_text()
+        # bad input: a flow-run container that cannot reach the Prefect API ends, and says which URL
+        unreachable = "http://127.0.0.1:9/api"
+        t0 = time.time()
+        _, ustate = _deployment_run(
+            env, "generate-dataset/container", "--job-variable", f"env={json.dumps({'PREFECT_API_URL': unreachable})}"
+        )
+        timings["unreachable API"] = time.time() - t0
+        assert ustate["type"] in ("CRASHED", "FAILED"), ustate
+        assert "127.0.0.1:9" in (ustate.get("message") or "") + (tmp_path / "docker-worker.log").read_text()
     finally:
         stop(worker)
         _run([sciflow, "stack", "down"], env, 120)

@@ -105,6 +105,16 @@ def test_stack_up_deployed_nightly_smoke_down(tmp_path):
             *(f"{stage}/gpu" for stage in STAGES if stage != "benchmark-optimizers"),
         ]:
             assert name in done.stdout, name
+        # bad input: a gpu_count of the wrong type is refused when the run is created, naming the variable
+        bad = subprocess.run(
+            [str(BIN / "prefect"), "deployment", "run", "benchmark-operators/gpu", "--job-variable", "gpu_count=two"],
+            env={**env, **stack_env, "COLUMNS": "300"},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert bad.returncode != 0 and "Validation failed for field 'gpu_count'" in bad.stdout + bad.stderr, bad.stdout
         t0 = time.perf_counter()
         out = subprocess.run(
             [
