@@ -53,14 +53,20 @@ def _run(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProce
     return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
-def _mlflow_run(mlflow: str, experiment: str, flow_run_id: str) -> dict:
+def _runs(mlflow: str, experiment: str, filter_string: str) -> list[tuple[dict, dict]]:
+    """(run, its tags as a dict) for every run of ``experiment`` matching ``filter_string``."""
     exp = _get(f"{mlflow}/api/2.0/mlflow/experiments/get-by-name", experiment_name=experiment)["experiment"]
     found = _post(
         f"{mlflow}/api/2.0/mlflow/runs/search",
-        {"experiment_ids": [exp["experiment_id"]], "filter": f"tags.`prefect.flow_run_id` = '{flow_run_id}'"},
-    )
+        {"experiment_ids": [exp["experiment_id"]], "filter": filter_string, "max_results": 100},
+    ).get("runs", [])
+    return [(r, {t["key"]: t["value"] for t in r["data"]["tags"]}) for r in found]
+
+
+def _mlflow_run(mlflow: str, experiment: str, flow_run_id: str) -> dict:
     # a benchmark has one child run per method under its parent; the parent is the flow run's
-    [run] = [r for r in found["runs"] if "mlflow.parentRunId" not in {t["key"] for t in r["data"]["tags"]}]
+    found = _runs(mlflow, experiment, f"tags.`prefect.flow_run_id` = '{flow_run_id}'")
+    [run] = [r for r, tags in found if "mlflow.parentRunId" not in tags]
     return run
 
 
@@ -225,14 +231,9 @@ def test_flows_run_in_containers_through_a_docker_pool(images, tmp_path):
             },
         )
         assert staged["state_type"] == "COMPLETED" and f"submitting flow run '{staged['id']}'" in log
-        mlflow = env["MLFLOW_TRACKING_URI"]
-        exp = _get(f"{mlflow}/api/2.0/mlflow/experiments/get-by-name", experiment_name="sciflow-nightly")["experiment"]
-        found = _post(
-            f"{mlflow}/api/2.0/mlflow/runs/search",
-            {"experiment_ids": [exp["experiment_id"]], "filter": f"tags.`prefect.flow_run_id` = '{staged['id']}'"},
-        )["runs"]  # the stage's run and its methods' runs nested under it
-        tagged = [(r, {t["key"]: t["value"] for t in r["data"]["tags"]}) for r in found]
-        [(stage_run, stage_tags)] = [(r, t) for r, t in tagged if t.get("sciflow.stage", "").startswith("bench-")]
+        # the stage's run and its methods' runs nested under it
+        found = _runs(env["MLFLOW_TRACKING_URI"], "sciflow-nightly", f"tags.`prefect.flow_run_id` = '{staged['id']}'")
+        [(stage_run, stage_tags)] = [(r, t) for r, t in found if t.get("sciflow.stage", "").startswith("bench-")]
         assert stage_run["info"]["status"] == "FINISHED" and stage_run["data"].get("metrics")
         assert stage_tags["git.commit"] == commit  # ran in the image
 
@@ -306,8 +307,8 @@ def test_compose_stack_up_nightly_smoke_down(images, tmp_path):
     env_file = tmp_path / "cluster.env"
     _compose_env_file(env_file, images, ports)
     project = "sciflow"  # compose.yaml's `name`
-    if _compose_left(project):
-        pytest.fail(f"a compose project {project!r} already exists here: {_compose_left(project)}")
+    if left := _compose_left(project):
+        pytest.fail(f"a compose project {project!r} already exists here: {left}")
     compose = ["docker", "compose", "-f", str(CLUSTER / "compose.yaml"), "--env-file", str(env_file)]
     # compose reads the shell's variables before the env file: keep only what docker needs
     base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "DOCKER_HOST", "DOCKER_CONFIG")}
@@ -362,13 +363,7 @@ def test_compose_stack_up_nightly_smoke_down(images, tmp_path):
         logs = _run([*compose, "logs", "--no-color", "--tail", "80", "worker"], base, 60).stdout
         assert state["type"] == "COMPLETED", f"{state}\n{logs[-4000:]}"
 
-        exp = _get(f"{mlflow}/api/2.0/mlflow/experiments/get-by-name", experiment_name="sciflow-nightly")["experiment"]
-        found = _post(
-            f"{mlflow}/api/2.0/mlflow/runs/search",
-            {"experiment_ids": [exp["experiment_id"]], "filter": f"tags.`prefect.flow_run_id` = '{fid}'"},
-        )["runs"]
-        [night] = found
-        tags = {t["key"]: t["value"] for t in night["data"]["tags"]}
+        [(night, tags)] = _runs(mlflow, "sciflow-nightly", f"tags.`prefect.flow_run_id` = '{fid}'")
         assert night["info"]["status"] == "FINISHED" and tags["sciflow.stage"] == "nightly"
         assert tags["git.commit"] == images["SCIFLOW_GIT_COMMIT"]  # run in the worker image
         assert night["info"]["artifact_uri"].startswith("mlflow-artifacts:/sciflow")  # through the server's proxy
@@ -378,19 +373,8 @@ def test_compose_stack_up_nightly_smoke_down(images, tmp_path):
             [*compose, "exec", "-T", "mlflow", "find", "/var/lib/mlflow/artifacts", "-name", "report.md"], base, 60
         )
         assert night["info"]["run_id"] in stored.stdout  # on the server's volume
-        children = _post(
-            f"{mlflow}/api/2.0/mlflow/runs/search",
-            {
-                "experiment_ids": [exp["experiment_id"]],
-                "filter": f"tags.`mlflow.parentRunId` = '{night['info']['run_id']}'",
-                "max_results": 100,
-            },
-        )["runs"]
-        stages = {
-            {t["key"]: t["value"] for t in c["data"]["tags"]}.get("prefect.flow_name")
-            for c in children
-            if c["info"]["status"] == "FINISHED"
-        }
+        children = _runs(mlflow, "sciflow-nightly", f"tags.`mlflow.parentRunId` = '{night['info']['run_id']}'")
+        stages = {t.get("prefect.flow_name") for c, t in children if c["info"]["status"] == "FINISHED"}
         assert set(STAGES) <= stages  # each benchmark stage: a flow run of its deployment, in the worker
     finally:
         t0 = time.time()
