@@ -47,7 +47,11 @@ sketch by rows has it when every block is drawn with positive probability.
 The residual ``r = K z - b`` is updated incrementally, ``r <- r - K K^T S y``, from a precomputed
 Gram matrix ``K K^T`` (dense when small, sparse otherwise), at ``O(nnz(row of K K^T))`` per
 Kaczmarz step; the reference implementation recomputes ``K z - b`` each step (``O((n+m)^2)``).
-``||r||^2`` is carried along the same way and recomputed exactly once per sweep against drift.
+``||r||^2`` is carried along the same way and recomputed exactly once per chunk of steps against drift.
+The Kaczmarz loop is compiled (numba): rows are drawn here with the run's NumPy generator, a chunk
+of ``max(N, 4096)`` at a time, and the compiled loop takes them in order, stopping at the first
+step that meets the threshold, so the iterates are those of the step-by-step loop; it costs ~0.03
+us per step on a 10-row system against ~6 us for a Python loop.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numba
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
@@ -64,6 +69,51 @@ import scipy.sparse.linalg as spla
 from data.errors import InputError
 
 EPS = float(np.finfo(np.float64).eps)
+#: fewest Kaczmarz steps per chunk (a chunk is also at least one sweep, ``N`` steps)
+KACZMARZ_CHUNK = 4096
+
+
+@numba.njit(cache=True)
+def _kaczmarz_dense(K, G, inv, rows, z, r, thr2):  # pragma: no cover - compiled
+    """Kaczmarz steps on dense ``K`` (``G = K K^T``) along ``rows`` until ``||r||^2 <= thr2``;
+    updates ``z`` and ``r = K z - b`` in place; returns (steps taken, ``||r||^2``)."""
+    N = r.shape[0]
+    rr = 0.0
+    for j in range(N):
+        rr += r[j] * r[j]
+    for t in range(rows.shape[0]):
+        i = rows[t]
+        a = r[i] * inv[i]
+        rr = 0.0
+        for j in range(N):
+            z[j] -= a * K[i, j]
+            r[j] -= a * G[i, j]
+            rr += r[j] * r[j]
+        if rr <= thr2:
+            return t + 1, rr
+    return rows.shape[0], rr
+
+
+@numba.njit(cache=True)
+def _kaczmarz_csr(Kp, Ki, Kd, Gp, Gi, Gd, inv, rows, z, r, rr, thr2):  # pragma: no cover - compiled
+    """:func:`_kaczmarz_dense` for CSR ``K`` and ``G``; ``||r||^2`` is carried along,
+    ``||r - a g||^2 = ||r||^2 - 2 a g.r + a^2 ||g||^2`` with ``g = (K K^T) e_i``."""
+    for t in range(rows.shape[0]):
+        i = rows[t]
+        a = r[i] * inv[i]
+        for p in range(Kp[i], Kp[i + 1]):
+            z[Ki[p]] -= a * Kd[p]
+        gg = 0.0
+        gr = 0.0
+        for p in range(Gp[i], Gp[i + 1]):
+            gg += Gd[p] * Gd[p]
+            gr += Gd[p] * r[Gi[p]]
+        rr += a * (a * gg - 2.0 * gr)
+        for p in range(Gp[i], Gp[i + 1]):
+            r[Gi[p]] -= a * Gd[p]
+        if rr <= thr2:
+            return t + 1, rr
+    return rows.shape[0], rr
 
 
 class SketchSolver:
@@ -76,7 +126,7 @@ class SketchSolver:
         kind: one of :data:`SKETCHES` (the keys of :data:`SKETCH_STEPS`).
         rng: NumPy generator (the seed makes the run reproducible).
         deadline: a ``time.perf_counter()`` value after which :meth:`run` stops early (checked after
-            every step of the block and Gaussian sketches, every sweep of Kaczmarz).
+            every step of the block and Gaussian sketches, every chunk of Kaczmarz steps).
         block_size: rows per block for ``"block"``, columns of ``S`` for ``"gaussian"`` (default
             ``ceil(sqrt(N))``); ``1 <= block_size <= N``, else :class:`~data.errors.InputError`.
         precondition: one of :data:`PRECONDITIONERS`: ``"none"``, or ``"ilu"`` (right
@@ -121,6 +171,8 @@ class SketchSolver:
         if block_size is not None and not 1 <= block_size <= N:
             raise InputError(f"block_size={block_size} must be between 1 and the system's size N = {N}")
         self.block_size = block_size or int(np.ceil(np.sqrt(N)))
+        #: Kaczmarz rows drawn per call of the compiled loop; the residual is recomputed once per chunk
+        self.chunk = max(N, KACZMARZ_CHUNK)
         self.ilu: spla.SuperLU | None = None
         if kind == "exact":
             return
@@ -159,7 +211,7 @@ class SketchSolver:
         """Step until ``||K z - b|| <= threshold`` or ``max_steps`` more steps; True when reached.
 
         A threshold below :attr:`floor` is unreachable in floating point: the run then also stops
-        at the floor (checked after every sweep, ``N / q`` steps), returns False and sets
+        at the floor (checked after every sweep, ``N / q`` steps, or chunk of Kaczmarz steps), returns False and sets
         ``at_floor``; ``z`` then solves the system to working precision."""
         if self.residual_norm <= threshold:
             return True
@@ -168,7 +220,7 @@ class SketchSolver:
             self.at_floor = self.residual_norm <= self.floor
             return self.residual_norm <= threshold
         steps = SKETCH_STEPS[self.kind] if self.ilu is None else SketchSolver._preconditioned
-        sweep = self.N if self.kind == "kaczmarz" else max(self.N // self.block_size, 1)
+        sweep = self.chunk if self.kind == "kaczmarz" else max(self.N // self.block_size, 1)
         end = self.steps + max_steps
         while self.steps < end:
             steps(self, max(threshold, self.floor), min(sweep, end - self.steps))
@@ -196,36 +248,21 @@ class SketchSolver:
         self.rr = float(self.r @ self.r)
 
     def _kaczmarz(self, threshold: float, max_steps: int) -> None:
-        thr2, z, r, inv = threshold * threshold, self.z, self.r, self.inv_row_norm2
-        done = 0
+        """Randomized Kaczmarz steps in a compiled loop (:func:`_kaczmarz_dense`,
+        :func:`_kaczmarz_csr`) over rows drawn here, a chunk at a time, with the run's generator."""
+        thr2, done = threshold * threshold, 0
         while done < max_steps:
-            rows = self.rng.choice(self.N, size=min(max_steps - done, self.N), p=self.p)
+            rows = self.rng.choice(self.N, size=min(max_steps - done, self.chunk), p=self.p)
             if self.sparse:
-                Kp, Ki, Kd = self.K.indptr, self.K.indices, self.K.data
-                Gp, Gi, Gd = self.gram.indptr, self.gram.indices, self.gram.data
-                for i in rows:
-                    a = r[i] * inv[i]
-                    s, e = Kp[i], Kp[i + 1]
-                    z[Ki[s:e]] -= a * Kd[s:e]
-                    s, e = Gp[i], Gp[i + 1]
-                    gi, gd = Gi[s:e], Gd[s:e]
-                    # ||r - a g||^2 = ||r||^2 - 2 a g.r + a^2 ||g||^2, g = (K K^T) e_i
-                    self.rr += a * (a * float(gd @ gd) - 2.0 * float(gd @ r[gi]))
-                    r[gi] -= a * gd
-                    done += 1
-                    if self.rr <= thr2:
-                        break
-            else:
                 K, G = self.K, self.gram
-                for i in rows:
-                    a = r[i] * inv[i]
-                    z -= a * K[i]
-                    r -= a * G[i]
-                    done += 1
-                    self.rr = float(r @ r)
-                    if self.rr <= thr2:
-                        break
-            self._resync()  # once per sweep: exact residual, no drift
+                took, self.rr = _kaczmarz_csr(
+                    K.indptr, K.indices, K.data, G.indptr, G.indices, G.data,
+                    self.inv_row_norm2, rows, self.z, self.r, self.rr, thr2,
+                )  # fmt: skip
+            else:
+                took, self.rr = _kaczmarz_dense(self.K, self.gram, self.inv_row_norm2, rows, self.z, self.r, thr2)
+            done += took
+            self._resync()  # once per chunk: exact residual, no drift
             if self.rr <= thr2 or self._late():
                 break
         self.steps += done

@@ -12,6 +12,7 @@ import torch
 from solvers.optim import METHODS, SKETCHES, NonFiniteError, SketchSolver, kkt_residual, minimize_eq
 from solvers.optim.derivatives import AutogradDerivatives
 from solvers.optim.problems import get, hs_set
+from solvers.optim.sketch import KACZMARZ_CHUNK, _kaczmarz_csr, _kaczmarz_dense
 
 from methods import EQ_OPTIMIZERS
 
@@ -64,13 +65,48 @@ def test_sketch_solver_resumes_and_counts_steps():
     assert s.residual_norm <= min(before, 1e-3 * np.linalg.norm(b)) and s.steps > 50
 
 
+@pytest.mark.parametrize("sparse", [False, True])
+def test_compiled_kaczmarz_takes_the_steps_of_the_python_loop(sparse):
+    """The compiled loop (dense and CSR) against Kaczmarz written step by step in NumPy along the same
+    rows: the same iterate and residual, and it stops at the first step meeting the threshold."""
+    rng = np.random.default_rng(6)
+    K, b = _kkt_system(rng)
+    G = K @ K.T
+    inv = 1.0 / np.diag(G)
+    rows = rng.integers(len(b), size=300)
+    z_ref, r_ref, stop = np.zeros(len(b)), -b.copy(), None
+    norms = []
+    for t, i in enumerate(rows):
+        a = r_ref[i] * inv[i]
+        z_ref, r_ref = z_ref - a * K[i], r_ref - a * G[i]
+        norms.append(np.linalg.norm(r_ref))
+    thr = norms[200] * (1 + 1e-9)  # reached first at step 201 or earlier
+    stop = next(t for t, v in enumerate(norms) if v <= thr) + 1
+    z_ref, r_ref = np.zeros(len(b)), -b.copy()
+    for i in rows[:stop]:
+        a = r_ref[i] * inv[i]
+        z_ref, r_ref = z_ref - a * K[i], r_ref - a * G[i]
+    z, r = np.zeros(len(b)), -b.copy()
+    if sparse:
+        Ks, Gs = sp.csr_matrix(K), sp.csr_matrix(G)
+        args = (Ks.indptr, Ks.indices, Ks.data, Gs.indptr, Gs.indices, Gs.data, inv, rows, z, r, float(b @ b))
+        took, rr = _kaczmarz_csr(*args, thr**2)
+    else:
+        took, rr = _kaczmarz_dense(K, G, inv, rows, z, r, thr**2)
+    assert took == stop
+    np.testing.assert_allclose(z, z_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(r, r_ref, rtol=1e-10, atol=1e-12)
+    assert rr == pytest.approx(float(r_ref @ r_ref), rel=1e-8)
+
+
 @pytest.mark.parametrize("kind", ["kaczmarz", "block", "gaussian"])
 def test_sketch_solver_stops_at_its_deadline(kind):
-    """A deadline already passed: the run stops after one step (block, Gaussian) or sweep (Kaczmarz)."""
-    K, b = _kkt_system(np.random.default_rng(5))
+    """A deadline already passed: the run stops after one step (block, Gaussian) or one chunk of the
+    compiled Kaczmarz loop (``max(N, KACZMARZ_CHUNK)`` steps; on the Darcy system, which no chunk solves)."""
+    K, b = _darcy_kkt() if kind == "kaczmarz" else _kkt_system(np.random.default_rng(5))
     s = SketchSolver(K, b, kind, np.random.default_rng(0), deadline=0.0)
-    assert not s.run(1e-14 * np.linalg.norm(b), 10_000)
-    assert 1 <= s.steps <= len(b)
+    assert not s.run(1e-14 * np.linalg.norm(b), 100_000)
+    assert 1 <= s.steps <= (max(len(b), KACZMARZ_CHUNK) if kind == "kaczmarz" else len(b))
 
 
 def _darcy_kkt(n=8):
