@@ -43,6 +43,10 @@ HS_METHODS = (
     "slsqp",
     "trust-constr",
 )
+#: outer-iteration caps: the reference's 1e4 (its CUTEst runs count a problem solved at KKT 1e-4 within
+#: 1e4 iterations) on the HS/BT and reference problems, where the time budget ``hs_seconds`` also
+#: applies; 500 on the inverse problem, whose budget is its time
+HS_MAX_ITER, INV_MAX_ITER = 10_000, 500
 #: the tolerances a problem counts as solved at: the reference's (AdaSketch-Newton's CUTEst runs stop at
 #: KKT 1e-4) and ours
 TOLERANCES = (1e-4, 1e-6)
@@ -163,7 +167,7 @@ def hs_part(scale: str, log) -> tuple[list[dict], dict]:
     per: list[dict] = []
     for p in problems:
         for name in HS_METHODS:
-            r = _solve(p, *_method(name), 500, cfg["hs_seconds"])
+            r = _solve(p, *_method(name), HS_MAX_ITER, cfg["hs_seconds"])
             per.append(
                 {
                     "method": name,
@@ -266,7 +270,7 @@ def reference_part(scale: str, log) -> list[dict]:
     rows = []
     for p in problems:
         for name, (method, sketch, block) in REF_METHODS.items():
-            r = _solve(p, method, sketch, "none", 10_000, cfg["hs_seconds"], block)
+            r = _solve(p, method, sketch, "none", HS_MAX_ITER, cfg["hs_seconds"], block)
             f_star = p.f_star if np.isfinite(p.f_star) else r.fun  # no published optimum: KKT alone
             rows.append(
                 {
@@ -406,7 +410,7 @@ def inverse_part(scale: str, log) -> tuple[list[dict], dict]:
                     precondition=precondition,
                     derivatives=P,
                     tol=1e-6,
-                    max_iter=500,
+                    max_iter=INV_MAX_ITER,
                     seed=0,
                     max_seconds=budget,
                 )
@@ -571,7 +575,8 @@ def method_params(name: str, scale: str) -> dict:
             "sketch": sketch,
             "precondition": precondition,
             "tol": 1e-6,
-            "max_iter": 500,
+            "hs.max_iter": HS_MAX_ITER,
+            "inverse.max_iter": INV_MAX_ITER,
             "seed": 0,
             "hs.max_seconds": cfg["hs_seconds"],
             "inverse.max_seconds": cfg["inv_seconds"],

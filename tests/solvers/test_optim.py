@@ -74,9 +74,9 @@ def test_compiled_kaczmarz_takes_the_steps_of_the_python_loop(sparse):
     G = K @ K.T
     inv = 1.0 / np.diag(G)
     rows = rng.integers(len(b), size=300)
-    z_ref, r_ref, stop = np.zeros(len(b)), -b.copy(), None
+    z_ref, r_ref = np.zeros(len(b)), -b.copy()
     norms = []
-    for t, i in enumerate(rows):
+    for i in rows:
         a = r_ref[i] * inv[i]
         z_ref, r_ref = z_ref - a * K[i], r_ref - a * G[i]
         norms.append(np.linalg.norm(r_ref))
@@ -99,14 +99,27 @@ def test_compiled_kaczmarz_takes_the_steps_of_the_python_loop(sparse):
     assert rr == pytest.approx(float(r_ref @ r_ref), rel=1e-8)
 
 
+@pytest.mark.parametrize("kind", ["block", "gaussian"])
+def test_compiled_block_and_gaussian_sketches_take_the_python_loops_steps(kind):
+    """On a dense K the block and Gaussian sketches run compiled, on a sparse K step by step in NumPy;
+    both draw the same partitions / Gaussian matrices from the same generator, so they must take the
+    same number of steps to the same iterate."""
+    K, b = _kkt_system(np.random.default_rng(7))
+    runs = [SketchSolver(A, b, kind, np.random.default_rng(0)) for A in (K, sp.csr_matrix(K))]
+    for s in runs:
+        assert s.run(1e-9 * np.linalg.norm(b), 100_000)
+    assert runs[0].steps == runs[1].steps > 1
+    np.testing.assert_allclose(runs[0].z, runs[1].z, rtol=1e-8, atol=1e-12)
+
+
 @pytest.mark.parametrize("kind", ["kaczmarz", "block", "gaussian"])
 def test_sketch_solver_stops_at_its_deadline(kind):
-    """A deadline already passed: the run stops after one step (block, Gaussian) or one chunk of the
-    compiled Kaczmarz loop (``max(N, KACZMARZ_CHUNK)`` steps; on the Darcy system, which no chunk solves)."""
-    K, b = _darcy_kkt() if kind == "kaczmarz" else _kkt_system(np.random.default_rng(5))
-    s = SketchSolver(K, b, kind, np.random.default_rng(0), deadline=0.0)
-    assert not s.run(1e-14 * np.linalg.norm(b), 100_000)
-    assert 1 <= s.steps <= (max(len(b), KACZMARZ_CHUNK) if kind == "kaczmarz" else len(b))
+    """A deadline already passed: the run stops after one chunk of its compiled loop (Kaczmarz on the
+    sparse Darcy system, the block and Gaussian sketches on it made dense; no chunk solves it)."""
+    K, b = _darcy_kkt()
+    s = SketchSolver(K if kind == "kaczmarz" else K.toarray(), b, kind, np.random.default_rng(0), deadline=0.0)
+    assert not s.run(1e-14 * np.linalg.norm(b), 1_000_000)
+    assert 1 <= s.steps <= s.chunk <= max(len(b), KACZMARZ_CHUNK)
 
 
 def _darcy_kkt(n=8):
