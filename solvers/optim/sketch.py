@@ -80,7 +80,16 @@ KACZMARZ_CHUNK = 4096
 GAUSSIAN_NUMBERS = 2_000_000
 
 
-@numba.njit(cache=True)
+def _compiled(fn):
+    """``numba.njit`` with its on-disk cache (next to this file, else numba's user cache directory);
+    where neither is writable (a read-only image) compiled per process instead of failing at import."""
+    try:
+        return numba.njit(cache=True)(fn)
+    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+        return numba.njit(fn)
+
+
+@_compiled
 def _kaczmarz_dense(K, G, inv, rows, z, r, thr2):  # pragma: no cover - compiled
     """Kaczmarz steps on dense ``K`` (``G = K K^T``) along ``rows`` until ``||r||^2 <= thr2``;
     updates ``z`` and ``r = K z - b`` in place; returns (steps taken, ``||r||^2``)."""
@@ -101,7 +110,7 @@ def _kaczmarz_dense(K, G, inv, rows, z, r, thr2):  # pragma: no cover - compiled
     return rows.shape[0], rr
 
 
-@numba.njit(cache=True)
+@_compiled
 def _block_dense(K, G, blocks, sizes, z, r, thr2):  # pragma: no cover - compiled
     """Block sketch-and-project steps on dense ``K`` (``G = K K^T``), step ``t`` projecting onto the
     rows ``blocks[t, :sizes[t]]``: ``y = (G_SS)^+ r_S``, ``z -= K_S^T y``, ``r -= G_{:,S} y``, until
@@ -131,7 +140,7 @@ def _block_dense(K, G, blocks, sizes, z, r, thr2):  # pragma: no cover - compile
     return blocks.shape[0], rr
 
 
-@numba.njit(cache=True)
+@_compiled
 def _gaussian_dense(K, G, sketches, z, r, thr2):  # pragma: no cover - compiled
     """Gaussian sketch-and-project steps on dense ``K``, step ``t`` with ``S = sketches[t]`` ``(N, q)``:
     ``y = (S^T G S)^+ S^T r``, ``z -= K^T S y``, ``r -= G S y``, until ``||r||^2 <= thr2``."""
@@ -149,7 +158,7 @@ def _gaussian_dense(K, G, sketches, z, r, thr2):  # pragma: no cover - compiled
     return sketches.shape[0], rr
 
 
-@numba.njit(cache=True)
+@_compiled
 def _kaczmarz_csr(Kp, Ki, Kd, Gp, Gi, Gd, inv, rows, z, r, rr, thr2):  # pragma: no cover - compiled
     """:func:`_kaczmarz_dense` for CSR ``K`` and ``G``; ``||r||^2`` is carried along,
     ``||r - a g||^2 = ||r||^2 - 2 a g.r + a^2 ||g||^2`` with ``g = (K K^T) e_i``."""
