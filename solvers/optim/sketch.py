@@ -73,9 +73,9 @@ import scipy.sparse.linalg as spla
 from data.errors import InputError
 
 EPS = float(np.finfo(np.float64).eps)
-#: fewest Kaczmarz steps per chunk of the compiled loop (a chunk is also at least one sweep, ``N``
-#: steps); also the block sketch's steps per chunk (whole sweeps) and the Gaussian sketch's at most
-KACZMARZ_CHUNK = 4096
+#: steps per call of a compiled loop: Kaczmarz at least this many (and at least one sweep, ``N``
+#: steps), the block sketch about this many (whole sweeps), the Gaussian sketch at most this many
+CHUNK_STEPS = 4096
 #: most standard normals the Gaussian sketch draws per chunk (``steps x N x q``)
 GAUSSIAN_NUMBERS = 2_000_000
 
@@ -190,7 +190,7 @@ class SketchSolver:
         kind: one of :data:`SKETCHES` (the keys of :data:`SKETCH_STEPS`).
         rng: NumPy generator (the seed makes the run reproducible).
         deadline: a ``time.perf_counter()`` value after which :meth:`run` stops early (checked after
-            every step of the block and Gaussian sketches, every chunk of Kaczmarz steps).
+            every :attr:`chunk` of steps of a compiled loop, after every step otherwise).
         block_size: rows per block for ``"block"``, columns of ``S`` for ``"gaussian"`` (default
             ``ceil(sqrt(N))``); ``1 <= block_size <= N``, else :class:`~data.errors.InputError`.
         precondition: one of :data:`PRECONDITIONERS`: ``"none"``, or ``"ilu"`` (right
@@ -236,15 +236,17 @@ class SketchSolver:
             raise InputError(f"block_size={block_size} must be between 1 and the system's size N = {N}")
         self.block_size = block_size or int(np.ceil(np.sqrt(N)))
         q, blocks = self.block_size, -(-N // self.block_size)
+        compiled = not self.sparse and precondition == "none"
         #: steps per call of a compiled loop (Kaczmarz, and the block and Gaussian sketches on a dense
-        #: ``K``); one sweep (``N / q`` steps) otherwise. The residual is recomputed once per chunk.
+        #: ``K``); one sweep (``N / q`` steps) otherwise. The residual is recomputed, and the deadline
+        #: and the floor checked, once per chunk.
         self.chunk = max(N // q, 1)
         if kind == "kaczmarz":
-            self.chunk = max(N, KACZMARZ_CHUNK)
-        elif not self.sparse and precondition == "none" and kind == "block":
-            self.chunk = blocks * max(1, KACZMARZ_CHUNK // blocks)
-        elif not self.sparse and precondition == "none" and kind == "gaussian":
-            self.chunk = max(1, min(KACZMARZ_CHUNK, GAUSSIAN_NUMBERS // (N * q)))
+            self.chunk = max(N, CHUNK_STEPS)
+        elif compiled and kind == "block":
+            self.chunk = blocks * max(1, CHUNK_STEPS // blocks)
+        elif compiled and kind == "gaussian":
+            self.chunk = max(1, min(CHUNK_STEPS, GAUSSIAN_NUMBERS // (N * q)))
         self.ilu: spla.SuperLU | None = None
         if kind == "exact":
             return
@@ -283,7 +285,7 @@ class SketchSolver:
         """Step until ``||K z - b|| <= threshold`` or ``max_steps`` more steps; True when reached.
 
         A threshold below :attr:`floor` is unreachable in floating point: the run then also stops
-        at the floor (checked after every sweep, ``N / q`` steps, or chunk of Kaczmarz steps), returns False and sets
+        at the floor (checked after every :attr:`chunk` of steps), returns False and sets
         ``at_floor``; ``z`` then solves the system to working precision."""
         if self.residual_norm <= threshold:
             return True

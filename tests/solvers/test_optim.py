@@ -12,7 +12,7 @@ import torch
 from solvers.optim import METHODS, SKETCHES, NonFiniteError, SketchSolver, kkt_residual, minimize_eq
 from solvers.optim.derivatives import AutogradDerivatives
 from solvers.optim.problems import get, hs_set
-from solvers.optim.sketch import KACZMARZ_CHUNK, _kaczmarz_csr, _kaczmarz_dense
+from solvers.optim.sketch import CHUNK_STEPS, _kaczmarz_csr, _kaczmarz_dense
 
 from methods import EQ_OPTIMIZERS
 
@@ -75,17 +75,14 @@ def test_compiled_kaczmarz_takes_the_steps_of_the_python_loop(sparse):
     inv = 1.0 / np.diag(G)
     rows = rng.integers(len(b), size=300)
     z_ref, r_ref = np.zeros(len(b)), -b.copy()
-    norms = []
+    iterates = []  # (z, r) after each step
     for i in rows:
         a = r_ref[i] * inv[i]
         z_ref, r_ref = z_ref - a * K[i], r_ref - a * G[i]
-        norms.append(np.linalg.norm(r_ref))
-    thr = norms[200] * (1 + 1e-9)  # reached first at step 201 or earlier
-    stop = next(t for t, v in enumerate(norms) if v <= thr) + 1
-    z_ref, r_ref = np.zeros(len(b)), -b.copy()
-    for i in rows[:stop]:
-        a = r_ref[i] * inv[i]
-        z_ref, r_ref = z_ref - a * K[i], r_ref - a * G[i]
+        iterates.append((z_ref, r_ref))
+    thr = np.linalg.norm(iterates[200][1]) * (1 + 1e-9)  # reached first at step 201 or earlier
+    stop = next(t for t, (_, r_t) in enumerate(iterates) if np.linalg.norm(r_t) <= thr) + 1
+    z_ref, r_ref = iterates[stop - 1]
     z, r = np.zeros(len(b)), -b.copy()
     if sparse:
         Ks, Gs = sp.csr_matrix(K), sp.csr_matrix(G)
@@ -119,7 +116,7 @@ def test_sketch_solver_stops_at_its_deadline(kind):
     K, b = _darcy_kkt()
     s = SketchSolver(K if kind == "kaczmarz" else K.toarray(), b, kind, np.random.default_rng(0), deadline=0.0)
     assert not s.run(1e-14 * np.linalg.norm(b), 1_000_000)
-    assert 1 <= s.steps <= s.chunk <= max(len(b), KACZMARZ_CHUNK)
+    assert 1 <= s.steps <= s.chunk <= max(len(b), CHUNK_STEPS)
 
 
 def _darcy_kkt(n=8):
