@@ -223,6 +223,9 @@ class SketchSolver:
         if self.K.shape != (N, N) or b.shape != (N,):
             raise InputError(f"K must be square and b match it, got K {self.K.shape}, b {b.shape}")
         self.N, self.b = N, np.asarray(b, dtype=np.float64)
+        for name, values in (("K", self.K.data if self.sparse else self.K), ("b", self.b)):
+            if not np.all(np.isfinite(values)):
+                raise InputError(f"{name} has {int(np.sum(~np.isfinite(values)))} non-finite entries (NaN or inf)")
         self.rng = rng or np.random.default_rng(0)
         self.deadline = deadline
         self.z = np.zeros(N)

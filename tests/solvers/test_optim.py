@@ -9,6 +9,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from data.errors import InputError
 from solvers.optim import METHODS, SKETCHES, NonFiniteError, SketchSolver, kkt_residual, minimize_eq
 from solvers.optim.derivatives import AutogradDerivatives
 from solvers.optim.problems import get, hs_set
@@ -107,6 +108,18 @@ def test_compiled_block_and_gaussian_sketches_take_the_python_loops_steps(kind):
         assert s.run(1e-9 * np.linalg.norm(b), 100_000)
     assert runs[0].steps == runs[1].steps > 1
     np.testing.assert_allclose(runs[0].z, runs[1].z, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_sketch_solver_refuses_non_finite_input(sparse):
+    K, b = _kkt_system(np.random.default_rng(8))
+    bad_b = b.copy()
+    bad_b[1] = np.nan
+    with pytest.raises(InputError, match=r"b has 1 non-finite"):
+        SketchSolver(sp.csr_matrix(K) if sparse else K, bad_b, "kaczmarz")
+    K[0, 0] = np.inf
+    with pytest.raises(InputError, match=r"K has 1 non-finite"):
+        SketchSolver(sp.csr_matrix(K) if sparse else K, b, "block")
 
 
 @pytest.mark.parametrize("kind", ["kaczmarz", "block", "gaussian"])
@@ -433,7 +446,6 @@ def test_darcy_inverse_bad_input():
 def test_method_names_come_from_one_registry():
     from typing import get_args
 
-    from data.errors import InputError
     from solvers.optim import MINIMIZERS, PRECONDITIONERS, SKETCHES
     from solvers.optim.config import OptimizeConfig
     from solvers.optim.sketch import SKETCH_STEPS
