@@ -74,7 +74,7 @@ CONFIGS = {
         "inverse": [16, 32, 64, 128],
         "inv_seconds": 60.0,
         "slsqp_max_n": 16,
-        "ilu_seconds": 600.0,
+        "ilu_seconds": 3600.0,
         "ilu_max_n": 64,
         "llc_n": 100,
         "svm": {},
@@ -87,7 +87,7 @@ CONFIGS = {
         "inverse": [16, 32, 64, 128, 256],
         "inv_seconds": 600.0,
         "slsqp_max_n": 32,
-        "ilu_seconds": 1200.0,
+        "ilu_seconds": 7200.0,
         "ilu_max_n": 128,
         "llc_n": 100,
         "svm": {},
@@ -432,6 +432,7 @@ def inverse_part(scale: str, log) -> tuple[list[dict], dict]:
                 "coef_error": round(P.coefficient_error(r.x), 4),
                 "misfit": float(f"{P.misfit(r.x):.3e}"),
                 "kaczmarz_kappa": kappa,
+                "ilu_drop_tol": min((h["ilu_drop_tol"] for h in r.history if "ilu_drop_tol" in h), default=None),
                 "message": r.message[:120],
             }
             log(
@@ -453,9 +454,11 @@ def _stored_mib(K) -> dict[str, float]:
     """MiB of the operators each inverse method keeps for one outer iteration, counted on the first
     KKT system ``K`` (deterministic, unlike sampled RSS): newton-sqp the sparse LU factors (SuperLU,
     COLAMD); al-sketch ``K`` and the Gram matrix ``K K^T``; al-sketch-block-ilu ``K``, ``K^T`` and
-    the incomplete LU's factors (drop 1e-5, as the solver builds it); l1-sqp ``K`` and GMRES(200)'s
+    the incomplete LU's factors (as the solver builds it: :func:`~solvers.optim.sketch.incomplete_lu`); l1-sqp ``K`` and GMRES(200)'s
     Krylov basis. SciPy's methods keep dense or internal objects this does not count (absent)."""
     import scipy.sparse.linalg as spla
+
+    from solvers.optim.sketch import incomplete_lu
 
     K = K.tocsc()
     N, nnz = K.shape[0], K.nnz
@@ -465,11 +468,8 @@ def _stored_mib(K) -> dict[str, float]:
         "al-sketch": nnz + (K @ K.T).nnz,
         "l1-sqp": nnz + 200 * N * 8 / NNZ_BYTES,
     }
-    try:
-        ilu = spla.spilu(K, drop_tol=1e-5, fill_factor=20)
-        mib["al-sketch-block-ilu"] = 2 * nnz + ilu.L.nnz + ilu.U.nnz
-    except RuntimeError:  # the incomplete factor is singular (n = 128): the method cannot run there either
-        pass
+    ilu = incomplete_lu(K)[0]
+    mib["al-sketch-block-ilu"] = 2 * nnz + ilu.L.nnz + ilu.U.nnz
     return {k: round(v * NNZ_BYTES / 2**20, 2) for k, v in mib.items()}
 
 

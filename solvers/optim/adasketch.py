@@ -229,7 +229,8 @@ def _adasketch(
             break
         s = State(d, s.x + alpha * dx, s.lam + alpha * dlam)
         k += 1
-        record(history, args.callback, s, k, alpha, solver.steps, t0, mu=mu, nu=nu, shift=t_shift)
+        ilu = {"ilu_drop_tol": solver.drop_tol, "ilu_defect": solver.ilu_defect} if solver.ilu is not None else {}
+        record(history, args.callback, s, k, alpha, solver.steps, t0, mu=mu, nu=nu, shift=t_shift, **ilu)
     return finish(s, method, t0, k, tol, message, inner_total, history)
 
 

@@ -17,22 +17,26 @@ Section 3): each step draws a sketch ``S`` and projects the iterate onto ``{z : 
 
 Preconditioning (``precondition="ilu"``; :data:`PRECONDITIONERS`): sketch-and-project on the
 right-preconditioned system ``(K M^-1) w = b``, ``z = M^-1 w``, with ``M`` an incomplete LU
-factorization of ``K`` (SuperLU's ILUTP, drop tolerance ``drop_tol``). The residual
+factorization (SuperLU's ILUTP of ``K^T``, :func:`incomplete_lu`). The residual
 ``r = K z - b`` is the same as without it, so the accuracy test of AdaSketch-Newton and its descent
 guarantee are untouched; only the rate changes, from ``sigma_min(K)^2 / ||K||_F^2`` to that of
 ``K M^-1``. On the Darcy inverse problem's first KKT system ``||K||_F^2 / sigma_min(K)^2`` is 7e12
 (n = 8) and 4e13 (n = 16): plain Kaczmarz would need ~1e13 steps per digit. ``||K M^-1||_F^2 /
 sigma_min^2`` measured with ILU(1e-4) / ILU(1e-5): 248 / - (n = 8), 2.4e3 / 863 (n = 16), 2e5 / 4.7e3
-(n = 32; N = 3072, so ``K M^-1`` is close to ``I``); hence the default ``drop_tol = 1e-5``. The
+(n = 32; N = 3072, so ``K M^-1`` is close to ``I``). The factor's quality falls with n at a fixed
+tolerance, so :func:`incomplete_lu` starts at ``drop_tol`` (1e-5) and tightens it tenfold until
+``||K M^-1 v - v|| <= 0.05 ||v||`` for a random ``v`` (n = 16: 1e-5 suffices; n = 32: 1e-7; n = 64:
+1e-6, defect 7e-3), with SuperLU's fill cap lifted: under its default cap the n = 64 factor came out
+useless (defect 4e15), which is why that grid never finished an outer iteration before. The
 cost: ILUTP keeps nearly all of the LU's fill on these 2-D systems (n = 32: 397k nonzeros against
-426k for the complete LU, 0.93x), so the preconditioned sketch stores about what a sparse direct
-solve stores; it converges, it does not save memory.
+426k for the complete LU, 0.93x; n = 64: 2.46M against 2.60M), so the preconditioned sketch stores
+about what a sparse direct solve stores; it converges, it does not save memory.
 Block preconditioners built for Krylov methods (Biros & Ghattas'
 reduced-space LNKS) do not help here: they cluster the *eigenvalues* of ``K M^-1`` but leave it
 far from normal, and a sketch's rate depends on its *singular values* (measured at n = 16:
 ``||X||_F^2 / sigma_min(X)^2`` = 6e17 with the ``H_mm`` block, 1.5e12 with the exact reduced
-Hessian). A step needs ``q`` transposed triangular solves for ``S^T K M^-1`` and one more for
-``z``; rows of ``K M^-1`` are not formed, so Kaczmarz samples them uniformly (as the reference
+Hessian). A step needs ``q`` triangular solves for ``S^T K M^-1`` (untransposed with the factor of
+``K^T``: SuperLU's transposed solve takes about twice as long) and one more for ``z``; rows of ``K M^-1`` are not formed, so Kaczmarz samples them uniformly (as the reference
 does), which for ``K M^-1 ~ I`` is close to the norm-weighted rule.
 
 Which sketch the accuracy condition needs: AdaSketch-Newton checks the residual itself, so any
@@ -78,6 +82,9 @@ EPS = float(np.finfo(np.float64).eps)
 CHUNK_STEPS = 4096
 #: most standard normals the Gaussian sketch draws per chunk (``steps x N x q``)
 GAUSSIAN_NUMBERS = 2_000_000
+#: the incomplete LU (``precondition="ilu"``): most relative defect ``||K M^-1 v - v|| / ||v||``
+#: before its drop tolerance is tightened tenfold, the tightest tolerance tried, the fill bound
+ILU_MAX_DEFECT, ILU_MIN_DROP_TOL, ILU_FILL_BOUND = 0.05, 1e-10, 1000.0
 
 
 def _compiled(fn):
@@ -196,7 +203,9 @@ class SketchSolver:
         precondition: one of :data:`PRECONDITIONERS`: ``"none"``, or ``"ilu"`` (right
             preconditioning by an incomplete LU of ``K``, see the module docstring; ignored by
             ``"exact"``).
-        drop_tol: the incomplete LU's drop tolerance (``"ilu"``; smaller: closer to ``K``, more fill).
+        drop_tol: the incomplete LU's first drop tolerance (``"ilu"``; smaller: closer to ``K``, more
+            fill); tightened while the factor is poor (:func:`incomplete_lu`; the one used:
+            :attr:`drop_tol`, its defect :attr:`ilu_defect`).
     """
 
     def __init__(
@@ -251,14 +260,12 @@ class SketchSolver:
         elif compiled and kind == "gaussian":
             self.chunk = max(1, min(CHUNK_STEPS, GAUSSIAN_NUMBERS // (N * q)))
         self.ilu: spla.SuperLU | None = None
+        self.drop_tol, self.ilu_defect = drop_tol, float("nan")
         if kind == "exact":
             return
         if precondition == "ilu":
             Kc = sp.csc_matrix(self.K)
-            try:
-                self.ilu = spla.spilu(Kc, drop_tol=drop_tol, fill_factor=20)
-            except RuntimeError as e:  # an exactly singular factor
-                raise InputError(f"the incomplete LU of K (drop_tol={drop_tol}) failed: {e}") from e
+            self.ilu, self.drop_tol, self.ilu_defect = incomplete_lu(Kc, drop_tol)
             self.KT = Kc.T.tocsr() if self.sparse else self.K.T
             return
         if self.sparse:
@@ -428,9 +435,9 @@ class SketchSolver:
                 cols: Any = self.KT[:, rows]
                 KtS = cols.toarray() if sp.issparse(cols) else cols
                 rS = self.r[rows]
-            XtS = ilu.solve(np.asarray(KtS), trans="T").reshape(self.N, -1)  # (X^T S): (N, q)
+            XtS = ilu.solve(np.asarray(KtS)).reshape(self.N, -1)  # (X^T S) = M^-T K^T S: (N, q)
             y = np.linalg.lstsq(XtS.T @ XtS, rS, rcond=None)[0]
-            e = ilu.solve(XtS @ y)
+            e = ilu.solve(XtS @ y, trans="T")  # M^-1 X^T S y
             self.z -= e
             self.r -= self.K @ e
             self.rr = float(self.r @ self.r)
@@ -439,6 +446,40 @@ class SketchSolver:
             if self.rr <= thr2 or self._late():
                 break
         self._resync()  # run() calls this one sweep at a time: the residual is recomputed once a sweep
+
+
+def incomplete_lu(K: sp.csc_matrix, drop_tol: float = 1e-5) -> tuple[spla.SuperLU, float, float]:
+    """The preconditioner ``M`` of ``K`` as SuperLU's ILUTP of ``K^T`` (so ``M^-T x = F.solve(x)``
+    and ``M^-1 x = F.solve(x, trans="T")``: a step's ``q`` right-hand sides take the untransposed
+    solve, about half the time of SuperLU's transposed one), at ``drop_tol``, tightened tenfold until the preconditioned system is
+    close to the identity: ``||K M^-1 v - v|| / ||v|| <= ILU_MAX_DEFECT`` for a fixed random ``v``
+    (a typical direction, not the worst), down to ``ILU_MIN_DROP_TOL``. Returns ``(factor,
+    drop_tol used, defect)``. The fill is not capped (``fill_factor`` :data:`ILU_FILL_BOUND`):
+    SuperLU keeps to the cap by dropping more, and at the default cap of ~20 the n = 64 Darcy KKT
+    factor came out useless (defect 4e15) where the uncapped one has 0.1 at the same tolerance.
+
+    Raises:
+        InputError: no tolerance gives a non-singular factor (``K`` is singular)."""
+    v = np.random.default_rng(0).standard_normal(K.shape[0])  # its own generator: the run's stays untouched
+    tol, best, err, KT = drop_tol, None, None, sp.csc_matrix(K.T)
+    while tol >= ILU_MIN_DROP_TOL * 0.999:  # tenfold steps: allow their rounding
+        try:
+            ilu = spla.spilu(KT, drop_tol=tol, fill_factor=ILU_FILL_BOUND)
+        except RuntimeError as e:  # an exactly singular factor at this tolerance
+            err, tol = e, tol / 10
+            continue
+        w = K @ ilu.solve(v, trans="T") - v
+        defect = float(np.linalg.norm(w) / np.linalg.norm(v)) if np.all(np.isfinite(w)) else np.inf
+        if best is None or defect < best[2]:
+            best = (ilu, tol, defect)
+        if defect <= ILU_MAX_DEFECT:
+            break
+        tol /= 10
+    if best is None or not np.isfinite(best[2]):
+        raise InputError(
+            f"the incomplete LU of K failed down to drop_tol={ILU_MIN_DROP_TOL:g}: {err or 'non-finite solve'}"
+        )
+    return best
 
 
 #: sketch name -> its steps ``(solver, threshold, max_steps)``; the one list of sketches

@@ -187,6 +187,24 @@ def test_al_sketch_with_ilu_converges_on_the_darcy_inverse_problem():
     np.testing.assert_allclose(r.x, ref.x, atol=1e-4)
 
 
+def test_incomplete_lu_tightens_a_poor_factor_until_the_preconditioned_system_is_near_identity():
+    """A loose first drop tolerance gives a factor far from K; it is tightened tenfold until
+    ||K M^-1 v - v|| / ||v|| <= ILU_MAX_DEFECT, and the defect it reports is the one measured."""
+    from solvers.optim.sketch import ILU_MAX_DEFECT, incomplete_lu
+
+    K, _ = _darcy_kkt(16)
+    K = K.tocsc()
+    v = np.random.default_rng(3).standard_normal(K.shape[0])
+    F, tol, defect = incomplete_lu(K, drop_tol=1e-1)
+    assert tol < 1e-1 and defect <= ILU_MAX_DEFECT
+    w = K @ F.solve(v, trans="T") - v  # M^-1 = F.solve(., trans="T")
+    assert np.linalg.norm(w) / np.linalg.norm(v) < 10 * ILU_MAX_DEFECT
+    s = SketchSolver(K, v, "block", np.random.default_rng(0), precondition="ilu", drop_tol=1e-1)
+    assert s.drop_tol == tol and s.ilu_defect == defect
+    with pytest.raises(ValueError, match="incomplete LU of K failed"):
+        incomplete_lu(sp.csc_matrix(np.ones((3, 3))))
+
+
 def test_kaczmarz_condition_is_the_frobenius_over_smallest_singular_value_squared():
     from solvers.optim.kkt import kaczmarz_condition
 
