@@ -432,7 +432,7 @@ def inverse_part(scale: str, log) -> tuple[list[dict], dict]:
                 "coef_error": round(P.coefficient_error(r.x), 4),
                 "misfit": float(f"{P.misfit(r.x):.3e}"),
                 "kaczmarz_kappa": kappa,
-                "ilu_drop_tol": min((h["ilu_drop_tol"] for h in r.history if "ilu_drop_tol" in h), default=None),
+                "ilu_drop_tol": _tightest_drop_tol(r.history),
                 "message": r.message[:120],
             }
             log(
@@ -444,6 +444,12 @@ def inverse_part(scale: str, log) -> tuple[list[dict], dict]:
             row["time_vs_trust_constr"] = round(row["seconds"] / found["trust-constr"]["seconds"], 3)
             rows.append(row)
     return rows, {"inverse_scaling": _scaling(rows)}
+
+
+def _tightest_drop_tol(history: list[dict]) -> float | None:
+    """The smallest ILU drop tolerance the preconditioned sketch used over a run (None without ILU)."""
+    tols = [h["ilu_drop_tol"] for h in history if "ilu_drop_tol" in h]
+    return float(f"{min(tols):.1e}") if tols else None
 
 
 #: bytes a stored nonzero costs in a compressed sparse matrix (float64 value + int32 index)

@@ -25,11 +25,11 @@ guarantee are untouched; only the rate changes, from ``sigma_min(K)^2 / ||K||_F^
 sigma_min^2`` measured with ILU(1e-4) / ILU(1e-5): 248 / - (n = 8), 2.4e3 / 863 (n = 16), 2e5 / 4.7e3
 (n = 32; N = 3072, so ``K M^-1`` is close to ``I``). The factor's quality falls with n at a fixed
 tolerance, so :func:`incomplete_lu` starts at ``drop_tol`` (1e-5) and tightens it tenfold until
-``||K M^-1 v - v|| <= 0.05 ||v||`` for a random ``v`` (n = 16: 1e-5 suffices; n = 32: 1e-7; n = 64:
-1e-6, defect 7e-3), with SuperLU's fill cap lifted: under its default cap the n = 64 factor came out
+``||K M^-1 v - v|| <= 0.05 ||v||`` for a random ``v`` (n = 16 and 32: 1e-7; n = 64: 1e-8, defect
+5.5e-3), with SuperLU's fill cap lifted: under its default cap the n = 64 factor came out
 useless (defect 4e15), which is why that grid never finished an outer iteration before. The
 cost: ILUTP keeps nearly all of the LU's fill on these 2-D systems (n = 32: 397k nonzeros against
-426k for the complete LU, 0.93x; n = 64: 2.46M against 2.60M), so the preconditioned sketch stores
+426k for the complete LU, 0.93x; at the tolerances chosen about 1x), so the preconditioned sketch stores
 about what a sparse direct solve stores; it converges, it does not save memory.
 Block preconditioners built for Krylov methods (Biros & Ghattas'
 reduced-space LNKS) do not help here: they cluster the *eigenvalues* of ``K M^-1`` but leave it
