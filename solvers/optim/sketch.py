@@ -29,15 +29,16 @@ tolerance, so :func:`incomplete_lu` starts at ``drop_tol`` (1e-5) and tightens i
 5.5e-3), with SuperLU's fill cap lifted: under its default cap the n = 64 factor came out
 useless (defect 4e15), which is why that grid never finished an outer iteration before. The
 cost: ILUTP keeps nearly all of the LU's fill on these 2-D systems (n = 32: 397k nonzeros against
-426k for the complete LU, 0.93x; at the tolerances chosen about 1x), so the preconditioned sketch stores
-about what a sparse direct solve stores; it converges, it does not save memory.
+426k for the complete LU, 0.93x; at the tolerances chosen about 1x), so the preconditioned sketch
+stores about what a sparse direct solve stores; it converges, it does not save memory.
 Block preconditioners built for Krylov methods (Biros & Ghattas'
 reduced-space LNKS) do not help here: they cluster the *eigenvalues* of ``K M^-1`` but leave it
 far from normal, and a sketch's rate depends on its *singular values* (measured at n = 16:
 ``||X||_F^2 / sigma_min(X)^2`` = 6e17 with the ``H_mm`` block, 1.5e12 with the exact reduced
 Hessian). A step needs ``q`` triangular solves for ``S^T K M^-1`` (untransposed with the factor of
-``K^T``: SuperLU's transposed solve takes about twice as long) and one more for ``z``; rows of ``K M^-1`` are not formed, so Kaczmarz samples them uniformly (as the reference
-does), which for ``K M^-1 ~ I`` is close to the norm-weighted rule.
+``K^T``: SuperLU's transposed solve takes about twice as long) and one more for ``z``; rows of
+``K M^-1`` are not formed, so Kaczmarz samples them uniformly (as the reference does), which for
+``K M^-1 ~ I`` is close to the norm-weighted rule.
 
 Which sketch the accuracy condition needs: AdaSketch-Newton checks the residual itself, so any
 sketch that converges does; its analysis (Hong et al., Section 3, after Gower & Richtarik) uses the
@@ -449,14 +450,15 @@ class SketchSolver:
 
 
 def incomplete_lu(K: sp.csc_matrix, drop_tol: float = 1e-5) -> tuple[spla.SuperLU, float, float]:
-    """The preconditioner ``M`` of ``K`` as SuperLU's ILUTP of ``K^T`` (so ``M^-T x = F.solve(x)``
-    and ``M^-1 x = F.solve(x, trans="T")``: a step's ``q`` right-hand sides take the untransposed
-    solve, about half the time of SuperLU's transposed one), at ``drop_tol``, tightened tenfold until the preconditioned system is
-    close to the identity: ``||K M^-1 v - v|| / ||v|| <= ILU_MAX_DEFECT`` for a fixed random ``v``
-    (a typical direction, not the worst), down to ``ILU_MIN_DROP_TOL``. Returns ``(factor,
-    drop_tol used, defect)``. The fill is not capped (``fill_factor`` :data:`ILU_FILL_BOUND`):
-    SuperLU keeps to the cap by dropping more, and at the default cap of ~20 the n = 64 Darcy KKT
-    factor came out useless (defect 4e15) where the uncapped one has 0.1 at the same tolerance.
+    """The preconditioner ``M`` of ``K`` as SuperLU's ILUTP ``F`` of ``K^T`` (``M^-T x = F.solve(x)``,
+    ``M^-1 x = F.solve(x, trans="T")``: a step's ``q`` right-hand sides take the untransposed solve,
+    about half the time of SuperLU's transposed one), at ``drop_tol``, tightened tenfold until the
+    preconditioned system is close to the identity: ``||K M^-1 v - v|| / ||v|| <= ILU_MAX_DEFECT``
+    for a fixed random ``v`` (a typical direction, not the worst), down to ``ILU_MIN_DROP_TOL``.
+    Returns ``(F, drop_tol used, defect)``. The fill is not capped (``fill_factor``
+    :data:`ILU_FILL_BOUND`): SuperLU keeps to its cap by dropping more, and at a cap of 20 the
+    n = 64 Darcy KKT factor came out useless (defect 4e15) where the uncapped one has 0.1 at the
+    same tolerance.
 
     Raises:
         InputError: no tolerance gives a non-singular factor (``K`` is singular)."""
