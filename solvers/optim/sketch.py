@@ -251,9 +251,9 @@ class SketchSolver:
         q, blocks = self.block_size, -(-N // self.block_size)
         compiled = not self.sparse and precondition == "none"
         #: steps per call of a compiled loop (Kaczmarz, and the block and Gaussian sketches on a dense
-        #: ``K``); one sweep (``N / q`` steps) otherwise. The residual is recomputed, and the deadline
-        #: and the floor checked, once per chunk.
-        self.chunk = max(N // q, 1)
+        #: ``K``); one sweep (``ceil(N / q)`` steps, every row once) otherwise. The residual is
+        #: recomputed, and the deadline and the floor checked, once per chunk.
+        self.chunk = blocks
         if kind == "kaczmarz":
             self.chunk = max(N, CHUNK_STEPS)
         elif compiled and kind == "block":

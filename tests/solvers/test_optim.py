@@ -161,6 +161,20 @@ def test_ilu_preconditioned_sketch_converges_where_the_plain_one_stalls(kind):
     assert plain.residual_norm > 0.1 * np.linalg.norm(b)
 
 
+@pytest.mark.parametrize("precondition", ["none", "ilu"])
+def test_a_block_sweep_projects_onto_every_row(precondition):
+    """One chunk of the block sketch on a sparse K is a whole sweep: ceil(N / q) blocks of a random
+    partition, so on a diagonal K (each block's projection exact; with ILU, M = K and K M^-1 = I) it
+    ends at the solution. N = 10, q = 4: 3 blocks (a chunk of N // q = 2 blocks left 2 rows
+    unprojected, and every sweep of the preconditioned sketch lost a digit to them)."""
+    d = np.arange(1.0, 11.0)
+    b = np.random.default_rng(0).standard_normal(10)
+    s = SketchSolver(sp.diags(d).tocsr(), b, "block", np.random.default_rng(0), precondition=precondition)
+    assert s.block_size == 4 and s.chunk == 3
+    s.run(0.0, s.chunk)
+    assert s.steps == 3 and np.linalg.norm(s.z - b / d) <= 1e-14 * np.linalg.norm(b / d)
+
+
 @pytest.mark.parametrize("kind", SKETCHES)
 def test_an_unreachable_threshold_stops_at_working_precision(kind):
     """AdaSketch's accuracy condition can ask for a residual below rounding (5e-25 relative on the
