@@ -326,7 +326,7 @@ def optimizers(path: str | Path | None = None) -> str:
             + format_table([r for r in rows if r["part"] == "reference"], OPT_REF_COLS),
             "Darcy inverse problem (3 n^2 KKT unknowns; stop at KKT <= 1e-6 or the time budget; "
             "`al-sketch-block-ilu`: block sketch-and-project on the KKT system right-preconditioned by its "
-            "incomplete LU, its drop tolerance tightened tenfold from 1e-5 until ||K M^-1 v - v|| <= 0.05 ||v|| "
+            "incomplete LU, its drop tolerance tightened tenfold from 1e-5 until ||K M^-1 v - v|| <= 1e-4 ||v|| "
             "(`ilu_drop_tol`: the tightest it used); `stored_mib`: the operators a method keeps per outer iteration, counted on the first KKT "
             "system: LU factors for newton-sqp, K and K K^T for al-sketch, K, K^T and the ILU factors for "
             "al-sketch-block-ilu, K and GMRES's basis for l1-sqp):\n\n"

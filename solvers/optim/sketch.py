@@ -25,12 +25,18 @@ guarantee are untouched; only the rate changes, from ``sigma_min(K)^2 / ||K||_F^
 sigma_min^2`` measured with ILU(1e-4) / ILU(1e-5): 248 / - (n = 8), 2.4e3 / 863 (n = 16), 2e5 / 4.7e3
 (n = 32; N = 3072, so ``K M^-1`` is close to ``I``). The factor's quality falls with n at a fixed
 tolerance, so :func:`incomplete_lu` starts at ``drop_tol`` (1e-5) and tightens it tenfold until
-``||K M^-1 v - v|| <= 0.05 ||v||`` for a random ``v`` (n = 16 and 32: 1e-7; n = 64: 1e-8, defect
-5.5e-3), with SuperLU's fill cap lifted: under its default cap the n = 64 factor came out
-useless (defect 4e15), which is why that grid never finished an outer iteration before. The
-cost: ILUTP keeps nearly all of the LU's fill on these 2-D systems (n = 32: 397k nonzeros against
-426k for the complete LU, 0.93x; at the tolerances chosen about 1x), so the preconditioned sketch
-stores about what a sparse direct solve stores; it converges, it does not save memory.
+the defect ``||K M^-1 v - v|| / ||v||`` for a random ``v`` is at most ``ILU_MAX_DEFECT`` = 1e-4,
+with SuperLU's fill cap lifted: under its default cap the n = 64 factor came out useless (defect
+4e15). Why 1e-4: a block sweep gains about ``-log10(defect) - 1`` digits (first KKT system, block
+sketch, relative residual after each sweep; n = 32: defect 1.4e-2 -> ~0.7 digits a sweep, 4.9e-4
+-> ~2, 1.0e-5 -> ~3.5; n = 64: 2.6e-4 (drop tol 1e-9) -> ~2, 1.6e-5 (1e-10) -> ~3, reaching the
+rounding floor in 3 sweeps of ~50 s against 5), and Algorithm 1's rounds run to that floor
+(``psi`` ~ 1e13), while the fill hardly grows (n = 64: 2.581M nonzeros at 1e-9, 2.585M at 1e-10;
+the complete LU 2.602M). That is the cost: ILUTP keeps nearly all of the LU's fill on these 2-D
+systems (n = 32: 397k nonzeros at 1e-5 against 426k for the complete LU; at the tolerances chosen
+about 1x), so the preconditioned sketch stores about what a sparse direct solve stores; it
+converges, it does not save memory, and a sweep costs ``N`` triangular solves where the direct
+solve's step costs one (n = 64: ~3 ms each, whatever the block size from 111 to 1024).
 Block preconditioners built for Krylov methods (Biros & Ghattas'
 reduced-space LNKS) do not help here: they cluster the *eigenvalues* of ``K M^-1`` but leave it
 far from normal, and a sketch's rate depends on its *singular values* (measured at n = 16:
@@ -85,7 +91,7 @@ CHUNK_STEPS = 4096
 GAUSSIAN_NUMBERS = 2_000_000
 #: the incomplete LU (``precondition="ilu"``): most relative defect ``||K M^-1 v - v|| / ||v||``
 #: before its drop tolerance is tightened tenfold, the tightest tolerance tried, the fill bound
-ILU_MAX_DEFECT, ILU_MIN_DROP_TOL, ILU_FILL_BOUND = 0.05, 1e-10, 1000.0
+ILU_MAX_DEFECT, ILU_MIN_DROP_TOL, ILU_FILL_BOUND = 1e-4, 1e-12, 1000.0
 
 
 def _compiled(fn):
