@@ -469,12 +469,14 @@ def incomplete_lu(K: sp.csc_matrix, drop_tol: float = 1e-5) -> tuple[spla.SuperL
     Raises:
         InputError: no tolerance gives a non-singular factor (``K`` is singular)."""
     v = np.random.default_rng(0).standard_normal(K.shape[0])  # its own generator: the run's stays untouched
-    tol, best, err, KT = drop_tol, None, None, sp.csc_matrix(K.T)
-    while tol >= ILU_MIN_DROP_TOL * 0.999:  # tenfold steps: allow their rounding
+    best, err, KT = None, None, sp.csc_matrix(K.T)
+    # drop_tol itself first (even below the floor), then tenfold steps down to the floor
+    tols = [drop_tol] + [drop_tol / 10**k for k in range(1, 40) if drop_tol / 10**k >= ILU_MIN_DROP_TOL * 0.999]
+    for tol in tols:
         try:
             ilu = spla.spilu(KT, drop_tol=tol, fill_factor=ILU_FILL_BOUND)
         except RuntimeError as e:  # an exactly singular factor at this tolerance
-            err, tol = e, tol / 10
+            err = e
             continue
         w = K @ ilu.solve(v, trans="T") - v
         defect = float(np.linalg.norm(w) / np.linalg.norm(v)) if np.all(np.isfinite(w)) else np.inf
@@ -482,11 +484,8 @@ def incomplete_lu(K: sp.csc_matrix, drop_tol: float = 1e-5) -> tuple[spla.SuperL
             best = (ilu, tol, defect)
         if defect <= ILU_MAX_DEFECT:
             break
-        tol /= 10
     if best is None or not np.isfinite(best[2]):
-        raise InputError(
-            f"the incomplete LU of K failed down to drop_tol={ILU_MIN_DROP_TOL:g}: {err or 'non-finite solve'}"
-        )
+        raise InputError(f"the incomplete LU of K failed down to drop_tol={tols[-1]:g}: {err or 'non-finite solve'}")
     return best
 
 

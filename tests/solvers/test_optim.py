@@ -217,6 +217,9 @@ def test_incomplete_lu_tightens_a_poor_factor_until_the_preconditioned_system_is
     assert s.drop_tol == tol and s.ilu_defect == defect
     with pytest.raises(ValueError, match="incomplete LU of K failed"):
         incomplete_lu(sp.csc_matrix(np.ones((3, 3))))
+    # a first tolerance below the floor is tried as given, not refused as a failed factor
+    F, tol, defect = incomplete_lu(sp.csc_matrix(np.diag([1.0, 2.0, 3.0])), drop_tol=1e-13)
+    assert tol == 1e-13 and defect <= 1e-15
 
 
 def test_kaczmarz_condition_is_the_frobenius_over_smallest_singular_value_squared():
